@@ -1,0 +1,1 @@
+//! StatsD aggregation (placeholder; helper B owns this file).
