@@ -1,0 +1,1 @@
+//! Placeholder for helper D's `block` module; D overwrites this file.

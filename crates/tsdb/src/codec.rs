@@ -1,0 +1,1 @@
+//! Placeholder for helper D's `codec` module; D overwrites this file.

@@ -1,0 +1,1 @@
+//! Placeholder for helper D's `compact` module; D overwrites this file.

@@ -1,0 +1,1 @@
+//! Placeholder for helper D's `rollup` module; D overwrites this file.
