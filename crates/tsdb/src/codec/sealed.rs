@@ -1,0 +1,396 @@
+//! The sealed (block) encoding: column headers as varints, then one adaptive range-coded
+//! stream holding every column's symbols. See the `codec` module doc for the byte layout.
+
+use super::CodecError;
+use super::rc::{Decoder, Encoder, UintModel, XorModel};
+use super::varint::{Reader, put_i64, put_u64, unzigzag, zigzag};
+
+/// Largest decimal scale tried: values are `mantissa / 10^scale` with `|mantissa| <= 2^53`.
+pub const MAX_SCALE: u8 = 15;
+/// Exact powers of ten up to `10^MAX_SCALE`.
+const POW10: [f64; MAX_SCALE as usize + 1] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+const MANTISSA_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
+/// A well-formed stream overruns its end by at most 4 bytes; more means corruption.
+const MAX_OVERRUN: usize = 8;
+
+/// Column transform of an integer sequence after differencing.
+const XF_ZIGZAG: u8 = 0;
+const XF_OFFSET: u8 = 1;
+const XF_ZERO: u8 = 2;
+
+/// Value column kinds.
+const VALUES_DECIMAL: u8 = 0;
+const VALUES_XOR: u8 = 1;
+
+/// The mantissa of `v` at `scale` if `v` is exactly `mantissa as f64 / 10^scale` (bit for bit).
+#[inline]
+pub fn to_mantissa(v: f64, scale: u8) -> Option<i64> {
+    let p = *POW10.get(usize::from(scale))?;
+    let x = v * p;
+    if x.is_nan() || x.abs() > MANTISSA_LIMIT {
+        return None;
+    }
+    let m = x.round() as i64;
+    (from_mantissa(m, scale).to_bits() == v.to_bits()).then_some(m)
+}
+
+/// Inverse of [`to_mantissa`].
+#[inline]
+pub fn from_mantissa(m: i64, scale: u8) -> f64 {
+    let p = POW10.get(usize::from(scale)).copied().unwrap_or(1.0);
+    if scale == 0 { m as f64 } else { m as f64 / p }
+}
+
+/// Symbols queued for the range coder, column by column.
+enum Symbols {
+    Uint(Vec<u64>),
+    Xor(Vec<u64>),
+}
+
+/// Builds the column headers first and codes all symbols afterwards in one stream.
+#[derive(Default)]
+pub struct ColumnWriter {
+    symbols: Vec<Symbols>,
+}
+
+fn bitlen(v: u64) -> u64 {
+    u64::from(64 - v.leading_zeros())
+}
+
+fn diff(xs: &mut [i64]) {
+    for i in (1..xs.len()).rev() {
+        xs[i] = xs[i].wrapping_sub(xs[i - 1]);
+    }
+}
+
+impl ColumnWriter {
+    /// Plans an integer column: picks the differencing order in `orders` and the transform
+    /// that minimise an estimate of the coded size, writes its header to `hdr`.
+    pub fn ints(&mut self, hdr: &mut Vec<u8>, xs: &[i64], max_order: u8) {
+        let mut best: Option<(u64, u8, u8, Vec<i64>)> = None;
+        let mut work = xs.to_vec();
+        for order in 0..=max_order {
+            if order > 0 {
+                // work holds the (order-1)th differences from index order-1 on.
+                let from = usize::from(order - 1);
+                if let Some(tail) = work.get_mut(from..) {
+                    diff(tail);
+                }
+            }
+            let tail = work.get(usize::from(order).min(work.len())..).unwrap_or(&[]);
+            let zz: u64 = tail.iter().map(|&d| bitlen(zigzag(d))).sum();
+            let min = tail.iter().copied().min().unwrap_or(0);
+            let off: u64 = tail
+                .iter()
+                .map(|&d| bitlen(d.wrapping_sub(min) as u64))
+                .sum::<u64>()
+                + bitlen(zigzag(min));
+            let (cost, xf) = if zz == 0 {
+                (0, XF_ZERO)
+            } else if off < zz {
+                (off, XF_OFFSET)
+            } else {
+                (zz, XF_ZIGZAG)
+            };
+            if best.as_ref().is_none_or(|b| cost < b.0) {
+                best = Some((cost, order, xf, work.clone()));
+            }
+        }
+        let Some((_, order, xf, work)) = best else { return };
+        hdr.push(order | (xf << 2));
+        let split = usize::from(order).min(work.len());
+        let (head, tail) = work.split_at(split);
+        for &h in head {
+            put_i64(hdr, h);
+        }
+        match xf {
+            XF_ZERO => {}
+            XF_OFFSET => {
+                let min = tail.iter().copied().min().unwrap_or(0);
+                put_i64(hdr, min);
+                self.symbols.push(Symbols::Uint(
+                    tail.iter().map(|&d| d.wrapping_sub(min) as u64).collect(),
+                ));
+            }
+            _ => self
+                .symbols
+                .push(Symbols::Uint(tail.iter().map(|&d| zigzag(d)).collect())),
+        }
+    }
+
+    /// Plans a float column: decimal mantissas (with a few exceptions stored raw) when the
+    /// values are decimals, otherwise XOR of consecutive bit patterns.
+    pub fn floats(&mut self, hdr: &mut Vec<u8>, vals: &[f64]) {
+        if let Some((scale, mantissas, exceptions)) = decimal_plan(vals) {
+            hdr.push(VALUES_DECIMAL);
+            hdr.push(scale);
+            put_u64(hdr, exceptions.len() as u64);
+            let mut prev = 0usize;
+            for &i in &exceptions {
+                put_u64(hdr, (i - prev) as u64);
+                prev = i;
+                let bits = vals.get(i).map_or(0, |v| v.to_bits());
+                hdr.extend_from_slice(&bits.to_le_bytes());
+            }
+            self.ints(hdr, &mantissas, 2);
+        } else {
+            hdr.push(VALUES_XOR);
+            let mut prev = 0u64;
+            let xs = vals
+                .iter()
+                .map(|v| {
+                    let b = v.to_bits();
+                    let x = b ^ prev;
+                    prev = b;
+                    x
+                })
+                .collect();
+            self.symbols.push(Symbols::Xor(xs));
+        }
+    }
+
+    /// Codes every planned column into one range-coded stream appended to `out`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        let mut enc = Encoder::new(out);
+        for s in self.symbols {
+            match s {
+                Symbols::Uint(xs) => {
+                    let mut m = UintModel::default();
+                    for x in xs {
+                        m.encode(&mut enc, x);
+                    }
+                }
+                Symbols::Xor(xs) => {
+                    let mut m = XorModel::default();
+                    for x in xs {
+                        m.encode(&mut enc, x);
+                    }
+                }
+            }
+        }
+        enc.finish();
+    }
+}
+
+/// Picks the decimal scale for `vals`; `None` if more than 1/8 of them (or all) are not
+/// decimals. Exceptions reuse the previous mantissa so that they cost nothing in the stream.
+fn decimal_plan(vals: &[f64]) -> Option<(u8, Vec<i64>, Vec<usize>)> {
+    let mut scale = 0u8;
+    let mut misses = 0usize;
+    let allowed = vals.len() / 8;
+    for &v in vals {
+        match (scale..=MAX_SCALE).find(|&s| to_mantissa(v, s).is_some()) {
+            Some(s) => scale = s,
+            None => {
+                misses += 1;
+                if misses > allowed {
+                    return None;
+                }
+            }
+        }
+    }
+    let mut mantissas = Vec::with_capacity(vals.len());
+    let mut exceptions = Vec::new();
+    let mut prev = 0i64;
+    for (i, &v) in vals.iter().enumerate() {
+        match to_mantissa(v, scale) {
+            Some(m) => prev = m,
+            None => exceptions.push(i),
+        }
+        mantissas.push(prev);
+    }
+    (exceptions.len() <= allowed && exceptions.len() < vals.len()).then_some((scale, mantissas, exceptions))
+}
+
+/// A column header parsed before the stream is decoded.
+enum Column {
+    Ints {
+        n: usize,
+        order: u8,
+        xf: u8,
+        head: Vec<i64>,
+        min: i64,
+    },
+    Decimal {
+        scale: u8,
+        exceptions: Vec<(usize, u64)>,
+        ints: Box<Column>,
+    },
+    Xor {
+        n: usize,
+    },
+}
+
+/// Parses column headers, then decodes the stream.
+#[derive(Default)]
+pub struct ColumnReader {
+    columns: Vec<Column>,
+}
+
+fn corrupt(what: &'static str) -> CodecError {
+    CodecError::Corrupt(what)
+}
+
+fn parse_ints(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
+    let b = r.u8().ok_or(corrupt("truncated column header"))?;
+    let (order, xf) = (b & 3, b >> 2);
+    if order > 2 || xf > XF_ZERO {
+        return Err(corrupt("bad column header"));
+    }
+    let mut head = Vec::new();
+    for _ in 0..usize::from(order).min(n) {
+        head.push(r.i64().ok_or(corrupt("truncated column header"))?);
+    }
+    let min = if xf == XF_OFFSET {
+        r.i64().ok_or(corrupt("truncated column header"))?
+    } else {
+        0
+    };
+    Ok(Column::Ints {
+        n,
+        order,
+        xf,
+        head,
+        min,
+    })
+}
+
+fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
+    match r.u8() {
+        Some(VALUES_DECIMAL) => {
+            let scale = r
+                .u8()
+                .filter(|&s| s <= MAX_SCALE)
+                .ok_or(corrupt("bad decimal scale"))?;
+            let count = r.u64().ok_or(corrupt("truncated exceptions"))?;
+            if count > n as u64 {
+                return Err(corrupt("too many exceptions"));
+            }
+            let mut exceptions = Vec::with_capacity(count as usize);
+            let mut at = 0u64;
+            for _ in 0..count {
+                at = at
+                    .checked_add(r.u64().ok_or(corrupt("truncated exceptions"))?)
+                    .ok_or(corrupt("bad exception index"))?;
+                if at >= n as u64 {
+                    return Err(corrupt("bad exception index"));
+                }
+                let bits = r.u64_le().ok_or(corrupt("truncated exceptions"))?;
+                exceptions.push((at as usize, bits));
+            }
+            let ints = Box::new(parse_ints(r, n)?);
+            Ok(Column::Decimal {
+                scale,
+                exceptions,
+                ints,
+            })
+        }
+        Some(VALUES_XOR) => Ok(Column::Xor { n }),
+        _ => Err(corrupt("bad value column kind")),
+    }
+}
+
+fn decode_ints(col: &Column, dec: &mut Decoder<'_>, out: &mut Vec<i64>) {
+    let Column::Ints {
+        n,
+        order,
+        xf,
+        head,
+        min,
+    } = col
+    else {
+        return;
+    };
+    let start = out.len();
+    out.extend_from_slice(head);
+    let mut model = UintModel::default();
+    for _ in head.len()..*n {
+        let d = match *xf {
+            XF_ZERO => 0,
+            XF_OFFSET => (model.decode(dec) as i64).wrapping_add(*min),
+            _ => unzigzag(model.decode(dec)),
+        };
+        out.push(d);
+    }
+    // Undo differencing, innermost first.
+    let xs = out.get_mut(start..).unwrap_or(&mut []);
+    for k in (1..=usize::from(*order)).rev() {
+        for i in k..xs.len() {
+            xs[i] = xs[i].wrapping_add(xs[i - 1]);
+        }
+    }
+}
+
+impl ColumnReader {
+    /// An empty reader; add columns in the order they were written.
+    pub fn new() -> ColumnReader {
+        ColumnReader { columns: Vec::new() }
+    }
+
+    /// Parses the header of an integer column of `n` values.
+    pub fn ints(&mut self, r: &mut Reader<'_>, n: usize) -> Result<(), CodecError> {
+        self.columns.push(parse_ints(r, n)?);
+        Ok(())
+    }
+
+    /// Parses the header of a float column of `n` values.
+    pub fn floats(&mut self, r: &mut Reader<'_>, n: usize) -> Result<(), CodecError> {
+        self.columns.push(parse_floats(r, n)?);
+        Ok(())
+    }
+
+    /// Decodes the stream `rest`; column `i`'s values go to `ints[..]`/`floats[..]` in
+    /// order of appearance (integer columns fill `ints`, float columns fill `floats`).
+    pub fn decode(
+        self,
+        rest: &[u8],
+        ints: &mut [&mut Vec<i64>],
+        floats: &mut [&mut Vec<f64>],
+    ) -> Result<(), CodecError> {
+        let mut dec = Decoder::new(rest);
+        let (mut ii, mut fi) = (0usize, 0usize);
+        let mut scratch = Vec::new();
+        for col in &self.columns {
+            match col {
+                Column::Ints { .. } => {
+                    let out = ints.get_mut(ii).ok_or(corrupt("column mismatch"))?;
+                    ii += 1;
+                    decode_ints(col, &mut dec, out);
+                }
+                Column::Decimal {
+                    scale,
+                    exceptions,
+                    ints: inner,
+                } => {
+                    let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
+                    fi += 1;
+                    scratch.clear();
+                    decode_ints(inner, &mut dec, &mut scratch);
+                    let start = out.len();
+                    out.extend(scratch.iter().map(|&m| from_mantissa(m, *scale)));
+                    for &(i, bits) in exceptions {
+                        if let Some(slot) = out.get_mut(start + i) {
+                            *slot = f64::from_bits(bits);
+                        }
+                    }
+                }
+                Column::Xor { n } => {
+                    let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
+                    fi += 1;
+                    let mut model = XorModel::default();
+                    let mut prev = 0u64;
+                    for _ in 0..*n {
+                        prev ^= model.decode(&mut dec);
+                        out.push(f64::from_bits(prev));
+                    }
+                }
+            }
+            if dec.overrun() > MAX_OVERRUN {
+                return Err(corrupt("stream overrun"));
+            }
+        }
+        Ok(())
+    }
+}
