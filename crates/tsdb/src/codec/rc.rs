@@ -316,10 +316,12 @@ impl UintModel {
     }
 }
 
-/// Adaptive model for XOR-ed float bit patterns (Gorilla's idea with adaptive costs): leading
-/// zero count, then trailing zero count, then the bits between the two outer ones directly.
+/// Adaptive model for XOR-ed float bit patterns (Gorilla's idea with adaptive costs): a zero
+/// flag, the leading and trailing zero counts, then the bits between the two outer ones
+/// directly.
 #[derive(Default)]
 pub struct XorModel {
+    zero: Prob,
     lead: UintModel,
     trail: UintModel,
 }
@@ -327,11 +329,12 @@ pub struct XorModel {
 impl XorModel {
     /// Encodes `x`.
     pub fn encode(&mut self, enc: &mut Encoder<'_>, x: u64) {
-        let lz = x.leading_zeros();
-        self.lead.encode(enc, u64::from(lz));
-        if lz == 64 {
+        enc.bit(&mut self.zero, x == 0);
+        if x == 0 {
             return;
         }
+        let lz = x.leading_zeros();
+        self.lead.encode(enc, u64::from(lz));
         let tz = x.trailing_zeros();
         // The bit at 63 - lz is one; tz <= 63 - lz.
         self.trail.encode(enc, u64::from(tz));
@@ -343,10 +346,10 @@ impl XorModel {
 
     /// Decodes one value; corrupt counts are clamped so that it never panics.
     pub fn decode(&mut self, dec: &mut Decoder<'_>) -> u64 {
-        let lz = self.lead.decode(dec).min(64) as u32;
-        if lz == 64 {
+        if dec.bit(&mut self.zero) {
             return 0;
         }
+        let lz = self.lead.decode(dec).min(63) as u32;
         let tz = (self.trail.decode(dec).min(u64::from(63 - lz))) as u32;
         let width = 63 - lz - tz;
         let mut x = 1u64 << tz;
