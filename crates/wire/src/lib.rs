@@ -23,6 +23,8 @@
 //! - The Graphite hot path ([`graphite::parse_line`]) does not allocate.
 
 pub mod graphite;
+pub mod influx;
+pub mod remote_write;
 pub mod statsd;
 
 use model::{KeyError, Label, SeriesKey};
@@ -181,6 +183,29 @@ impl Rejection {
             detail: self.detail,
         }
     }
+}
+
+/// A whole request body that could not be read at all (as opposed to a bad line or series,
+/// which is a [`LineError`] and costs only itself). Not retryable: the same body fails again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body would decompress to more than the caller's limit.
+    #[error("body decompresses to {len} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// The decompressed size the body announces.
+        len: usize,
+        /// The limit it exceeds.
+        limit: usize,
+    },
+    /// The body is not valid snappy block format.
+    #[error("body is not valid snappy: {0}")]
+    Snappy(String),
+    /// The decompressed body is not a valid protobuf message of the expected type.
+    #[error("body is not a valid protobuf write request: {0}")]
+    Protobuf(String),
+    /// The body is not JSON, or not the documented top-level shape.
+    #[error("body is not a valid json ingest request: {0}")]
+    Json(String),
 }
 
 /// One decoded sample of a named series: the common output of the influx, remote-write and
