@@ -193,11 +193,14 @@ mod tests {
         }
     }
 
+    /// (case, samples, resolution, expected points)
+    type Case = (&'static str, &'static [(i64, f64)], Resolution, Vec<RollupPoint>);
+
     #[test]
     fn rollup_table() {
         let stale = f64::from_bits(0x7ff0_0000_0000_0002);
         #[rustfmt::skip]
-        let table: &[(&str, &[(i64, f64)], Resolution, Vec<RollupPoint>)] = &[
+        let table: &[Case] = &[
             ("empty", &[], Resolution::Minute, vec![]),
             ("one bucket", &[(0, 1.0), (10_000, 3.0), (59_999, 2.0)], Resolution::Minute,
                 vec![p(0, 1.0, 3.0, 6.0, 3, 2.0, 59_999)]),
