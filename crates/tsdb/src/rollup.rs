@@ -194,13 +194,13 @@ mod tests {
     }
 
     /// (case, samples, resolution, expected points)
-    type Case = (&'static str, &'static [(i64, f64)], Resolution, Vec<RollupPoint>);
+    type Case<'a> = (&'a str, &'a [(i64, f64)], Resolution, Vec<RollupPoint>);
 
     #[test]
     fn rollup_table() {
         let stale = f64::from_bits(0x7ff0_0000_0000_0002);
         #[rustfmt::skip]
-        let table: &[Case] = &[
+        let table: &[Case<'_>] = &[
             ("empty", &[], Resolution::Minute, vec![]),
             ("one bucket", &[(0, 1.0), (10_000, 3.0), (59_999, 2.0)], Resolution::Minute,
                 vec![p(0, 1.0, 3.0, 6.0, 3, 2.0, 59_999)]),
