@@ -1,0 +1,579 @@
+//! [`Db`]: open and recover, resolve series, append, wait for durability, select, close.
+//!
+//! Locks, always taken in this order (never the reverse): the WAL append guard
+//! (`wal.writer`) → `index` → `head`. `append` holds the WAL guard and the head write lock
+//! for one whole batch, so WAL order equals head apply order and replay rebuilds exactly the
+//! same head (last write wins depends on order). Readers take the index lock once per query
+//! and the head read lock once per series.
+//!
+//! Directory layout under `dir`: `wal/` (segments, see [`crate::wal`]), `series.log` (the
+//! series registry at the last checkpoint, see [`crate::series_log`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use model::telemetry::{Counter, Exposition};
+use model::{Clock, Matcher, Point, SeriesId, SeriesKey};
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{DbError, NotReady};
+use crate::head::{HeadLimits, MemSeries};
+use crate::index::Index;
+use crate::options::Options;
+use crate::series_log;
+use crate::wal::{
+    self, REC_SAMPLES, REC_SERIES, Wal, WalOptions, begin_record, end_record, get_uvarint, put_uvarint,
+    unzigzag, zigzag,
+};
+
+/// What happened to one `append` batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendReceipt {
+    /// Samples written to the WAL and the head.
+    pub accepted: usize,
+    /// Samples older than the out-of-order window, rejected and counted.
+    pub too_old: usize,
+    /// Samples naming a series id this database never issued, rejected and counted.
+    pub unknown_series: usize,
+    /// Pass to [`Db::wait_durable`] to wait until this batch survives a crash.
+    pub wal_seq: u64,
+}
+
+/// The samples of one series in a time range: sorted by timestamp, one value per timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesData {
+    /// The series id.
+    pub id: SeriesId,
+    /// The series key.
+    pub key: SeriesKey,
+    /// Timestamps, ascending, unique (UTC ms).
+    pub timestamps: Vec<i64>,
+    /// Values, parallel to `timestamps`.
+    pub values: Vec<f64>,
+}
+
+/// A point-in-time summary of the engine, for `/metrics` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbStats {
+    /// Series registered.
+    pub series: usize,
+    /// Samples held in the head.
+    pub head_points: u64,
+    /// Approximate heap bytes of head sample data.
+    pub head_bytes: u64,
+    /// WAL bytes appended but not yet written by the committer.
+    pub wal_pending_bytes: u64,
+    /// fsyncs of WAL segments so far.
+    pub wal_fsyncs: u64,
+    /// Bytes written to WAL segments so far.
+    pub wal_bytes_written: u64,
+    /// Samples accepted so far.
+    pub appended_points: u64,
+    /// Samples rejected as older than the out-of-order window.
+    pub too_old_points: u64,
+    /// Samples rejected for naming an unknown series.
+    pub unknown_series_points: u64,
+    /// Highest WAL sequence number covered by an fsync.
+    pub durable_seq: u64,
+    /// Records replayed from the WAL at open.
+    pub replayed_records: u64,
+    /// Bytes cut from a torn WAL tail at open.
+    pub wal_truncated_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct DbMetrics {
+    appended: Counter,
+    too_old: Counter,
+    unknown_series: Counter,
+    series_created: Counter,
+    replayed_records: Counter,
+    wal_truncated_bytes: Counter,
+}
+
+#[derive(Debug, Default)]
+struct Head {
+    series: Vec<MemSeries>,
+}
+
+/// The engine. Shared as `Arc<Db>`; every method takes `&self`.
+pub struct Db {
+    dir: PathBuf,
+    opts: Options,
+    clock: Arc<dyn Clock>,
+    wal: Arc<Wal>,
+    index: RwLock<Index>,
+    head: RwLock<Head>,
+    /// Newest sample timestamp accepted (or replayed); the out-of-order window is measured
+    /// back from `max(now, max_seen)`.
+    max_seen: AtomicI64,
+    closed: AtomicBool,
+    /// Serialises checkpoints, snapshots and retention.
+    #[allow(dead_code, reason = "the checkpoint in compact_now uses it once blocks land")]
+    maintenance: Mutex<()>,
+    metrics: DbMetrics,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+const SERIES_LOG: &str = "series.log";
+
+impl Db {
+    /// Opens (creating if needed) the database in `dir` and recovers it: loads the series
+    /// registry, replays the WAL (truncating a torn tail) and starts the committer thread.
+    pub fn open(dir: &Path, opts: Options, clock: Arc<dyn Clock>) -> Result<Arc<Db>, DbError> {
+        let wal_dir = dir.join("wal");
+        std::fs::create_dir_all(&wal_dir).map_err(DbError::io(format!("create {}", wal_dir.display())))?;
+        let mut index = Index::default();
+        series_log::load(&dir.join(SERIES_LOG), &mut index)?;
+        let mut head = Head::default();
+        head.series.resize_with(index.len(), MemSeries::default);
+        let limits = head_limits(&opts);
+        let mut max_seen = i64::MIN;
+        let mut unknown = 0u64;
+        let report = wal::replay(&wal_dir, |typ, payload| {
+            match typ {
+                REC_SERIES => {
+                    let mut pos = 0;
+                    let id = get_uvarint(payload, &mut pos);
+                    let key = payload.get(pos..).and_then(SeriesKey::decode);
+                    let (Some(id), Some(key)) = (id, key) else {
+                        return Err(DbError::WalCorrupt {
+                            path: wal_dir.clone(),
+                            offset: 0,
+                            reason: "undecodable series record".into(),
+                        });
+                    };
+                    index
+                        .insert_recovered(SeriesId(id), key)
+                        .map_err(|reason| DbError::WalCorrupt {
+                            path: wal_dir.clone(),
+                            offset: 0,
+                            reason,
+                        })?;
+                    if head.series.len() < index.len() {
+                        head.series.resize_with(index.len(), MemSeries::default);
+                    }
+                }
+                REC_SAMPLES => {
+                    decode_samples(payload, |id, ts, v| {
+                        match usize::try_from(id).ok().and_then(|i| head.series.get_mut(i)) {
+                            Some(s) => {
+                                s.push(ts, v, limits);
+                                max_seen = max_seen.max(ts);
+                            }
+                            None => unknown += 1,
+                        }
+                    })
+                    .map_err(|()| DbError::WalCorrupt {
+                        path: wal_dir.clone(),
+                        offset: 0,
+                        reason: "undecodable sample record".into(),
+                    })?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        if unknown > 0 {
+            tracing::warn!(
+                samples = unknown,
+                "WAL samples referenced unknown series and were skipped."
+            );
+        }
+        let wal = Wal::start(
+            &wal_dir,
+            report.last_index,
+            WalOptions {
+                fsync: opts.fsync,
+                segment_bytes: opts.wal_segment_bytes,
+                flush_bytes: opts.wal_flush_bytes,
+                max_backlog_bytes: opts.max_wal_backlog_bytes,
+            },
+        )?;
+        let metrics = DbMetrics::default();
+        metrics.replayed_records.add(report.records);
+        metrics.wal_truncated_bytes.add(report.truncated_bytes);
+        tracing::info!(
+            series = index.len(),
+            records = report.records,
+            segments = report.segments,
+            truncated_bytes = report.truncated_bytes,
+            "Recovered the time-series database."
+        );
+        Ok(Arc::new(Db {
+            dir: dir.to_owned(),
+            opts,
+            clock,
+            wal,
+            index: RwLock::new(index),
+            head: RwLock::new(head),
+            max_seen: AtomicI64::new(max_seen),
+            closed: AtomicBool::new(false),
+            maintenance: Mutex::new(()),
+            metrics,
+        }))
+    }
+
+    fn check_open(&self) -> Result<(), DbError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(DbError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The id of `key`, creating the series if it is new. Creation is logged to the WAL and
+    /// becomes durable with the next commit (before any sample of it can be).
+    pub fn resolve(&self, key: &SeriesKey) -> Result<SeriesId, DbError> {
+        if let Some(id) = self.index.read().lookup(key) {
+            return Ok(id);
+        }
+        self.check_open()?;
+        let mut w = self.wal.lock_for_append();
+        let mut ix = self.index.write();
+        if let Some(id) = ix.lookup(key) {
+            return Ok(id);
+        }
+        let id = ix.insert(key.clone());
+        let start = begin_record(&mut w.buf, REC_SERIES);
+        put_uvarint(&mut w.buf, id.0);
+        key.encode(&mut w.buf);
+        end_record(&mut w.buf, start);
+        w.seq += 1;
+        self.head.write().series.push(MemSeries::default());
+        drop(ix);
+        self.metrics.series_created.inc();
+        self.wal.after_append(&w);
+        Ok(id)
+    }
+
+    /// The id of `key` if the series exists.
+    pub fn lookup(&self, key: &SeriesKey) -> Option<SeriesId> {
+        self.index.read().lookup(key)
+    }
+
+    /// Number of series registered.
+    pub fn series_count(&self) -> usize {
+        self.index.read().len()
+    }
+
+    /// Number of series with metric name `name` (the ingest side enforces cardinality with it).
+    pub fn series_count_for_name(&self, name: &str) -> usize {
+        self.index.read().count_for_name(name)
+    }
+
+    /// Appends a batch: samples of unknown series or older than the out-of-order window are
+    /// rejected and counted; the rest go to the WAL (buffered) and the head. Returns once the
+    /// batch is readable; call [`Db::wait_durable`] with the receipt's `wal_seq` to wait for
+    /// durability. Blocks while the WAL backlog exceeds `max_wal_backlog_bytes`.
+    pub fn append(&self, points: &[Point]) -> Result<AppendReceipt, DbError> {
+        self.check_open()?;
+        if let Some(f) = self.wal.failure() {
+            return Err(DbError::WalFailed(f));
+        }
+        let limits = head_limits(&self.opts);
+        let mut receipt = AppendReceipt::default();
+        let mut w = self.wal.lock_for_append();
+        let reference = self
+            .clock
+            .now()
+            .millis()
+            .max(self.max_seen.load(Ordering::Relaxed));
+        let cutoff = reference.saturating_sub(self.opts.ooo_window_ms);
+        let mut newest = i64::MIN;
+        {
+            let mut head = self.head.write();
+            let buf = &mut w.buf;
+            let start = begin_record(buf, REC_SAMPLES);
+            let mut prev_ts = 0i64;
+            for p in points {
+                let Some(s) = usize::try_from(p.series.0)
+                    .ok()
+                    .and_then(|i| head.series.get_mut(i))
+                else {
+                    receipt.unknown_series += 1;
+                    continue;
+                };
+                if p.ts < cutoff {
+                    receipt.too_old += 1;
+                    continue;
+                }
+                s.push(p.ts, p.value, limits);
+                put_uvarint(buf, p.series.0);
+                put_uvarint(buf, zigzag(p.ts.wrapping_sub(prev_ts)));
+                buf.extend_from_slice(&p.value.to_bits().to_le_bytes());
+                prev_ts = p.ts;
+                newest = newest.max(p.ts);
+                receipt.accepted += 1;
+            }
+            if receipt.accepted == 0 {
+                buf.truncate(start);
+            } else {
+                end_record(buf, start);
+                w.seq += 1;
+            }
+        }
+        receipt.wal_seq = w.seq;
+        self.max_seen.fetch_max(newest, Ordering::Relaxed);
+        self.wal.after_append(&w);
+        drop(w);
+        self.metrics.appended.add(receipt.accepted as u64);
+        self.metrics.too_old.add(receipt.too_old as u64);
+        self.metrics.unknown_series.add(receipt.unknown_series as u64);
+        Ok(receipt)
+    }
+
+    /// Blocks until an fsync covers `wal_seq` (group commit: one fsync covers every batch
+    /// appended before it).
+    pub fn wait_durable(&self, wal_seq: u64) -> Result<(), DbError> {
+        self.wal.wait_durable(wal_seq)
+    }
+
+    /// Streams the samples of the series matching `matchers` in `[start_ms, end_ms]` (both
+    /// inclusive), one series at a time in series-key order; series without samples in the
+    /// range are skipped. A selector whose every matcher matches the empty value is
+    /// [`DbError::EmptySelector`].
+    pub fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Select<'_>, DbError> {
+        let ids = {
+            let ix = self.index.read();
+            let mut ids = ix.select_ids(matchers, true)?;
+            ix.sort_by_key(&mut ids);
+            ids
+        };
+        Ok(Select {
+            db: self,
+            ids: ids.into_iter(),
+            start_ms,
+            end_ms,
+            buf: Vec::new(),
+        })
+    }
+
+    fn read_series(&self, id: u64, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
+        out.clear();
+        let head = self.head.read();
+        if let Some(s) = usize::try_from(id).ok().and_then(|i| head.series.get(i)) {
+            s.read_into(start, end, out);
+        }
+    }
+
+    /// Keys of the series matching `matchers` (all series when empty), at most `limit`, in
+    /// id order.
+    pub fn series(&self, matchers: &[Matcher], limit: usize) -> Vec<SeriesKey> {
+        let ix = self.index.read();
+        let Ok(ids) = ix.select_ids(matchers, false) else {
+            return Vec::new();
+        };
+        ids.into_iter()
+            .filter_map(|id| ix.key(SeriesId(id)).cloned())
+            .take(limit)
+            .collect()
+    }
+
+    /// Label names (including `__name__`) used by the series matching `matchers` (all when
+    /// empty), sorted, at most `limit`.
+    pub fn label_names(&self, matchers: &[Matcher], limit: usize) -> Vec<String> {
+        self.index.read().label_names(matchers, limit)
+    }
+
+    /// Values of label `name` among the series matching `matchers` (all when empty), sorted,
+    /// at most `limit`.
+    pub fn label_values(&self, name: &str, matchers: &[Matcher], limit: usize) -> Vec<String> {
+        self.index.read().label_values(name, matchers, limit)
+    }
+
+    /// A point-in-time summary.
+    pub fn stats(&self) -> DbStats {
+        let series = self.index.read().len();
+        let (head_points, head_bytes) = {
+            let head = self.head.read();
+            head.series.iter().fold((0u64, 0u64), |(p, b), s| {
+                (p + s.points() as u64, b + s.heap_bytes() as u64)
+            })
+        };
+        DbStats {
+            series,
+            head_points,
+            head_bytes,
+            wal_pending_bytes: self.wal.pending_bytes(),
+            wal_fsyncs: self.wal.metrics.fsyncs.get(),
+            wal_bytes_written: self.wal.metrics.bytes_written.get(),
+            appended_points: self.metrics.appended.get(),
+            too_old_points: self.metrics.too_old.get(),
+            unknown_series_points: self.metrics.unknown_series.get(),
+            durable_seq: self.wal.durable_seq(),
+            replayed_records: self.metrics.replayed_records.get(),
+            wal_truncated_bytes: self.metrics.wal_truncated_bytes.get(),
+        }
+    }
+
+    /// Renders the engine's self-metrics (Prometheus text).
+    pub fn render_metrics(&self, out: &mut Exposition) {
+        let m = &self.wal.metrics;
+        out.histogram(
+            "roaster_tsdb_wal_fsync_seconds",
+            "Time spent in fsync of WAL segments.",
+            &[],
+            &m.fsync_seconds,
+        );
+        out.histogram(
+            "roaster_tsdb_append_lock_wait_seconds",
+            "Time appends waited for the WAL append lock (including backpressure).",
+            &[],
+            &m.append_lock_wait,
+        );
+        out.counter("roaster_tsdb_wal_fsyncs_total", "WAL fsyncs.", m.fsyncs.get());
+        out.counter(
+            "roaster_tsdb_wal_bytes_written_total",
+            "Bytes written to WAL segments.",
+            m.bytes_written.get(),
+        );
+        out.gauge(
+            "roaster_tsdb_wal_pending_bytes",
+            "WAL bytes appended but not yet written.",
+            m.pending_bytes.load(Ordering::Relaxed) as f64,
+        );
+        out.counter(
+            "roaster_tsdb_appended_points_total",
+            "Samples accepted.",
+            self.metrics.appended.get(),
+        );
+        out.family(
+            "roaster_tsdb_rejected_points_total",
+            "counter",
+            "Samples rejected, by reason.",
+        );
+        out.sample(
+            "roaster_tsdb_rejected_points_total",
+            &[("reason", "too_old")],
+            self.metrics.too_old.get() as f64,
+        );
+        out.sample(
+            "roaster_tsdb_rejected_points_total",
+            &[("reason", "unknown_series")],
+            self.metrics.unknown_series.get() as f64,
+        );
+        out.gauge(
+            "roaster_tsdb_series",
+            "Series registered.",
+            self.index.read().len() as f64,
+        );
+        out.counter(
+            "roaster_tsdb_series_created_total",
+            "Series created since start.",
+            self.metrics.series_created.get(),
+        );
+    }
+
+    /// Whether the engine can take writes now.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(NotReady::Closed);
+        }
+        if let Some(f) = self.wal.failure() {
+            return Err(NotReady::NotWritable(f));
+        }
+        let pending = self.wal.pending_bytes();
+        if pending > self.opts.max_wal_backlog_bytes {
+            return Err(NotReady::WalBacklog {
+                pending_bytes: pending,
+                limit_bytes: self.opts.max_wal_backlog_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes and fsyncs everything pending, stops the background threads and refuses
+    /// further writes. Idempotent.
+    pub fn close(&self) -> Result<(), DbError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.wal.stop(true)
+    }
+
+    /// Stops the background threads WITHOUT writing what is pending, as a crash would; only
+    /// data that `wait_durable` acknowledged is then guaranteed to be recovered. For tests.
+    pub fn crash_for_test(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.wal.stop(false);
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "Closing the time-series database failed.");
+        }
+    }
+}
+
+fn head_limits(opts: &Options) -> HeadLimits {
+    HeadLimits {
+        chunk_points: opts.head_chunk_points.max(1),
+        max_ooo_points: opts.max_ooo_points_per_series.max(1),
+    }
+}
+
+fn decode_samples(payload: &[u8], mut f: impl FnMut(u64, i64, f64)) -> Result<(), ()> {
+    let mut pos = 0;
+    let mut prev_ts = 0i64;
+    while pos < payload.len() {
+        let id = get_uvarint(payload, &mut pos).ok_or(())?;
+        let ts = prev_ts.wrapping_add(unzigzag(get_uvarint(payload, &mut pos).ok_or(())?));
+        let bits = payload.get(pos..pos + 8).ok_or(())?;
+        pos += 8;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bits);
+        f(id, ts, f64::from_bits(u64::from_le_bytes(b)));
+        prev_ts = ts;
+    }
+    Ok(())
+}
+
+/// The streaming result of [`Db::select`]: one [`SeriesData`] at a time, in series-key order.
+/// Memory is bounded by one series, not by the result.
+pub struct Select<'a> {
+    db: &'a Db,
+    ids: std::vec::IntoIter<u64>,
+    start_ms: i64,
+    end_ms: i64,
+    buf: Vec<(i64, f64)>,
+}
+
+impl Iterator for Select<'_> {
+    type Item = Result<SeriesData, DbError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        for id in self.ids.by_ref() {
+            self.db.read_series(id, self.start_ms, self.end_ms, &mut self.buf);
+            if self.buf.is_empty() {
+                continue;
+            }
+            let Some(key) = self.db.index.read().key(SeriesId(id)).cloned() else {
+                continue;
+            };
+            return Some(Ok(SeriesData {
+                id: SeriesId(id),
+                key,
+                timestamps: self.buf.iter().map(|p| p.0).collect(),
+                values: self.buf.iter().map(|p| p.1).collect(),
+            }));
+        }
+        None
+    }
+}

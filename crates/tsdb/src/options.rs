@@ -1,0 +1,91 @@
+//! Engine settings. Every bound the engine enforces has a named, documented field here;
+//! [`Options::default`] gives the documented defaults.
+
+use std::time::Duration;
+
+/// When the WAL is fsynced, and so when [`crate::Db::wait_durable`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// The committer thread fsyncs as soon as any batch is pending (group commit: batches
+    /// arriving during one fsync share the next). Risk: none for acknowledged writes; the
+    /// cost is throughput bounded by fsync latency when callers wait for durability.
+    EveryBatch,
+    /// The committer thread writes and fsyncs the pending WAL buffer every interval.
+    /// Risk: on a crash (process or power) the samples appended in the last interval that
+    /// nobody waited for are lost; samples whose `wait_durable` returned are never lost,
+    /// but waiting costs up to one interval of latency.
+    Interval(Duration),
+}
+
+/// How long data is kept, per resolution, and how much disk it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Raw samples older than this (relative to the clock) are dropped with their block.
+    pub raw_ms: i64,
+    /// Minute rollups older than this are dropped.
+    pub minute_ms: i64,
+    /// Hour rollups older than this are dropped.
+    pub hour_ms: i64,
+    /// When the blocks on disk exceed this many bytes, the oldest raw blocks are dropped first.
+    pub max_disk_bytes: Option<u64>,
+}
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            raw_ms: 15 * DAY_MS,
+            minute_ms: 90 * DAY_MS,
+            hour_ms: 2 * 365 * DAY_MS,
+            max_disk_bytes: None,
+        }
+    }
+}
+
+/// Engine settings; see the field docs for units and defaults.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// WAL fsync policy; default `Interval(100 ms)`.
+    pub fsync: FsyncPolicy,
+    /// Samples older than `max(now, newest sample seen) - ooo_window_ms` are rejected and
+    /// counted as `too_old`; default 7 days.
+    pub ooo_window_ms: i64,
+    /// Time span of one raw block; default 2 h.
+    pub block_duration_ms: i64,
+    /// Retention per resolution and by disk size.
+    pub retention: Retention,
+    /// A WAL segment is closed and a new one started past this size; default 64 MiB.
+    pub wal_segment_bytes: u64,
+    /// Pending (written but not yet handed to the OS) WAL bytes past which `append` blocks
+    /// until the committer catches up, and `readiness` reports a backlog; default 64 MiB.
+    pub max_wal_backlog_bytes: u64,
+    /// Pending WAL bytes past which `append` wakes the committer early; default 4 MiB.
+    pub wal_flush_bytes: u64,
+    /// In-order samples kept raw per series in the head before they are compressed into a
+    /// sealed in-memory chunk; default 240.
+    pub head_chunk_points: usize,
+    /// Out-of-order samples buffered per series before they are merged into its chunks;
+    /// default 512.
+    pub max_ooo_points_per_series: usize,
+    /// How often the background maintenance thread cuts blocks and applies retention;
+    /// default 30 s. `None` disables it (tests call [`crate::Db::compact_now`] instead).
+    pub maintenance_interval: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+            ooo_window_ms: 7 * DAY_MS,
+            block_duration_ms: 2 * 3600 * 1000,
+            retention: Retention::default(),
+            wal_segment_bytes: 64 << 20,
+            max_wal_backlog_bytes: 64 << 20,
+            wal_flush_bytes: 4 << 20,
+            head_chunk_points: 240,
+            max_ooo_points_per_series: 512,
+            maintenance_interval: Some(Duration::from_secs(30)),
+        }
+    }
+}
