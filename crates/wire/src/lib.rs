@@ -24,6 +24,7 @@
 
 pub mod graphite;
 pub mod influx;
+pub mod json;
 pub mod remote_write;
 pub mod statsd;
 
