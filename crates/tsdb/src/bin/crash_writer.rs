@@ -1,0 +1,82 @@
+//! `tsdb-crash-writer DIR FIRST_BATCH SERIES`: the child process of the crash test.
+//!
+//! Opens the database in DIR (recovering it), then appends batch after batch forever:
+//! batch `b` holds one sample per series at `ts = b * 1000` with value `b`. After
+//! `wait_durable` covers a batch it prints the batch number on its own line. The test kills
+//! it with SIGKILL at a random moment and checks that every printed batch survived.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use model::{Label, Point, SeriesKey, SystemClock};
+use tsdb::{Db, FsyncPolicy, Options};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(dir), Some(first), Some(series)) = (
+        args.get(1),
+        args.get(2).and_then(|s| s.parse::<u64>().ok()),
+        args.get(3).and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        eprintln!("usage: tsdb-crash-writer DIR FIRST_BATCH SERIES");
+        return ExitCode::from(2);
+    };
+    let opts = Options {
+        fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(5)),
+        // batches are numbered from 0 ms: keep them all inside the window
+        ooo_window_ms: i64::MAX / 4,
+        maintenance_interval: None,
+        ..Options::default()
+    };
+    let db = match Db::open(std::path::Path::new(dir), opts, Arc::new(SystemClock)) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("open failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut ids = Vec::new();
+    for s in 0..series {
+        let key = match SeriesKey::new("crash", vec![Label::new("s", s.to_string())]) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("bad key: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        match db.resolve(&key) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                eprintln!("resolve failed: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut batch = Vec::with_capacity(ids.len());
+    for b in first.. {
+        batch.clear();
+        batch.extend(ids.iter().map(|id| Point {
+            series: *id,
+            ts: (b * 1000) as i64,
+            value: b as f64,
+        }));
+        let receipt = match db.append(&batch) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("append failed: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Err(e) = db.wait_durable(receipt.wal_seq) {
+            eprintln!("wait_durable failed: {e}");
+            return ExitCode::from(1);
+        }
+        let mut out = stdout.lock();
+        if writeln!(out, "{b}").and_then(|()| out.flush()).is_err() {
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
+}
