@@ -33,11 +33,8 @@ fn every_acknowledged_batch_survives_sigkill() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
+            use model::Clock as _;
+            (model::SystemClock.now().millis() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
         });
     eprintln!("TSDB_CRASH_SEED={seed}");
     let dir = tempfile::tempdir().unwrap();
