@@ -10,13 +10,14 @@
 //! header   := magic "RBLK" · format_version:u32 (= 1)
 //! records  := record{n}          one per series, ascending series id, back to back; a record
 //!                                is a `codec` series encoding (tag 0/1 for raw blocks, tag 2
-//!                                for rollup blocks); see `crate::codec`
+//!                                for rollup blocks) encoded with the block's `ts_base` (the
+//!                                first series' first timestamp); see `crate::codec`
 //! index    := n:varint entry{n}
 //! entry    := id_delta:varint (first entry: the id itself) · len:varint · crc32(record):u32
 //!             · (min_t - block.min_t):varint · (block.max_t - max_t):varint · count:varint
 //!             (record offsets are implied: records start at byte 8 and follow each other)
 //! footer   := index_offset:u64 · index_len:u64 · crc32(index):u32 · id:u64 · seq:u64
-//!             · min_t:i64 · max_t:i64 · series:u64 · points:u64 · resolution:u8
+//!             · min_t:i64 · max_t:i64 · series:u64 · points:u64 · ts_base:i64 · resolution:u8
 //!             · format_version:u32 · crc32(footer fields before this):u32 · magic "RBLK"
 //! ```
 //!
@@ -53,7 +54,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const DATA_FILE: &str = "data";
 const MAGIC: &[u8; 4] = b"RBLK";
 const HEADER_LEN: u64 = 8;
-const FOOTER_LEN: u64 = 8 + 8 + 4 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 4 + 4 + 4;
+const FOOTER_LEN: u64 = 8 + 8 + 4 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 4 + 4 + 4;
 /// Largest index a reader accepts (bounds the allocation made from an untrusted length).
 pub const MAX_INDEX_BYTES: u64 = 1 << 30;
 /// Largest single record a reader accepts.
@@ -150,6 +151,8 @@ pub struct BlockWriter {
     entries: Vec<Entry>,
     offset: u64,
     points: u64,
+    /// Base for the first timestamp of every record; set by the first series.
+    ts_base: Option<i64>,
     buf: Vec<u8>,
 }
 
@@ -185,6 +188,7 @@ impl BlockWriter {
             entries: Vec::new(),
             offset: HEADER_LEN,
             points: 0,
+            ts_base: None,
             buf: Vec::new(),
         })
     }
@@ -231,9 +235,10 @@ impl BlockWriter {
         let (Some(&min_t), Some(&max_t)) = (ts.first(), ts.last()) else {
             return Ok(());
         };
+        let base = *self.ts_base.get_or_insert(min_t);
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        codec::encode_series(ts, vals, &mut buf)?;
+        codec::encode_series_with_base(base, ts, vals, &mut buf)?;
         let r = self.add_record(id, &buf, min_t, max_t, ts.len());
         self.buf = buf;
         r
@@ -264,16 +269,31 @@ impl BlockWriter {
             cols.sum.push(p.sum);
             cols.last.push(p.last);
         }
+        let base = *self.ts_base.get_or_insert(min_t);
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        codec::encode_rollups(&cols, &mut buf)?;
+        codec::encode_rollups(base, &cols, &mut buf)?;
         let r = self.add_record(id, &buf, min_t, max_t, pts.len());
         self.buf = buf;
         r
     }
 
-    /// Appends an already encoded, already verified record (compaction copies untouched series
-    /// this way).
+    /// The base timestamps are encoded against (fixed by the first series or by
+    /// [`BlockWriter::set_ts_base`]).
+    pub fn ts_base(&self) -> Option<i64> {
+        self.ts_base
+    }
+
+    /// Fixes the base timestamp before any series is added (compaction uses it to copy
+    /// records encoded against the same base verbatim). Later calls are ignored.
+    pub fn set_ts_base(&mut self, base: i64) {
+        if self.entries.is_empty() && self.ts_base.is_none() {
+            self.ts_base = Some(base);
+        }
+    }
+
+    /// Appends an already encoded, already verified record that was encoded against this
+    /// writer's `ts_base` (compaction copies untouched series this way).
     pub(crate) fn add_record(
         &mut self,
         id: SeriesId,
@@ -351,6 +371,7 @@ impl BlockWriter {
         footer.extend_from_slice(&meta.max_t.to_le_bytes());
         footer.extend_from_slice(&meta.series.to_le_bytes());
         footer.extend_from_slice(&meta.points.to_le_bytes());
+        footer.extend_from_slice(&self.ts_base.unwrap_or(0).to_le_bytes());
         footer.push(meta.resolution.code());
         footer.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         let crc = crc32fast::hash(&footer);
@@ -400,6 +421,7 @@ pub struct BlockReader {
     file: File,
     meta: BlockMeta,
     entries: Vec<Entry>,
+    ts_base: i64,
     disk_bytes: u64,
 }
 
@@ -440,6 +462,7 @@ impl BlockReader {
         let index_crc = f.u32_le().ok_or_else(|| corrupt("short footer"))?;
         let mut u = || f.u64_le().ok_or_else(|| corrupt("short footer"));
         let (id, seq, min_t, max_t, series, points) = (u()?, u()?, u()? as i64, u()? as i64, u()?, u()?);
+        let ts_base = u()? as i64;
         let resolution = f
             .u8()
             .and_then(Resolution::from_code)
@@ -520,6 +543,7 @@ impl BlockReader {
             file,
             meta,
             entries,
+            ts_base,
             disk_bytes: len,
         })
     }
@@ -561,6 +585,11 @@ impl BlockReader {
             path: self.path.clone(),
             reason,
         }
+    }
+
+    /// The base timestamp records are encoded against.
+    pub fn ts_base(&self) -> i64 {
+        self.ts_base
     }
 
     /// The verified record bytes of a series.
@@ -610,7 +639,7 @@ impl BlockReader {
         let mut buf = Vec::new();
         self.record(e, &mut buf)?;
         let (t0, v0) = (ts.len(), vals.len());
-        if let Err(err) = codec::decode_series(&buf, ts, vals) {
+        if let Err(err) = codec::decode_series_with_base(self.ts_base, &buf, ts, vals) {
             ts.truncate(t0);
             vals.truncate(v0);
             return Err(self.corrupt(format!("series {}: {err}", e.id)));
@@ -648,7 +677,8 @@ impl BlockReader {
         let mut buf = Vec::new();
         self.record(e, &mut buf)?;
         let mut c = RollupColumns::default();
-        codec::decode_rollups(&buf, &mut c).map_err(|err| self.corrupt(format!("series {}: {err}", e.id)))?;
+        codec::decode_rollups(self.ts_base, &buf, &mut c)
+            .map_err(|err| self.corrupt(format!("series {}: {err}", e.id)))?;
         if c.ts.len() != e.count as usize {
             return Err(self.corrupt(format!("series {}: count disagrees with index", e.id)));
         }

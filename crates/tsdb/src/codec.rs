@@ -11,14 +11,17 @@
 //!
 //! ```text
 //! series   := tag:u8 count:varint body
-//! tag 0    raw:    first_ts:zigzag-varint (ts[i]-ts[i-1]):varint{count-1} f64-bits:u64le{count}
+//! tag 0    raw:    (first_ts - base):zigzag-varint (ts[i]-ts[i-1]):varint{count-1} f64-bits:u64le{count}
 //! tag 1    packed: ints-header(ts) floats-header(values) rc-stream
 //! tag 2    rollup: ints-header(bucket ts) ints-header(last_ts - ts) ints-header(count)
 //!                  floats-header(min) floats-header(max) floats-header(sum) floats-header(last) rc-stream
 //! ints-header   := (order | transform<<2):u8 initial-differences:zigzag-varint{order}
 //!                  [min:zigzag-varint if transform = offset]
-//!                  order 0..=2 (differencing), transform 0 zigzag, 1 minus-min, 2 all zero
-//! floats-header := 0:u8 scale:u8 n_exc:varint (index-delta:varint bits:u64le){n_exc} ints-header(mantissas)
+//!                  order 0..=2 (differencing), transform 0 zigzag, 1 minus-min, 2 all zero;
+//!                  for timestamp columns the first initial value is stored minus `base`
+//!                  (0 for [`encode_series`], the block's base time inside blocks)
+//! floats-header := (0 | has_exc<<2 | scale<<3):u8 [n_exc:varint if has_exc]
+//!                  (index-delta:varint bits:u64le){n_exc} ints-header(mantissas)
 //!                | 1:u8                      (XOR of consecutive bit patterns in the stream)
 //! rc-stream     := one adaptive binary range-coded stream with every column's symbols, in
 //!                  header order, to the end of the record (trailing zero bytes trimmed)
@@ -94,6 +97,18 @@ fn check_len(n: usize) -> Result<(), CodecError> {
 /// or the raw one when that is smaller. Timestamps need not be sorted for the codec (blocks
 /// require it), and any f64 bit pattern round-trips.
 pub fn encode_series(ts: &[i64], vals: &[f64], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    encode_series_with_base(0, ts, vals, out)
+}
+
+/// [`encode_series`] with the first timestamp stored relative to `base` (blocks pass a base
+/// shared by all their series, so the first timestamp costs a byte instead of six). Decode
+/// with [`decode_series_with_base`] and the same `base`.
+pub fn encode_series_with_base(
+    base: i64,
+    ts: &[i64],
+    vals: &[f64],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
     if ts.len() != vals.len() {
         return Err(CodecError::LengthMismatch {
             ts: ts.len(),
@@ -105,13 +120,13 @@ pub fn encode_series(ts: &[i64], vals: &[f64], out: &mut Vec<u8>) -> Result<(), 
     out.push(TAG_PACKED);
     put_u64(out, ts.len() as u64);
     let mut cols = ColumnWriter::default();
-    cols.ints(out, ts, 2);
+    cols.ints(out, ts, 2, base);
     cols.floats(out, vals);
     cols.finish(out);
     // Raw costs at least 9 bytes per point; only build it when it could win.
     if out.len() - start > 9 * ts.len() + 2 {
         let mut raw = Vec::new();
-        encode_raw(ts, vals, &mut raw);
+        encode_raw(base, ts, vals, &mut raw);
         if raw.len() < out.len() - start {
             out.truncate(start);
             out.extend_from_slice(&raw);
@@ -120,13 +135,13 @@ pub fn encode_series(ts: &[i64], vals: &[f64], out: &mut Vec<u8>) -> Result<(), 
     Ok(())
 }
 
-fn encode_raw(ts: &[i64], vals: &[f64], out: &mut Vec<u8>) {
+fn encode_raw(base: i64, ts: &[i64], vals: &[f64], out: &mut Vec<u8>) {
     out.push(TAG_RAW);
     put_u64(out, ts.len() as u64);
     let mut prev = 0i64;
     for (i, &t) in ts.iter().enumerate() {
         if i == 0 {
-            put_i64(out, t);
+            put_i64(out, t.wrapping_sub(base));
         } else {
             put_u64(out, t.wrapping_sub(prev) as u64);
         }
@@ -148,6 +163,16 @@ fn read_count(r: &mut Reader<'_>) -> Result<usize, CodecError> {
 /// Decodes a series written by [`encode_series`], appending to `ts` and `vals`. Never panics;
 /// on error the vectors may hold a partial, meaningless suffix (truncate to their old length).
 pub fn decode_series(bytes: &[u8], ts: &mut Vec<i64>, vals: &mut Vec<f64>) -> Result<(), CodecError> {
+    decode_series_with_base(0, bytes, ts, vals)
+}
+
+/// Decodes a series written by [`encode_series_with_base`] with the same `base`.
+pub fn decode_series_with_base(
+    base: i64,
+    bytes: &[u8],
+    ts: &mut Vec<i64>,
+    vals: &mut Vec<f64>,
+) -> Result<(), CodecError> {
     let mut r = Reader::new(bytes);
     let tag = r.u8().ok_or(CodecError::Corrupt("empty record"))?;
     let n = read_count(&mut r)?;
@@ -162,7 +187,9 @@ pub fn decode_series(bytes: &[u8], ts: &mut Vec<i64>, vals: &mut Vec<f64>) -> Re
             let mut t = 0i64;
             for i in 0..n {
                 t = if i == 0 {
-                    r.i64().ok_or(CodecError::Corrupt("truncated raw series"))?
+                    r.i64()
+                        .ok_or(CodecError::Corrupt("truncated raw series"))?
+                        .wrapping_add(base)
                 } else {
                     t.wrapping_add(r.u64().ok_or(CodecError::Corrupt("truncated raw series"))? as i64)
                 };
@@ -177,7 +204,7 @@ pub fn decode_series(bytes: &[u8], ts: &mut Vec<i64>, vals: &mut Vec<f64>) -> Re
         }
         TAG_PACKED => {
             let mut cols = ColumnReader::new();
-            cols.ints(&mut r, n)?;
+            cols.ints(&mut r, n, base)?;
             cols.floats(&mut r, n)?;
             cols.decode(r.rest(), &mut [ts], &mut [vals])
         }
@@ -225,7 +252,8 @@ impl RollupColumns {
 }
 
 /// Encodes rollup columns (tag 2), appending to `out`.
-pub fn encode_rollups(c: &RollupColumns, out: &mut Vec<u8>) -> Result<(), CodecError> {
+/// Bucket times are stored relative to `base`, as in [`encode_series_with_base`].
+pub fn encode_rollups(base: i64, c: &RollupColumns, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let n = c.len_checked().ok_or(CodecError::LengthMismatch {
         ts: c.ts.len(),
         vals: c.min.len(),
@@ -234,16 +262,16 @@ pub fn encode_rollups(c: &RollupColumns, out: &mut Vec<u8>) -> Result<(), CodecE
     out.push(TAG_ROLLUP);
     put_u64(out, n as u64);
     let mut cols = ColumnWriter::default();
-    cols.ints(out, &c.ts, 2);
+    cols.ints(out, &c.ts, 2, base);
     let offsets: Vec<i64> = c
         .last_ts
         .iter()
         .zip(&c.ts)
         .map(|(l, t)| l.wrapping_sub(*t))
         .collect();
-    cols.ints(out, &offsets, 1);
+    cols.ints(out, &offsets, 1, 0);
     let counts: Vec<i64> = c.count.iter().map(|&x| x as i64).collect();
-    cols.ints(out, &counts, 1);
+    cols.ints(out, &counts, 1, 0);
     for col in [&c.min, &c.max, &c.sum, &c.last] {
         cols.floats(out, col);
     }
@@ -252,15 +280,15 @@ pub fn encode_rollups(c: &RollupColumns, out: &mut Vec<u8>) -> Result<(), CodecE
 }
 
 /// Decodes rollup columns written by [`encode_rollups`], appending to `out`.
-pub fn decode_rollups(bytes: &[u8], out: &mut RollupColumns) -> Result<(), CodecError> {
+pub fn decode_rollups(base: i64, bytes: &[u8], out: &mut RollupColumns) -> Result<(), CodecError> {
     let mut r = Reader::new(bytes);
     if r.u8() != Some(TAG_ROLLUP) {
         return Err(CodecError::Corrupt("not a rollup record"));
     }
     let n = read_count(&mut r)?;
     let mut cols = ColumnReader::new();
-    for _ in 0..3 {
-        cols.ints(&mut r, n)?;
+    for b in [base, 0, 0] {
+        cols.ints(&mut r, n, b)?;
     }
     for _ in 0..4 {
         cols.floats(&mut r, n)?;
@@ -341,9 +369,9 @@ mod tests {
             last: vec![2.0, 3.0, 4.0],
         };
         let mut out = Vec::new();
-        encode_rollups(&c, &mut out).unwrap();
+        encode_rollups(0, &c, &mut out).unwrap();
         let mut back = RollupColumns::default();
-        decode_rollups(&out, &mut back).unwrap();
+        decode_rollups(0, &out, &mut back).unwrap();
         assert_eq!(format!("{back:?}"), format!("{c:?}"));
     }
 

@@ -47,13 +47,21 @@ pub fn compact(inputs: &[&BlockReader], out_dir: &Path, seq: u64) -> Result<Bloc
             seq,
         },
     )?;
+    // Records of inputs sharing the output's base are copied verbatim; pick the base of the
+    // input holding the most series.
+    if let Some(b) = order.iter().max_by_key(|b| b.meta().series) {
+        w.set_ts_base(b.ts_base());
+    }
+    let base = w.ts_base();
     let mut record = Vec::new();
     let (mut ts, mut vals) = (Vec::new(), Vec::new());
     let (mut acc_t, mut acc_v, mut tmp_t, mut tmp_v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut acc_r, mut part_r, mut tmp_r) = (Vec::new(), Vec::new(), Vec::new());
     for id in ids.into_iter().map(SeriesId) {
         let holders: Vec<&BlockReader> = order.iter().copied().filter(|b| b.contains(id)).collect();
-        if let [only] = holders.as_slice() {
+        if let [only] = holders.as_slice()
+            && Some(only.ts_base()) == base
+        {
             if let Some((min_t, max_t, count)) = only.raw_record(id, &mut record)? {
                 w.add_record(id, &record, min_t, max_t, count)?;
             }
@@ -168,6 +176,9 @@ mod tests {
             ("disjoint series are copied",
                 &[(1, &[(1, &[(10, 1.0)])]), (2, &[(2, &[(10, 2.0)])])],
                 &[(1, &[(10, 1.0)]), (2, &[(10, 2.0)])]),
+            ("disjoint series, different base times",
+                &[(1, &[(1, &[(10, 1.0)]), (3, &[(-7, 3.0)])]), (2, &[(2, &[(500, 2.0), (600, 2.5)])])],
+                &[(1, &[(10, 1.0)]), (2, &[(500, 2.0), (600, 2.5)]), (3, &[(-7, 3.0)])]),
             ("interleaved samples merge in time order",
                 &[(1, &[(1, &[(10, 1.0), (30, 3.0)])]), (2, &[(1, &[(20, 2.0), (40, 4.0)])])],
                 &[(1, &[(10, 1.0), (20, 2.0), (30, 3.0), (40, 4.0)])]),

@@ -89,6 +89,36 @@ fn bytes_per_point_on_the_peer_data_set_shape() {
     assert!(bpp < 1.15, "{bpp}");
 }
 
+#[test]
+fn block_bytes_per_point_including_index() {
+    use model::SeriesId;
+    use tsdb::block::{BlockOptions, BlockReader, BlockWriter};
+    use tsdb::rollup::Resolution;
+    let (n_series, points) = (2000, 360);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b");
+    let opts = BlockOptions {
+        id: 1,
+        resolution: Resolution::Raw,
+        seq: 1,
+    };
+    let mut w = BlockWriter::create(&path, opts).unwrap();
+    let mut g = Gen(42);
+    for i in 0..n_series {
+        let (ts, vals) = series(&mut g, i, points);
+        w.add_series(SeriesId(i as u64 + 1), &ts, &vals).unwrap();
+    }
+    let meta = w.finish().unwrap();
+    let r = BlockReader::open(&path).unwrap();
+    let bpp = r.disk_bytes() as f64 / meta.points as f64;
+    println!(
+        "block on disk: {bpp:.4} B/pt ({} bytes, {} points)",
+        r.disk_bytes(),
+        meta.points
+    );
+    assert!(bpp < 1.18, "{bpp}");
+}
+
 /// Any f64 bit pattern, biased towards the awkward ones.
 fn any_f64() -> impl Strategy<Value = f64> {
     prop_oneof![
@@ -189,6 +219,6 @@ proptest! {
         let (mut t, mut v) = (Vec::new(), Vec::new());
         let _ = codec::decode_series(&bytes, &mut t, &mut v);
         let mut r = codec::RollupColumns::default();
-        let _ = codec::decode_rollups(&bytes, &mut r);
+        let _ = codec::decode_rollups(0, &bytes, &mut r);
     }
 }

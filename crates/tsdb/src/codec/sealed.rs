@@ -23,6 +23,8 @@ const XF_ZERO: u8 = 2;
 /// Value column kinds.
 const VALUES_DECIMAL: u8 = 0;
 const VALUES_XOR: u8 = 1;
+/// Flag in the value header byte: an exception list follows.
+const HAS_EXCEPTIONS: u8 = 4;
 
 /// The mantissa of `v` at `scale` if `v` is exactly `mantissa as f64 / 10^scale` (bit for bit).
 #[inline]
@@ -68,7 +70,9 @@ fn diff(xs: &mut [i64]) {
 impl ColumnWriter {
     /// Plans an integer column: picks the differencing order in `orders` and the transform
     /// that minimise an estimate of the coded size, writes its header to `hdr`.
-    pub fn ints(&mut self, hdr: &mut Vec<u8>, xs: &[i64], max_order: u8) {
+    /// The first stored initial value is written relative to `base` (timestamps use the
+    /// block's base time so that it costs a byte).
+    pub fn ints(&mut self, hdr: &mut Vec<u8>, xs: &[i64], max_order: u8, base: i64) {
         let mut best: Option<(u64, u8, u8, Vec<i64>)> = None;
         let mut work = xs.to_vec();
         for order in 0..=max_order {
@@ -102,8 +106,8 @@ impl ColumnWriter {
         hdr.push(order | (xf << 2));
         let split = usize::from(order).min(work.len());
         let (head, tail) = work.split_at(split);
-        for &h in head {
-            put_i64(hdr, h);
+        for (i, &h) in head.iter().enumerate() {
+            put_i64(hdr, if i == 0 { h.wrapping_sub(base) } else { h });
         }
         match xf {
             XF_ZERO => {}
@@ -124,9 +128,11 @@ impl ColumnWriter {
     /// values are decimals, otherwise XOR of consecutive bit patterns.
     pub fn floats(&mut self, hdr: &mut Vec<u8>, vals: &[f64]) {
         if let Some((scale, mantissas, exceptions)) = decimal_plan(vals) {
-            hdr.push(VALUES_DECIMAL);
-            hdr.push(scale);
-            put_u64(hdr, exceptions.len() as u64);
+            let exc_flag = if exceptions.is_empty() { 0 } else { HAS_EXCEPTIONS };
+            hdr.push(VALUES_DECIMAL | exc_flag | (scale << 3));
+            if !exceptions.is_empty() {
+                put_u64(hdr, exceptions.len() as u64);
+            }
             let mut prev = 0usize;
             for &i in &exceptions {
                 put_u64(hdr, (i - prev) as u64);
@@ -134,7 +140,7 @@ impl ColumnWriter {
                 let bits = vals.get(i).map_or(0, |v| v.to_bits());
                 hdr.extend_from_slice(&bits.to_le_bytes());
             }
-            self.ints(hdr, &mantissas, 2);
+            self.ints(hdr, &mantissas, 2, 0);
         } else {
             hdr.push(VALUES_XOR);
             let mut prev = 0u64;
@@ -233,15 +239,16 @@ fn corrupt(what: &'static str) -> CodecError {
     CodecError::Corrupt(what)
 }
 
-fn parse_ints(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
+fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<Column, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated column header"))?;
     let (order, xf) = (b & 3, b >> 2);
     if order > 2 || xf > XF_ZERO {
         return Err(corrupt("bad column header"));
     }
     let mut head = Vec::new();
-    for _ in 0..usize::from(order).min(n) {
-        head.push(r.i64().ok_or(corrupt("truncated column header"))?);
+    for i in 0..usize::from(order).min(n) {
+        let h = r.i64().ok_or(corrupt("truncated column header"))?;
+        head.push(if i == 0 { h.wrapping_add(base) } else { h });
     }
     let min = if xf == XF_OFFSET {
         r.i64().ok_or(corrupt("truncated column header"))?
@@ -258,13 +265,18 @@ fn parse_ints(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
 }
 
 fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
-    match r.u8() {
-        Some(VALUES_DECIMAL) => {
-            let scale = r
-                .u8()
-                .filter(|&s| s <= MAX_SCALE)
-                .ok_or(corrupt("bad decimal scale"))?;
-            let count = r.u64().ok_or(corrupt("truncated exceptions"))?;
+    let b = r.u8().ok_or(corrupt("truncated value header"))?;
+    match b & 3 {
+        VALUES_DECIMAL => {
+            let scale = b >> 3;
+            if scale > MAX_SCALE {
+                return Err(corrupt("bad decimal scale"));
+            }
+            let count = if b & HAS_EXCEPTIONS != 0 {
+                r.u64().ok_or(corrupt("truncated exceptions"))?
+            } else {
+                0
+            };
             if count > n as u64 {
                 return Err(corrupt("too many exceptions"));
             }
@@ -280,14 +292,14 @@ fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
                 let bits = r.u64_le().ok_or(corrupt("truncated exceptions"))?;
                 exceptions.push((at as usize, bits));
             }
-            let ints = Box::new(parse_ints(r, n)?);
+            let ints = Box::new(parse_ints(r, n, 0)?);
             Ok(Column::Decimal {
                 scale,
                 exceptions,
                 ints,
             })
         }
-        Some(VALUES_XOR) => Ok(Column::Xor { n }),
+        VALUES_XOR if b == VALUES_XOR => Ok(Column::Xor { n }),
         _ => Err(corrupt("bad value column kind")),
     }
 }
@@ -330,8 +342,8 @@ impl ColumnReader {
     }
 
     /// Parses the header of an integer column of `n` values.
-    pub fn ints(&mut self, r: &mut Reader<'_>, n: usize) -> Result<(), CodecError> {
-        self.columns.push(parse_ints(r, n)?);
+    pub fn ints(&mut self, r: &mut Reader<'_>, n: usize, base: i64) -> Result<(), CodecError> {
+        self.columns.push(parse_ints(r, n, base)?);
         Ok(())
     }
 
