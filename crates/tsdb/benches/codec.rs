@@ -1,0 +1,168 @@
+//! Codec throughput and size on data shaped like `shared/bench/peers/gen.py`.
+//!
+//! Measures, per point: sealed `encode_series` and `decode_series` (what compaction and reads
+//! pay), `HeadChunk::push` and `HeadChunk::decode_into` (what ingest and head reads pay). Before
+//! the timings it prints bytes/point of the sealed encoding and of head chunks, the figure the
+//! issue compares with VictoriaMetrics (1.58 B/pt on disk; goal <= 1.26 including the index).
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-tsdb cargo bench -p tsdb --bench codec`
+//! (1,000 series x 360 points; set `CODEC_BENCH_SERIES` for another size).
+
+use divan::counter::ItemsCount;
+use divan::{Bencher, black_box};
+use tsdb::codec::{self, HeadChunk};
+
+const POINTS: usize = 360;
+
+/// gen.py's shape: per cpu 5 random-walk gauges (2 decimals), 3 counters, 2 constants.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn gauss(&mut self, sigma: f64) -> f64 {
+        let (u1, u2) = (self.uniform().max(f64::MIN_POSITIVE), self.uniform());
+        sigma * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+struct Series {
+    ts: Vec<i64>,
+    vals: Vec<f64>,
+}
+
+fn data() -> Vec<Series> {
+    let n: usize = std::env::var("CODEC_BENCH_SERIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let mut g = Gen(42);
+    (0..n)
+        .map(|i| {
+            let ts = (0..POINTS as i64)
+                .map(|p| 1_700_000_000_000 + p * 10_000)
+                .collect();
+            let kind = i % 10;
+            let mut v = match kind {
+                0..5 => (g.uniform() * 10_000.0).round() / 100.0,
+                5..8 => (g.next() % 1_000_000_000) as f64,
+                8 => 3400.0,
+                _ => 1.0,
+            };
+            let vals = (0..POINTS)
+                .map(|p| {
+                    if p > 0 {
+                        match kind {
+                            0..5 => v = (v + g.gauss(1.5)).clamp(0.0, 100.0),
+                            5..8 => v += (g.next() % 5000) as f64,
+                            _ => {}
+                        }
+                    }
+                    if kind < 5 {
+                        format!("{v:.2}").parse().unwrap_or(v)
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            Series { ts, vals }
+        })
+        .collect()
+}
+
+fn points(d: &[Series]) -> usize {
+    d.iter().map(|s| s.ts.len()).sum()
+}
+
+fn encoded(d: &[Series]) -> Vec<Vec<u8>> {
+    d.iter()
+        .map(|s| {
+            let mut out = Vec::new();
+            codec::encode_series(&s.ts, &s.vals, &mut out).expect("encodable");
+            out
+        })
+        .collect()
+}
+
+fn heads(d: &[Series]) -> Vec<HeadChunk> {
+    d.iter()
+        .map(|s| {
+            let mut c = HeadChunk::new();
+            for (&t, &v) in s.ts.iter().zip(&s.vals) {
+                c.push(t, v).expect("increasing");
+            }
+            c
+        })
+        .collect()
+}
+
+fn main() {
+    let d = data();
+    let n = points(&d) as f64;
+    let sealed: usize = encoded(&d).iter().map(Vec::len).sum();
+    let head: usize = heads(&d).iter().map(HeadChunk::heap_bytes).sum();
+    println!(
+        "sealed: {:.4} B/pt; head chunks: {:.3} B/pt (heap capacity)",
+        sealed as f64 / n,
+        head as f64 / n
+    );
+    divan::main();
+}
+
+#[divan::bench]
+fn sealed_encode(b: Bencher) {
+    let d = data();
+    let mut out = Vec::new();
+    b.counter(ItemsCount::new(points(&d))).bench_local(|| {
+        for s in &d {
+            out.clear();
+            codec::encode_series(&s.ts, &s.vals, &mut out).expect("encodable");
+            black_box(&out);
+        }
+    });
+}
+
+#[divan::bench]
+fn sealed_decode(b: Bencher) {
+    let d = data();
+    let enc = encoded(&d);
+    let (mut ts, mut vals) = (Vec::new(), Vec::new());
+    b.counter(ItemsCount::new(points(&d))).bench_local(|| {
+        for e in &enc {
+            ts.clear();
+            vals.clear();
+            codec::decode_series(e, &mut ts, &mut vals).expect("valid");
+            black_box((&ts, &vals));
+        }
+    });
+}
+
+#[divan::bench]
+fn head_push(b: Bencher) {
+    let d = data();
+    b.counter(ItemsCount::new(points(&d)))
+        .bench_local(|| black_box(heads(&d)));
+}
+
+#[divan::bench]
+fn head_decode(b: Bencher) {
+    let d = data();
+    let h = heads(&d);
+    let (mut ts, mut vals) = (Vec::new(), Vec::new());
+    b.counter(ItemsCount::new(points(&d))).bench_local(|| {
+        for c in &h {
+            ts.clear();
+            vals.clear();
+            c.decode_into(&mut ts, &mut vals);
+            black_box((&ts, &vals));
+        }
+    });
+}
