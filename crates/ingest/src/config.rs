@@ -1,0 +1,261 @@
+//! [`IngestConfig`]: every knob of the ingest path, with its unit in its name.
+//!
+//! The server embeds this struct as the `[ingest]` section of its TOML config, so field
+//! names are public contract: renaming one breaks users' config files.
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of the robot-facing ingest path: listeners, limits and queues.
+///
+/// Every bound the ingest path enforces comes from here. [`IngestConfig::validate`] is
+/// called by [`crate::Ingest::new`], so a bad value fails at startup naming the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Graphite plaintext over TCP; `""` or `"off"` disables it, port 0 picks a free port.
+    pub graphite_tcp_listen: String,
+    /// Graphite plaintext over UDP; `""` or `"off"` disables it.
+    pub graphite_udp_listen: String,
+    /// StatsD over UDP; `""` or `"off"` disables it.
+    pub statsd_udp_listen: String,
+    /// StatsD over TCP (newline-separated metrics); `""` or `"off"` disables it.
+    pub statsd_tcp_listen: String,
+    /// Client networks allowed to use the plaintext protocols (Graphite, StatsD), which have
+    /// no authentication. Traffic from other addresses is refused and counted (`not_allowed`).
+    pub plaintext_allow_cidrs: Vec<String>,
+    /// Graphite templates, as InfluxDB's graphite input takes them: `[filter] template [tags]`.
+    pub graphite_templates: Vec<String>,
+    /// StatsD flush interval in milliseconds (Etsy's `flushInterval`).
+    pub statsd_flush_interval_ms: u64,
+    /// Percentiles computed for StatsD timers at each flush (`upper_90`, `mean_90`, `sum_90`).
+    pub statsd_percentiles: Vec<f64>,
+    /// Stop emitting counters that saw no update during a flush interval (Etsy `deleteCounters`).
+    pub statsd_delete_idle_counters: bool,
+    /// Stop emitting gauges that saw no update during a flush interval (Etsy `deleteGauges`).
+    pub statsd_delete_idle_gauges: bool,
+    /// Stop emitting timers that saw no update during a flush interval (Etsy `deleteTimers`).
+    pub statsd_delete_idle_timers: bool,
+    /// Stop emitting sets that saw no update during a flush interval (Etsy `deleteSets`).
+    pub statsd_delete_idle_sets: bool,
+    /// Most distinct StatsD aggregation keys (name + tags); new keys beyond it are dropped.
+    pub statsd_max_keys: usize,
+    /// Most raw timer values kept per key and interval for exact percentiles; beyond it
+    /// count/sum/min/max keep updating and percentiles come from the sketch.
+    pub statsd_max_timer_samples_per_key: usize,
+    /// Requested kernel receive buffer of UDP sockets (`SO_RCVBUF`), in bytes; the kernel caps
+    /// it at `net.core.rmem_max` and the effective size is logged.
+    pub udp_recv_buffer_bytes: usize,
+    /// Longest accepted plaintext line (Graphite, StatsD TCP), in bytes.
+    pub max_line_bytes: usize,
+    /// Largest UDP datagram read, in bytes; longer datagrams are truncated by the kernel and
+    /// their last line is rejected.
+    pub max_udp_packet_bytes: usize,
+    /// Largest HTTP request body, compressed and decompressed, in bytes (413 beyond).
+    pub max_http_body_bytes: usize,
+    /// Most labels one series may carry (the metric name is not counted).
+    pub max_labels_per_series: usize,
+    /// Longest metric name, in bytes.
+    pub max_name_bytes: usize,
+    /// Longest label value (and label name), in bytes.
+    pub max_label_value_bytes: usize,
+    /// Most series one metric name may have; new series beyond it are rejected.
+    pub max_series_per_metric: usize,
+    /// Most series in storage; new series beyond it are rejected.
+    pub max_series_total: usize,
+    /// Capacity of the queue between ingest and storage, in points. When full, HTTP answers
+    /// 429, TCP stops reading and UDP drops (`queue_full`).
+    pub queue_capacity_points: usize,
+    /// Most points in one batch handed to storage.
+    pub batch_max_points: usize,
+    /// Storage writer threads; batches of one connection always go to the same thread, so
+    /// each connection's points reach storage in order.
+    pub writer_threads: usize,
+    /// Read buffer of one plaintext TCP connection, in bytes.
+    pub tcp_read_buffer_bytes: usize,
+    /// Most open plaintext TCP connections per listener; further connections wait in the
+    /// kernel's accept queue.
+    pub max_tcp_connections: usize,
+    /// Most entries in each Graphite connection's series-id cache (raw key → series id).
+    pub graphite_series_cache_entries: usize,
+    /// Whether HTTP ingest waits for the WAL fsync before answering 2xx.
+    pub http_durable_ack: bool,
+    /// `Retry-After` value, in seconds, sent with 429 and 503 answers.
+    pub retry_after_seconds: u64,
+    /// Rejected lines kept per source for `GET /api/v1/ingest/rejections`.
+    pub rejections_kept_per_source: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> IngestConfig {
+        IngestConfig {
+            graphite_tcp_listen: "127.0.0.1:2003".into(),
+            graphite_udp_listen: "127.0.0.1:2003".into(),
+            statsd_udp_listen: "127.0.0.1:8125".into(),
+            statsd_tcp_listen: "127.0.0.1:8125".into(),
+            plaintext_allow_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            graphite_templates: Vec::new(),
+            statsd_flush_interval_ms: 10_000,
+            statsd_percentiles: vec![90.0],
+            statsd_delete_idle_counters: false,
+            statsd_delete_idle_gauges: false,
+            statsd_delete_idle_timers: false,
+            statsd_delete_idle_sets: false,
+            statsd_max_keys: 1_000_000,
+            statsd_max_timer_samples_per_key: 10_000,
+            udp_recv_buffer_bytes: 8 << 20,
+            max_line_bytes: 64 << 10,
+            max_udp_packet_bytes: 65_535,
+            max_http_body_bytes: 32 << 20,
+            max_labels_per_series: 64,
+            max_name_bytes: 1024,
+            max_label_value_bytes: 4096,
+            max_series_per_metric: 1_000_000,
+            max_series_total: 10_000_000,
+            queue_capacity_points: 1 << 20,
+            batch_max_points: 16 << 10,
+            writer_threads: 2,
+            tcp_read_buffer_bytes: 256 << 10,
+            max_tcp_connections: 1024,
+            graphite_series_cache_entries: 1 << 20,
+            http_durable_ack: true,
+            retry_after_seconds: 5,
+            rejections_kept_per_source: 100,
+        }
+    }
+}
+
+/// A config value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ingest.{key}: {problem}")]
+pub struct ConfigError {
+    /// The offending key.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl IngestConfig {
+    /// Checks every value that could make ingest misbehave; names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &'static str, problem: &str| {
+            Err(ConfigError {
+                key,
+                problem: problem.into(),
+            })
+        };
+        let positive: [(&'static str, usize); 14] = [
+            ("max_line_bytes", self.max_line_bytes),
+            ("max_udp_packet_bytes", self.max_udp_packet_bytes),
+            ("max_http_body_bytes", self.max_http_body_bytes),
+            ("max_name_bytes", self.max_name_bytes),
+            ("max_label_value_bytes", self.max_label_value_bytes),
+            ("max_series_per_metric", self.max_series_per_metric),
+            ("max_series_total", self.max_series_total),
+            ("queue_capacity_points", self.queue_capacity_points),
+            ("batch_max_points", self.batch_max_points),
+            ("writer_threads", self.writer_threads),
+            ("tcp_read_buffer_bytes", self.tcp_read_buffer_bytes),
+            ("max_tcp_connections", self.max_tcp_connections),
+            ("statsd_max_keys", self.statsd_max_keys),
+            ("rejections_kept_per_source", self.rejections_kept_per_source),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return err(key, "must be greater than 0");
+            }
+        }
+        if self.batch_max_points > self.queue_capacity_points {
+            return err("batch_max_points", "must not exceed queue_capacity_points");
+        }
+        if u32::try_from(self.queue_capacity_points).is_err() {
+            return err("queue_capacity_points", "must be below 2^32");
+        }
+        if self.writer_threads > 64 {
+            return err("writer_threads", "must be at most 64");
+        }
+        if self.tcp_read_buffer_bytes < self.max_line_bytes.saturating_add(1) {
+            return err("tcp_read_buffer_bytes", "must be larger than max_line_bytes");
+        }
+        if self.statsd_flush_interval_ms == 0 {
+            return err("statsd_flush_interval_ms", "must be greater than 0");
+        }
+        if let Some(p) = self
+            .statsd_percentiles
+            .iter()
+            .find(|p| !(p.is_finite() && **p > 0.0 && **p < 100.0))
+        {
+            return err(
+                "statsd_percentiles",
+                &format!("{p} is not strictly between 0 and 100"),
+            );
+        }
+        for c in &self.plaintext_allow_cidrs {
+            if let Err(e) = c.parse::<crate::cidr::Cidr>() {
+                return err("plaintext_allow_cidrs", &e.to_string());
+            }
+        }
+        for (key, addr) in [
+            ("graphite_tcp_listen", &self.graphite_tcp_listen),
+            ("graphite_udp_listen", &self.graphite_udp_listen),
+            ("statsd_udp_listen", &self.statsd_udp_listen),
+            ("statsd_tcp_listen", &self.statsd_tcp_listen),
+        ] {
+            if listen_addr(addr).is_err() {
+                return err(key, &format!("{addr:?} is not host:port, \"\" or \"off\""));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a listen address; `Ok(None)` means the listener is disabled.
+pub(crate) fn listen_addr(s: &str) -> Result<Option<std::net::SocketAddr>, std::net::AddrParseError> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse().map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_round_trips() {
+        let c = IngestConfig::default();
+        c.validate().unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        let back: IngestConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        type Edit = fn(&mut IngestConfig);
+        let cases: &[(Edit, &str)] = &[
+            (|c| c.queue_capacity_points = 0, "queue_capacity_points"),
+            (
+                |c| c.batch_max_points = c.queue_capacity_points + 1,
+                "batch_max_points",
+            ),
+            (
+                |c| c.plaintext_allow_cidrs = vec!["10.0.0.0/33".into()],
+                "plaintext_allow_cidrs",
+            ),
+            (|c| c.statsd_percentiles = vec![100.0], "statsd_percentiles"),
+            (|c| c.graphite_tcp_listen = "nope".into(), "graphite_tcp_listen"),
+            (|c| c.tcp_read_buffer_bytes = 10, "tcp_read_buffer_bytes"),
+        ];
+        for (edit, key) in cases {
+            let mut c = IngestConfig::default();
+            edit(&mut c);
+            assert_eq!(c.validate().unwrap_err().key, *key);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(serde_json::from_str::<IngestConfig>(r#"{"max_lines":1}"#).is_err());
+    }
+}

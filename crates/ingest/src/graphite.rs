@@ -1,0 +1,562 @@
+//! Graphite plaintext listeners: TCP (the throughput path) and UDP.
+//!
+//! TCP, per connection: read big buffers (`tcp_read_buffer_bytes`), split lines with
+//! `memchr`, parse each with `wire::graphite::parse_line` (no allocation), and look the raw
+//! key (`path;tags` exactly as sent) up in a per-connection cache of series ids. Only on a
+//! miss is a key copied: the misses of one buffer are resolved together in one blocking job
+//! (templates → `SeriesKey` → cardinality limits → `sink.resolve`). The points of one buffer
+//! form one batch (split at `batch_max_points`), submitted with backpressure: while the
+//! queue is full the connection is not read.
+//!
+//! The cache also remembers refused keys (bad labels, cardinality limits), so a flood of a
+//! refused series costs a hash lookup per line, not a storage call; such lines are counted
+//! every time but kept in the rejections list only when first refused. The cache is
+//! cleared when it reaches `graphite_series_cache_entries`; reconnecting also clears it.
+//!
+//! UDP: one reader thread per socket (blocking receive with a short timeout to notice
+//! shutdown), resolving on that thread, shedding (`queue_full`) when the queue is full.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use model::{Point, SeriesId, Timestamp};
+use tokio::io::AsyncReadExt as _;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::limiter::Refused;
+use crate::queue::{Batch, QueueFull};
+use crate::telemetry::reason;
+use crate::{IngestError, Shared, Source, SwitchState, spawn_ingest};
+
+type Hasher = foldhash::fast::RandomState;
+
+/// How long a UDP reader blocks before checking for shutdown and flushing its batch.
+pub(crate) const UDP_POLL: Duration = Duration::from_millis(50);
+
+/// What a connection knows about a raw key.
+#[derive(Clone, Copy)]
+enum Known {
+    Series(SeriesId),
+    Refused(&'static str),
+}
+
+/// Raw key bytes → series id (or refusal), bounded; keys come from untrusted clients, hence
+/// the randomly seeded hasher.
+struct SeriesCache {
+    map: HashMap<Box<[u8]>, Known, Hasher>,
+    cap: usize,
+}
+
+impl SeriesCache {
+    fn new(cap: usize) -> SeriesCache {
+        SeriesCache {
+            map: HashMap::with_hasher(Hasher::default()),
+            cap,
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Known> {
+        self.map.get(key).copied()
+    }
+
+    fn insert(&mut self, key: Box<[u8]>, v: Known) {
+        if self.map.len() >= self.cap {
+            self.map.clear();
+        }
+        self.map.insert(key, v);
+    }
+}
+
+/// Points of one key not yet in the cache, collected over one buffer.
+struct Miss {
+    key: String,
+    points: Vec<(i64, f64)>,
+}
+
+/// Resolves missed keys in a blocking context; returns, per key, the id or the refusal.
+fn resolve_misses(sh: &Shared, misses: &[Miss]) -> Vec<Result<SeriesId, Refused>> {
+    misses
+        .iter()
+        .map(|m| {
+            let (path, tags) = m.key.split_once(';').unwrap_or((&m.key, ""));
+            let line = wire::graphite::GraphiteLine {
+                key: &m.key,
+                path,
+                tags,
+                value: 0.0,
+                timestamp_ms: None,
+            };
+            let key = line
+                .series_key(sh.templates.as_ref(), &sh.limits)
+                .map_err(|r| Refused {
+                    reason: r.reason.as_str(),
+                    detail: r.detail,
+                })?;
+            sh.limiter.resolve(&key)
+        })
+        .collect()
+}
+
+/// Per-connection (or per-socket) parse state.
+pub(crate) struct LineSink {
+    source: Source,
+    cache: SeriesCache,
+    misses: Vec<Miss>,
+    miss_index: HashMap<Box<[u8]>, usize, Hasher>,
+    points: Vec<Point>,
+}
+
+impl LineSink {
+    fn new(source: Source, cache_cap: usize) -> LineSink {
+        LineSink {
+            source,
+            cache: SeriesCache::new(cache_cap),
+            misses: Vec::new(),
+            miss_index: HashMap::with_hasher(Hasher::default()),
+            points: Vec::new(),
+        }
+    }
+
+    /// Parses every complete line of `buf`; hits become points, misses are collected.
+    fn lines(&mut self, sh: &Shared, buf: &[u8], now: Timestamp) {
+        let mut start = 0;
+        let mut lineno = 0usize;
+        while start < buf.len() {
+            let end = memchr::memchr(b'\n', &buf[start..]).map_or(buf.len(), |i| start + i);
+            let line = &buf[start..end];
+            start = end + 1;
+            lineno += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match wire::graphite::parse_line(line, &sh.limits) {
+                Ok(gl) => {
+                    let ts = gl.timestamp_ms.unwrap_or(now.millis());
+                    match self.cache.get(gl.key.as_bytes()) {
+                        Some(Known::Series(series)) => self.points.push(Point {
+                            series,
+                            ts,
+                            value: gl.value,
+                        }),
+                        Some(Known::Refused(r)) => sh.dropped(self.source, r, 1),
+                        None => self.miss(gl.key, ts, gl.value),
+                    }
+                }
+                Err(mut e) => {
+                    e.line = lineno;
+                    sh.reject_line(self.source, &e, now);
+                }
+            }
+        }
+    }
+
+    fn miss(&mut self, key: &str, ts: i64, value: f64) {
+        match self.miss_index.get(key.as_bytes()) {
+            Some(&i) => {
+                if let Some(m) = self.misses.get_mut(i) {
+                    m.points.push((ts, value));
+                }
+            }
+            None => {
+                self.miss_index.insert(key.as_bytes().into(), self.misses.len());
+                self.misses.push(Miss {
+                    key: key.to_owned(),
+                    points: vec![(ts, value)],
+                });
+            }
+        }
+    }
+
+    /// Applies resolved misses: caches ids and refusals, appends the points.
+    fn resolved(
+        &mut self,
+        sh: &Shared,
+        misses: Vec<Miss>,
+        ids: Vec<Result<SeriesId, Refused>>,
+        now: Timestamp,
+    ) {
+        self.miss_index.clear();
+        for (m, id) in misses.into_iter().zip(ids) {
+            match id {
+                Ok(series) => {
+                    self.points
+                        .extend(m.points.iter().map(|&(ts, value)| Point { series, ts, value }));
+                    self.cache
+                        .insert(m.key.into_bytes().into_boxed_slice(), Known::Series(series));
+                }
+                Err(r) => {
+                    sh.reject(self.source, r.reason, &format!("{} ({})", m.key, r.detail), now);
+                    sh.dropped(self.source, r.reason, m.points.len().saturating_sub(1));
+                    self.cache
+                        .insert(m.key.into_bytes().into_boxed_slice(), Known::Refused(r.reason));
+                }
+            }
+        }
+    }
+
+    /// The points gathered so far, as batches of at most `batch_max_points`.
+    fn take_batches(&mut self, batch_max: usize) -> Vec<Batch> {
+        if self.points.is_empty() {
+            return Vec::new();
+        }
+        let points = std::mem::take(&mut self.points);
+        if points.len() <= batch_max {
+            return vec![self.batch(points)];
+        }
+        points.chunks(batch_max).map(|c| self.batch(c.to_vec())).collect()
+    }
+
+    fn batch(&self, points: Vec<Point>) -> Batch {
+        Batch {
+            points,
+            source: self.source,
+            durable: false,
+            ack: None,
+        }
+    }
+}
+
+/// Binds the Graphite TCP listener and starts accepting.
+pub(crate) async fn start_tcp(sh: Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr, IngestError> {
+    let bind_err = |source| IngestError::Bind {
+        listener: Source::GraphiteTcp.as_str(),
+        addr,
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    tracing::info!(listener = "graphite-tcp", addr = %local, "listening");
+    let sh2 = Arc::clone(&sh);
+    spawn_ingest(
+        &sh,
+        accept_loop(sh2, listener, Source::GraphiteTcp, |sh, stream| {
+            Box::pin(serve_tcp(sh, stream))
+        }),
+    );
+    Ok(local)
+}
+
+/// A connection handler, boxed so one accept loop serves Graphite and StatsD.
+pub(crate) type Handler =
+    fn(Arc<Shared>, TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Accepts connections up to `max_tcp_connections`, refusing peers outside the allow-list.
+pub(crate) async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, source: Source, handler: Handler) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(sh.cfg.max_tcp_connections));
+    loop {
+        let permit = tokio::select! {
+            () = sh.stop.cancelled() => return,
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let accepted = tokio::select! {
+            () = sh.stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning
+                tracing::warn!(listener = source.as_str(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !sh.allow.allows(peer.ip()) {
+            tracing::debug!(listener = source.as_str(), peer = %peer, "connection refused by plaintext_allow_cidrs");
+            sh.dropped(source, reason::NOT_ALLOWED, 1);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let sh2 = Arc::clone(&sh);
+        spawn_ingest(&sh, async move {
+            let gauge = &sh2.metrics.tcp_connections[source.index()];
+            gauge.add(1);
+            handler(Arc::clone(&sh2), stream).await;
+            gauge.add(-1);
+            drop(permit);
+        });
+    }
+}
+
+/// Waits while `source` is paused; `false` when ingest is stopping.
+pub(crate) async fn wait_unpaused(sh: &Shared, source: Source) -> bool {
+    let mut rx = sh.switches.subscribe();
+    while sh.switch(source) == SwitchState::Paused {
+        tokio::select! {
+            () = sh.stop.cancelled() => return false,
+            r = rx.changed() => if r.is_err() { return false },
+        }
+    }
+    !sh.stop.is_cancelled()
+}
+
+/// Serves one Graphite TCP connection until EOF, error or shutdown.
+async fn serve_tcp(sh: Arc<Shared>, stream: TcpStream) {
+    let ls = LineSink::new(Source::GraphiteTcp, sh.cfg.graphite_series_cache_entries);
+    read_lines(sh, stream, Lines::Graphite(ls)).await;
+}
+
+/// What a plaintext TCP connection carries.
+pub(crate) enum Lines {
+    /// Graphite lines, with the connection's series cache.
+    Graphite(LineSink),
+    /// StatsD lines, fed to the shared aggregator.
+    Statsd,
+}
+
+impl Lines {
+    fn source(&self) -> Source {
+        match self {
+            Lines::Graphite(ls) => ls.source,
+            Lines::Statsd => Source::StatsdTcp,
+        }
+    }
+
+    /// Handles the complete lines of one read; `false` when the connection should close.
+    async fn chunk(&mut self, sh: &Arc<Shared>, chunk: &[u8], shard: usize) -> bool {
+        let source = self.source();
+        if sh.switch(source) == SwitchState::Blackholed {
+            let lines = memchr::memchr_iter(b'\n', chunk).count() + usize::from(!chunk.ends_with(b"\n"));
+            sh.dropped(source, reason::BLACKHOLED, lines);
+            return true;
+        }
+        match self {
+            Lines::Graphite(ls) => process(sh, ls, chunk, shard).await,
+            Lines::Statsd => {
+                crate::statsd::observe_packet(sh, source, chunk);
+                true
+            }
+        }
+    }
+}
+
+/// Reads newline-separated lines from a plaintext TCP connection in big buffers, honouring
+/// the kill switch (paused: not read), `max_line_bytes` and shutdown.
+pub(crate) async fn read_lines(sh: Arc<Shared>, mut stream: TcpStream, mut proto: Lines) {
+    let source = proto.source();
+    let shard = sh.shard();
+    let mut buf = vec![0u8; sh.cfg.tcp_read_buffer_bytes];
+    let mut filled = 0usize;
+    // inside a line longer than the buffer: skip to its end
+    let mut discarding = false;
+    loop {
+        if !wait_unpaused(&sh, source).await {
+            break;
+        }
+        let Some(free) = buf.get_mut(filled..) else { break };
+        let n = tokio::select! {
+            () = sh.stop.cancelled() => break,
+            r = stream.read(free) => match r { Ok(n) => n, Err(_) => break },
+        };
+        let eof = n == 0;
+        filled += n;
+        let mut start = 0;
+        if discarding {
+            match memchr::memchr(b'\n', &buf[..filled]) {
+                Some(i) => {
+                    start = i + 1;
+                    discarding = false;
+                }
+                None => {
+                    filled = 0;
+                    if eof {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        // complete lines end at the last newline; at EOF the tail is a line too
+        let end = if eof {
+            filled
+        } else {
+            match memchr::memrchr(b'\n', &buf[start..filled]) {
+                Some(i) => start + i + 1,
+                None => start,
+            }
+        };
+        if end > start && !proto.chunk(&sh, &buf[start..end], shard).await {
+            break;
+        }
+        if eof {
+            break;
+        }
+        buf.copy_within(end..filled, 0);
+        filled -= end;
+        if filled == buf.len() {
+            let now = sh.clock.now();
+            let head = String::from_utf8_lossy(&buf[..buf.len().min(crate::telemetry::EXCERPT_MAX_BYTES)])
+                .into_owned();
+            sh.reject(source, wire::Reason::LineTooLong.as_str(), &head, now);
+            filled = 0;
+            discarding = true;
+        }
+    }
+}
+
+/// Handles the complete lines of one read; `false` when the connection should close.
+async fn process(sh: &Arc<Shared>, ls: &mut LineSink, chunk: &[u8], shard: usize) -> bool {
+    let now = sh.clock.now();
+    ls.lines(sh, chunk, now);
+    if !ls.misses.is_empty() {
+        let misses = std::mem::take(&mut ls.misses);
+        let sh2 = Arc::clone(sh);
+        let job = tokio::task::spawn_blocking(move || {
+            let ids = resolve_misses(&sh2, &misses);
+            (misses, ids)
+        });
+        match job.await {
+            Ok((misses, ids)) => ls.resolved(sh, misses, ids, now),
+            Err(_) => return false,
+        }
+    }
+    for batch in ls.take_batches(sh.cfg.batch_max_points) {
+        if sh.queue.submit(batch, shard, &sh.metrics).await == Err(QueueFull::Closed) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Binds the Graphite UDP socket and starts its reader thread.
+pub(crate) fn start_udp(sh: Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr, IngestError> {
+    let source = Source::GraphiteUdp;
+    let socket = bind_udp(&sh, source, addr)?;
+    let local = socket.local_addr().map_err(|e| IngestError::Bind {
+        listener: source.as_str(),
+        addr,
+        source: e,
+    })?;
+    let sh2 = Arc::clone(&sh);
+    let t = std::thread::Builder::new()
+        .name("roaster-graphite-udp".into())
+        .spawn(move || udp_loop(&sh2, &socket))
+        .map_err(IngestError::Spawn)?;
+    sh.threads.lock().push(t);
+    Ok(local)
+}
+
+/// Binds a UDP socket with the configured receive buffer and a short read timeout.
+pub(crate) fn bind_udp(
+    sh: &Shared,
+    source: Source,
+    addr: SocketAddr,
+) -> Result<std::net::UdpSocket, IngestError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |e| IngestError::Bind {
+        listener: source.as_str(),
+        addr,
+        source: e,
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if let Err(e) = socket.set_recv_buffer_size(sh.cfg.udp_recv_buffer_bytes) {
+        tracing::warn!(listener = source.as_str(), error = %e, "cannot set the udp receive buffer");
+    }
+    let effective = socket.recv_buffer_size().unwrap_or(0);
+    sh.metrics
+        .udp_rcvbuf_bytes
+        .set(i64::try_from(effective).unwrap_or(i64::MAX));
+    if effective < sh.cfg.udp_recv_buffer_bytes {
+        tracing::warn!(
+            listener = source.as_str(),
+            requested = sh.cfg.udp_recv_buffer_bytes,
+            effective,
+            "the kernel capped the udp receive buffer; raise net.core.rmem_max to avoid drops"
+        );
+    } else {
+        tracing::info!(listener = source.as_str(), effective, "udp receive buffer set");
+    }
+    socket.bind(&addr.into()).map_err(err)?;
+    let socket: std::net::UdpSocket = socket.into();
+    socket.set_read_timeout(Some(UDP_POLL)).map_err(err)?;
+    tracing::info!(listener = source.as_str(), addr = %socket.local_addr().map_err(err)?, "listening");
+    Ok(socket)
+}
+
+/// What one UDP receive produced.
+pub(crate) enum Recv {
+    /// A datagram of this length from an allowed peer, while the source is open.
+    Packet(usize),
+    /// Nothing to process (timeout, paused, refused or blackholed packet).
+    Nothing,
+    /// Stop the reader.
+    Stop,
+}
+
+/// One receive on a UDP reader thread: honours shutdown, the kill switch and the allow-list.
+pub(crate) fn udp_recv(sh: &Shared, socket: &std::net::UdpSocket, source: Source, buf: &mut [u8]) -> Recv {
+    if sh.stop.is_cancelled() {
+        return Recv::Stop;
+    }
+    if sh.switch(source) == SwitchState::Paused {
+        // not reading: the kernel buffer fills and then drops (RcvbufErrors)
+        std::thread::park_timeout(UDP_POLL);
+        return Recv::Nothing;
+    }
+    match socket.recv_from(buf) {
+        Ok((n, peer)) => {
+            if !sh.allow.allows(peer.ip()) {
+                sh.dropped(source, reason::NOT_ALLOWED, 1);
+                return Recv::Nothing;
+            }
+            if sh.switch(source) == SwitchState::Blackholed {
+                let p = buf.get(..n).unwrap_or_default();
+                let lines = memchr::memchr_iter(b'\n', p).count() + usize::from(!p.ends_with(b"\n"));
+                sh.dropped(source, reason::BLACKHOLED, lines);
+                return Recv::Nothing;
+            }
+            Recv::Packet(n)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Recv::Nothing
+        }
+        Err(e) => {
+            tracing::warn!(listener = source.as_str(), error = %e, "udp receive failed");
+            Recv::Nothing
+        }
+    }
+}
+
+fn udp_loop(sh: &Shared, socket: &std::net::UdpSocket) {
+    let source = Source::GraphiteUdp;
+    let mut buf = vec![0u8; sh.cfg.max_udp_packet_bytes];
+    let mut ls = LineSink::new(source, sh.cfg.graphite_series_cache_entries);
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let got = udp_recv(sh, socket, source, &mut buf);
+        if let Recv::Packet(n) = got {
+            let now = sh.clock.now();
+            ls.lines(sh, buf.get(..n).unwrap_or_default(), now);
+            if !ls.misses.is_empty() {
+                let misses = std::mem::take(&mut ls.misses);
+                let ids = resolve_misses(sh, &misses);
+                ls.resolved(sh, misses, ids, now);
+            }
+            oldest.get_or_insert_with(Instant::now);
+        }
+        let stop = matches!(got, Recv::Stop);
+        let due = oldest.is_some_and(|t| t.elapsed() >= UDP_POLL)
+            || ls.points.len() >= sh.cfg.batch_max_points
+            || matches!(got, Recv::Nothing)
+            || stop;
+        if due {
+            oldest = None;
+            for b in ls.take_batches(sh.cfg.batch_max_points) {
+                let n = b.points.len();
+                if sh.queue.try_submit(b, 0).is_err() {
+                    sh.dropped(source, reason::QUEUE_FULL, n);
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
