@@ -288,4 +288,63 @@ mod tests {
             Err(BlockError::Invalid(_))
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Compaction equals a model: a BTreeMap per series where later (higher seq) writes
+        /// replace earlier ones.
+        #[test]
+        fn compaction_matches_a_last_write_wins_model(
+            blocks in proptest::collection::vec(
+                proptest::collection::btree_map(
+                    1u64..6,
+                    proptest::collection::btree_map(-50i64..50, -1000i32..1000, 0..20),
+                    0..5,
+                ),
+                1..5,
+            ),
+            seqs in proptest::collection::vec(0u64..4, 5),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut model: std::collections::BTreeMap<u64, std::collections::BTreeMap<i64, f64>> = Default::default();
+            let mut readers = Vec::new();
+            let mut order: Vec<(u64, usize)> = Vec::new();
+            for (i, block) in blocks.iter().enumerate() {
+                // Distinct seqs keep the model's order unambiguous.
+                let seq = seqs[i] * 10 + i as u64;
+                order.push((seq, i));
+                let path = dir.path().join(format!("b{i}"));
+                let mut w = BlockWriter::create(&path, BlockOptions { id: i as u64, resolution: Resolution::Raw, seq }).unwrap();
+                for (id, samples) in block {
+                    let ts: Vec<i64> = samples.keys().copied().collect();
+                    let vals: Vec<f64> = samples.values().map(|&v| f64::from(v) / 100.0).collect();
+                    w.add_series(SeriesId(*id), &ts, &vals).unwrap();
+                }
+                w.finish().unwrap();
+                readers.push(BlockReader::open(&path).unwrap());
+            }
+            order.sort();
+            for (_, i) in order {
+                for (id, samples) in &blocks[i] {
+                    let m = model.entry(*id).or_default();
+                    for (t, v) in samples {
+                        m.insert(*t, f64::from(*v) / 100.0);
+                    }
+                }
+            }
+            model.retain(|_, m| !m.is_empty());
+            let out = dir.path().join("out");
+            let meta = compact(&readers.iter().collect::<Vec<_>>(), &out, 1000).unwrap();
+            let r = BlockReader::open(&out).unwrap();
+            proptest::prop_assert_eq!(meta.series, model.len() as u64);
+            proptest::prop_assert_eq!(r.series_ids().map(|s| s.0).collect::<Vec<_>>(), model.keys().copied().collect::<Vec<_>>());
+            for (id, m) in &model {
+                let (mut ts, mut vals) = (Vec::new(), Vec::new());
+                r.read(SeriesId(*id), i64::MIN, i64::MAX, &mut ts, &mut vals).unwrap();
+                let got: Vec<(i64, f64)> = ts.into_iter().zip(vals).collect();
+                let want: Vec<(i64, f64)> = m.iter().map(|(t, v)| (*t, *v)).collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
+    }
 }
