@@ -11,16 +11,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use model::telemetry::{Counter, Exposition};
 use model::{Clock, Matcher, Point, SeriesId, SeriesKey};
 use parking_lot::{Mutex, RwLock};
 
+use crate::blocks::{self, Block};
 use crate::error::{DbError, NotReady};
-use crate::head::{HeadLimits, MemSeries};
+use crate::head::{HeadLimits, MemSeries, merge_last_wins};
 use crate::index::Index;
 use crate::options::Options;
+use crate::rollup::Resolution;
 use crate::series_log;
 use crate::wal::{
     self, REC_SAMPLES, REC_SERIES, Wal, WalOptions, begin_record, end_record, get_uvarint, put_uvarint,
@@ -80,10 +82,22 @@ pub struct DbStats {
     pub replayed_records: u64,
     /// Bytes cut from a torn WAL tail at open.
     pub wal_truncated_bytes: u64,
+    /// Live blocks (all resolutions).
+    pub blocks: usize,
+    /// Bytes of live blocks on disk.
+    pub block_bytes: u64,
+    /// Samples in live raw blocks.
+    pub block_points: u64,
+    /// Blocks moved to `quarantine/` since open.
+    pub quarantined: u64,
 }
 
 #[derive(Debug, Default)]
-struct DbMetrics {
+pub(crate) struct DbMetrics {
+    pub(crate) quarantined: Counter,
+    pub(crate) blocks_written: Counter,
+    pub(crate) blocks_removed_by_retention: Counter,
+    pub(crate) seals: Counter,
     appended: Counter,
     too_old: Counter,
     unknown_series: Counter,
@@ -93,26 +107,40 @@ struct DbMetrics {
 }
 
 #[derive(Debug, Default)]
-struct Head {
-    series: Vec<MemSeries>,
+pub(crate) struct Head {
+    pub(crate) series: Vec<MemSeries>,
+}
+
+/// Blocks on disk plus head data being sealed into blocks: what readers see besides the head.
+#[derive(Debug, Default)]
+pub(crate) struct Sealed {
+    /// Live blocks, ascending by seq.
+    pub blocks: Vec<Arc<Block>>,
+    /// Head data taken out by a seal in progress, by series id; readable until its blocks
+    /// are published.
+    pub frozen: Option<Arc<Vec<MemSeries>>>,
 }
 
 /// The engine. Shared as `Arc<Db>`; every method takes `&self`.
 pub struct Db {
-    dir: PathBuf,
-    opts: Options,
-    clock: Arc<dyn Clock>,
-    wal: Arc<Wal>,
-    index: RwLock<Index>,
-    head: RwLock<Head>,
+    pub(crate) dir: PathBuf,
+    pub(crate) opts: Options,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) wal: Arc<Wal>,
+    pub(crate) index: RwLock<Index>,
+    pub(crate) head: RwLock<Head>,
+    /// Lock order: `head` before `sealed` when both are held.
+    pub(crate) sealed: RwLock<Sealed>,
     /// Newest sample timestamp accepted (or replayed); the out-of-order window is measured
     /// back from `max(now, max_seen)`.
-    max_seen: AtomicI64,
+    pub(crate) max_seen: AtomicI64,
     closed: AtomicBool,
-    /// Serialises checkpoints, snapshots and retention.
-    #[allow(dead_code, reason = "the checkpoint in compact_now uses it once blocks land")]
-    maintenance: Mutex<()>,
-    metrics: DbMetrics,
+    /// Serialises seals, snapshots and retention.
+    pub(crate) maintenance: Mutex<()>,
+    /// The next block seq.
+    pub(crate) next_seq: AtomicU64,
+    pub(crate) metrics: DbMetrics,
+    background: Mutex<Option<crate::seal::Background>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -123,7 +151,7 @@ impl std::fmt::Debug for Db {
     }
 }
 
-const SERIES_LOG: &str = "series.log";
+pub(crate) const SERIES_LOG: &str = "series.log";
 
 impl Db {
     /// Opens (creating if needed) the database in `dir` and recovers it: loads the series
@@ -131,6 +159,10 @@ impl Db {
     pub fn open(dir: &Path, opts: Options, clock: Arc<dyn Clock>) -> Result<Arc<Db>, DbError> {
         let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir).map_err(DbError::io(format!("create {}", wal_dir.display())))?;
+        let blocks_dir = dir.join("blocks");
+        std::fs::create_dir_all(&blocks_dir)
+            .map_err(DbError::io(format!("create {}", blocks_dir.display())))?;
+        let opened = blocks::open_all(&blocks_dir, &dir.join("quarantine"), opts.block_duration_ms)?;
         let mut index = Index::default();
         series_log::load(&dir.join(SERIES_LOG), &mut index)?;
         let mut head = Head::default();
@@ -199,7 +231,12 @@ impl Db {
             },
         )?;
         let metrics = DbMetrics::default();
+        metrics.quarantined.add(opened.quarantined);
         metrics.replayed_records.add(report.records);
+        let next_seq = opened.blocks.iter().map(|b| b.seq()).max().map_or(1, |s| s + 1);
+        for b in &opened.blocks {
+            max_seen = max_seen.max(b.reader.meta().max_t);
+        }
         metrics.wal_truncated_bytes.add(report.truncated_bytes);
         tracing::info!(
             series = index.len(),
@@ -208,18 +245,32 @@ impl Db {
             truncated_bytes = report.truncated_bytes,
             "Recovered the time-series database."
         );
-        Ok(Arc::new(Db {
+        let db = Arc::new(Db {
             dir: dir.to_owned(),
             opts,
             clock,
             wal,
             index: RwLock::new(index),
             head: RwLock::new(head),
+            sealed: RwLock::new(Sealed {
+                blocks: opened.blocks,
+                frozen: None,
+            }),
             max_seen: AtomicI64::new(max_seen),
             closed: AtomicBool::new(false),
             maintenance: Mutex::new(()),
+            next_seq: AtomicU64::new(next_seq),
             metrics,
-        }))
+            background: Mutex::new(None),
+        });
+        if let Some(interval) = db.opts.maintenance_interval {
+            *db.background.lock() = Some(crate::seal::Background::spawn(&db, interval)?);
+        }
+        Ok(db)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     fn check_open(&self) -> Result<(), DbError> {
@@ -357,12 +408,59 @@ impl Db {
         })
     }
 
-    fn read_series(&self, id: u64, start: i64, end: i64, out: &mut Vec<(i64, f64)>) {
+    pub(crate) fn read_series(
+        &self,
+        id: u64,
+        start: i64,
+        end: i64,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<(), DbError> {
         out.clear();
-        let head = self.head.read();
-        if let Some(s) = usize::try_from(id).ok().and_then(|i| head.series.get(i)) {
-            s.read_into(start, end, out);
+        let mut head_part = Vec::new();
+        let (blocks, frozen) = {
+            let head = self.head.read();
+            let sealed = self.sealed.read();
+            if let Some(s) = usize::try_from(id).ok().and_then(|i| head.series.get(i)) {
+                s.read_into(start, end, &mut head_part);
+            }
+            let blocks: Vec<Arc<Block>> = sealed
+                .blocks
+                .iter()
+                .filter(|b| {
+                    let m = b.reader.meta();
+                    m.resolution == Resolution::Raw
+                        && m.max_t >= start
+                        && m.min_t <= end
+                        && b.reader.contains(SeriesId(id))
+                })
+                .cloned()
+                .collect();
+            (blocks, sealed.frozen.clone())
+        };
+        let (mut ts, mut vals, mut part, mut merged) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for b in &blocks {
+            ts.clear();
+            vals.clear();
+            b.reader
+                .read(SeriesId(id), start, end, &mut ts, &mut vals)
+                .map_err(|e| DbError::Block {
+                    block: b.path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            part.clear();
+            part.extend(ts.iter().copied().zip(vals.iter().copied()));
+            merge_into(out, &part, &mut merged);
         }
+        if let Some(s) = frozen
+            .as_ref()
+            .and_then(|f| usize::try_from(id).ok().and_then(|i| f.get(i)))
+        {
+            part.clear();
+            s.read_into(start, end, &mut part);
+            merge_into(out, &part, &mut merged);
+        }
+        merge_into(out, &head_part, &mut merged);
+        Ok(())
     }
 
     /// Keys of the series matching `matchers` (all series when empty), at most `limit`, in
@@ -399,6 +497,7 @@ impl Db {
                 (p + s.points() as u64, b + s.heap_bytes() as u64)
             })
         };
+        let sealed = self.sealed.read();
         DbStats {
             series,
             head_points,
@@ -412,6 +511,15 @@ impl Db {
             durable_seq: self.wal.durable_seq(),
             replayed_records: self.metrics.replayed_records.get(),
             wal_truncated_bytes: self.metrics.wal_truncated_bytes.get(),
+            blocks: sealed.blocks.len(),
+            block_bytes: sealed.blocks.iter().map(|b| b.reader.disk_bytes()).sum(),
+            block_points: sealed
+                .blocks
+                .iter()
+                .filter(|b| b.resolution() == Resolution::Raw)
+                .map(|b| b.reader.meta().points)
+                .sum(),
+            quarantined: self.metrics.quarantined.get(),
         }
     }
 
@@ -497,6 +605,9 @@ impl Db {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        if let Some(bg) = self.background.lock().take() {
+            bg.stop();
+        }
         self.wal.stop(true)
     }
 
@@ -504,6 +615,9 @@ impl Db {
     /// data that `wait_durable` acknowledged is then guaranteed to be recovered. For tests.
     pub fn crash_for_test(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
+            if let Some(bg) = self.background.lock().take() {
+                bg.stop();
+            }
             let _ = self.wal.stop(false);
         }
     }
@@ -522,7 +636,21 @@ impl Drop for Db {
     }
 }
 
-fn head_limits(opts: &Options) -> HeadLimits {
+/// Merges the sorted run `newer` into the sorted run `acc` (newer wins on equal timestamps).
+fn merge_into(acc: &mut Vec<(i64, f64)>, newer: &[(i64, f64)], scratch: &mut Vec<(i64, f64)>) {
+    if newer.is_empty() {
+        return;
+    }
+    if acc.is_empty() {
+        acc.extend_from_slice(newer);
+        return;
+    }
+    scratch.clear();
+    merge_last_wins(acc, newer, scratch);
+    std::mem::swap(acc, scratch);
+}
+
+pub(crate) fn head_limits(opts: &Options) -> HeadLimits {
     HeadLimits {
         chunk_points: opts.head_chunk_points.max(1),
         max_ooo_points: opts.max_ooo_points_per_series.max(1),
@@ -555,12 +683,20 @@ pub struct Select<'a> {
     buf: Vec<(i64, f64)>,
 }
 
+impl<'a> Select<'a> {
+    pub(crate) fn db(&self) -> &'a Db {
+        self.db
+    }
+}
+
 impl Iterator for Select<'_> {
     type Item = Result<SeriesData, DbError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         for id in self.ids.by_ref() {
-            self.db.read_series(id, self.start_ms, self.end_ms, &mut self.buf);
+            if let Err(e) = self.db.read_series(id, self.start_ms, self.end_ms, &mut self.buf) {
+                return Some(Err(e));
+            }
             if self.buf.is_empty() {
                 continue;
             }

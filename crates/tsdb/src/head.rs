@@ -51,7 +51,6 @@ impl MemSeries {
     }
 
     /// Whether the series holds no samples.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty() && self.tail.is_empty() && self.ooo.is_empty()
     }
@@ -138,8 +137,37 @@ impl MemSeries {
         }
     }
 
+    /// Splits off the samples older than `cutoff` into a new series, keeping the rest.
+    pub fn split_before(&mut self, cutoff: i64, limits: HeadLimits) -> MemSeries {
+        if self.is_empty() {
+            return MemSeries::default();
+        }
+        if cutoff == i64::MAX {
+            return std::mem::take(self);
+        }
+        if self.min_t().is_some_and(|t| t >= cutoff) {
+            return MemSeries::default();
+        }
+        let mut old = MemSeries::default();
+        for (t, v) in self.take_all() {
+            if t < cutoff {
+                old.push(t, v, limits);
+            } else {
+                self.push(t, v, limits);
+            }
+        }
+        old
+    }
+
+    /// The oldest timestamp held.
+    pub fn min_t(&self) -> Option<i64> {
+        let a = self.chunks.first().map(|c| c.min_t);
+        let b = self.tail.first().map(|p| p.0);
+        let c = self.ooo.iter().map(|p| p.0).min();
+        [a, b, c].into_iter().flatten().min()
+    }
+
     /// Takes every sample out of the series (sorted, last write wins), leaving it empty.
-    #[allow(dead_code, reason = "the checkpoint in compact_now uses it once blocks land")]
     pub fn take_all(&mut self) -> Vec<(i64, f64)> {
         let mut out = Vec::new();
         self.read_into(i64::MIN, i64::MAX, &mut out);

@@ -194,7 +194,6 @@ impl Index {
     }
 
     /// All keys in id order, for checkpointing.
-    #[allow(dead_code, reason = "the checkpoint in compact_now uses it once blocks land")]
     pub fn keys(&self) -> &[SeriesKey] {
         &self.keys
     }

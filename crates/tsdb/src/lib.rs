@@ -15,6 +15,7 @@
 //! [`compact`], [`rollup`].
 
 pub mod block;
+mod blocks;
 mod chunk;
 pub mod codec;
 pub mod compact;
@@ -24,9 +25,11 @@ mod head;
 mod index;
 pub mod options;
 pub mod rollup;
+mod seal;
 mod series_log;
 mod wal;
 
 pub use db::{AppendReceipt, Db, DbStats, Select, SeriesData};
 pub use error::{DbError, NotReady};
 pub use options::{FsyncPolicy, Options, Retention};
+pub use seal::{CompactReport, RollupSeries, SelectRollup};

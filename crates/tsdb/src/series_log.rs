@@ -66,7 +66,6 @@ pub(crate) fn load(path: &Path, index: &mut Index) -> Result<(), DbError> {
 }
 
 /// Atomically replaces the registry file with `keys` (id = position).
-#[allow(dead_code, reason = "the checkpoint in compact_now uses it once blocks land")]
 pub(crate) fn write(dir: &Path, file_name: &str, keys: &[SeriesKey]) -> Result<(), DbError> {
     let mut buf = Vec::with_capacity(keys.len() * 64 + 8);
     buf.extend_from_slice(MAGIC);

@@ -499,13 +499,11 @@ impl Wal {
     /// Makes everything appended so far durable and starts a new segment, with the append
     /// guard held by the caller (so nothing can slip in between). Returns the new segment's
     /// index: all older segments hold only data the caller is about to checkpoint.
-    #[allow(dead_code, reason = "the checkpoint in compact_now uses it once blocks land")]
     pub fn cut(&self, w: &mut Pending) -> Result<u64, DbError> {
         self.commit_locked(w, true)
     }
 
     /// Deletes segments older than `index` (their content is checkpointed elsewhere).
-    #[allow(dead_code, reason = "the checkpoint in compact_now uses it once blocks land")]
     pub fn remove_before(&self, index: u64) -> Result<usize, DbError> {
         let mut removed = 0;
         for (i, path) in list_segments(&self.dir)? {

@@ -30,6 +30,8 @@ enum Op {
     },
     Restart,
     Crash,
+    /// `compact_now`: seal everything into blocks and checkpoint the WAL.
+    Seal,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(points, durable)| Op::Append { points, durable }),
         1 => Just(Op::Restart),
         1 => Just(Op::Crash),
+        1 => Just(Op::Seal),
     ]
 }
 
@@ -84,6 +87,8 @@ fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> (Arc<Db>, Vec<SeriesId>) {
         fsync,
         ooo_window_ms: WINDOW,
         head_chunk_points: 8,
+        // small blocks, so that samples spread over several windows
+        block_duration_ms: 100_000,
         max_ooo_points_per_series: 5,
         maintenance_interval: None,
         ..Options::default()
@@ -138,6 +143,12 @@ fn run(ops: Vec<Op>, every_batch: bool) {
                     }
                 }
             }
+            Op::Seal => {
+                db.compact_now().unwrap();
+                // sealing fsyncs the WAL and writes blocks: everything is durable
+                durable = full.clone();
+                unacked.clear();
+            }
             Op::Restart => {
                 db.close().unwrap();
                 drop(db);
@@ -178,7 +189,7 @@ fn run(ops: Vec<Op>, every_batch: bool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
     #[test]
     fn engine_matches_model(ops in proptest::collection::vec(op(), 1..25), every_batch in any::<bool>()) {
         run(ops, every_batch);

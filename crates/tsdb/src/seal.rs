@@ -1,0 +1,565 @@
+//! Sealing head data into blocks (checkpoint), compaction on demand, retention, snapshots,
+//! rollup reads and the background maintenance thread.
+//!
+//! A seal of everything older than `cutoff`:
+//! 1. under the WAL append guard and the head write lock: split the old data off every
+//!    series into a *frozen* set (still readable), cut the WAL (fsync + new segment `N`),
+//!    and re-log the data that stays in the head into segment `N` (so segments before `N`
+//!    hold nothing that is not about to be in a block)
+//! 2. without locks: for every window touched, merge the window's existing raw blocks with
+//!    the frozen data (frozen wins: it is newer) and write a new raw block plus minute and hour
+//!    rollup blocks computed from the merged samples, with a new `seq`
+//! 3. publish: swap the window's old blocks for the new ones and drop the frozen set, in one
+//!    step under the `sealed` write lock; delete the old block directories
+//! 4. write `series.log`, wait until the re-logged data is durable, delete WAL segments `< N`
+//!
+//! A crash at any point leaves either the old blocks plus the full WAL, or the new blocks
+//! plus (possibly) WAL records whose samples they already hold; replaying those yields the
+//! same values (last write wins on identical data), so nothing acknowledged is lost.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use model::{Matcher, SeriesId, SeriesKey};
+use parking_lot::{Condvar, Mutex};
+
+use crate::block::{BlockOptions, BlockReader, BlockWriter};
+use crate::blocks::{Block, block_dir};
+use crate::db::{Db, SERIES_LOG, head_limits};
+use crate::error::DbError;
+use crate::head::MemSeries;
+use crate::rollup::{self, Resolution, RollupPoint};
+use crate::series_log;
+use crate::wal::{REC_SAMPLES, begin_record, end_record, put_uvarint, zigzag};
+
+/// Samples per re-logged WAL record, so records stay bounded.
+const RELOG_RECORD_POINTS: usize = 65_536;
+
+/// What [`Db::compact_now`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Samples moved from the head into blocks.
+    pub points_sealed: u64,
+    /// Blocks written (raw and rollup).
+    pub blocks_written: usize,
+    /// Blocks replaced by the new ones.
+    pub blocks_replaced: usize,
+    /// Blocks dropped by retention.
+    pub blocks_expired: usize,
+    /// WAL segments deleted after the checkpoint.
+    pub wal_segments_removed: usize,
+}
+
+/// The rollup points of one series (see [`Db::select_rollup`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupSeries {
+    /// The series id.
+    pub id: SeriesId,
+    /// The series key.
+    pub key: SeriesKey,
+    /// Points sorted by bucket start.
+    pub points: Vec<RollupPoint>,
+}
+
+fn block_err(path: &Path) -> impl FnOnce(crate::block::BlockError) -> DbError + '_ {
+    move |e| DbError::Block {
+        block: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Writers for one window: raw, minute and hour.
+struct WindowWriters {
+    raw: BlockWriter,
+    minute: BlockWriter,
+    hour: BlockWriter,
+    seq: u64,
+}
+
+impl Db {
+    /// Seals all head data into blocks, merges it with the blocks of the windows it touches,
+    /// checkpoints the WAL and applies retention; returns when done.
+    pub fn compact_now(&self) -> Result<CompactReport, DbError> {
+        let mut report = self.seal(i64::MAX)?;
+        report.blocks_expired = self.apply_retention()?;
+        Ok(report)
+    }
+
+    /// Seals head data older than `cutoff` (see the module doc).
+    pub(crate) fn seal(&self, cutoff: i64) -> Result<CompactReport, DbError> {
+        if self.is_closed() {
+            return Err(DbError::Closed);
+        }
+        let _guard = self.maintenance.lock();
+        let limits = head_limits(&self.opts);
+        let bd = self.opts.block_duration_ms.max(1);
+        let mut report = CompactReport::default();
+
+        // 1. freeze, cut, re-log
+        let (frozen, keys, next_segment, relog_seq) = {
+            let mut w = self.wal.lock_for_append();
+            let keys: Vec<SeriesKey> = self.index.read().keys().to_vec();
+            let mut head = self.head.write();
+            let frozen: Vec<MemSeries> = head
+                .series
+                .iter_mut()
+                .map(|s| s.split_before(cutoff, limits))
+                .collect();
+            let frozen = Arc::new(frozen);
+            self.sealed.write().frozen = Some(Arc::clone(&frozen));
+            let next_segment = self.wal.cut(&mut w)?;
+            if cutoff != i64::MAX {
+                let mut pts = Vec::new();
+                for (id, s) in head.series.iter().enumerate() {
+                    pts.clear();
+                    s.read_into(i64::MIN, i64::MAX, &mut pts);
+                    for part in pts.chunks(RELOG_RECORD_POINTS) {
+                        let start = begin_record(&mut w.buf, REC_SAMPLES);
+                        let mut prev = 0i64;
+                        for (t, v) in part {
+                            put_uvarint(&mut w.buf, id as u64);
+                            put_uvarint(&mut w.buf, zigzag(t.wrapping_sub(prev)));
+                            w.buf.extend_from_slice(&v.to_bits().to_le_bytes());
+                            prev = *t;
+                        }
+                        end_record(&mut w.buf, start);
+                        w.seq += 1;
+                    }
+                }
+            }
+            let relog_seq = w.seq;
+            drop(head);
+            self.wal.after_append(&w);
+            (frozen, keys, next_segment, relog_seq)
+        };
+
+        // 2. write the touched windows
+        let old_blocks: Vec<Arc<Block>> = self.sealed.read().blocks.clone();
+        let blocks_dir = self.dir.join("blocks");
+        let mut writers: BTreeMap<i64, WindowWriters> = BTreeMap::new();
+        let mut windows_of_series: Vec<i64> = Vec::new();
+        let mut pts = Vec::new();
+        let (mut bts, mut bvals, mut part, mut merged, mut scratch) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut rollups = Vec::new();
+        // windows touched by any frozen data, found first so that every block of a touched
+        // window is rewritten, including series absent from the frozen data
+        let mut touched = std::collections::BTreeSet::new();
+        for s in frozen.iter() {
+            pts.clear();
+            s.read_into(i64::MIN, i64::MAX, &mut pts);
+            for (t, _) in &pts {
+                touched.insert(t.div_euclid(bd) * bd);
+            }
+        }
+        for (id, s) in frozen.iter().enumerate() {
+            let sid = SeriesId(id as u64);
+            pts.clear();
+            s.read_into(i64::MIN, i64::MAX, &mut pts);
+            report.points_sealed += pts.len() as u64;
+            windows_of_series.clear();
+            windows_of_series.extend(
+                old_blocks
+                    .iter()
+                    .filter(|b| {
+                        b.resolution() == Resolution::Raw
+                            && touched.contains(&b.window)
+                            && b.reader.contains(sid)
+                    })
+                    .map(|b| b.window),
+            );
+            windows_of_series.extend(pts.iter().map(|(t, _)| t.div_euclid(bd) * bd));
+            windows_of_series.sort_unstable();
+            windows_of_series.dedup();
+            for &window in &windows_of_series {
+                merged.clear();
+                for b in old_blocks
+                    .iter()
+                    .filter(|b| b.window == window && b.resolution() == Resolution::Raw)
+                {
+                    bts.clear();
+                    bvals.clear();
+                    b.reader
+                        .read(sid, i64::MIN, i64::MAX, &mut bts, &mut bvals)
+                        .map_err(block_err(&b.path))?;
+                    part.clear();
+                    part.extend(bts.iter().copied().zip(bvals.iter().copied()));
+                    scratch.clear();
+                    crate::head::merge_last_wins(&merged, &part, &mut scratch);
+                    std::mem::swap(&mut merged, &mut scratch);
+                }
+                let lo = pts.partition_point(|p| p.0 < window);
+                let hi = pts.partition_point(|p| p.0 < window.saturating_add(bd));
+                scratch.clear();
+                crate::head::merge_last_wins(&merged, pts.get(lo..hi).unwrap_or_default(), &mut scratch);
+                std::mem::swap(&mut merged, &mut scratch);
+                if merged.is_empty() {
+                    continue;
+                }
+                let ww = match writers.entry(window) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                        let mk = |res| {
+                            let dir = block_dir(&blocks_dir, seq, res);
+                            BlockWriter::create(
+                                &dir,
+                                BlockOptions {
+                                    id: seq,
+                                    resolution: res,
+                                    seq,
+                                },
+                            )
+                            .map_err(block_err(&dir))
+                        };
+                        e.insert(WindowWriters {
+                            raw: mk(Resolution::Raw)?,
+                            minute: mk(Resolution::Minute)?,
+                            hour: mk(Resolution::Hour)?,
+                            seq,
+                        })
+                    }
+                };
+                bts.clear();
+                bvals.clear();
+                bts.extend(merged.iter().map(|p| p.0));
+                bvals.extend(merged.iter().map(|p| p.1));
+                ww.raw
+                    .add_series(sid, &bts, &bvals)
+                    .map_err(block_err(&blocks_dir))?;
+                for (res, w) in [
+                    (Resolution::Minute, &mut ww.minute),
+                    (Resolution::Hour, &mut ww.hour),
+                ] {
+                    rollups.clear();
+                    rollup::rollup(&bts, &bvals, res, &mut rollups);
+                    if !rollups.is_empty() {
+                        w.add_rollup_series(sid, &rollups)
+                            .map_err(block_err(&blocks_dir))?;
+                    }
+                }
+            }
+        }
+        let mut new_blocks = Vec::new();
+        for (window, ww) in writers {
+            for (res, w) in [
+                (Resolution::Raw, ww.raw),
+                (Resolution::Minute, ww.minute),
+                (Resolution::Hour, ww.hour),
+            ] {
+                let path = block_dir(&blocks_dir, ww.seq, res);
+                w.finish().map_err(block_err(&path))?;
+                let reader = BlockReader::open(&path).map_err(block_err(&path))?;
+                new_blocks.push(Arc::new(Block { reader, path, window }));
+            }
+        }
+        report.blocks_written = new_blocks.len();
+        self.metrics.blocks_written.add(new_blocks.len() as u64);
+
+        // 3. publish
+        let replaced: Vec<Arc<Block>> = {
+            let mut sealed = self.sealed.write();
+            let (gone, keep): (Vec<_>, Vec<_>) =
+                sealed.blocks.drain(..).partition(|b| touched.contains(&b.window));
+            sealed.blocks = keep;
+            sealed.blocks.extend(new_blocks);
+            sealed.blocks.sort_by_key(|b| b.seq());
+            sealed.frozen = None;
+            gone
+        };
+        report.blocks_replaced = replaced.len();
+        for b in replaced {
+            std::fs::remove_dir_all(&b.path).map_err(DbError::io(format!("remove {}", b.path.display())))?;
+        }
+        crate::wal::sync_dir(&blocks_dir)?;
+
+        // 4. checkpoint
+        series_log::write(&self.dir, SERIES_LOG, &keys)?;
+        self.wal.wait_durable(relog_seq)?;
+        report.wal_segments_removed = self.wal.remove_before(next_segment)?;
+        self.metrics.seals.inc();
+        Ok(report)
+    }
+
+    /// Drops blocks past their resolution's retention, then the oldest raw blocks (then
+    /// minute, then hour) while the blocks exceed `max_disk_bytes`. Returns blocks dropped.
+    pub(crate) fn apply_retention(&self) -> Result<usize, DbError> {
+        let _guard = self.maintenance.lock();
+        let now = self.clock.now().millis();
+        let r = self.opts.retention;
+        let limit = |res| match res {
+            Resolution::Raw => r.raw_ms,
+            Resolution::Minute => r.minute_ms,
+            Resolution::Hour => r.hour_ms,
+        };
+        let dropped: Vec<Arc<Block>> = {
+            let mut sealed = self.sealed.write();
+            let (mut gone, mut keep): (Vec<_>, Vec<_>) = sealed
+                .blocks
+                .drain(..)
+                .partition(|b| b.reader.meta().max_t < now.saturating_sub(limit(b.resolution())));
+            if let Some(max) = r.max_disk_bytes {
+                let mut total: u64 = keep.iter().map(|b| b.reader.disk_bytes()).sum();
+                keep.sort_by_key(|b| (b.resolution(), b.window, b.seq()));
+                while total > max && !keep.is_empty() {
+                    let b = keep.remove(0);
+                    total = total.saturating_sub(b.reader.disk_bytes());
+                    gone.push(b);
+                }
+                keep.sort_by_key(|b| b.seq());
+            }
+            sealed.blocks = keep;
+            gone
+        };
+        for b in &dropped {
+            std::fs::remove_dir_all(&b.path).map_err(DbError::io(format!("remove {}", b.path.display())))?;
+        }
+        self.metrics.blocks_removed_by_retention.add(dropped.len() as u64);
+        Ok(dropped.len())
+    }
+
+    /// Writes a consistent copy of the database to `dest` (which must not exist) while it
+    /// keeps running: blocks are hard-linked (copied across filesystems), the WAL is cut and
+    /// its closed segments copied, the series registry written as of the cut. Opening `dest`
+    /// yields every sample appended before the call.
+    pub fn snapshot(&self, dest: &Path) -> Result<(), DbError> {
+        if self.is_closed() {
+            return Err(DbError::Closed);
+        }
+        let _guard = self.maintenance.lock();
+        if dest.exists() {
+            return Err(DbError::Io {
+                context: format!("snapshot to {}", dest.display()),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let (next_segment, keys, blocks) = {
+            let mut w = self.wal.lock_for_append();
+            let next = self.wal.cut(&mut w)?;
+            let keys = self.index.read().keys().to_vec();
+            (next, keys, self.sealed.read().blocks.clone())
+        };
+        let io = |what: &str, p: &Path| DbError::io(format!("{what} {}", p.display()));
+        let dest_wal = dest.join("wal");
+        let dest_blocks = dest.join("blocks");
+        std::fs::create_dir_all(&dest_wal).map_err(io("create", &dest_wal))?;
+        std::fs::create_dir_all(&dest_blocks).map_err(io("create", &dest_blocks))?;
+        for (i, path) in crate::wal::list_segments(&self.dir.join("wal"))? {
+            if i < next_segment
+                && let Some(name) = path.file_name()
+            {
+                std::fs::copy(&path, dest_wal.join(name)).map_err(io("copy", &path))?;
+            }
+        }
+        for b in &blocks {
+            let Some(name) = b.path.file_name() else { continue };
+            let target = dest_blocks.join(name);
+            std::fs::create_dir_all(&target).map_err(io("create", &target))?;
+            for f in std::fs::read_dir(&b.path).map_err(io("list", &b.path))? {
+                let f = f.map_err(io("list", &b.path))?;
+                let to = target.join(f.file_name());
+                if std::fs::hard_link(f.path(), &to).is_err() {
+                    std::fs::copy(f.path(), &to).map_err(io("copy", &f.path()))?;
+                }
+            }
+        }
+        series_log::write(dest, SERIES_LOG, &keys)?;
+        crate::wal::sync_dir(&dest_wal)?;
+        crate::wal::sync_dir(&dest_blocks)?;
+        crate::wal::sync_dir(dest)
+    }
+
+    /// Streams rollup points at `res` of the series matching `matchers` with bucket starts in
+    /// `[start_ms, end_ms]`, one series at a time in series-key order. Buckets are computed
+    /// from raw samples wherever raw data is still held (head and raw blocks), and read
+    /// from rollup blocks for windows whose raw block retention has already dropped; so the
+    /// answer is exact for every resolution. `Resolution::Raw` yields one point per sample.
+    pub fn select_rollup(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        res: Resolution,
+    ) -> Result<SelectRollup<'_>, DbError> {
+        let inner = self.select(
+            matchers,
+            res.bucket(start_ms),
+            end_ms.saturating_add(res.step_ms() - 1),
+        )?;
+        Ok(SelectRollup {
+            inner,
+            res,
+            start_ms,
+            end_ms,
+        })
+    }
+
+    pub(crate) fn rollup_series(
+        &self,
+        data: crate::SeriesData,
+        res: Resolution,
+        start: i64,
+        end: i64,
+    ) -> Result<RollupSeries, DbError> {
+        let step = res.step_ms();
+        // raw samples of every bucket overlapping [start, end]
+        let lo = res.bucket(start);
+        let hi = end.saturating_add(step - 1);
+        let from = data.timestamps.partition_point(|t| *t < lo);
+        let to = data.timestamps.partition_point(|t| *t <= hi);
+        let mut computed = Vec::new();
+        rollup::rollup(
+            data.timestamps.get(from..to).unwrap_or_default(),
+            data.values.get(from..to).unwrap_or_default(),
+            res,
+            &mut computed,
+        );
+        let mut from_blocks = Vec::new();
+        if res != Resolution::Raw {
+            let (raw_windows, rollup_blocks): (std::collections::BTreeSet<i64>, Vec<Arc<Block>>) = {
+                let sealed = self.sealed.read();
+                (
+                    sealed
+                        .blocks
+                        .iter()
+                        .filter(|b| b.resolution() == Resolution::Raw)
+                        .map(|b| b.window)
+                        .collect(),
+                    sealed
+                        .blocks
+                        .iter()
+                        .filter(|b| b.resolution() == res && b.reader.contains(data.id))
+                        .cloned()
+                        .collect(),
+                )
+            };
+            for b in rollup_blocks.iter().filter(|b| !raw_windows.contains(&b.window)) {
+                let mut part = Vec::new();
+                b.reader
+                    .read_rollup(data.id, start, end, &mut part)
+                    .map_err(block_err(&b.path))?;
+                let mut out = Vec::new();
+                rollup::merge_rollups(&from_blocks, &part, &mut out);
+                from_blocks = out;
+            }
+        }
+        let mut points = Vec::new();
+        rollup::merge_rollups(&from_blocks, &computed, &mut points);
+        points.retain(|p| p.ts >= start && p.ts <= end);
+        Ok(RollupSeries {
+            id: data.id,
+            key: data.key,
+            points,
+        })
+    }
+}
+
+/// The streaming result of [`Db::select_rollup`].
+pub struct SelectRollup<'a> {
+    inner: crate::Select<'a>,
+    res: Resolution,
+    start_ms: i64,
+    end_ms: i64,
+}
+
+impl Iterator for SelectRollup<'_> {
+    type Item = Result<RollupSeries, DbError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let data = match self.inner.next()? {
+                Ok(d) => d,
+                Err(e) => return Some(Err(e)),
+            };
+            match self
+                .inner
+                .db()
+                .rollup_series(data, self.res, self.start_ms, self.end_ms)
+            {
+                Ok(s) if s.points.is_empty() => continue,
+                other => return Some(other),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct BgCtl {
+    stop: bool,
+}
+
+/// The maintenance thread: every interval, seals complete windows (half a block duration
+/// after their end) and applies retention.
+#[derive(Debug)]
+pub(crate) struct Background {
+    ctl: Arc<(Mutex<BgCtl>, Condvar)>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn spawn(db: &Arc<Db>, interval: Duration) -> Result<Background, DbError> {
+        let ctl = Arc::new((Mutex::new(BgCtl::default()), Condvar::new()));
+        let weak: Weak<Db> = Arc::downgrade(db);
+        let c = Arc::clone(&ctl);
+        let handle = std::thread::Builder::new()
+            .name("tsdb-maintenance".into())
+            .spawn(move || {
+                loop {
+                    {
+                        let mut g = c.0.lock();
+                        if !g.stop {
+                            c.1.wait_for(&mut g, interval);
+                        }
+                        if g.stop {
+                            return;
+                        }
+                    }
+                    let Some(db) = weak.upgrade() else { return };
+                    if let Err(e) = db.maintain() {
+                        tracing::warn!(error = %e, "Background sealing or retention failed; will retry.");
+                    }
+                }
+            })
+            .map_err(DbError::io("spawn the maintenance thread"))?;
+        Ok(Background {
+            ctl,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn stop(mut self) {
+        {
+            let mut g = self.ctl.0.lock();
+            g.stop = true;
+            self.ctl.1.notify_all();
+        }
+        if let Some(h) = self.handle.take() {
+            // the last Arc<Db> may be dropped by the maintenance thread itself
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Db {
+    fn maintain(&self) -> Result<(), DbError> {
+        let bd = self.opts.block_duration_ms.max(1);
+        let reference = self
+            .clock
+            .now()
+            .millis()
+            .max(self.max_seen.load(Ordering::Relaxed));
+        let cutoff = reference.saturating_sub(bd / 2).div_euclid(bd) * bd;
+        let oldest = self.head.read().series.iter().filter_map(MemSeries::min_t).min();
+        if oldest.is_some_and(|t| t < cutoff) {
+            self.seal(cutoff)?;
+        }
+        self.apply_retention()?;
+        Ok(())
+    }
+}
