@@ -1,0 +1,24 @@
+//! Fuzzes `wire::json::decode` on arbitrary bytes. Invariants: no panic; every per-series
+//! error has a 1-based position and a short excerpt; every sample satisfies the limits.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wire::{WireLimits, json};
+
+const LIMITS: WireLimits = WireLimits {
+    max_line_bytes: 256,
+    max_labels: 4,
+    max_name_bytes: 64,
+    max_label_value_bytes: 16,
+};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok((samples, errors)) = json::decode(data, &LIMITS) {
+        for e in &errors {
+            assert!(e.line >= 1 && e.excerpt.len() <= wire::EXCERPT_MAX_BYTES);
+        }
+        for s in &samples {
+            assert!(wire::key_within_limits(&s.key, &LIMITS));
+        }
+    }
+});
