@@ -1,0 +1,248 @@
+//! Blocks seen from the engine: a corrupt block is quarantined and the rest stays readable;
+//! snapshots reopen with every sample; retention drops old blocks; rollups are exact.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use model::{Label, ManualClock, Matcher, Point, SeriesId, SeriesKey, Timestamp};
+use tsdb::rollup::Resolution;
+use tsdb::{Db, FsyncPolicy, Options, Retention};
+
+const HOUR: i64 = 3_600_000;
+const NOW: i64 = 1_700_000_000_000 / HOUR * HOUR;
+
+fn opts() -> Options {
+    Options {
+        fsync: FsyncPolicy::EveryBatch,
+        maintenance_interval: None,
+        ..Options::default()
+    }
+}
+
+fn open_with(dir: &Path, opts: Options, clock: Arc<ManualClock>) -> Arc<Db> {
+    Db::open(dir, opts, clock).unwrap()
+}
+
+fn key(i: usize) -> SeriesKey {
+    SeriesKey::new("m", vec![Label::new("i", i.to_string())]).unwrap()
+}
+
+/// `series` series, one sample a minute for `hours` hours ending at NOW, value = minute.
+fn fill(db: &Db, series: usize, hours: i64) -> Vec<SeriesId> {
+    let ids: Vec<SeriesId> = (0..series).map(|i| db.resolve(&key(i)).unwrap()).collect();
+    for m in 0..hours * 60 {
+        let ts = NOW - hours * HOUR + m * 60_000;
+        let batch: Vec<Point> = ids
+            .iter()
+            .map(|id| Point {
+                series: *id,
+                ts,
+                value: m as f64,
+            })
+            .collect();
+        db.append(&batch).unwrap();
+    }
+    ids
+}
+
+fn total_points(db: &Db) -> usize {
+    db.select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
+        .unwrap()
+        .map(|s| s.unwrap().values.len())
+        .sum()
+}
+
+#[test]
+fn corrupt_block_is_quarantined_and_other_data_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
+    let db = open_with(dir.path(), opts(), clock.clone());
+    fill(&db, 3, 6); // 6 h: three 2-hour windows
+    let report = db.compact_now().unwrap();
+    assert_eq!(report.points_sealed, 3 * 6 * 60);
+    assert_eq!(
+        report.blocks_written, 9,
+        "raw + minute + hour for each of 3 windows"
+    );
+    db.close().unwrap();
+    drop(db);
+
+    // flip a byte in the middle of the first raw block's data
+    let mut raws: Vec<_> = std::fs::read_dir(dir.path().join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".raw"))
+        .collect();
+    raws.sort();
+    let data = raws[0].join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x5a; // the footer: caught on open
+    std::fs::write(&data, &bytes).unwrap();
+
+    let db = open_with(dir.path(), opts(), clock);
+    assert_eq!(db.stats().quarantined, 1);
+    assert!(dir.path().join("quarantine").read_dir().unwrap().count() == 1);
+    assert_eq!(
+        total_points(&db),
+        3 * 4 * 60,
+        "the two intact windows stay readable"
+    );
+    // and the engine keeps taking writes
+    let id = db.resolve(&key(0)).unwrap();
+    db.append(&[Point {
+        series: id,
+        ts: NOW + 1,
+        value: 1.0,
+    }])
+    .unwrap();
+    assert!(db.readiness().is_ok());
+}
+
+#[test]
+fn snapshot_while_running_reopens_with_every_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
+    let db = open_with(dir.path(), opts(), clock.clone());
+    let ids = fill(&db, 4, 3);
+    db.compact_now().unwrap(); // some data in blocks...
+    db.append(&[Point {
+        series: ids[0],
+        ts: NOW + 5,
+        value: 42.0,
+    }])
+    .unwrap(); // ...some only in the WAL
+    let snap = dir.path().join("snap");
+    db.snapshot(&snap).unwrap();
+    db.append(&[Point {
+        series: ids[1],
+        ts: NOW + 6,
+        value: 43.0,
+    }])
+    .unwrap(); // after: not in it
+    let copy = open_with(&snap, opts(), clock);
+    assert_eq!(total_points(&copy), 4 * 3 * 60 + 1);
+    assert_eq!(copy.lookup(&key(3)), Some(ids[3]));
+}
+
+#[test]
+fn retention_drops_old_blocks_by_age_and_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
+    let o = Options {
+        retention: Retention {
+            raw_ms: 3 * HOUR,
+            ..Retention::default()
+        },
+        ..opts()
+    };
+    let db = open_with(dir.path(), o, clock.clone());
+    fill(&db, 2, 6);
+    let r = db.compact_now().unwrap();
+    // windows [NOW-6h, NOW-4h) and [NOW-4h, NOW-2h) end before NOW-3h... only the first
+    // one's samples are all older than 3 h
+    assert_eq!(r.blocks_expired, 1);
+    assert_eq!(total_points(&db), 2 * 4 * 60);
+    // hour rollups of the expired window are still there
+    let hours: usize = db
+        .select_rollup(
+            &[Matcher::equal("__name__", "m")],
+            NOW - 6 * HOUR,
+            NOW,
+            Resolution::Hour,
+        )
+        .unwrap()
+        .map(|s| s.unwrap().points.len())
+        .sum();
+    assert_eq!(hours, 2 * 6);
+    db.close().unwrap();
+    drop(db);
+
+    let small = Options {
+        retention: Retention {
+            max_disk_bytes: Some(1),
+            ..Retention::default()
+        },
+        ..opts()
+    };
+    let db = open_with(dir.path(), small, clock);
+    let r = db.compact_now().unwrap();
+    assert!(r.blocks_expired > 0);
+    assert_eq!(db.stats().blocks, 0);
+}
+
+#[test]
+fn rollups_are_exact_for_every_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
+    let db = open_with(dir.path(), opts(), clock);
+    fill(&db, 1, 2);
+    // (resolution, sealed first, expected point count, first bucket's count)
+    let cases = [
+        (Resolution::Minute, false, 120, 1),
+        (Resolution::Hour, false, 2, 60),
+        (Resolution::Minute, true, 120, 1),
+        (Resolution::Hour, true, 2, 60),
+    ];
+    for (res, seal, points, count) in cases {
+        if seal {
+            db.compact_now().unwrap();
+        }
+        let got: Vec<_> = db
+            .select_rollup(&[Matcher::equal("i", "0")], NOW - 2 * HOUR, NOW, res)
+            .unwrap()
+            .map(|s| s.unwrap())
+            .collect();
+        assert_eq!(got.len(), 1);
+        let p = &got[0].points;
+        assert_eq!(p.len(), points, "{res:?} sealed={seal}");
+        assert_eq!(p[0].count, count, "{res:?} sealed={seal}");
+        if res == Resolution::Hour {
+            assert_eq!(
+                (p[0].min, p[0].max, p[0].sum, p[0].last),
+                (0.0, 59.0, 1770.0, 59.0)
+            );
+        }
+    }
+}
+
+#[test]
+fn backfill_into_a_sealed_window_last_write_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
+    let db = open_with(dir.path(), opts(), clock.clone());
+    let ids = fill(&db, 1, 2);
+    db.compact_now().unwrap();
+    let ts = NOW - 2 * HOUR + 60_000; // minute 1, value 1.0 in the block
+    // (write, expected value at ts)
+    let cases = [(100.0, 100.0), (200.0, 200.0)];
+    for (v, want) in cases {
+        db.append(&[Point {
+            series: ids[0],
+            ts,
+            value: v,
+        }])
+        .unwrap();
+        let s = db
+            .select(&[Matcher::equal("i", "0")], ts, ts)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.values, vec![want], "before sealing");
+        db.compact_now().unwrap();
+        let s = db
+            .select(&[Matcher::equal("i", "0")], ts, ts)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.values, vec![want], "after sealing");
+    }
+    assert_eq!(total_points(&db), 120);
+    assert_eq!(db.stats().blocks, 3, "the window was rewritten, not stacked");
+    db.close().unwrap();
+    drop(db);
+    let db = open_with(dir.path(), opts(), clock);
+    assert_eq!(total_points(&db), 120);
+}
