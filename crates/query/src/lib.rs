@@ -1,1 +1,232 @@
-//! placeholder
+//! A PromQL subset evaluated over a [`SeriesReader`], and the Prometheus HTTP API's
+//! semantics (parameters in, status and JSON body out) in [`api`]. No HTTP types live here.
+//!
+//! Pipeline: `promql-parser` parses the text; [`eval`] walks the AST and evaluates every
+//! node over the query's steps (an instant query is a range query with one step). A range
+//! vector feeding a function (`rate(x[5m])`, `avg_over_time(x[1h])`) is never
+//! materialised: the reader hands over one series at a time, the window function runs over
+//! a sliding window for every step, and only the per-step results are kept. Memory is
+//! therefore bounded by output series × steps, not by raw samples.
+//!
+//! # Supported subset
+//! - Selectors: instant and range vector selectors with `=`, `!=`, `=~`, `!~`, quoted UTF-8
+//!   metric names (`{"christmaspi.temperature.ham"}`), `offset`, `@` (including `start()`
+//!   and `end()`); number and string literals; subqueries `expr[range:step]`.
+//! - Lookback delta (default 5 m, inclusive as in Prometheus 2.x) and staleness: a sample
+//!   with the stale-marker bit pattern `0x7ff0000000000002` ends a series and is never
+//!   returned; range vectors skip it.
+//! - Range functions: `avg/min/max/sum/count/last/quantile/stddev/stdvar_over_time`,
+//!   `rate`, `irate`, `increase`, `delta`, `idelta`, `deriv`, `changes`, `resets`,
+//!   `absent_over_time`, `predict_linear`.
+//! - Instant functions: `abs ceil floor round clamp clamp_min clamp_max exp ln log2 log10
+//!   sqrt sgn time timestamp vector scalar sort sort_desc label_replace label_join absent
+//!   histogram_quantile` (classic buckets).
+//! - Aggregations `sum avg min max count group stddev stdvar topk bottomk quantile
+//!   count_values` with `by`/`without`.
+//! - Binary operators `+ - * / % ^ == != > < >= <=` (with `bool`), `and or unless`,
+//!   scalar/scalar, scalar/vector and vector/vector with `on`/`ignoring`,
+//!   `group_left`/`group_right`.
+//!
+//! Anything else (native histograms, `or` inside braces, other functions) is answered with a
+//! `not supported: <construct>` error, never with a wrong answer.
+//!
+//! # Deliberate difference from Prometheus 2.x
+//! The metric name is dropped *lazily* (as Prometheus 3 does with delayed name removal): a
+//! function such as `avg_over_time` marks its output "drop name" and the name is removed
+//! when labels are next looked at (aggregation, binary matching, output). So
+//! `sum(avg_over_time({__name__=~"host.+"}[1h]))` works, where Prometheus 2 answers
+//! "vector cannot contain metrics with the same labelset". A query whose *final* result
+//! has two series with the same labels at one step is still that error.
+//!
+//! **Invariant:** evaluation never panics on input; every bound is in [`QueryLimits`].
+
+pub mod api;
+pub mod eval;
+mod functions;
+pub mod labels;
+pub mod mem;
+pub mod time;
+
+use std::time::Duration;
+
+use model::{MatchOp, Matcher, SeriesKey};
+
+pub use eval::{QueryValue, evaluate_instant, evaluate_range};
+pub use labels::Labels;
+pub use mem::MemReader;
+
+/// Why a query failed. Each variant maps to one Prometheus `errorType` (see [`api`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QueryError {
+    /// The query text or a parameter is malformed (`bad_data`).
+    #[error("{0}")]
+    BadData(String),
+    /// The query uses a construct outside the supported subset (`bad_data`).
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// The query is well-formed but cannot be evaluated (`execution`).
+    #[error("{0}")]
+    Execution(String),
+    /// More samples than [`QueryLimits::max_samples`] would be held at once (`execution`).
+    #[error("query processing would load too many samples into memory in query execution")]
+    TooManySamples,
+    /// A selector matched more series than [`QueryLimits::max_series`] (`execution`).
+    #[error("query would select more than {0} series")]
+    TooManySeries(usize),
+    /// The query ran longer than its timeout (`timeout`).
+    #[error("query timed out in query execution")]
+    Timeout,
+    /// The storage behind the reader failed (`internal`).
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// Bounds on one query. Nested in the server config as `[query]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryLimits {
+    /// Most samples (raw samples in the current window plus result points) one query may
+    /// hold in memory at once; Prometheus' `--query.max-samples`.
+    pub max_samples: usize,
+    /// Most series one selector may match.
+    pub max_series: usize,
+    /// Longest a query may run; a `timeout` parameter may only shorten it.
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    /// How far back an instant selector looks for the latest sample, in milliseconds.
+    pub lookback_delta_ms: i64,
+    /// Most steps a range query may have (Prometheus refuses more than 11,000).
+    pub max_points_per_series_in_range: usize,
+    /// Default step of a subquery without an explicit step, in milliseconds (Prometheus
+    /// uses the global evaluation interval, 1 m by default).
+    pub subquery_step_ms: i64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> QueryLimits {
+        QueryLimits {
+            max_samples: 50_000_000,
+            max_series: 1_000_000,
+            timeout: Duration::from_secs(120),
+            lookback_delta_ms: 300_000,
+            max_points_per_series_in_range: 11_000,
+            subquery_step_ms: 60_000,
+        }
+    }
+}
+
+mod duration_ms {
+    //! Durations in config as whole milliseconds.
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = <u64 as serde::Deserialize>::deserialize(d)?;
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+/// The callback of [`SeriesReader::select`]: one series' key, sample times and values.
+pub type Visit<'a> = dyn FnMut(&SeriesKey, &[i64], &[f64]) -> Result<(), QueryError> + 'a;
+
+/// Read access to stored series. The query crate owns this trait; the server implements it
+/// over the time-series engine, and [`MemReader`] implements it in memory for tests.
+pub trait SeriesReader: Send + Sync {
+    /// Calls `visit` once per matching series with its samples in `[start_ms, end_ms]`
+    /// (inclusive), sorted by time; series in any order. An error from `visit` stops the
+    /// walk and is returned.
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), QueryError>;
+
+    /// The series matching `matchers` with samples in `[start_ms, end_ms]`, at most `limit`.
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<SeriesKey>, QueryError>;
+
+    /// Sorted label names (`__name__` included) of the matching series, at most `limit`.
+    fn label_names(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, QueryError>;
+
+    /// Sorted values of label `name` over the matching series, at most `limit`.
+    fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, QueryError>;
+}
+
+/// Parses a series selector such as `up{job="api"}` or `{"a.b.c"}` into matchers, for
+/// `match[]` parameters. Anything but a plain vector selector is `bad_data`.
+pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, QueryError> {
+    let expr =
+        promql_parser::parser::parse(s).map_err(|e| QueryError::BadData(format!("1:1: parse error: {e}")))?;
+    match expr {
+        promql_parser::parser::Expr::VectorSelector(vs) => {
+            if vs.offset.is_some() || vs.at.is_some() {
+                return Err(QueryError::BadData(
+                    "a series selector may not carry offset or @".into(),
+                ));
+            }
+            selector_matchers(&vs)
+        }
+        _ => Err(QueryError::BadData(format!(
+            "expected a series selector, got {s:?}"
+        ))),
+    }
+}
+
+/// The matchers of a parsed vector selector, its metric name included.
+pub(crate) fn selector_matchers(
+    vs: &promql_parser::parser::VectorSelector,
+) -> Result<Vec<Matcher>, QueryError> {
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(QueryError::NotSupported("`or` inside a selector".into()));
+    }
+    let mut out = Vec::with_capacity(vs.matchers.matchers.len() + 1);
+    if let Some(name) = &vs.name {
+        out.push(Matcher::equal(model::METRIC_NAME_LABEL, name.clone()));
+    }
+    for m in &vs.matchers.matchers {
+        use promql_parser::label::MatchOp as P;
+        let (op, value) = match &m.op {
+            P::Equal => (MatchOp::Equal, m.value.clone()),
+            P::NotEqual => (MatchOp::NotEqual, m.value.clone()),
+            P::Re(_) => (MatchOp::Regex, m.value.clone()),
+            P::NotRe(_) => (MatchOp::NotRegex, m.value.clone()),
+        };
+        let matcher =
+            Matcher::new(op, m.name.clone(), value).map_err(|e| QueryError::BadData(e.to_string()))?;
+        out.push(matcher);
+    }
+    if out.iter().all(|m| m.matches_empty()) {
+        return Err(QueryError::BadData(
+            "vector selector must contain at least one non-empty matcher".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether a series key satisfies all matchers (a missing label reads as `""`).
+pub fn matches_all(key: &SeriesKey, matchers: &[Matcher]) -> bool {
+    matchers.iter().all(|m| m.matches(key.get(&m.name).unwrap_or("")))
+}

@@ -1,0 +1,1106 @@
+//! The evaluator: walks a parsed PromQL expression and evaluates every node over all steps
+//! of the query at once (an instant query is a range query with a single step).
+//!
+//! Values between nodes are [`Value`]s: a scalar per step, a vector of [`Series`] (one
+//! optional point per step), or a string. A range vector only exists as a function argument
+//! (where it is streamed, see [`Evaluator::range_call`]) or as the top-level result of an
+//! instant query.
+//!
+//! Invariants:
+//! - every `Series::points` has exactly `Steps::len()` entries;
+//! - a series whose points are all `None` is not kept;
+//! - `Series::drop_name` means "remove `__name__` before these labels are looked at"
+//!   (delayed name removal, see the crate doc).
+
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime};
+
+use model::Matcher;
+use promql_parser::parser::{
+    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, Offset, SubqueryExpr,
+    VectorMatchCardinality, VectorSelector,
+};
+
+use crate::functions::{self, RangeFn};
+use crate::labels::Labels;
+use crate::{QueryError, QueryLimits, SeriesReader, selector_matchers};
+
+/// Prometheus' stale marker: a NaN with this exact bit pattern ends a series.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether a value is Prometheus' stale marker.
+pub fn is_stale(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+/// The evaluation grid: `start, start+step, …, ≤ end`, all in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    /// First step.
+    pub start: i64,
+    /// Last possible step (inclusive).
+    pub end: i64,
+    /// Step width, > 0.
+    pub step: i64,
+}
+
+impl Steps {
+    /// Number of steps.
+    pub fn len(&self) -> usize {
+        if self.end < self.start || self.step <= 0 {
+            return 0;
+        }
+        usize::try_from((self.end - self.start) / self.step + 1).unwrap_or(0)
+    }
+
+    /// Whether there is no step.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The time of step `i`.
+    pub fn at(&self, i: usize) -> i64 {
+        self.start + self.step * i as i64
+    }
+}
+
+/// One series of an instant vector over all steps.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// The labels, `__name__` included until dropped.
+    pub labels: Labels,
+    /// Remove `__name__` before the labels are next used.
+    pub drop_name: bool,
+    /// One optional value per step.
+    pub points: Vec<Option<f64>>,
+}
+
+impl Series {
+    fn materialize(&mut self) {
+        if self.drop_name {
+            self.labels.drop_name();
+            self.drop_name = false;
+        }
+    }
+}
+
+/// Raw samples of one series (a range vector, or a range query's result series).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawSeries {
+    /// The labels.
+    pub labels: Labels,
+    /// Sample times, ascending.
+    pub ts: Vec<i64>,
+    /// Sample values, one per time.
+    pub vals: Vec<f64>,
+}
+
+/// One sample of an instant vector result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The labels.
+    pub labels: Labels,
+    /// The evaluation time.
+    pub t: i64,
+    /// The value.
+    pub v: f64,
+}
+
+/// The result of a query, as the API returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryValue {
+    /// A scalar at time `t`.
+    Scalar {
+        /// Evaluation time.
+        t: i64,
+        /// The value.
+        v: f64,
+    },
+    /// A string at time `t`.
+    String {
+        /// Evaluation time.
+        t: i64,
+        /// The value.
+        v: String,
+    },
+    /// An instant vector.
+    Vector(Vec<Sample>),
+    /// A range vector (range query results, or a range selector in an instant query).
+    Matrix(Vec<RawSeries>),
+}
+
+/// An intermediate value.
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Scalar(Vec<f64>),
+    Vector(Vec<Series>),
+    Str(String),
+}
+
+/// Evaluates `query` at time `t` (milliseconds).
+pub fn evaluate_instant(
+    reader: &dyn SeriesReader,
+    query: &str,
+    t: i64,
+    limits: &QueryLimits,
+) -> Result<QueryValue, QueryError> {
+    let expr = parse(query)?;
+    let steps = Steps {
+        start: t,
+        end: t,
+        step: 1,
+    };
+    let mut ev = Evaluator::new(reader, limits, steps);
+    // A range selector or subquery at the top level returns its raw samples.
+    match unwrap_parens(&expr) {
+        Expr::MatrixSelector(ms) => {
+            let w = ev.window(&ms.vs, ms.range.as_millis() as i64, None)?;
+            let mut out = Vec::new();
+            ev.select_raw(&ms.vs, &w, &mut |labels, ts, vals| {
+                out.push(RawSeries {
+                    labels: labels.clone(),
+                    ts: ts.to_vec(),
+                    vals: vals.to_vec(),
+                });
+                Ok(())
+            })?;
+            out.sort_by(|a, b| a.labels.cmp(&b.labels));
+            return Ok(QueryValue::Matrix(out));
+        }
+        Expr::Subquery(sq) => {
+            let mut out = Vec::new();
+            ev.subquery_raw(sq, &mut |labels, _drop, ts, vals| {
+                out.push(RawSeries {
+                    labels: labels.clone(),
+                    ts: ts.to_vec(),
+                    vals: vals.to_vec(),
+                });
+                Ok(())
+            })?;
+            out.sort_by(|a, b| a.labels.cmp(&b.labels));
+            return Ok(QueryValue::Matrix(out));
+        }
+        _ => {}
+    }
+    let ordered = is_ordered(&expr);
+    match ev.eval(&expr)? {
+        Value::Scalar(v) => Ok(QueryValue::Scalar {
+            t,
+            v: v.first().copied().unwrap_or(f64::NAN),
+        }),
+        Value::Str(s) => Ok(QueryValue::String { t, v: s }),
+        Value::Vector(series) => {
+            let mut out = Vec::with_capacity(series.len());
+            for mut s in series {
+                s.materialize();
+                if let Some(Some(v)) = s.points.first() {
+                    out.push(Sample {
+                        labels: s.labels,
+                        t,
+                        v: *v,
+                    });
+                }
+            }
+            let mut seen: Vec<&Labels> = out.iter().map(|s| &s.labels).collect();
+            seen.sort();
+            if seen.windows(2).any(|w| w[0] == w[1]) {
+                return Err(same_labelset());
+            }
+            if !ordered {
+                out.sort_by(|a, b| a.labels.cmp(&b.labels));
+            }
+            Ok(QueryValue::Vector(out))
+        }
+    }
+}
+
+/// Evaluates `query` over `[start, end]` every `step` milliseconds into a matrix.
+pub fn evaluate_range(
+    reader: &dyn SeriesReader,
+    query: &str,
+    steps: Steps,
+    limits: &QueryLimits,
+) -> Result<Vec<RawSeries>, QueryError> {
+    let expr = parse(query)?;
+    match unwrap_parens(&expr) {
+        Expr::MatrixSelector(_) | Expr::Subquery(_) => {
+            return Err(QueryError::BadData(
+                "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector"
+                    .into(),
+            ));
+        }
+        Expr::StringLiteral(_) => {
+            return Err(QueryError::BadData(
+                "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
+            ));
+        }
+        _ => {}
+    }
+    let mut ev = Evaluator::new(reader, limits, steps);
+    let series = match ev.eval(&expr)? {
+        Value::Scalar(v) => vec![Series {
+            labels: Labels::new(),
+            drop_name: false,
+            points: v.into_iter().map(Some).collect(),
+        }],
+        Value::Vector(v) => v,
+        Value::Str(_) => return Err(QueryError::BadData("string in range query".into())),
+    };
+    let mut merged: HashMap<Labels, Vec<Option<f64>>> = HashMap::new();
+    for mut s in series {
+        s.materialize();
+        match merged.get_mut(&s.labels) {
+            Some(points) => {
+                for (slot, p) in points.iter_mut().zip(s.points) {
+                    if p.is_some() {
+                        if slot.is_some() {
+                            return Err(same_labelset());
+                        }
+                        *slot = p;
+                    }
+                }
+            }
+            None => {
+                merged.insert(s.labels, s.points);
+            }
+        }
+    }
+    let mut out: Vec<RawSeries> = merged
+        .into_iter()
+        .filter_map(|(labels, points)| {
+            let mut ts = Vec::new();
+            let mut vals = Vec::new();
+            for (i, p) in points.into_iter().enumerate() {
+                if let Some(v) = p {
+                    ts.push(steps.at(i));
+                    vals.push(v);
+                }
+            }
+            (!ts.is_empty()).then_some(RawSeries { labels, ts, vals })
+        })
+        .collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(out)
+}
+
+fn same_labelset() -> QueryError {
+    QueryError::Execution("vector cannot contain metrics with the same labelset".into())
+}
+
+fn parse(query: &str) -> Result<Expr, QueryError> {
+    promql_parser::parser::parse(query).map_err(|e| QueryError::BadData(format!("parse error: {e}")))
+}
+
+fn unwrap_parens(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => unwrap_parens(&p.expr),
+        e => e,
+    }
+}
+
+/// Whether the result order is meaningful (`sort`, `sort_desc`, `topk`, `bottomk`), so it
+/// must not be re-sorted.
+fn is_ordered(e: &Expr) -> bool {
+    match unwrap_parens(e) {
+        Expr::Call(c) => matches!(c.func.name, "sort" | "sort_desc"),
+        Expr::Aggregate(a) => matches!(a.op.to_string().as_str(), "topk" | "bottomk"),
+        _ => false,
+    }
+}
+
+fn millis(d: &std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => millis(d),
+        Some(Offset::Neg(d)) => -millis(d),
+    }
+}
+
+fn system_time_ms(t: &SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => millis(&d),
+        Err(e) => -millis(&e.duration()),
+    }
+}
+
+/// Where a selector's window ends at each step: `(at or step time) - offset`, and how far
+/// back it reaches.
+#[derive(Debug, Clone)]
+pub(crate) struct Window {
+    /// Reference time per step.
+    pub refs: Vec<i64>,
+    /// Range in milliseconds (lookback delta for instant selectors).
+    pub range: i64,
+}
+
+impl Window {
+    fn min_ref(&self) -> i64 {
+        self.refs.iter().copied().min().unwrap_or(0)
+    }
+    fn max_ref(&self) -> i64 {
+        self.refs.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// Receives one series of a range selector: labels, times, values.
+type RawVisit<'a> = dyn FnMut(&Labels, &[i64], &[f64]) -> Result<(), QueryError> + 'a;
+/// Receives one series of a subquery: labels, whether its name is to be dropped, times, values.
+type SubqueryVisit<'a> = dyn FnMut(&Labels, bool, &[i64], &[f64]) -> Result<(), QueryError> + 'a;
+
+/// Evaluation state for one query.
+pub(crate) struct Evaluator<'a> {
+    reader: &'a dyn SeriesReader,
+    limits: &'a QueryLimits,
+    deadline: Instant,
+    /// The query's own grid (for `@ start()` / `@ end()`).
+    query_steps: Steps,
+    /// The grid the current node is evaluated on (differs inside subqueries).
+    steps: Steps,
+    /// Points produced so far, for `max_samples`.
+    samples: usize,
+}
+
+impl<'a> Evaluator<'a> {
+    pub(crate) fn new(reader: &'a dyn SeriesReader, limits: &'a QueryLimits, steps: Steps) -> Self {
+        Evaluator {
+            reader,
+            limits,
+            deadline: Instant::now() + limits.timeout,
+            query_steps: steps,
+            steps,
+            samples: 0,
+        }
+    }
+
+    fn check_deadline(&self) -> Result<(), QueryError> {
+        if Instant::now() > self.deadline {
+            return Err(QueryError::Timeout);
+        }
+        Ok(())
+    }
+
+    fn account(&mut self, n: usize) -> Result<(), QueryError> {
+        self.samples = self.samples.saturating_add(n);
+        if self.samples > self.limits.max_samples {
+            return Err(QueryError::TooManySamples);
+        }
+        Ok(())
+    }
+
+    fn at_ms(&self, at: &Option<AtModifier>) -> Option<i64> {
+        match at {
+            None => None,
+            Some(AtModifier::Start) => Some(self.query_steps.start),
+            Some(AtModifier::End) => Some(self.query_steps.end),
+            Some(AtModifier::At(t)) => Some(system_time_ms(t)),
+        }
+    }
+
+    fn window(&self, vs: &VectorSelector, range: i64, _sub: Option<()>) -> Result<Window, QueryError> {
+        let off = offset_ms(&vs.offset);
+        let at = self.at_ms(&vs.at);
+        let refs = (0..self.steps.len())
+            .map(|i| at.unwrap_or(self.steps.at(i)) - off)
+            .collect();
+        Ok(Window { refs, range })
+    }
+
+    /// Streams each matching series' non-stale samples in `[min_ref - range, max_ref]`.
+    fn select_raw(
+        &mut self,
+        vs: &VectorSelector,
+        w: &Window,
+        visit: &mut RawVisit<'_>,
+    ) -> Result<(), QueryError> {
+        self.select_keys(vs, w, &mut |key, ts, vals| {
+            let labels = Labels::from_key(key);
+            visit(&labels, ts, vals)
+        })
+    }
+
+    /// Streams each matching series' non-stale samples (keys unconverted).
+    fn select_keys(
+        &mut self,
+        vs: &VectorSelector,
+        w: &Window,
+        visit: &mut crate::Visit<'_>,
+    ) -> Result<(), QueryError> {
+        let matchers: Vec<Matcher> = selector_matchers(vs)?;
+        let start = w.min_ref().saturating_sub(w.range);
+        let end = w.max_ref();
+        let max_series = self.limits.max_series;
+        let max_samples = self.limits.max_samples;
+        let deadline = self.deadline;
+        let mut n = 0usize;
+        let mut ts_buf = Vec::new();
+        let mut val_buf = Vec::new();
+        self.reader.select(&matchers, start, end, &mut |key, ts, vals| {
+            n += 1;
+            if n > max_series {
+                return Err(QueryError::TooManySeries(max_series));
+            }
+            if n.is_multiple_of(64) && Instant::now() > deadline {
+                return Err(QueryError::Timeout);
+            }
+            if ts.len() > max_samples {
+                return Err(QueryError::TooManySamples);
+            }
+            let len = ts.len().min(vals.len());
+            let (ts, vals) = (&ts[..len], &vals[..len]);
+            if vals.iter().any(|v| is_stale(*v)) {
+                ts_buf.clear();
+                val_buf.clear();
+                for (t, v) in ts.iter().zip(vals) {
+                    if !is_stale(*v) {
+                        ts_buf.push(*t);
+                        val_buf.push(*v);
+                    }
+                }
+                visit(key, &ts_buf, &val_buf)
+            } else {
+                visit(key, ts, vals)
+            }
+        })?;
+        self.check_deadline()
+    }
+
+    /// Evaluates a subquery and streams its series as raw samples, the window for each
+    /// outer step being `[ref - range, ref]`.
+    fn subquery_raw(&mut self, sq: &SubqueryExpr, visit: &mut SubqueryVisit<'_>) -> Result<(), QueryError> {
+        let (inner, series) = self.eval_subquery(sq)?;
+        for mut s in series {
+            let drop = s.drop_name;
+            s.drop_name = false;
+            let mut ts = Vec::new();
+            let mut vals = Vec::new();
+            for (i, p) in s.points.iter().enumerate() {
+                if let Some(v) = p {
+                    ts.push(inner.at(i));
+                    vals.push(*v);
+                }
+            }
+            visit(&s.labels, drop, &ts, &vals)?;
+        }
+        Ok(())
+    }
+
+    fn subquery_window(&self, sq: &SubqueryExpr) -> Window {
+        let off = offset_ms(&sq.offset);
+        let at = self.at_ms(&sq.at);
+        let refs = (0..self.steps.len())
+            .map(|i| at.unwrap_or(self.steps.at(i)) - off)
+            .collect();
+        Window {
+            refs,
+            range: millis(&sq.range),
+        }
+    }
+
+    fn eval_subquery(&mut self, sq: &SubqueryExpr) -> Result<(Steps, Vec<Series>), QueryError> {
+        let w = self.subquery_window(sq);
+        let interval = sq
+            .step
+            .as_ref()
+            .map(millis)
+            .filter(|s| *s > 0)
+            .unwrap_or(self.limits.subquery_step_ms)
+            .max(1);
+        let lo = w.min_ref() - w.range;
+        let mut start = interval * (lo / interval);
+        if start < lo {
+            start += interval;
+        }
+        let inner = Steps {
+            start,
+            end: w.max_ref(),
+            step: interval,
+        };
+        if inner.len() > self.limits.max_samples {
+            return Err(QueryError::TooManySamples);
+        }
+        let outer = std::mem::replace(&mut self.steps, inner);
+        let res = self.eval(&sq.expr);
+        self.steps = outer;
+        match res? {
+            Value::Vector(v) => Ok((inner, v)),
+            Value::Scalar(v) => Ok((
+                inner,
+                vec![Series {
+                    labels: Labels::new(),
+                    drop_name: false,
+                    points: v.into_iter().map(Some).collect(),
+                }],
+            )),
+            Value::Str(_) => Err(QueryError::BadData("subquery of a string".into())),
+        }
+    }
+
+    pub(crate) fn eval(&mut self, expr: &Expr) -> Result<Value, QueryError> {
+        self.eval_with(expr, true)
+    }
+
+    /// `need_labels = false` lets a selector or range function skip building labels because
+    /// the consumer (an aggregation without grouping) ignores them.
+    fn eval_with(&mut self, expr: &Expr, need_labels: bool) -> Result<Value, QueryError> {
+        self.check_deadline()?;
+        let n = self.steps.len();
+        match expr {
+            Expr::NumberLiteral(l) => Ok(Value::Scalar(vec![l.val; n])),
+            Expr::StringLiteral(s) => Ok(Value::Str(s.val.clone())),
+            Expr::Paren(p) => self.eval_with(&p.expr, need_labels),
+            Expr::Unary(u) => match self.eval(&u.expr)? {
+                Value::Scalar(v) => Ok(Value::Scalar(v.into_iter().map(|x| -x).collect())),
+                Value::Vector(mut series) => {
+                    for s in &mut series {
+                        s.drop_name = true;
+                        for p in s.points.iter_mut().flatten() {
+                            *p = -*p;
+                        }
+                    }
+                    Ok(Value::Vector(series))
+                }
+                Value::Str(_) => Err(QueryError::BadData("unary minus on a string".into())),
+            },
+            Expr::VectorSelector(vs) => self.vector_selector(vs, need_labels, false),
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Err(QueryError::BadData(
+                "a range vector is only allowed as a function argument here".into(),
+            )),
+            Expr::Call(c) => self.call(c, need_labels),
+            Expr::Aggregate(a) => self.aggregate(a),
+            Expr::Binary(b) => self.binary(b),
+            Expr::Extension(_) => Err(QueryError::NotSupported("extension expressions".into())),
+        }
+    }
+
+    /// An instant vector selector: the latest non-stale sample within the lookback delta
+    /// of each step's reference time. With `timestamps`, the sample's time (seconds)
+    /// replaces its value (for `timestamp()`).
+    fn vector_selector(
+        &mut self,
+        vs: &VectorSelector,
+        need_labels: bool,
+        timestamps: bool,
+    ) -> Result<Value, QueryError> {
+        let w = self.window(vs, self.limits.lookback_delta_ms, None)?;
+        let mut out = Vec::new();
+        let mut produced = 0usize;
+        let lookback = w.range;
+        let matchers = selector_matchers(vs)?;
+        let start = w.min_ref().saturating_sub(lookback);
+        let end = w.max_ref();
+        let max_series = self.limits.max_series;
+        let deadline = self.deadline;
+        let mut n = 0usize;
+        self.reader.select(&matchers, start, end, &mut |key, ts, vals| {
+            n += 1;
+            if n > max_series {
+                return Err(QueryError::TooManySeries(max_series));
+            }
+            if n.is_multiple_of(64) && Instant::now() > deadline {
+                return Err(QueryError::Timeout);
+            }
+            let mut points = Vec::with_capacity(w.refs.len());
+            let mut any = false;
+            for r in &w.refs {
+                let idx = ts.partition_point(|t| *t <= *r);
+                let p = match idx.checked_sub(1) {
+                    Some(i) => match (ts.get(i), vals.get(i)) {
+                        (Some(t), Some(v)) if *t >= *r - lookback && !is_stale(*v) => {
+                            Some(if timestamps { *t as f64 / 1000.0 } else { *v })
+                        }
+                        _ => None,
+                    },
+                    None => None,
+                };
+                any |= p.is_some();
+                produced += usize::from(p.is_some());
+                points.push(p);
+            }
+            if any {
+                out.push(Series {
+                    labels: if need_labels {
+                        Labels::from_key(key)
+                    } else {
+                        Labels::new()
+                    },
+                    drop_name: false,
+                    points,
+                });
+            }
+            Ok(())
+        })?;
+        self.account(produced)?;
+        Ok(Value::Vector(out))
+    }
+
+    fn scalar_arg(&mut self, e: &Expr) -> Result<Vec<f64>, QueryError> {
+        match self.eval(e)? {
+            Value::Scalar(v) => Ok(v),
+            _ => Err(QueryError::BadData("expected a scalar argument".into())),
+        }
+    }
+
+    fn vector_arg(&mut self, e: &Expr) -> Result<Vec<Series>, QueryError> {
+        match self.eval(e)? {
+            Value::Vector(v) => Ok(v),
+            _ => Err(QueryError::BadData("expected an instant vector argument".into())),
+        }
+    }
+
+    fn string_arg(&mut self, e: &Expr) -> Result<String, QueryError> {
+        match unwrap_parens(e) {
+            Expr::StringLiteral(s) => Ok(s.val.clone()),
+            _ => Err(QueryError::BadData("expected a string literal argument".into())),
+        }
+    }
+
+    fn call(&mut self, c: &Call, need_labels: bool) -> Result<Value, QueryError> {
+        let name = c.func.name;
+        let args: Vec<&Expr> = c.args.args.iter().map(|a| a.as_ref()).collect();
+        if let Some(f) = RangeFn::from_name(name) {
+            return self.range_call(f, &args, need_labels);
+        }
+        let n = self.steps.len();
+        match name {
+            "time" => Ok(Value::Scalar(
+                (0..n).map(|i| self.steps.at(i) as f64 / 1000.0).collect(),
+            )),
+            "vector" => {
+                let v = self.scalar_arg(arg(&args, 0)?)?;
+                Ok(Value::Vector(vec![Series {
+                    labels: Labels::new(),
+                    drop_name: false,
+                    points: v.into_iter().map(Some).collect(),
+                }]))
+            }
+            "scalar" => {
+                let series = self.vector_arg(arg(&args, 0)?)?;
+                let out = (0..n)
+                    .map(|i| {
+                        let mut it = series.iter().filter_map(|s| s.points.get(i).copied().flatten());
+                        match (it.next(), it.next()) {
+                            (Some(v), None) => v,
+                            _ => f64::NAN,
+                        }
+                    })
+                    .collect();
+                Ok(Value::Scalar(out))
+            }
+            "timestamp" => {
+                let a = arg(&args, 0)?;
+                let mut series = match unwrap_parens(a) {
+                    Expr::VectorSelector(vs) => match self.vector_selector(vs, true, true)? {
+                        Value::Vector(v) => v,
+                        _ => Vec::new(),
+                    },
+                    other => {
+                        let mut v = self.vector_arg(other)?;
+                        for s in &mut v {
+                            for (i, p) in s.points.iter_mut().enumerate() {
+                                if p.is_some() {
+                                    *p = Some(self.steps.at(i) as f64 / 1000.0);
+                                }
+                            }
+                        }
+                        v
+                    }
+                };
+                for s in &mut series {
+                    s.drop_name = true;
+                }
+                Ok(Value::Vector(series))
+            }
+            "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" => {
+                let f: fn(f64) -> f64 = match name {
+                    "abs" => f64::abs,
+                    "ceil" => f64::ceil,
+                    "floor" => f64::floor,
+                    "exp" => f64::exp,
+                    "ln" => f64::ln,
+                    "log2" => f64::log2,
+                    "log10" => f64::log10,
+                    "sqrt" => f64::sqrt,
+                    _ => functions::sgn,
+                };
+                let mut series = self.vector_arg(arg(&args, 0)?)?;
+                for s in &mut series {
+                    s.drop_name = true;
+                    for p in s.points.iter_mut().flatten() {
+                        *p = f(*p);
+                    }
+                }
+                Ok(Value::Vector(series))
+            }
+            "round" => {
+                let mut series = self.vector_arg(arg(&args, 0)?)?;
+                let to = match args.get(1) {
+                    Some(e) => self.scalar_arg(e)?,
+                    None => vec![1.0; n],
+                };
+                for s in &mut series {
+                    s.drop_name = true;
+                    for (p, to) in s.points.iter_mut().zip(&to) {
+                        if let Some(v) = p {
+                            let inv = 1.0 / to;
+                            *v = (*v * inv + 0.5).floor() / inv;
+                        }
+                    }
+                }
+                Ok(Value::Vector(series))
+            }
+            "clamp" | "clamp_min" | "clamp_max" => {
+                let mut series = self.vector_arg(arg(&args, 0)?)?;
+                let (lo, hi) = match name {
+                    "clamp" => (self.scalar_arg(arg(&args, 1)?)?, self.scalar_arg(arg(&args, 2)?)?),
+                    "clamp_min" => (self.scalar_arg(arg(&args, 1)?)?, vec![f64::INFINITY; n]),
+                    _ => (vec![f64::NEG_INFINITY; n], self.scalar_arg(arg(&args, 1)?)?),
+                };
+                for s in &mut series {
+                    s.drop_name = true;
+                    for (i, p) in s.points.iter_mut().enumerate() {
+                        let (Some(lo), Some(hi)) = (lo.get(i), hi.get(i)) else {
+                            continue;
+                        };
+                        if let Some(v) = *p {
+                            *p = if name == "clamp" && hi < lo {
+                                None
+                            } else {
+                                Some(functions::go_max(*lo, functions::go_min(*hi, v)))
+                            };
+                        }
+                    }
+                }
+                series.retain(|s| s.points.iter().any(Option::is_some));
+                Ok(Value::Vector(series))
+            }
+            "sort" | "sort_desc" => {
+                let mut series = self.vector_arg(arg(&args, 0)?)?;
+                if n == 1 {
+                    let desc = name == "sort_desc";
+                    series.sort_by(|a, b| {
+                        let (x, y) = (
+                            a.points.first().copied().flatten().unwrap_or(f64::NAN),
+                            b.points.first().copied().flatten().unwrap_or(f64::NAN),
+                        );
+                        functions::cmp_nan_last(x, y, desc)
+                    });
+                }
+                Ok(Value::Vector(series))
+            }
+            "label_replace" => {
+                let mut series = self.vector_arg(arg(&args, 0)?)?;
+                let dst = self.string_arg(arg(&args, 1)?)?;
+                let repl = self.string_arg(arg(&args, 2)?)?;
+                let src = self.string_arg(arg(&args, 3)?)?;
+                let re = self.string_arg(arg(&args, 4)?)?;
+                let regex = regex::Regex::new(&format!("^(?s:{re})$")).map_err(|e| {
+                    QueryError::BadData(format!(
+                        "invalid regular expression in label_replace(): {re}: {e}"
+                    ))
+                })?;
+                if !functions::is_label_name(&dst) {
+                    return Err(QueryError::BadData(format!(
+                        "invalid destination label name in label_replace(): {dst}"
+                    )));
+                }
+                for s in &mut series {
+                    s.materialize();
+                    let value = s.labels.get(&src).to_owned();
+                    if let Some(caps) = regex.captures(&value) {
+                        let mut res = String::new();
+                        caps.expand(&repl, &mut res);
+                        s.labels.set(&dst, &res);
+                    }
+                }
+                Ok(Value::Vector(series))
+            }
+            "label_join" => {
+                let mut series = self.vector_arg(arg(&args, 0)?)?;
+                let dst = self.string_arg(arg(&args, 1)?)?;
+                let sep = self.string_arg(arg(&args, 2)?)?;
+                let mut srcs = Vec::new();
+                for a in args.iter().skip(3) {
+                    srcs.push(self.string_arg(a)?);
+                }
+                if !functions::is_label_name(&dst) {
+                    return Err(QueryError::BadData(format!(
+                        "invalid destination label name in label_join(): {dst}"
+                    )));
+                }
+                for s in &mut series {
+                    s.materialize();
+                    let joined = srcs
+                        .iter()
+                        .map(|l| s.labels.get(l))
+                        .collect::<Vec<_>>()
+                        .join(&sep);
+                    s.labels.set(&dst, &joined);
+                }
+                Ok(Value::Vector(series))
+            }
+            "absent" => {
+                let a = arg(&args, 0)?;
+                let series = self.vector_arg(a)?;
+                let labels = absent_labels(a);
+                let points: Vec<Option<f64>> = (0..n)
+                    .map(|i| {
+                        (!series
+                            .iter()
+                            .any(|s| s.points.get(i).copied().flatten().is_some()))
+                        .then_some(1.0)
+                    })
+                    .collect();
+                Ok(Value::Vector(nonempty(vec![Series {
+                    labels,
+                    drop_name: false,
+                    points,
+                }])))
+            }
+            "histogram_quantile" => {
+                let q = self.scalar_arg(arg(&args, 0)?)?;
+                let series = self.vector_arg(arg(&args, 1)?)?;
+                Ok(Value::Vector(functions::histogram_quantile(&q, series, n)))
+            }
+            other => Err(QueryError::NotSupported(format!("function {other}()"))),
+        }
+    }
+
+    /// A function over a range vector. The range vector is streamed one series at a time;
+    /// for each step the function runs over the samples in `[ref - range, ref]`.
+    fn range_call(&mut self, f: RangeFn, args: &[&Expr], need_labels: bool) -> Result<Value, QueryError> {
+        let n = self.steps.len();
+        let (matrix_idx, param) = match f {
+            RangeFn::QuantileOverTime => (1, Some(self.scalar_arg(arg(args, 0)?)?)),
+            RangeFn::PredictLinear => (0, Some(self.scalar_arg(arg(args, 1)?)?)),
+            _ => (0, None),
+        };
+        let m = unwrap_parens(arg(args, matrix_idx)?);
+        let keep_name = f == RangeFn::LastOverTime;
+        let steps = self.steps;
+        let max_samples = self.limits.max_samples;
+        let mut out: Vec<Series> = Vec::new();
+        let mut produced = 0usize;
+        let mut seen_any: Vec<bool> = vec![false; n];
+        let mut per_series =
+            |labels: Labels, drop: bool, ts: &[i64], vals: &[f64], w: &Window| -> Result<(), QueryError> {
+                let mut points = Vec::with_capacity(n);
+                let mut any = false;
+                let mut lo = 0usize;
+                let mut hi = 0usize;
+                let monotone = w.refs.windows(2).all(|p| p[0] <= p[1]);
+                for (i, r) in w.refs.iter().enumerate() {
+                    let from = r - w.range;
+                    if monotone {
+                        while ts.get(lo).is_some_and(|t| *t < from) {
+                            lo += 1;
+                        }
+                        hi = hi.max(lo);
+                        while ts.get(hi).is_some_and(|t| *t <= *r) {
+                            hi += 1;
+                        }
+                    } else {
+                        lo = ts.partition_point(|t| *t < from);
+                        hi = ts.partition_point(|t| *t <= *r).max(lo);
+                    }
+                    if hi - lo > max_samples {
+                        return Err(QueryError::TooManySamples);
+                    }
+                    let (Some(wts), Some(wvals)) = (ts.get(lo..hi), vals.get(lo..hi)) else {
+                        points.push(None);
+                        continue;
+                    };
+                    if !wts.is_empty()
+                        && let Some(s) = seen_any.get_mut(i)
+                    {
+                        *s = true;
+                    }
+                    let ctx = functions::WindowCtx {
+                        range_start: from,
+                        range_end: *r,
+                        range_ms: w.range,
+                        step_time: steps.at(i),
+                        param: param.as_ref().and_then(|p| p.get(i).copied()).unwrap_or(f64::NAN),
+                    };
+                    let p = if wts.is_empty() {
+                        None
+                    } else {
+                        functions::apply(f, wts, wvals, &ctx)
+                    };
+                    any |= p.is_some();
+                    produced += usize::from(p.is_some());
+                    points.push(p);
+                }
+                if any && f != RangeFn::AbsentOverTime {
+                    out.push(Series {
+                        labels,
+                        drop_name: drop || !keep_name,
+                        points,
+                    });
+                }
+                Ok(())
+            };
+        match m {
+            Expr::MatrixSelector(ms) => {
+                let w = self.window(&ms.vs, millis(&ms.range), None)?;
+                self.select_keys(&ms.vs, &w, &mut |key, ts, vals| {
+                    let labels = if need_labels {
+                        Labels::from_key(key)
+                    } else {
+                        Labels::new()
+                    };
+                    per_series(labels, false, ts, vals, &w)
+                })?;
+            }
+            Expr::Subquery(sq) => {
+                let w = self.subquery_window(sq);
+                self.subquery_raw(sq, &mut |labels, drop, ts, vals| {
+                    per_series(labels.clone(), drop, ts, vals, &w)
+                })?;
+            }
+            _ => {
+                return Err(QueryError::BadData(format!(
+                    "expected a range vector argument for {}()",
+                    f.name()
+                )));
+            }
+        }
+        self.account(produced)?;
+        if f == RangeFn::AbsentOverTime {
+            let labels = absent_labels(m);
+            let points = seen_any.iter().map(|s| (!s).then_some(1.0)).collect();
+            return Ok(Value::Vector(nonempty(vec![Series {
+                labels,
+                drop_name: false,
+                points,
+            }])));
+        }
+        Ok(Value::Vector(out))
+    }
+
+    fn aggregate(&mut self, a: &AggregateExpr) -> Result<Value, QueryError> {
+        let op = a.op.to_string().to_lowercase();
+        let n = self.steps.len();
+        let grouping_free = a.modifier.is_none()
+            || matches!(&a.modifier, Some(LabelModifier::Include(l)) if l.labels.is_empty());
+        let need_labels = !grouping_free
+            || !matches!(
+                op.as_str(),
+                "sum" | "avg" | "count" | "min" | "max" | "group" | "stddev" | "stdvar" | "quantile"
+            );
+        let mut series = match self.eval_with(&a.expr, need_labels)? {
+            Value::Vector(v) => v,
+            _ => return Err(QueryError::BadData("aggregation over a non-vector".into())),
+        };
+        for s in &mut series {
+            s.materialize();
+        }
+        let param = match (&a.param, op.as_str()) {
+            (Some(p), "count_values") => functions::AggParam::Label(self.string_arg(p)?),
+            (Some(p), _) => functions::AggParam::Scalar(self.scalar_arg(p)?),
+            (None, _) => functions::AggParam::None,
+        };
+        let grouping = match &a.modifier {
+            None => functions::Grouping::By(Vec::new()),
+            Some(LabelModifier::Include(l)) => functions::Grouping::By(l.labels.clone()),
+            Some(LabelModifier::Exclude(l)) => functions::Grouping::Without(l.labels.clone()),
+        };
+        let out = functions::aggregate(&op, &grouping, &param, series, n)?;
+        Ok(Value::Vector(out))
+    }
+
+    fn binary(&mut self, b: &BinaryExpr) -> Result<Value, QueryError> {
+        let op = b.op.to_string().to_lowercase();
+        let return_bool = b.return_bool();
+        let lhs = self.eval(&b.lhs)?;
+        let rhs = self.eval(&b.rhs)?;
+        match (lhs, rhs) {
+            (Value::Scalar(l), Value::Scalar(r)) => {
+                let out = l
+                    .iter()
+                    .zip(&r)
+                    .map(|(x, y)| {
+                        let (v, keep) = functions::binop(&op, *x, *y)?;
+                        Ok(if functions::is_comparison(&op) {
+                            if keep { 1.0 } else { 0.0 }
+                        } else {
+                            v
+                        })
+                    })
+                    .collect::<Result<Vec<f64>, QueryError>>()?;
+                Ok(Value::Scalar(out))
+            }
+            (Value::Vector(v), Value::Scalar(s)) => Ok(Value::Vector(functions::vector_scalar(
+                &op,
+                v,
+                &s,
+                false,
+                return_bool,
+            )?)),
+            (Value::Scalar(s), Value::Vector(v)) => Ok(Value::Vector(functions::vector_scalar(
+                &op,
+                v,
+                &s,
+                true,
+                return_bool,
+            )?)),
+            (Value::Vector(l), Value::Vector(r)) => {
+                let card = b
+                    .modifier
+                    .as_ref()
+                    .map(|m| m.card.clone())
+                    .unwrap_or(VectorMatchCardinality::OneToOne);
+                let matching = b.modifier.as_ref().and_then(|m| m.matching.clone());
+                let m = functions::Matching::new(card, matching);
+                let out = if matches!(op.as_str(), "and" | "or" | "unless") {
+                    functions::set_op(&op, l, r, &m, self.steps.len())
+                } else {
+                    functions::vector_vector(&op, l, r, &m, return_bool, self.steps.len())?
+                };
+                Ok(Value::Vector(out))
+            }
+            _ => Err(QueryError::BadData(format!("binary operator {op} on a string"))),
+        }
+    }
+}
+
+fn arg<'e>(args: &[&'e Expr], i: usize) -> Result<&'e Expr, QueryError> {
+    args.get(i)
+        .copied()
+        .ok_or_else(|| QueryError::BadData("missing function argument".into()))
+}
+
+fn nonempty(v: Vec<Series>) -> Vec<Series> {
+    v.into_iter()
+        .filter(|s| s.points.iter().any(Option::is_some))
+        .collect()
+}
+
+/// The labels `absent()` reports: the equality matchers of a plain selector (a label
+/// matched twice for equality is left out), nothing otherwise.
+fn absent_labels(e: &Expr) -> Labels {
+    let vs = match unwrap_parens(e) {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Labels::new(),
+    };
+    let mut labels = Labels::new();
+    let mut twice: Vec<String> = Vec::new();
+    for m in &vs.matchers.matchers {
+        if m.name == model::METRIC_NAME_LABEL {
+            continue;
+        }
+        if matches!(m.op, promql_parser::label::MatchOp::Equal) {
+            if labels.get(&m.name).is_empty() && !twice.contains(&m.name) {
+                labels.set(&m.name, &m.value);
+            } else {
+                labels.remove(&m.name);
+                twice.push(m.name.clone());
+            }
+        }
+    }
+    labels
+}

@@ -1,0 +1,1034 @@
+//! The arithmetic of PromQL: range-window functions, aggregations, binary operators and
+//! `histogram_quantile`, each a faithful port of Prometheus 2.x `promql/functions.go` and
+//! `promql/engine.go` semantics (NaN handling, extrapolation, matching errors).
+
+use std::collections::HashMap;
+
+use promql_parser::parser::{LabelModifier, VectorMatchCardinality};
+
+use crate::QueryError;
+use crate::eval::Series;
+use crate::labels::Labels;
+
+/// Functions that take a range vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeFn {
+    AvgOverTime,
+    MinOverTime,
+    MaxOverTime,
+    SumOverTime,
+    CountOverTime,
+    LastOverTime,
+    QuantileOverTime,
+    StddevOverTime,
+    StdvarOverTime,
+    Rate,
+    Irate,
+    Increase,
+    Delta,
+    Idelta,
+    Deriv,
+    Changes,
+    Resets,
+    AbsentOverTime,
+    PredictLinear,
+}
+
+impl RangeFn {
+    const ALL: [(&'static str, RangeFn); 19] = [
+        ("avg_over_time", RangeFn::AvgOverTime),
+        ("min_over_time", RangeFn::MinOverTime),
+        ("max_over_time", RangeFn::MaxOverTime),
+        ("sum_over_time", RangeFn::SumOverTime),
+        ("count_over_time", RangeFn::CountOverTime),
+        ("last_over_time", RangeFn::LastOverTime),
+        ("quantile_over_time", RangeFn::QuantileOverTime),
+        ("stddev_over_time", RangeFn::StddevOverTime),
+        ("stdvar_over_time", RangeFn::StdvarOverTime),
+        ("rate", RangeFn::Rate),
+        ("irate", RangeFn::Irate),
+        ("increase", RangeFn::Increase),
+        ("delta", RangeFn::Delta),
+        ("idelta", RangeFn::Idelta),
+        ("deriv", RangeFn::Deriv),
+        ("changes", RangeFn::Changes),
+        ("resets", RangeFn::Resets),
+        ("absent_over_time", RangeFn::AbsentOverTime),
+        ("predict_linear", RangeFn::PredictLinear),
+    ];
+
+    pub(crate) fn from_name(name: &str) -> Option<RangeFn> {
+        RangeFn::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        RangeFn::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// What a window function knows besides the samples.
+pub(crate) struct WindowCtx {
+    /// `ref - range` (inclusive), ms.
+    pub range_start: i64,
+    /// `ref` (inclusive), ms.
+    pub range_end: i64,
+    /// The selector's range, ms.
+    pub range_ms: i64,
+    /// The step's evaluation time, ms (`predict_linear` extrapolates from it).
+    pub step_time: i64,
+    /// The scalar parameter at this step (`quantile_over_time`'s φ, `predict_linear`'s t).
+    pub param: f64,
+}
+
+/// Runs `f` over one non-empty window. `None` means "no output at this step".
+pub(crate) fn apply(f: RangeFn, ts: &[i64], vals: &[f64], ctx: &WindowCtx) -> Option<f64> {
+    let n = vals.len();
+    let first = *vals.first()?;
+    let last = *vals.last()?;
+    match f {
+        RangeFn::SumOverTime => Some(vals.iter().sum()),
+        RangeFn::CountOverTime => Some(n as f64),
+        RangeFn::LastOverTime => Some(last),
+        RangeFn::AvgOverTime => Some(avg(vals)),
+        RangeFn::MinOverTime => Some(
+            vals.iter()
+                .fold(first, |m, v| if *v < m || m.is_nan() { *v } else { m }),
+        ),
+        RangeFn::MaxOverTime => Some(
+            vals.iter()
+                .fold(first, |m, v| if *v > m || m.is_nan() { *v } else { m }),
+        ),
+        RangeFn::QuantileOverTime => Some(quantile(ctx.param, vals.to_vec())),
+        RangeFn::StddevOverTime => Some(stdvar(vals).sqrt()),
+        RangeFn::StdvarOverTime => Some(stdvar(vals)),
+        RangeFn::Rate => extrapolated_rate(ts, vals, ctx, true, true),
+        RangeFn::Increase => extrapolated_rate(ts, vals, ctx, true, false),
+        RangeFn::Delta => extrapolated_rate(ts, vals, ctx, false, false),
+        RangeFn::Irate => instant_value(ts, vals, true),
+        RangeFn::Idelta => instant_value(ts, vals, false),
+        RangeFn::Deriv => {
+            if n < 2 {
+                return None;
+            }
+            Some(linear_regression(ts, vals, *ts.first()?).0)
+        }
+        RangeFn::PredictLinear => {
+            if n < 2 {
+                return None;
+            }
+            let (slope, intercept) = linear_regression(ts, vals, ctx.step_time);
+            Some(slope * ctx.param + intercept)
+        }
+        RangeFn::Changes => {
+            let mut c = 0usize;
+            for w in vals.windows(2) {
+                let (prev, cur) = (w[0], w[1]);
+                if cur != prev && !(cur.is_nan() && prev.is_nan()) {
+                    c += 1;
+                }
+            }
+            Some(c as f64)
+        }
+        RangeFn::Resets => Some(vals.windows(2).filter(|w| w[1] < w[0]).count() as f64),
+        RangeFn::AbsentOverTime => Some(1.0),
+    }
+}
+
+/// The mean: plain sum / count, falling back to Prometheus' overflow-safe incremental mean
+/// when the sum is not finite.
+fn avg(vals: &[f64]) -> f64 {
+    let sum: f64 = vals.iter().sum();
+    if sum.is_finite() {
+        return sum / vals.len() as f64;
+    }
+    let mut mean: f64 = 0.0;
+    let mut count = 0.0;
+    for v in vals {
+        count += 1.0;
+        if mean.is_infinite() {
+            if v.is_infinite() && (mean > 0.0) == (*v > 0.0) {
+                continue;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                continue;
+            }
+        }
+        mean += v / count - mean / count;
+    }
+    mean
+}
+
+/// Neumaier-compensated addition, as Prometheus' `kahanSumInc`.
+fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+fn stdvar(vals: &[f64]) -> f64 {
+    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for v in vals {
+        count += 1.0;
+        let delta = v - (mean + c_mean);
+        (mean, c_mean) = kahan_inc(delta / count, mean, c_mean);
+        (aux, c_aux) = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux);
+    }
+    (aux + c_aux) / count
+}
+
+/// `rate`, `increase` and `delta`: Prometheus' `extrapolatedRate`.
+fn extrapolated_rate(
+    ts: &[i64],
+    vals: &[f64],
+    ctx: &WindowCtx,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
+    if vals.len() < 2 {
+        return None;
+    }
+    let (first_t, last_t) = (*ts.first()?, *ts.last()?);
+    let (first_v, last_v) = (*vals.first()?, *vals.last()?);
+    let mut result = last_v - first_v;
+    if is_counter {
+        let mut prev = first_v;
+        for v in vals.iter().skip(1) {
+            if *v < prev {
+                result += prev;
+            }
+            prev = *v;
+        }
+    }
+    let mut duration_to_start = (first_t - ctx.range_start) as f64 / 1000.0;
+    let duration_to_end = (ctx.range_end - last_t) as f64 / 1000.0;
+    let sampled_interval = (last_t - first_t) as f64 / 1000.0;
+    let avg_between = sampled_interval / (vals.len() - 1) as f64;
+    if is_counter && result > 0.0 && first_v >= 0.0 {
+        let duration_to_zero = sampled_interval * (first_v / result);
+        if duration_to_zero < duration_to_start {
+            duration_to_start = duration_to_zero;
+        }
+    }
+    let threshold = avg_between * 1.1;
+    let mut extrapolate_to = sampled_interval;
+    extrapolate_to += if duration_to_start < threshold {
+        duration_to_start
+    } else {
+        avg_between / 2.0
+    };
+    extrapolate_to += if duration_to_end < threshold {
+        duration_to_end
+    } else {
+        avg_between / 2.0
+    };
+    let mut factor = extrapolate_to / sampled_interval;
+    if is_rate {
+        factor /= ctx.range_ms as f64 / 1000.0;
+    }
+    Some(result * factor)
+}
+
+/// `irate` and `idelta`: the last two samples.
+fn instant_value(ts: &[i64], vals: &[f64], is_rate: bool) -> Option<f64> {
+    let n = vals.len();
+    if n < 2 {
+        return None;
+    }
+    let (last, prev) = (*vals.get(n - 1)?, *vals.get(n - 2)?);
+    let (last_t, prev_t) = (*ts.get(n - 1)?, *ts.get(n - 2)?);
+    let mut result = if is_rate && last < prev { last } else { last - prev };
+    let interval = last_t - prev_t;
+    if interval == 0 {
+        return None;
+    }
+    if is_rate {
+        result /= interval as f64 / 1000.0;
+    }
+    Some(result)
+}
+
+/// Least-squares fit with x in seconds relative to `intercept_time`: `(slope, intercept)`.
+fn linear_regression(ts: &[i64], vals: &[f64], intercept_time: i64) -> (f64, f64) {
+    let init_y = vals.first().copied().unwrap_or(f64::NAN);
+    let mut const_y = true;
+    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (i, (t, v)) in ts.iter().zip(vals).enumerate() {
+        if const_y && i > 0 && *v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (t - intercept_time) as f64 / 1e3;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(*v, sy, cy);
+        (sxy, cxy) = kahan_inc(x * v, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sx, sy, sxy, sx2) = (sx + cx, sy + cy, sxy + cxy, sx2 + cx2);
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}
+
+/// Prometheus' `quantile`: linear interpolation between closest ranks, NaN sorted first.
+pub(crate) fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal),
+    });
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    let at = |i: f64| values.get(i as usize).copied().unwrap_or(f64::NAN);
+    at(lower) * (1.0 - weight) + at(upper) * weight
+}
+
+/// Go's `math.Max`: NaN wins, +0 beats -0.
+pub(crate) fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if a == 0.0 && b == 0.0 {
+        if a.is_sign_negative() { b } else { a }
+    } else if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// Go's `math.Min`: NaN wins, -0 beats +0.
+pub(crate) fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if a == 0.0 && b == 0.0 {
+        if a.is_sign_negative() { a } else { b }
+    } else if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+/// PromQL's `sgn`.
+pub(crate) fn sgn(v: f64) -> f64 {
+    if v < 0.0 {
+        -1.0
+    } else if v > 0.0 {
+        1.0
+    } else {
+        v
+    }
+}
+
+/// Order for `sort`/`sort_desc`: by value, NaN always last.
+pub(crate) fn cmp_nan_last(a: f64, b: f64, desc: bool) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => {
+            let o = a.partial_cmp(&b).unwrap_or(Ordering::Equal);
+            if desc { o.reverse() } else { o }
+        }
+    }
+}
+
+/// Whether `s` is a valid (classic) label name.
+pub(crate) fn is_label_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
+}
+
+/// `histogram_quantile(φ, buckets)` over classic `le` buckets.
+pub(crate) fn histogram_quantile(q: &[f64], mut series: Vec<Series>, n: usize) -> Vec<Series> {
+    for s in &mut series {
+        s.labels.drop_name();
+        s.drop_name = false;
+    }
+    // group by labels without `le`; skip series whose `le` is missing or not a number
+    let mut groups: Vec<(Labels, Vec<(f64, usize)>)> = Vec::new();
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    for (si, s) in series.iter().enumerate() {
+        let Ok(le) = parse_go_float(s.labels.get("le")) else {
+            continue;
+        };
+        let mut key = s.labels.clone();
+        key.remove("le");
+        let gi = *index.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        if let Some(g) = groups.get_mut(gi) {
+            g.1.push((le, si));
+        }
+    }
+    let mut out = Vec::new();
+    for (labels, members) in groups {
+        let mut points = Vec::with_capacity(n);
+        for i in 0..n {
+            let buckets: Vec<(f64, f64)> = members
+                .iter()
+                .filter_map(|(le, si)| {
+                    series
+                        .get(*si)
+                        .and_then(|s| s.points.get(i).copied().flatten())
+                        .map(|v| (*le, v))
+                })
+                .collect();
+            if buckets.is_empty() {
+                points.push(None);
+                continue;
+            }
+            points.push(Some(bucket_quantile(
+                q.get(i).copied().unwrap_or(f64::NAN),
+                buckets,
+            )));
+        }
+        if points.iter().any(Option::is_some) {
+            out.push(Series {
+                labels,
+                drop_name: false,
+                points,
+            });
+        }
+    }
+    out
+}
+
+/// Parses a float as Go's `strconv.ParseFloat` does for `le` labels (`+Inf`, `Inf`, `NaN`).
+fn parse_go_float(s: &str) -> Result<f64, ()> {
+    match s {
+        "+Inf" | "Inf" | "+inf" | "inf" => Ok(f64::INFINITY),
+        "-Inf" | "-inf" => Ok(f64::NEG_INFINITY),
+        "NaN" | "nan" => Ok(f64::NAN),
+        _ => s.parse::<f64>().map_err(|_| ()),
+    }
+}
+
+fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+        return f64::NAN;
+    }
+    // coalesce equal bounds
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for (le, c) in buckets {
+        match merged.last_mut() {
+            Some(last) if last.0 == le => last.1 += c,
+            _ => merged.push((le, c)),
+        }
+    }
+    // ensure monotonic counts
+    let mut max = f64::NEG_INFINITY;
+    for b in &mut merged {
+        if b.1 > max {
+            max = b.1;
+        } else if b.1 < max {
+            b.1 = max;
+        }
+    }
+    if merged.len() < 2 {
+        return f64::NAN;
+    }
+    let observations = merged.last().map_or(0.0, |b| b.1);
+    if observations == 0.0 {
+        return f64::NAN;
+    }
+    let mut rank = q * observations;
+    let search = merged.len() - 1;
+    let b = merged
+        .get(..search)
+        .map_or(search, |s| s.partition_point(|x| x.1 < rank));
+    if b == search {
+        return merged.get(search.wrapping_sub(1)).map_or(f64::NAN, |x| x.0);
+    }
+    let Some(&(bucket_end, mut count)) = merged.get(b) else {
+        return f64::NAN;
+    };
+    if b == 0 && bucket_end <= 0.0 {
+        return bucket_end;
+    }
+    let mut bucket_start = 0.0;
+    if b > 0
+        && let Some(&(prev_le, prev_c)) = merged.get(b - 1)
+    {
+        bucket_start = prev_le;
+        count -= prev_c;
+        rank -= prev_c;
+    }
+    bucket_start + (bucket_end - bucket_start) * (rank / count)
+}
+
+/// `by (…)` or `without (…)`.
+pub(crate) enum Grouping {
+    By(Vec<String>),
+    Without(Vec<String>),
+}
+
+impl Grouping {
+    fn key(&self, l: &Labels) -> Labels {
+        match self {
+            Grouping::By(names) if names.is_empty() => Labels::new(),
+            Grouping::By(names) => l.keep_only(names),
+            Grouping::Without(names) => l.without(names),
+        }
+    }
+}
+
+/// The parameter of `topk`/`bottomk`/`quantile` (per step) or `count_values` (a label).
+pub(crate) enum AggParam {
+    None,
+    Scalar(Vec<f64>),
+    Label(String),
+}
+
+#[derive(Clone, Copy)]
+struct Acc {
+    value: f64,
+    mean: f64,
+    count: f64,
+}
+
+/// Evaluates an aggregation step by step.
+pub(crate) fn aggregate(
+    op: &str,
+    grouping: &Grouping,
+    param: &AggParam,
+    series: Vec<Series>,
+    n: usize,
+) -> Result<Vec<Series>, QueryError> {
+    match op {
+        "topk" | "bottomk" => return Ok(top_k(op == "topk", grouping, param, series, n)),
+        "count_values" => {
+            let AggParam::Label(label) = param else {
+                return Err(QueryError::BadData("count_values needs a label name".into()));
+            };
+            if !is_label_name(label) {
+                return Err(QueryError::BadData(format!("invalid label name {label:?}")));
+            }
+            let mut index: HashMap<Labels, usize> = HashMap::new();
+            let mut out: Vec<Series> = Vec::new();
+            for s in &series {
+                let base = grouping.key(&s.labels);
+                for (i, p) in s.points.iter().enumerate() {
+                    let Some(v) = p else { continue };
+                    let mut key = base.clone();
+                    key.set(label, &crate::time::format_value(*v));
+                    let gi = *index.entry(key.clone()).or_insert_with(|| {
+                        out.push(Series {
+                            labels: key,
+                            drop_name: false,
+                            points: vec![None; n],
+                        });
+                        out.len() - 1
+                    });
+                    if let Some(slot) = out.get_mut(gi).and_then(|g| g.points.get_mut(i)) {
+                        *slot = Some(slot.unwrap_or(0.0) + 1.0);
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        "quantile" => {
+            let AggParam::Scalar(q) = param else {
+                return Err(QueryError::BadData("quantile needs a scalar".into()));
+            };
+            let (keys, members) = groups(grouping, &series);
+            let mut out = Vec::with_capacity(keys.len());
+            for (labels, m) in keys.into_iter().zip(members) {
+                let points = (0..n)
+                    .map(|i| {
+                        let vals: Vec<f64> = m
+                            .iter()
+                            .filter_map(|si| series.get(*si).and_then(|s| s.points.get(i).copied().flatten()))
+                            .collect();
+                        (!vals.is_empty()).then(|| quantile(q.get(i).copied().unwrap_or(f64::NAN), vals))
+                    })
+                    .collect();
+                out.push(Series {
+                    labels,
+                    drop_name: false,
+                    points,
+                });
+            }
+            return Ok(nonempty(out));
+        }
+        "sum" | "avg" | "count" | "min" | "max" | "group" | "stddev" | "stdvar" => {}
+        other => return Err(QueryError::NotSupported(format!("aggregation {other}"))),
+    }
+    let (keys, members) = groups(grouping, &series);
+    let mut out = Vec::with_capacity(keys.len());
+    let mut accs: Vec<Option<Acc>> = vec![None; n];
+    for (labels, m) in keys.into_iter().zip(members) {
+        accs.iter_mut().for_each(|a| *a = None);
+        for si in m {
+            let Some(s) = series.get(si) else { continue };
+            for (acc, p) in accs.iter_mut().zip(&s.points) {
+                let Some(v) = *p else { continue };
+                *acc = Some(match *acc {
+                    None => Acc {
+                        value: match op {
+                            "count" | "group" => 1.0,
+                            "stddev" | "stdvar" => 0.0,
+                            _ => v,
+                        },
+                        mean: v,
+                        count: 1.0,
+                    },
+                    Some(a) => accumulate(op, a, v),
+                });
+            }
+        }
+        let points = accs
+            .iter()
+            .map(|a| {
+                a.map(|a| match op {
+                    "avg" => a.mean,
+                    "stdvar" => a.value / a.count,
+                    "stddev" => (a.value / a.count).sqrt(),
+                    _ => a.value,
+                })
+            })
+            .collect();
+        out.push(Series {
+            labels,
+            drop_name: false,
+            points,
+        });
+    }
+    Ok(nonempty(out))
+}
+
+fn accumulate(op: &str, mut a: Acc, v: f64) -> Acc {
+    match op {
+        "sum" => a.value += v,
+        "count" => a.value += 1.0,
+        "group" => {}
+        "max" => {
+            if a.value < v || a.value.is_nan() {
+                a.value = v;
+            }
+        }
+        "min" => {
+            if a.value > v || a.value.is_nan() {
+                a.value = v;
+            }
+        }
+        "avg" => {
+            a.count += 1.0;
+            if a.mean.is_infinite() {
+                if v.is_infinite() && (a.mean > 0.0) == (v > 0.0) {
+                    return a;
+                }
+                if !v.is_infinite() && !v.is_nan() {
+                    return a;
+                }
+            }
+            a.mean += v / a.count - a.mean / a.count;
+        }
+        _ => {
+            // stddev, stdvar: Welford
+            a.count += 1.0;
+            let delta = v - a.mean;
+            a.mean += delta / a.count;
+            a.value += delta * (v - a.mean);
+        }
+    }
+    a
+}
+
+fn groups(grouping: &Grouping, series: &[Series]) -> (Vec<Labels>, Vec<Vec<usize>>) {
+    let mut keys = Vec::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    if matches!(grouping, Grouping::By(v) if v.is_empty()) {
+        if !series.is_empty() {
+            keys.push(Labels::new());
+            members.push((0..series.len()).collect());
+        }
+        return (keys, members);
+    }
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    for (si, s) in series.iter().enumerate() {
+        let key = grouping.key(&s.labels);
+        let gi = match index.get(&key) {
+            Some(gi) => *gi,
+            None => {
+                index.insert(key.clone(), keys.len());
+                keys.push(key);
+                members.push(Vec::new());
+                keys.len() - 1
+            }
+        };
+        if let Some(m) = members.get_mut(gi) {
+            m.push(si);
+        }
+    }
+    (keys, members)
+}
+
+fn nonempty(v: Vec<Series>) -> Vec<Series> {
+    v.into_iter()
+        .filter(|s| s.points.iter().any(Option::is_some))
+        .collect()
+}
+
+/// `topk`/`bottomk`: per step and group, the k largest (smallest) samples keep their own
+/// labels; NaN ranks last.
+fn top_k(top: bool, grouping: &Grouping, param: &AggParam, series: Vec<Series>, n: usize) -> Vec<Series> {
+    let AggParam::Scalar(ks) = param else {
+        return Vec::new();
+    };
+    let (_, members) = groups(grouping, &series);
+    let mut keep: Vec<Vec<Option<f64>>> = vec![vec![None; n]; series.len()];
+    for m in &members {
+        for i in 0..n {
+            let k = ks.get(i).copied().unwrap_or(0.0);
+            if k.is_nan() || k < 1.0 {
+                continue;
+            }
+            let k = if k > usize::MAX as f64 {
+                usize::MAX
+            } else {
+                k as usize
+            };
+            let mut cands: Vec<(usize, f64)> = m
+                .iter()
+                .filter_map(|si| {
+                    series
+                        .get(*si)
+                        .and_then(|s| s.points.get(i).copied().flatten())
+                        .map(|v| (*si, v))
+                })
+                .collect();
+            cands.sort_by(|a, b| cmp_nan_last(a.1, b.1, top).then(a.0.cmp(&b.0)));
+            for (si, v) in cands.into_iter().take(k) {
+                if let Some(slot) = keep.get_mut(si).and_then(|p| p.get_mut(i)) {
+                    *slot = Some(v);
+                }
+            }
+        }
+    }
+    let mut out: Vec<Series> = series
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, p)| p.iter().any(Option::is_some))
+        .map(|(mut s, p)| {
+            s.points = p;
+            s
+        })
+        .collect();
+    if n == 1 {
+        // instant queries list topk's answer in rank order
+        out.sort_by(|a, b| {
+            let (x, y) = (
+                a.points.first().copied().flatten().unwrap_or(f64::NAN),
+                b.points.first().copied().flatten().unwrap_or(f64::NAN),
+            );
+            cmp_nan_last(x, y, top)
+        });
+    }
+    out
+}
+
+/// Whether `op` is a comparison operator.
+pub(crate) fn is_comparison(op: &str) -> bool {
+    matches!(op, "==" | "!=" | ">" | "<" | ">=" | "<=")
+}
+
+/// One binary operation on two floats: `(value, keep)`; comparisons return the left value
+/// and whether the comparison holds.
+pub(crate) fn binop(op: &str, l: f64, r: f64) -> Result<(f64, bool), QueryError> {
+    Ok(match op {
+        "+" => (l + r, true),
+        "-" => (l - r, true),
+        "*" => (l * r, true),
+        "/" => (l / r, true),
+        "%" => (l % r, true),
+        "^" => (l.powf(r), true),
+        "atan2" => (l.atan2(r), true),
+        "==" => (l, l == r),
+        "!=" => (l, l != r),
+        ">" => (l, l > r),
+        "<" => (l, l < r),
+        ">=" => (l, l >= r),
+        "<=" => (l, l <= r),
+        other => return Err(QueryError::NotSupported(format!("operator {other}"))),
+    })
+}
+
+/// Vector ⊕ scalar (or scalar ⊕ vector when `swap`).
+pub(crate) fn vector_scalar(
+    op: &str,
+    mut series: Vec<Series>,
+    scalar: &[f64],
+    swap: bool,
+    return_bool: bool,
+) -> Result<Vec<Series>, QueryError> {
+    let cmp = is_comparison(op);
+    for s in &mut series {
+        for (p, sv) in s.points.iter_mut().zip(scalar) {
+            let Some(v) = *p else { continue };
+            let (l, r) = if swap { (*sv, v) } else { (v, *sv) };
+            let (mut value, keep) = binop(op, l, r)?;
+            if cmp && swap {
+                value = r;
+            }
+            *p = if return_bool {
+                Some(if keep { 1.0 } else { 0.0 })
+            } else if keep {
+                Some(value)
+            } else {
+                None
+            };
+        }
+        if !cmp || return_bool {
+            s.drop_name = true;
+        }
+    }
+    Ok(nonempty(series))
+}
+
+/// How two vectors are matched.
+pub(crate) struct Matching {
+    card: VectorMatchCardinality,
+    on: bool,
+    labels: Vec<String>,
+}
+
+impl Matching {
+    pub(crate) fn new(card: VectorMatchCardinality, m: Option<LabelModifier>) -> Matching {
+        let (on, labels) = match m {
+            Some(LabelModifier::Include(l)) => (true, l.labels),
+            Some(LabelModifier::Exclude(l)) => (false, l.labels),
+            None => (false, Vec::new()),
+        };
+        Matching { card, on, labels }
+    }
+
+    fn signature(&self, l: &Labels) -> Labels {
+        if self.on {
+            l.keep_only(&self.labels)
+        } else {
+            l.without(&self.labels)
+        }
+    }
+
+    fn include(&self) -> &[String] {
+        match &self.card {
+            VectorMatchCardinality::ManyToOne(l) | VectorMatchCardinality::OneToMany(l) => &l.labels,
+            _ => &[],
+        }
+    }
+}
+
+fn materialized(mut v: Vec<Series>) -> Vec<Series> {
+    for s in &mut v {
+        if s.drop_name {
+            s.labels.drop_name();
+            s.drop_name = false;
+        }
+    }
+    v
+}
+
+/// `and`, `or`, `unless`, step by step.
+pub(crate) fn set_op(op: &str, lhs: Vec<Series>, rhs: Vec<Series>, m: &Matching, n: usize) -> Vec<Series> {
+    let mut lhs = materialized(lhs);
+    let rhs = materialized(rhs);
+    let lsig: Vec<Labels> = lhs.iter().map(|s| m.signature(&s.labels)).collect();
+    let rsig: Vec<Labels> = rhs.iter().map(|s| m.signature(&s.labels)).collect();
+    // per step: which signatures are present on each side
+    let present = |side: &[Series], sigs: &[Labels], i: usize| -> std::collections::HashSet<Labels> {
+        side.iter()
+            .zip(sigs)
+            .filter(|(s, _)| s.points.get(i).copied().flatten().is_some())
+            .map(|(_, k)| k.clone())
+            .collect()
+    };
+    match op {
+        "and" | "unless" => {
+            for i in 0..n {
+                let right = present(&rhs, &rsig, i);
+                for (s, k) in lhs.iter_mut().zip(&lsig) {
+                    let hit = right.contains(k);
+                    if (op == "and") != hit
+                        && let Some(p) = s.points.get_mut(i)
+                    {
+                        *p = None;
+                    }
+                }
+            }
+            nonempty(lhs)
+        }
+        _ => {
+            let mut right_out = rhs;
+            for i in 0..n {
+                let left = present(&lhs, &lsig, i);
+                for (s, k) in right_out.iter_mut().zip(&rsig) {
+                    if left.contains(k)
+                        && let Some(p) = s.points.get_mut(i)
+                    {
+                        *p = None;
+                    }
+                }
+            }
+            lhs.extend(right_out);
+            nonempty(lhs)
+        }
+    }
+}
+
+/// Arithmetic and comparison between two vectors, step by step.
+pub(crate) fn vector_vector(
+    op: &str,
+    lhs: Vec<Series>,
+    rhs: Vec<Series>,
+    m: &Matching,
+    return_bool: bool,
+    n: usize,
+) -> Result<Vec<Series>, QueryError> {
+    let one_to_many = matches!(m.card, VectorMatchCardinality::OneToMany(_));
+    let one_to_one = matches!(m.card, VectorMatchCardinality::OneToOne);
+    let (many, one) = if one_to_many {
+        (materialized(rhs), materialized(lhs))
+    } else {
+        (materialized(lhs), materialized(rhs))
+    };
+    let many_sig: Vec<Labels> = many.iter().map(|s| m.signature(&s.labels)).collect();
+    let one_sig: Vec<Labels> = one.iter().map(|s| m.signature(&s.labels)).collect();
+    let drop_name = !is_comparison(op);
+    let mut out: Vec<Series> = Vec::new();
+    let mut out_index: HashMap<Labels, usize> = HashMap::new();
+    let mut result_labels: HashMap<(usize, usize), Labels> = HashMap::new();
+    for i in 0..n {
+        let mut right: HashMap<&Labels, usize> = HashMap::new();
+        for (oi, (s, k)) in one.iter().zip(&one_sig).enumerate() {
+            if s.points.get(i).copied().flatten().is_none() {
+                continue;
+            }
+            if let Some(prev) = right.insert(k, oi) {
+                let side = if one_to_many { "left" } else { "right" };
+                let other = one.get(prev).map(|p| p.labels.to_string()).unwrap_or_default();
+                return Err(QueryError::Execution(format!(
+                    "found duplicate series for the match group {k} on the {side} hand-side of the operation: [{}, {other}];many-to-many matching not allowed: matching labels must be unique on one side",
+                    s.labels
+                )));
+            }
+        }
+        let mut matched: HashMap<&Labels, Vec<Labels>> = HashMap::new();
+        for (mi, (s, k)) in many.iter().zip(&many_sig).enumerate() {
+            let Some(lv) = s.points.get(i).copied().flatten() else {
+                continue;
+            };
+            let Some(&oi) = right.get(k) else { continue };
+            let Some(rv) = one.get(oi).and_then(|o| o.points.get(i).copied().flatten()) else {
+                continue;
+            };
+            let (vl, vr) = if one_to_many { (rv, lv) } else { (lv, rv) };
+            let (mut value, keep) = binop(op, vl, vr)?;
+            if return_bool {
+                value = if keep { 1.0 } else { 0.0 };
+            } else if !keep {
+                continue;
+            }
+            let metric = match result_labels.get(&(mi, oi)) {
+                Some(l) => l.clone(),
+                None => {
+                    let mut l = s.labels.clone();
+                    if drop_name || return_bool {
+                        l.drop_name();
+                    }
+                    if one_to_one {
+                        l = if m.on {
+                            l.keep_only(&m.labels)
+                        } else {
+                            l.without_keep_name(&m.labels)
+                        };
+                    }
+                    for name in m.include() {
+                        let v = one
+                            .get(oi)
+                            .map(|o| o.labels.get(name).to_owned())
+                            .unwrap_or_default();
+                        l.set(name, &v);
+                    }
+                    result_labels.insert((mi, oi), l.clone());
+                    l
+                }
+            };
+            let seen = matched.entry(k).or_default();
+            if one_to_one {
+                if !seen.is_empty() {
+                    return Err(QueryError::Execution(
+                        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+                    ));
+                }
+            } else if seen.contains(&metric) {
+                return Err(QueryError::Execution(
+                    "multiple matches for labels: grouping labels must ensure unique matches".into(),
+                ));
+            }
+            seen.push(metric.clone());
+            let oi = match out_index.get(&metric) {
+                Some(o) => *o,
+                None => {
+                    out_index.insert(metric.clone(), out.len());
+                    out.push(Series {
+                        labels: metric,
+                        drop_name: false,
+                        points: vec![None; n],
+                    });
+                    out.len() - 1
+                }
+            };
+            if let Some(slot) = out.get_mut(oi).and_then(|s| s.points.get_mut(i)) {
+                if slot.is_some() {
+                    return Err(QueryError::Execution(
+                        "vector cannot contain metrics with the same labelset".into(),
+                    ));
+                }
+                *slot = Some(value);
+            }
+        }
+    }
+    Ok(out)
+}

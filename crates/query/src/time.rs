@@ -1,0 +1,232 @@
+//! Prometheus' parameter formats for time and durations, and its number formatting.
+//!
+//! - time: unix seconds as a float (`1435781451.781`) or RFC 3339 (`2015-07-01T20:10:51.781Z`)
+//! - duration: float seconds (`15`, `0.5`) or a PromQL duration (`5m`, `1h30m`, `100ms`)
+//! - values print like Go's `strconv.FormatFloat(v, 'f', -1, 64)`, with `NaN`, `+Inf`, `-Inf`
+
+/// Parses a time parameter into UTC milliseconds.
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(secs) = s.parse::<f64>() {
+        // Go's ParseFloat accepts the same decimal forms; reject NaN/Inf spellings Rust takes
+        let ms = (secs * 1000.0).round();
+        return (ms.is_finite() && ms.abs() < 9.0e15).then_some(ms as i64);
+    }
+    parse_rfc3339(s)
+}
+
+/// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) into UTC milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(r)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    let year = num(0..4)?;
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    let month = num(5..7)?;
+    let day = num(8..10)?;
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) {
+        return None;
+    }
+    let hour = num(11..13)?;
+    if b.get(13) != Some(&b':') || b.get(16) != Some(&b':') {
+        return None;
+    }
+    let minute = num(14..16)?;
+    let second = num(17..19)?;
+    let mut i = 19;
+    let mut millis = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        // milliseconds: first three fractional digits, truncated like Go's time -> ms
+        let mut scale = 100;
+        for d in b.get(start..i)?.iter().take(3) {
+            millis += i64::from(d - b'0') * scale;
+            scale /= 10;
+        }
+    }
+    let offset_min = match b.get(i) {
+        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b.get(i + 3) == Some(&b':') => {
+            let h = num(i + 1..i + 3)?;
+            let m = num(i + 4..i + 6)?;
+            let off = h * 60 + m;
+            if *sign == b'-' { -off } else { off }
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    Some(secs * 1000 + millis)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses a duration parameter into milliseconds: float seconds or a PromQL duration.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    if let Ok(secs) = s.parse::<f64>() {
+        let ms = (secs * 1000.0).round();
+        return (ms.is_finite() && ms.abs() < 9.0e15).then_some(ms as i64);
+    }
+    parse_promql_duration(s)
+}
+
+/// Parses `1h30m`, `5m`, `100ms`, `2d`, `1w`, `1y` into milliseconds. Units must appear in
+/// decreasing order, each at most once, as Prometheus requires.
+pub fn parse_promql_duration(s: &str) -> Option<i64> {
+    const UNITS: [(&str, i64); 7] = [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
+    if s.is_empty() {
+        return None;
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut total: i64 = 0;
+    let mut last_unit = 0usize;
+    while i < b.len() {
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let n: i64 = s.get(start..i)?.parse().ok()?;
+        let ustart = i;
+        while b.get(i).is_some_and(u8::is_ascii_alphabetic) {
+            i += 1;
+        }
+        let unit = s.get(ustart..i)?;
+        let pos = UNITS.iter().position(|(u, _)| *u == unit)?;
+        if pos < last_unit || (total > 0 && pos == last_unit) {
+            return None;
+        }
+        last_unit = pos;
+        total = total.checked_add(n.checked_mul(UNITS.get(pos)?.1)?)?;
+    }
+    Some(total)
+}
+
+/// Formats a sample value as Prometheus does: Go's `FormatFloat(v, 'f', -1, 64)`.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        // Rust's Display is the shortest round-tripping decimal without exponent, as 'f', -1
+        format!("{v}")
+    }
+}
+
+/// Writes a timestamp as Prometheus' JSON does: seconds, then `.` and three millisecond
+/// digits when the milliseconds are not zero (`1435781451.781`, `1435781451.050`, `5`).
+pub fn write_timestamp(out: &mut String, t: i64) {
+    use std::fmt::Write as _;
+    let (sign, t) = if t < 0 {
+        ("-", t.unsigned_abs())
+    } else {
+        ("", t.unsigned_abs())
+    };
+    let _ = write!(out, "{sign}{}", t / 1000);
+    let frac = t % 1000;
+    if frac != 0 {
+        let _ = write!(out, ".{frac:03}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        let cases: &[(&str, Option<i64>)] = &[
+            ("1435781451.781", Some(1_435_781_451_781)),
+            ("0", Some(0)),
+            ("-1.5", Some(-1500)),
+            ("2015-07-01T20:10:51.781Z", Some(1_435_781_451_781)),
+            ("2015-07-01T22:10:51+02:00", Some(1_435_781_451_000)),
+            ("1970-01-01T00:00:00Z", Some(0)),
+            ("2024-02-29T00:00:00.5Z", Some(1_709_164_800_500)),
+            ("yesterday", None),
+            ("2015-07-01", None),
+            ("", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_time(s), *want, "{s}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let cases: &[(&str, Option<i64>)] = &[
+            ("15", Some(15_000)),
+            ("0.5", Some(500)),
+            ("5m", Some(300_000)),
+            ("1h30m", Some(5_400_000)),
+            ("100ms", Some(100)),
+            ("1d", Some(86_400_000)),
+            ("30m1h", None),
+            ("5x", None),
+            ("", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_duration(s), *want, "{s}");
+        }
+    }
+
+    #[test]
+    fn values_and_timestamps() {
+        let cases: &[(f64, &str)] = &[
+            (1.5, "1.5"),
+            (1.0, "1"),
+            (1e21, "1000000000000000000000"),
+            (1e-7, "0.0000001"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (-0.0, "-0"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(format_value(*v), *want);
+        }
+        let mut s = String::new();
+        write_timestamp(&mut s, 1_435_781_451_050);
+        s.push(' ');
+        write_timestamp(&mut s, 5000);
+        s.push(' ');
+        write_timestamp(&mut s, -1500);
+        assert_eq!(s, "1435781451.050 5 -1.500");
+    }
+}
