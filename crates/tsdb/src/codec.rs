@@ -15,6 +15,10 @@
 //! tag 1    packed: ints-header(ts) floats-header(values) rc-stream
 //! tag 2    rollup: ints-header(bucket ts) ints-header(last_ts - ts) ints-header(count)
 //!                  floats-header(min) floats-header(max) floats-header(sum) floats-header(last) rc-stream
+//! tag 3    rollup, all values decimals at one scale (mantissas below):
+//!                  ints-header(bucket ts) ints-header(last_ts - ts) ints-header(count) scale:u8
+//!                  ints-header(min) ints-header(max - min) ints-header(max - last)
+//!                  ints-header(2*sum - count*(min + max)) rc-stream (wrapping i64)
 //! ints-header   := (order | transform<<2):u8 initial-differences:zigzag-varint{order}
 //!                  [min:zigzag-varint if transform = offset]
 //!                  order 0..=2 (differencing), transform 0 zigzag, 1 minus-min, 2 all zero;
@@ -55,6 +59,7 @@ pub const MAX_POINTS: usize = 1 << 24;
 const TAG_RAW: u8 = 0;
 const TAG_PACKED: u8 = 1;
 const TAG_ROLLUP: u8 = 2;
+const TAG_ROLLUP_DECIMAL: u8 = 3;
 
 /// A sample whose timestamp is not after the chunk's last one (or a chunk already holding
 /// `u32::MAX` samples; cut chunks long before that).
@@ -251,15 +256,44 @@ impl RollupColumns {
     }
 }
 
-/// Encodes rollup columns (tag 2), appending to `out`.
-/// Bucket times are stored relative to `base`, as in [`encode_series_with_base`].
+/// The four value columns of a rollup as mantissas at one common decimal scale, if every
+/// value is such a decimal.
+fn common_decimal(c: &RollupColumns) -> Option<(u8, [Vec<i64>; 4])> {
+    let cols = [&c.min, &c.max, &c.sum, &c.last];
+    let mut scale = 0u8;
+    for col in cols {
+        for &v in col.iter() {
+            scale = (scale..=sealed::MAX_SCALE).find(|&e| sealed::to_mantissa(v, e).is_some())?;
+        }
+    }
+    let conv = |col: &Vec<f64>| {
+        col.iter()
+            .map(|&v| sealed::to_mantissa(v, scale))
+            .collect::<Option<Vec<i64>>>()
+    };
+    Some((
+        scale,
+        [conv(cols[0])?, conv(cols[1])?, conv(cols[2])?, conv(cols[3])?],
+    ))
+}
+
+/// Encodes rollup columns, appending to `out`. Bucket times are stored relative to `base`, as
+/// in [`encode_series_with_base`]. When all values are decimals at one scale (tag 3), the
+/// mantissas are stored as `min`, `max - min`, `max - last` and `2*sum - count*(min + max)`,
+/// which are small (zero for `max - last` of counters); otherwise (tag 2) as four float
+/// columns.
 pub fn encode_rollups(base: i64, c: &RollupColumns, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let n = c.len_checked().ok_or(CodecError::LengthMismatch {
         ts: c.ts.len(),
         vals: c.min.len(),
     })?;
     check_len(n)?;
-    out.push(TAG_ROLLUP);
+    let decimal = common_decimal(c);
+    out.push(if decimal.is_some() {
+        TAG_ROLLUP_DECIMAL
+    } else {
+        TAG_ROLLUP
+    });
     put_u64(out, n as u64);
     let mut cols = ColumnWriter::default();
     cols.ints(out, &c.ts, 2, base);
@@ -272,8 +306,29 @@ pub fn encode_rollups(base: i64, c: &RollupColumns, out: &mut Vec<u8>) -> Result
     cols.ints(out, &offsets, 1, 0);
     let counts: Vec<i64> = c.count.iter().map(|&x| x as i64).collect();
     cols.ints(out, &counts, 1, 0);
-    for col in [&c.min, &c.max, &c.sum, &c.last] {
-        cols.floats(out, col);
+    match decimal {
+        Some((scale, [min, max, sum, last])) => {
+            out.push(scale);
+            let max_min: Vec<i64> = max.iter().zip(&min).map(|(x, m)| x.wrapping_sub(*m)).collect();
+            let max_last: Vec<i64> = max.iter().zip(&last).map(|(x, l)| x.wrapping_sub(*l)).collect();
+            // 2*sum - count*(min + max): the sum relative to the mid-range, exact in wrapping
+            // arithmetic because |2*sum| < 2^63 (mantissas are bounded by 2^53).
+            let sum_rel: Vec<i64> = (0..n)
+                .map(|i| {
+                    let mid = min[i].wrapping_add(max[i]);
+                    sum[i].wrapping_mul(2).wrapping_sub(counts[i].wrapping_mul(mid))
+                })
+                .collect();
+            cols.ints(out, &min, 2, 0);
+            cols.ints(out, &max_min, 1, 0);
+            cols.ints(out, &max_last, 1, 0);
+            cols.ints(out, &sum_rel, 1, 0);
+        }
+        None => {
+            for col in [&c.min, &c.max, &c.sum, &c.last] {
+                cols.floats(out, col);
+            }
+        }
     }
     cols.finish(out);
     Ok(())
@@ -282,7 +337,8 @@ pub fn encode_rollups(base: i64, c: &RollupColumns, out: &mut Vec<u8>) -> Result
 /// Decodes rollup columns written by [`encode_rollups`], appending to `out`.
 pub fn decode_rollups(base: i64, bytes: &[u8], out: &mut RollupColumns) -> Result<(), CodecError> {
     let mut r = Reader::new(bytes);
-    if r.u8() != Some(TAG_ROLLUP) {
+    let tag = r.u8();
+    if tag != Some(TAG_ROLLUP) && tag != Some(TAG_ROLLUP_DECIMAL) {
         return Err(CodecError::Corrupt("not a rollup record"));
     }
     let n = read_count(&mut r)?;
@@ -290,19 +346,57 @@ pub fn decode_rollups(base: i64, bytes: &[u8], out: &mut RollupColumns) -> Resul
     for b in [base, 0, 0] {
         cols.ints(&mut r, n, b)?;
     }
-    for _ in 0..4 {
-        cols.floats(&mut r, n)?;
+    let (mut ts, mut offsets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    if tag == Some(TAG_ROLLUP_DECIMAL) {
+        let scale = r
+            .u8()
+            .filter(|&e| e <= sealed::MAX_SCALE)
+            .ok_or(CodecError::Corrupt("bad decimal scale"))?;
+        for _ in 0..4 {
+            cols.ints(&mut r, n, 0)?;
+        }
+        let (mut min, mut max, mut last, mut sum) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        cols.decode(
+            r.rest(),
+            &mut [
+                &mut ts,
+                &mut offsets,
+                &mut counts,
+                &mut min,
+                &mut max,
+                &mut last,
+                &mut sum,
+            ],
+            &mut [],
+        )?;
+        for i in 0..min.len() {
+            let lo = min[i];
+            let k = counts.get(i).copied().unwrap_or(0);
+            let hi = max.get(i).copied().unwrap_or(0).wrapping_add(lo);
+            let l = hi.wrapping_sub(last.get(i).copied().unwrap_or(0));
+            let twice = sum
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .wrapping_add(k.wrapping_mul(lo.wrapping_add(hi)));
+            out.min.push(sealed::from_mantissa(lo, scale));
+            out.max.push(sealed::from_mantissa(hi, scale));
+            out.last.push(sealed::from_mantissa(l, scale));
+            out.sum.push(sealed::from_mantissa(twice / 2, scale));
+        }
+    } else {
+        for _ in 0..4 {
+            cols.floats(&mut r, n)?;
+        }
+        cols.decode(
+            r.rest(),
+            &mut [&mut ts, &mut offsets, &mut counts],
+            &mut [&mut out.min, &mut out.max, &mut out.sum, &mut out.last],
+        )?;
     }
-    let (mut offsets, mut counts) = (Vec::new(), Vec::new());
-    let start = out.ts.len();
-    cols.decode(
-        r.rest(),
-        &mut [&mut out.ts, &mut offsets, &mut counts],
-        &mut [&mut out.min, &mut out.max, &mut out.sum, &mut out.last],
-    )?;
-    let bases = out.ts.get(start..).unwrap_or(&[]);
     out.last_ts
-        .extend(bases.iter().zip(&offsets).map(|(t, o)| t.wrapping_add(*o)));
+        .extend(ts.iter().zip(&offsets).map(|(t, o)| t.wrapping_add(*o)));
+    out.ts.extend_from_slice(&ts);
     out.count.extend(counts.iter().map(|&c| c as u64));
     Ok(())
 }
@@ -373,6 +467,32 @@ mod tests {
         let mut back = RollupColumns::default();
         decode_rollups(0, &out, &mut back).unwrap();
         assert_eq!(format!("{back:?}"), format!("{c:?}"));
+    }
+
+    #[test]
+    fn decimal_rollups_round_trip_at_the_mantissa_limits() {
+        let c = |big: f64| RollupColumns {
+            ts: vec![0, 60_000, 120_000, 180_000],
+            last_ts: vec![0, 60_000, 170_000, 180_001],
+            count: vec![1, u64::MAX, 3, 0],
+            min: vec![-big, -1.5, 0.01, 3400.0],
+            max: vec![big, 1.5, 0.03, 3400.0],
+            sum: vec![big, -big, 0.06, 0.0],
+            last: vec![0.0, 1.5, 0.02, 3400.0],
+        };
+        // 2^53 / 100 still has a two-decimal mantissa; 2^53 does not (mantissa limit).
+        for (big, tag) in [
+            (90_071_992_547_409.92, TAG_ROLLUP_DECIMAL),
+            (9_007_199_254_740_992.0, TAG_ROLLUP),
+        ] {
+            let c = c(big);
+            let mut out = Vec::new();
+            encode_rollups(-7, &c, &mut out).unwrap();
+            assert_eq!(out[0], tag, "{big}");
+            let mut back = RollupColumns::default();
+            decode_rollups(-7, &out, &mut back).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{c:?}"));
+        }
     }
 
     #[test]

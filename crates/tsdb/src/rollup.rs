@@ -7,12 +7,16 @@
 //! - **NaN samples are skipped**: Prometheus stale markers and other NaNs do not count and do
 //!   not poison `sum`, `min` or `max`; a bucket holding only NaNs yields no point. ±inf are
 //!   ordinary values (so `sum` may become inf, or NaN from `inf + -inf`).
+//! - `sum` adds decimals exactly ([`decimal_add`]): the sum of two-decimal samples is the
+//!   correctly rounded two-decimal number, without binary float noise, so it compresses.
 //! - `last` is the value with the greatest timestamp in the bucket; `last_ts` records that
 //!   timestamp so that partial rollups of the same bucket (e.g. from a backfilled block)
 //!   combine exactly with [`RollupPoint::combine`].
 //! - Combining assumes the two partial rollups cover disjoint samples; a sample written twice
 //!   (same series and timestamp in two blocks) would be counted twice. Compaction of raw data
 //!   resolves such duplicates (last write wins) before rollups are recomputed from it.
+
+use crate::codec::sealed::{from_mantissa, to_mantissa};
 
 /// The resolution of a block or a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,13 +111,38 @@ impl RollupPoint {
     pub fn combine(&mut self, other: &RollupPoint) {
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        self.sum += other.sum;
+        self.sum = decimal_add(self.sum, other.sum);
         self.count = self.count.saturating_add(other.count);
         if other.last_ts >= self.last_ts {
             self.last = other.last;
             self.last_ts = other.last_ts;
         }
     }
+}
+
+/// Largest decimal scale for which [`decimal_add`] sums exactly.
+const MAX_SUM_SCALE: u8 = 9;
+
+/// The smallest scale at which `v` is a decimal (see `crate::codec`), up to `MAX_SUM_SCALE`.
+fn decimal_scale(v: f64) -> Option<(i64, u8)> {
+    (0..=MAX_SUM_SCALE).find_map(|e| to_mantissa(v, e).map(|m| (m, e)))
+}
+
+/// `a + b`, computed exactly when both are decimals (e.g. `37.42 + 0.01` is `37.43`, not
+/// `37.430000000000007`): sums of decimal samples stay decimal, so they compress as well as
+/// the samples. Otherwise ordinary float addition.
+pub fn decimal_add(a: f64, b: f64) -> f64 {
+    if let (Some((ma, ea)), Some((mb, eb))) = (decimal_scale(a), decimal_scale(b)) {
+        let e = ea.max(eb);
+        let scale = |m: i64, from: u8| i128::from(m) * 10i128.pow(u32::from(e - from));
+        let m = scale(ma, ea) + scale(mb, eb);
+        if let Ok(m) = i64::try_from(m)
+            && m.unsigned_abs() <= 1 << 53
+        {
+            return from_mantissa(m, e);
+        }
+    }
+    a + b
 }
 
 /// Appends the rollup of samples `ts`/`vals` (sorted by time) at `res` to `out`. Unsorted
@@ -220,6 +249,21 @@ mod tests {
             let mut out = Vec::new();
             rollup(&ts, &vals, *res, &mut out);
             assert_eq!(&out, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn decimal_sums_are_exact() {
+        let table = [
+            (37.42, 0.01, 37.43),
+            (0.1, 0.2, 0.3),
+            (1e300, 1e300, 2e300),
+            (1.0 / 3.0, 1.0, 1.0 / 3.0 + 1.0),
+            (f64::INFINITY, 1.0, f64::INFINITY),
+            (-5.5, 5.5, 0.0),
+        ];
+        for (a, b, want) in table {
+            assert_eq!(decimal_add(a, b).to_bits(), want.to_bits(), "{a} + {b}");
         }
     }
 

@@ -119,6 +119,40 @@ fn block_bytes_per_point_including_index() {
     assert!(bpp < 1.18, "{bpp}");
 }
 
+#[test]
+fn rollup_bytes_per_raw_point() {
+    use tsdb::rollup::{Resolution, rollup};
+    let (n_series, points) = (2000, 360);
+    let mut g = Gen(42);
+    let mut sizes = [0usize; 2];
+    for i in 0..n_series {
+        let (ts, vals) = series(&mut g, i, points);
+        for (k, res) in [Resolution::Minute, Resolution::Hour].into_iter().enumerate() {
+            let mut pts = Vec::new();
+            rollup(&ts, &vals, res, &mut pts);
+            let mut c = codec::RollupColumns::default();
+            for p in &pts {
+                c.ts.push(p.ts);
+                c.last_ts.push(p.last_ts);
+                c.count.push(p.count);
+                c.min.push(p.min);
+                c.max.push(p.max);
+                c.sum.push(p.sum);
+                c.last.push(p.last);
+            }
+            let mut out = Vec::new();
+            codec::encode_rollups(ts[0], &c, &mut out).unwrap();
+            sizes[k] += out.len();
+        }
+    }
+    let per = |k: usize| sizes[k] as f64 / (n_series * points) as f64;
+    println!(
+        "rollups per raw point: minute {:.4} B, hour {:.4} B",
+        per(0),
+        per(1)
+    );
+}
+
 /// Any f64 bit pattern, biased towards the awkward ones.
 fn any_f64() -> impl Strategy<Value = f64> {
     prop_oneof![
