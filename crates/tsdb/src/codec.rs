@@ -369,8 +369,7 @@ pub fn decode_rollups(base: i64, bytes: &[u8], out: &mut RollupColumns) -> Resul
             ],
             &mut [],
         )?;
-        for i in 0..min.len() {
-            let lo = min[i];
+        for (i, &lo) in min.iter().enumerate() {
             let k = counts.get(i).copied().unwrap_or(0);
             let hi = max.get(i).copied().unwrap_or(0).wrapping_add(lo);
             let l = hi.wrapping_sub(last.get(i).copied().unwrap_or(0));
