@@ -19,9 +19,10 @@
 //!                  ints-header(bucket ts) ints-header(last_ts - ts) ints-header(count) scale:u8
 //!                  ints-header(min) ints-header(max - min) ints-header(max - last)
 //!                  ints-header(2*sum - count*(min + max)) rc-stream (wrapping i64)
-//! ints-header   := (order | transform<<2):u8 initial-differences:zigzag-varint{order}
+//! ints-header   := (order | transform<<2 | len_bits<<4):u8 initial-differences:zigzag-varint{order}
 //!                  [min:zigzag-varint if transform = offset]
-//!                  order 0..=2 (differencing), transform 0 zigzag, 1 minus-min, 2 all zero;
+//!                  order 0..=2 (differencing), transform 0 zigzag, 1 minus-min, 2 all zero,
+//!                  len_bits 0..=7 levels of the symbols' bit-length tree (see `rc::UintModel`);
 //!                  for timestamp columns the first initial value is stored minus `base`
 //!                  (0 for [`encode_series`], the block's base time inside blocks)
 //! floats-header := (0 | has_exc<<2 | scale<<3):u8 [n_exc:varint if has_exc]

@@ -14,6 +14,8 @@
 const PROB_BITS: u32 = 12;
 /// The range is renormalised whenever it falls below this.
 const TOP: u32 = 1 << 24;
+/// Most equiprobable bits coded with one range division (the range keeps >= 8 bits).
+const DIRECT_CHUNK: u32 = 16;
 /// Slowest adaptation: the update divides by at most this.
 const RATE_LIMIT: u16 = 64;
 
@@ -133,13 +135,17 @@ impl<'a> Encoder<'a> {
         self.normalize();
     }
 
-    /// Encodes the low `n` bits of `v` (most significant first) at probability 1/2 each.
+    /// Encodes the low `n` bits of `v` at probability 1/2 each, up to [`DIRECT_CHUNK`] bits
+    /// per range division.
     pub fn direct(&mut self, v: u64, n: u32) {
-        for i in (0..n).rev() {
-            self.range >>= 1;
-            if (v >> i) & 1 == 1 {
-                self.low += u64::from(self.range);
-            }
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(DIRECT_CHUNK);
+            left -= k;
+            let sym = (v >> left) & ((1u64 << k) - 1);
+            let r = self.range >> k;
+            self.low += sym * u64::from(r);
+            self.range = r;
             self.normalize();
         }
     }
@@ -225,16 +231,19 @@ impl<'a> Decoder<'a> {
         bit
     }
 
-    /// Decodes `n` bits at probability 1/2 each (most significant first).
+    /// Decodes `n` bits written by [`Encoder::direct`].
     pub fn direct(&mut self, n: u32) -> u64 {
         let mut v = 0u64;
-        for _ in 0..n {
-            self.range >>= 1;
-            let bit = self.code >= self.range;
-            if bit {
-                self.code = self.code.wrapping_sub(self.range);
-            }
-            v = (v << 1) | u64::from(bit);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(DIRECT_CHUNK);
+            left -= k;
+            let r = self.range >> k;
+            // Corrupt input can put the code past the range: clamp instead of trusting it.
+            let q = (self.code / r.max(1)).min((1 << k) - 1);
+            self.code = self.code.wrapping_sub(q * r);
+            self.range = r;
+            v = (v << k) | u64::from(q);
             self.normalize();
         }
         v
@@ -244,30 +253,47 @@ impl<'a> Decoder<'a> {
 /// How many high bits below the leading one of an integer are coded with context.
 const CONTEXT_BITS: u32 = 2;
 
-/// Adaptive model for unsigned 64-bit integers: the bit length (0..=64) through a binary tree
-/// of adaptive probabilities, then the next [`CONTEXT_BITS`] bits with a context per length,
-/// then the remaining low bits directly. Near-optimal for smooth unimodal distributions
-/// (zigzag deltas of random walks, counter increments) at any scale.
+/// Adaptive model for unsigned 64-bit integers: the bit length `n` through a binary tree of
+/// `len_bits` levels of adaptive probabilities (the column header says how many levels its
+/// largest value needs, so columns of small numbers skip the always-zero top levels), then
+/// the next [`CONTEXT_BITS`] bits with a context per length, then the remaining low bits
+/// directly. Near-optimal for smooth unimodal distributions (zigzag deltas of random walks,
+/// counter increments) at any scale.
 pub struct UintModel {
+    len_bits: u32,
     len_tree: [Prob; 128],
     top: [[Prob; 1 << CONTEXT_BITS]; 65],
 }
 
 impl Default for UintModel {
+    /// A model for any u64 (7 length levels).
     fn default() -> UintModel {
+        UintModel::with_len_bits(7)
+    }
+}
+
+/// Length-tree levels needed for values up to `max` (0 when all are zero).
+pub fn len_bits_for(max: u64) -> u32 {
+    let n = 64 - max.leading_zeros();
+    32 - n.leading_zeros()
+}
+
+impl UintModel {
+    /// A model whose values all have a bit length below `2^len_bits` (`len_bits <= 7`).
+    pub fn with_len_bits(len_bits: u32) -> UintModel {
         UintModel {
+            len_bits: len_bits.min(7),
             len_tree: [Prob::default(); 128],
             top: [[Prob::default(); 1 << CONTEXT_BITS]; 65],
         }
     }
-}
 
-impl UintModel {
-    /// Encodes `v`.
+    /// Encodes `v` (whose bit length must fit the model's `len_bits`).
+    #[inline]
     pub fn encode(&mut self, enc: &mut Encoder<'_>, v: u64) {
         let n = 64 - v.leading_zeros();
         let mut node = 1usize;
-        for i in (0..7).rev() {
+        for i in (0..self.len_bits).rev() {
             let bit = (n >> i) & 1 == 1;
             enc.bit(&mut self.len_tree[node], bit);
             node = (node << 1) | usize::from(bit);
@@ -287,13 +313,14 @@ impl UintModel {
     }
 
     /// Decodes one value.
+    #[inline]
     pub fn decode(&mut self, dec: &mut Decoder<'_>) -> u64 {
         let mut node = 1usize;
-        for _ in 0..7 {
+        for _ in 0..self.len_bits {
             let bit = dec.bit(&mut self.len_tree[node]);
             node = (node << 1) | usize::from(bit);
         }
-        let n = (node - 128) as u32;
+        let n = (node - (1 << self.len_bits)) as u32;
         match n {
             0 => 0,
             1 => 1,

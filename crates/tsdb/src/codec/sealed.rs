@@ -2,7 +2,7 @@
 //! stream holding every column's symbols. See the `codec` module doc for the byte layout.
 
 use super::CodecError;
-use super::rc::{Decoder, Encoder, UintModel, XorModel};
+use super::rc::{Decoder, Encoder, UintModel, XorModel, len_bits_for};
 use super::varint::{Reader, put_i64, put_u64, unzigzag, zigzag};
 
 /// Largest decimal scale tried: values are `mantissa / 10^scale` with `|mantissa| <= 2^53`.
@@ -47,7 +47,8 @@ pub fn from_mantissa(m: i64, scale: u8) -> f64 {
 
 /// Symbols queued for the range coder, column by column.
 enum Symbols {
-    Uint(Vec<u64>),
+    /// Values and the length-tree depth they need.
+    Uint(Vec<u64>, u32),
     Xor(Vec<u64>),
 }
 
@@ -59,6 +60,32 @@ pub struct ColumnWriter {
 
 fn bitlen(v: u64) -> u64 {
     u64::from(64 - v.leading_zeros())
+}
+
+/// Estimated coded size (sum of bit lengths) of a difference column and the cheaper
+/// transform: zigzag, minus-min (better for one-signed data such as counter increments), or
+/// all zero.
+fn column_cost(tail: &[i64]) -> (u64, u8) {
+    let (mut zz, mut min, mut max_zz) = (0u64, i64::MAX, 0u64);
+    for &d in tail {
+        let z = zigzag(d);
+        zz += bitlen(z);
+        max_zz |= z;
+        min = min.min(d);
+    }
+    if max_zz == 0 {
+        return (0, XF_ZERO);
+    }
+    let off = tail
+        .iter()
+        .map(|&d| bitlen(d.wrapping_sub(min) as u64))
+        .sum::<u64>()
+        + bitlen(zigzag(min));
+    if off < zz {
+        (off, XF_OFFSET)
+    } else {
+        (zz, XF_ZIGZAG)
+    }
 }
 
 fn diff(xs: &mut [i64]) {
@@ -73,54 +100,48 @@ impl ColumnWriter {
     /// The first stored initial value is written relative to `base` (timestamps use the
     /// block's base time so that it costs a byte).
     pub fn ints(&mut self, hdr: &mut Vec<u8>, xs: &[i64], max_order: u8, base: i64) {
-        let mut best: Option<(u64, u8, u8, Vec<i64>)> = None;
+        // Pass 1: differences of increasing order in place, costing each without copies.
         let mut work = xs.to_vec();
-        for order in 0..=max_order {
-            if order > 0 {
-                // work holds the (order-1)th differences from index order-1 on.
-                let from = usize::from(order - 1);
-                if let Some(tail) = work.get_mut(from..) {
-                    diff(tail);
-                }
+        let (mut best_cost, mut best_order, mut best_xf) = (u64::MAX, 0u8, XF_ZIGZAG);
+        for order in 0..=max_order.min(2) {
+            if order > 0
+                && let Some(tail) = work.get_mut(usize::from(order - 1)..)
+            {
+                diff(tail);
             }
             let tail = work.get(usize::from(order).min(work.len())..).unwrap_or(&[]);
-            let zz: u64 = tail.iter().map(|&d| bitlen(zigzag(d))).sum();
-            let min = tail.iter().copied().min().unwrap_or(0);
-            let off: u64 = tail
-                .iter()
-                .map(|&d| bitlen(d.wrapping_sub(min) as u64))
-                .sum::<u64>()
-                + bitlen(zigzag(min));
-            let (cost, xf) = if zz == 0 {
-                (0, XF_ZERO)
-            } else if off < zz {
-                (off, XF_OFFSET)
-            } else {
-                (zz, XF_ZIGZAG)
-            };
-            if best.as_ref().is_none_or(|b| cost < b.0) {
-                best = Some((cost, order, xf, work.clone()));
+            let (cost, xf) = column_cost(tail);
+            if cost < best_cost {
+                (best_cost, best_order, best_xf) = (cost, order, xf);
             }
         }
-        let Some((_, order, xf, work)) = best else { return };
-        hdr.push(order | (xf << 2));
-        let split = usize::from(order).min(work.len());
+        // Pass 2: rebuild the chosen order's differences (cheap) and write the header.
+        work.copy_from_slice(xs);
+        for k in 1..=best_order {
+            if let Some(tail) = work.get_mut(usize::from(k - 1)..) {
+                diff(tail);
+            }
+        }
+        let split = usize::from(best_order).min(work.len());
         let (head, tail) = work.split_at(split);
+        let (min, symbols): (i64, Vec<u64>) = match best_xf {
+            XF_ZERO => (0, Vec::new()),
+            XF_OFFSET => {
+                let min = tail.iter().copied().min().unwrap_or(0);
+                (min, tail.iter().map(|&d| d.wrapping_sub(min) as u64).collect())
+            }
+            _ => (0, tail.iter().map(|&d| zigzag(d)).collect()),
+        };
+        let len_bits = len_bits_for(symbols.iter().copied().max().unwrap_or(0));
+        hdr.push(best_order | (best_xf << 2) | ((len_bits as u8) << 4));
         for (i, &h) in head.iter().enumerate() {
             put_i64(hdr, if i == 0 { h.wrapping_sub(base) } else { h });
         }
-        match xf {
-            XF_ZERO => {}
-            XF_OFFSET => {
-                let min = tail.iter().copied().min().unwrap_or(0);
-                put_i64(hdr, min);
-                self.symbols.push(Symbols::Uint(
-                    tail.iter().map(|&d| d.wrapping_sub(min) as u64).collect(),
-                ));
-            }
-            _ => self
-                .symbols
-                .push(Symbols::Uint(tail.iter().map(|&d| zigzag(d)).collect())),
+        if best_xf == XF_OFFSET {
+            put_i64(hdr, min);
+        }
+        if best_xf != XF_ZERO {
+            self.symbols.push(Symbols::Uint(symbols, len_bits));
         }
     }
 
@@ -162,8 +183,8 @@ impl ColumnWriter {
         let mut enc = Encoder::new(out);
         for s in self.symbols {
             match s {
-                Symbols::Uint(xs) => {
-                    let mut m = UintModel::default();
+                Symbols::Uint(xs, len_bits) => {
+                    let mut m = UintModel::with_len_bits(len_bits);
                     for x in xs {
                         m.encode(&mut enc, x);
                     }
@@ -216,6 +237,7 @@ enum Column {
         n: usize,
         order: u8,
         xf: u8,
+        len_bits: u32,
         head: Vec<i64>,
         min: i64,
     },
@@ -241,8 +263,8 @@ fn corrupt(what: &'static str) -> CodecError {
 
 fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<Column, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated column header"))?;
-    let (order, xf) = (b & 3, b >> 2);
-    if order > 2 || xf > XF_ZERO {
+    let (order, xf, len_bits) = (b & 3, (b >> 2) & 3, u32::from(b >> 4));
+    if order > 2 || xf > XF_ZERO || len_bits > 7 {
         return Err(corrupt("bad column header"));
     }
     let mut head = Vec::new();
@@ -259,6 +281,7 @@ fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<Column, CodecEr
         n,
         order,
         xf,
+        len_bits,
         head,
         min,
     })
@@ -309,6 +332,7 @@ fn decode_ints(col: &Column, dec: &mut Decoder<'_>, out: &mut Vec<i64>) {
         n,
         order,
         xf,
+        len_bits,
         head,
         min,
     } = col
@@ -317,7 +341,7 @@ fn decode_ints(col: &Column, dec: &mut Decoder<'_>, out: &mut Vec<i64>) {
     };
     let start = out.len();
     out.extend_from_slice(head);
-    let mut model = UintModel::default();
+    let mut model = UintModel::with_len_bits(*len_bits);
     for _ in head.len()..*n {
         let d = match *xf {
             XF_ZERO => 0,
