@@ -95,7 +95,22 @@ fn parse_at<'a>(raw: &'a [u8], line_no: usize, limits: &WireLimits) -> Result<Gr
     if line.is_empty() {
         return Err(err(Reason::Malformed, "empty line"));
     }
-    let key_end = find_blank(line).unwrap_or(line.len());
+    // One pass over the key finds its end and the first ';' and notes a NUL: the common
+    // tag-free ASCII key then needs only the UTF-8 check (which has an ASCII fast path).
+    let mut key_end = line.len();
+    let mut semi = None;
+    let mut nul = false;
+    for (i, &b) in line.iter().enumerate() {
+        match b {
+            b' ' | b'\t' | b'\r' => {
+                key_end = i;
+                break;
+            }
+            b';' if semi.is_none() => semi = Some(i),
+            0 => nul = true,
+            _ => {}
+        }
+    }
     let key_bytes = &line[..key_end];
     let rest = skip_blanks(&line[key_end..]);
     if rest.is_empty() {
@@ -113,14 +128,17 @@ fn parse_at<'a>(raw: &'a [u8], line_no: usize, limits: &WireLimits) -> Result<Gr
     let Ok(key) = std::str::from_utf8(key_bytes) else {
         return Err(err(Reason::InvalidUtf8, "metric path is not valid utf-8"));
     };
-    let (path, tag_str) = match memchr(b';', key_bytes) {
+    let (path, tag_str) = match semi {
         Some(i) => (&key[..i], &key[i + 1..]),
         None => (key, ""),
     };
-    if let Err(r) = check_name(path, limits) {
-        return Err(r.at(line_no, raw));
+    if path.is_empty() || path.len() > limits.max_name_bytes || (nul && path.contains('\0')) {
+        return Err(check_name(path, limits)
+            .err()
+            .unwrap_or_else(|| Rejection::new(Reason::BadName, "invalid metric path"))
+            .at(line_no, raw));
     }
-    if key_bytes.len() > path.len() {
+    if semi.is_some() {
         if tag_str.is_empty() {
             return Err(err(Reason::BadLabel, "empty tag list after ';'"));
         }
@@ -265,35 +283,34 @@ const POW10: [f64; 23] = [
     1e19, 1e20, 1e21, 1e22,
 ];
 
-/// Parses a float. Fast path for plain decimals with at most 15 digits (`37.42`): the digits
-/// fit exactly in an f64, 10^k is exact, so one IEEE division is correctly rounded (Clinger's
-/// fast path). Everything else goes through `str::parse`, which is also correctly rounded.
+/// Parses a float. Fast path for plain decimals whose digits fit in 2^53 (`37.42`): the digits
+/// are exact in an f64, 10^k (k <= 19) is exact, so one IEEE division is correctly rounded
+/// (Clinger's fast path). Everything else goes through `str::parse`, also correctly rounded.
 pub(crate) fn parse_f64(s: &[u8]) -> Option<f64> {
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
+    if digits.is_empty() || digits.len() > 19 {
+        return parse_f64_slow(s);
+    }
+    // at most 19 digits: the mantissa cannot overflow a u64
     let mut mantissa: u64 = 0;
-    let mut count = 0usize;
-    let mut frac = 0usize;
-    let mut dot = false;
-    for &b in digits {
-        match b {
-            b'0'..=b'9' => {
-                if count == 15 {
-                    return parse_f64_slow(s);
-                }
-                mantissa = mantissa * 10 + u64::from(b - b'0');
-                count += 1;
-                frac += usize::from(dot);
-            }
-            b'.' if !dot => dot = true,
-            _ => return parse_f64_slow(s),
+    let mut dot = None;
+    for (i, &b) in digits.iter().enumerate() {
+        let d = b.wrapping_sub(b'0');
+        if d < 10 {
+            mantissa = mantissa * 10 + u64::from(d);
+        } else if b == b'.' && dot.is_none() {
+            dot = Some(i);
+        } else {
+            return parse_f64_slow(s);
         }
     }
-    if count == 0 {
-        return None;
+    let frac = dot.map_or(0, |i| digits.len() - i - 1);
+    if digits.len() == 1 && dot.is_some() || mantissa > 1 << 53 {
+        return parse_f64_slow(s);
     }
     let v = mantissa as f64 / POW10.get(frac).copied()?;
     Some(if neg { -v } else { v })
@@ -309,13 +326,19 @@ fn parse_timestamp(s: &[u8]) -> Option<Option<i64>> {
     if s == b"-1" {
         return Some(None);
     }
-    if s.len() <= 18 && s.iter().all(u8::is_ascii_digit) {
+    if !s.is_empty() && s.len() <= 18 {
         let mut secs: i64 = 0;
+        let mut all_digits = true;
         for &b in s {
-            secs = secs * 10 + i64::from(b - b'0');
+            let d = b.wrapping_sub(b'0');
+            all_digits &= d < 10;
+            // wrapping: a non-digit makes the value meaningless, and it is then discarded
+            secs = secs.wrapping_mul(10).wrapping_add(i64::from(d));
         }
-        let ms = secs.checked_mul(1000)?;
-        return (ms < MAX_ABS_TIMESTAMP_MS).then_some(Some(ms));
+        if all_digits {
+            // at most 18 digits, so `secs` is exact; the range check keeps `* 1000` in range
+            return (secs < MAX_ABS_TIMESTAMP_MS / 1000).then(|| Some(secs * 1000));
+        }
     }
     let secs = parse_f64(s)?;
     if secs == -1.0 {
@@ -918,6 +941,20 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn fast_float_path_rejects_what_std_rejects() {
+        for s in [".", "-.", "+", "-", "", "1.2.3", "1..2", "--1", "1-", "1 ", "١"] {
+            assert_eq!(parse_f64(s.as_bytes()), None, "{s:?}");
+        }
+        assert_eq!(
+            parse_timestamp(b"8999999999999"),
+            Some(Some(8_999_999_999_999_000))
+        );
+        assert_eq!(parse_timestamp(b"9000000000000"), None);
+        assert_eq!(parse_timestamp(b"999999999999999999"), None);
+        assert_eq!(parse_timestamp(b"12a"), None);
     }
 
     proptest::proptest! {

@@ -16,7 +16,8 @@
 //! - `series` (required): an array of series objects.
 //! - `name` (required): the metric name, any non-empty UTF-8 string (Graphite paths welcome).
 //! - `labels` (optional): an object of string label values; an empty value means "no such
-//!   label" and is dropped. `__name__` may only repeat the name.
+//!   label" and is dropped; a key repeated in one object: the last wins. `__name__` may only
+//!   repeat the name.
 //! - `samples` (required): an array of `[timestamp, value]` pairs.
 //!   - `timestamp`: an integer, UTC **milliseconds** since the Unix epoch, or `null` for "the
 //!     server's now". RFC 3339 strings and fractional numbers are not accepted (send integers).

@@ -22,6 +22,8 @@
 //!   add new ones, never rename.
 //! - The Graphite hot path ([`graphite::parse_line`]) does not allocate.
 
+#![warn(missing_docs)]
+
 pub mod graphite;
 pub mod influx;
 pub mod json;
