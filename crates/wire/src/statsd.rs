@@ -168,15 +168,17 @@ fn parse_line<'a>(
     let mut pending: Option<&str> = None;
     let mut rest = values;
     loop {
-        let (chunk, next) = match rest.find(':') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        let (chunk, next) = match split_once_byte(rest, b':') {
+            Some((c, n)) => (c, Some(n)),
             None => (rest, None),
         };
-        match chunk.split_once('|') {
+        match split_once_byte(chunk, b'|') {
             None => {
                 pending = Some(match pending {
                     // The run of packed values is contiguous in the line: widen it.
-                    Some(p) => &values[offset(values, p)..offset(values, chunk) + chunk.len()],
+                    Some(p) => values
+                        .get(offset(values, p)..offset(values, chunk) + chunk.len())
+                        .unwrap_or(chunk),
                     None => chunk,
                 });
             }
@@ -210,6 +212,13 @@ fn parse_line<'a>(
     }
 }
 
+/// `s` split around the first `b` (an ASCII byte, so both halves are valid UTF-8), found
+/// with `memchr`.
+fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = memchr::memchr(b, s.as_bytes())?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
 /// Byte offset of `part` inside `whole`; `part` must be a subslice of `whole`.
 fn offset(whole: &str, part: &str) -> usize {
     (part.as_ptr() as usize)
@@ -220,27 +229,36 @@ fn offset(whole: &str, part: &str) -> usize {
 /// Splits a trimmed UTF-8 line into its name, tags and trailing fields, and the
 /// `value|type[|@rate]` chunks.
 fn split_line<'a>(line: &'a str, limits: &WireLimits) -> Result<(Common<'a>, &'a str), Rejection> {
-    let Some((name, rest)) = line.split_once(':') else {
+    let Some((name, rest)) = split_once_byte(line, b':') else {
         return Err(Rejection::new(
             Reason::Malformed,
             "missing ':' after the metric name",
         ));
     };
     check_name(name, limits)?;
-    if let Some(c) = name
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || *c == '|' || *c == '#')
-    {
+    let bad_byte = |b: &u8| b.is_ascii_whitespace() || b.is_ascii_control() || *b == b'|' || *b == b'#';
+    let bad = if name.is_ascii() {
+        name.bytes()
+            .position(|b| bad_byte(&b))
+            .and_then(|i| name.get(i..))
+            .and_then(|s| s.chars().next())
+    } else {
+        name.chars()
+            .find(|c| c.is_whitespace() || c.is_control() || *c == '|' || *c == '#')
+    };
+    if let Some(c) = bad {
         return Err(Rejection::new(
             Reason::BadName,
             format!("metric name contains {c:?}"),
         ));
     }
-    let (values, tags, rate) = match rest.find("|#") {
+    let tag_start =
+        memchr::memchr_iter(b'|', rest.as_bytes()).find(|&i| rest.as_bytes().get(i + 1) == Some(&b'#'));
+    let split = tag_start.and_then(|i| Some((rest.get(..i)?, rest.get(i + 2..)?)));
+    let (values, tags, rate) = match split {
         None => (rest, "", None),
-        Some(i) => {
-            let after = &rest[i + 2..];
-            let (tags, trailing) = match after.split_once('|') {
+        Some((values, after)) => {
+            let (tags, trailing) = match split_once_byte(after, b'|') {
                 Some((t, tr)) => (t, Some(tr)),
                 None => (after, None),
             };
@@ -253,7 +271,7 @@ fn split_line<'a>(line: &'a str, limits: &WireLimits) -> Result<(Common<'a>, &'a
                     return Err(unknown_field(field));
                 }
             }
-            (&rest[..i], tags, rate)
+            (values, tags, rate)
         }
     };
     if values.is_empty() {
