@@ -73,11 +73,20 @@
 //! - Percentiles that are `0`, not finite or beyond ±100 produce nothing
 //!   ([`AggregatorConfig::validate`] reports them).
 //!
+//! # Flushing without stalling ingest
+//!
+//! [`Aggregator::flush`] is [`Aggregator::take_interval`] (cheap: moves each key's numbers
+//! out and resets them) followed by [`PendingFlush::finish`] (sorting timer values, naming
+//! and allocating every output series). A caller sharing the aggregator behind a lock holds
+//! it only for `take_interval` and finishes the flush outside it.
+//!
 //! **Invariant:** [`Aggregator::observe`] does not allocate for a known raw key, except
-//! to remember a new set member; every structure it grows is bounded by a config field.
+//! to remember a new set member or to grow a timer's value buffer (up to
+//! `max_timer_samples_per_key`); every structure it grows is bounded by a config field.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use model::{KeyError, Label, SeriesKey, Timestamp};
@@ -344,19 +353,6 @@ impl Timer {
         }
     }
 
-    /// Starts a new interval, keeping the value buffer's allocation.
-    fn reset(&mut self) {
-        self.values.clear();
-        self.n = 0;
-        self.weighted_count = 0.0;
-        self.sum = 0.0;
-        self.sum_squares = 0.0;
-        self.min = f64::INFINITY;
-        self.max = f64::NEG_INFINITY;
-        self.mean = 0.0;
-        self.m2 = 0.0;
-    }
-
     fn add(&mut self, v: f64, rate: f64, cap: usize, rng: &mut XorShift) {
         self.n += 1;
         self.weighted_count += 1.0 / rate;
@@ -410,8 +406,9 @@ impl State {
 }
 
 struct Entry {
-    /// The canonical key: name and sorted labels, without prefixes or suffixes.
-    key: SeriesKey,
+    /// The canonical key: name and sorted labels, without prefixes or suffixes; shared with
+    /// `canonical` and with pending flushes.
+    key: Arc<SeriesKey>,
     /// Whether a metric arrived since the last flush.
     seen: bool,
     state: State,
@@ -439,12 +436,12 @@ impl XorShift {
 
 /// Etsy-compatible StatsD aggregator; see the module doc.
 pub struct Aggregator {
-    cfg: AggregatorConfig,
+    cfg: Arc<AggregatorConfig>,
     /// Raw spelling `name \0 tags` → slot. Keys come from untrusted clients: the hasher is
     /// randomly seeded.
     raw: HashMap<Box<[u8]>, u32, RandomState>,
     /// Canonical key → slot.
-    canonical: HashMap<SeriesKey, u32, RandomState>,
+    canonical: HashMap<Arc<SeriesKey>, u32, RandomState>,
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
     /// Reused buffer for the raw spelling, so lookups of known keys do not allocate.
@@ -466,7 +463,7 @@ impl Aggregator {
     /// [`AggregatorConfig::validate`] first to reject bad ones with a message.
     pub fn new(cfg: AggregatorConfig) -> Aggregator {
         Aggregator {
-            cfg,
+            cfg: Arc::new(cfg),
             raw: HashMap::default(),
             canonical: HashMap::default(),
             slots: Vec::new(),
@@ -572,8 +569,9 @@ impl Aggregator {
                         members: HashSet::default(),
                     },
                 };
+                let key = Arc::new(key);
                 let entry = Entry {
-                    key: key.clone(),
+                    key: Arc::clone(&key),
                     seen: false,
                     state,
                 };
@@ -606,85 +604,65 @@ impl Aggregator {
         Ok(slot)
     }
 
-    /// Closes the interval: computes every output at `now`, resets per-interval state and
-    /// forgets idle keys as configured.
+    /// Closes the interval and computes every output at `now`: [`Aggregator::take_interval`]
+    /// followed by [`PendingFlush::finish`].
     pub fn flush(&mut self, now: Timestamp) -> FlushOutput {
-        let mut out = FlushOutput {
-            timestamp: now,
-            samples: Vec::new(),
-            sketches: Vec::new(),
-            sampled_timers: 0,
-        };
-        let secs = self.cfg.flush_interval_ms.max(1) as f64 / 1000.0;
+        self.take_interval(now).finish()
+    }
+
+    /// Closes the interval cheaply: moves this interval's numbers out, resets per-interval
+    /// state and forgets idle keys as configured, leaving the expensive part (sorting timer
+    /// values, building output series) to [`PendingFlush::finish`]. A caller that shares the
+    /// aggregator behind a lock holds it only for this call (about 20 ns per key, no
+    /// allocation except one fresh timer per timer key seen), so observing never waits for a
+    /// whole flush.
+    pub fn take_interval(&mut self, now: Timestamp) -> PendingFlush {
+        let mut items = Vec::with_capacity(self.canonical.len());
         let mut removed = false;
-        let mut sorted = Vec::new();
         for i in 0..self.slots.len() {
             let Some(Some(entry)) = self.slots.get_mut(i) else {
                 continue;
             };
-            let names = Names {
-                cfg: &self.cfg,
-                key: &entry.key,
-            };
             let seen = std::mem::replace(&mut entry.seen, false);
-            let forget = match &mut entry.state {
+            let (snapshot, forget) = match &mut entry.state {
                 State::Counter { sum } => {
                     let forget = self.cfg.delete_idle_counters && !seen;
-                    if !forget {
-                        names.push(&mut out, &self.cfg.prefix_counter, "count", *sum);
-                        names.push(&mut out, &self.cfg.prefix_counter, "rate", *sum / secs);
-                    }
-                    *sum = 0.0;
-                    forget
+                    (Snapshot::Counter(std::mem::replace(sum, 0.0)), forget)
                 }
                 State::Gauge { value, ttl } => match *value {
-                    None => true,
+                    None => (Snapshot::Nothing, true),
                     Some(v) => {
-                        names.push(&mut out, &self.cfg.prefix_gauge, "", v);
                         if self.cfg.delete_idle_gauges {
                             *ttl = ttl.saturating_sub(1);
                             if *ttl == 0 {
                                 *value = None;
                             }
                         }
-                        false
+                        (Snapshot::Gauge(v), false)
                     }
                 },
                 State::Set { members } => {
                     let forget = self.cfg.delete_idle_sets && !seen;
-                    if !forget {
-                        names.push(&mut out, &self.cfg.prefix_set, "count", members.len() as f64);
-                    }
+                    let count = members.len();
                     members.clear();
-                    forget
+                    (Snapshot::Set(count), forget)
                 }
-                State::Timer(t) => {
-                    if t.n > 0 {
-                        if t.n > t.values.len() as u64 {
-                            out.sampled_timers += 1;
-                        }
-                        timer_outputs(&names, &mut out, t, &self.cfg, secs, &mut sorted);
-                        let sketch = std::mem::replace(&mut t.sketch, DDSketch::new(sketch_config()));
-                        if let Some(k) = names.key(&self.cfg.prefix_timer, "") {
-                            out.sketches.push((k, sketch));
-                        }
-                        t.reset();
-                        false
-                    } else if self.cfg.delete_idle_timers {
-                        true
-                    } else {
-                        names.push(&mut out, &self.cfg.prefix_timer, "count", 0.0);
-                        names.push(&mut out, &self.cfg.prefix_timer, "count_ps", 0.0);
-                        false
-                    }
+                State::Timer(t) if t.n > 0 => {
+                    let full = std::mem::replace(t, Box::new(Timer::new()));
+                    (Snapshot::Timer(full), false)
                 }
+                State::Timer(_) => (Snapshot::IdleTimer, self.cfg.delete_idle_timers),
             };
-            if forget && let Some(Some(entry)) = self.slots.get_mut(i).map(Option::take) {
-                self.canonical.remove(&entry.key);
-                if let Ok(i) = u32::try_from(i) {
-                    self.free.push(i);
+            if forget {
+                if let Some(Some(entry)) = self.slots.get_mut(i).map(Option::take) {
+                    self.canonical.remove(&*entry.key);
+                    if let Ok(i) = u32::try_from(i) {
+                        self.free.push(i);
+                    }
+                    removed = true;
                 }
-                removed = true;
+            } else {
+                items.push((Arc::clone(&entry.key), snapshot));
             }
         }
         if removed {
@@ -692,8 +670,95 @@ impl Aggregator {
             self.raw
                 .retain(|_, i| matches!(slots.get(*i as usize), Some(Some(_))));
         }
+        PendingFlush {
+            timestamp: now,
+            cfg: Arc::clone(&self.cfg),
+            items,
+        }
+    }
+}
+
+/// One key's numbers for one interval, moved out of the aggregator.
+enum Snapshot {
+    Counter(f64),
+    Gauge(f64),
+    Set(usize),
+    Timer(Box<Timer>),
+    /// A timer with no values this interval, still reported (`delete_idle_timers` off).
+    IdleTimer,
+    /// Nothing to report (a gauge deleted for idleness).
+    Nothing,
+}
+
+/// An interval taken out of an [`Aggregator`] by [`Aggregator::take_interval`], not yet
+/// turned into samples. Independent of the aggregator: finish it on any thread.
+pub struct PendingFlush {
+    timestamp: Timestamp,
+    cfg: Arc<AggregatorConfig>,
+    items: Vec<(Arc<SeriesKey>, Snapshot)>,
+}
+
+impl fmt::Debug for PendingFlush {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingFlush")
+            .field("timestamp", &self.timestamp)
+            .field("keys", &self.items.len())
+            .finish()
+    }
+}
+
+impl PendingFlush {
+    /// Keys that will produce output.
+    pub fn key_count(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Computes the samples and sketches (see the module doc for the names and values).
+    pub fn finish(self) -> FlushOutput {
+        let cfg = &*self.cfg;
+        let mut out = FlushOutput {
+            timestamp: self.timestamp,
+            samples: Vec::new(),
+            sketches: Vec::new(),
+            sampled_timers: 0,
+        };
+        let secs = cfg.flush_interval_ms.max(1) as f64 / 1000.0;
+        let mut scratch = TimerScratch::default();
+        for (key, snapshot) in self.items {
+            let names = Names { cfg, key: &key };
+            match snapshot {
+                Snapshot::Counter(sum) => {
+                    names.push(&mut out, &cfg.prefix_counter, "count", sum);
+                    names.push(&mut out, &cfg.prefix_counter, "rate", sum / secs);
+                }
+                Snapshot::Gauge(v) => names.push(&mut out, &cfg.prefix_gauge, "", v),
+                Snapshot::Set(count) => names.push(&mut out, &cfg.prefix_set, "count", count as f64),
+                Snapshot::IdleTimer => {
+                    names.push(&mut out, &cfg.prefix_timer, "count", 0.0);
+                    names.push(&mut out, &cfg.prefix_timer, "count_ps", 0.0);
+                }
+                Snapshot::Timer(t) => {
+                    if t.n > t.values.len() as u64 {
+                        out.sampled_timers += 1;
+                    }
+                    timer_outputs(&names, &mut out, &t, cfg, secs, &mut scratch);
+                    if let Some(k) = names.key(&cfg.prefix_timer, "") {
+                        out.sketches.push((k, t.sketch));
+                    }
+                }
+                Snapshot::Nothing => {}
+            }
+        }
         out
     }
+}
+
+/// Buffers reused across the timers of one flush.
+#[derive(Default)]
+struct TimerScratch {
+    sorted: Vec<f64>,
+    cum: Vec<f64>,
+    cum_sq: Vec<f64>,
 }
 
 /// Builds output series names for one key.
@@ -736,9 +801,10 @@ fn timer_outputs(
     t: &Timer,
     cfg: &AggregatorConfig,
     secs: f64,
-    sorted: &mut Vec<f64>,
+    scratch: &mut TimerScratch,
 ) {
     let p = cfg.prefix_timer.as_str();
+    let TimerScratch { sorted, cum, cum_sq } = scratch;
     sorted.clear();
     sorted.extend_from_slice(&t.values);
     sorted.sort_unstable_by(f64::total_cmp);
@@ -749,8 +815,8 @@ fn timer_outputs(
     };
     let sampled = t.n > count as u64;
     // cumulative sums over the sorted values, as Etsy keeps them
-    let mut cum = Vec::with_capacity(count);
-    let mut cum_sq = Vec::with_capacity(count);
+    cum.clear();
+    cum_sq.clear();
     let (mut s, mut sq) = (0.0, 0.0);
     for v in values {
         s += v;
@@ -768,13 +834,13 @@ fn timer_outputs(
             }
             if pct > 0.0 {
                 boundary = at(values, n_in - 1);
-                sum = at(&cum, n_in - 1);
-                sum_sq = at(&cum_sq, n_in - 1);
+                sum = at(cum, n_in - 1);
+                sum_sq = at(cum_sq, n_in - 1);
             } else {
                 boundary = at(values, count - n_in);
                 let before = (count - n_in).checked_sub(1);
-                sum = at(&cum, count - 1) - before.map_or(0.0, |b| at(&cum, b));
-                sum_sq = at(&cum_sq, count - 1) - before.map_or(0.0, |b| at(&cum_sq, b));
+                sum = at(cum, count - 1) - before.map_or(0.0, |b| at(cum, b));
+                sum_sq = at(cum_sq, count - 1) - before.map_or(0.0, |b| at(cum_sq, b));
             }
             mean = sum / n_in as f64;
         }
@@ -810,12 +876,12 @@ fn timer_outputs(
             t.max,
         )
     } else {
-        let sum = at(&cum, count - 1);
+        let sum = at(cum, count - 1);
         let mean = sum / count as f64;
         let diffs: f64 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
         (
             sum,
-            at(&cum_sq, count - 1),
+            at(cum_sq, count - 1),
             mean,
             (diffs / count as f64).sqrt(),
             min,
@@ -1008,6 +1074,29 @@ mod tests {
         assert!((800.0..=980.0).contains(&upper_90), "{upper_90}");
         // the sketch saw every value
         assert_eq!(out.sketches[0].1.count(), 1000);
+    }
+
+    #[test]
+    fn take_interval_separates_intervals() {
+        let mut a = Aggregator::new(AggregatorConfig::default());
+        a.observe(&metric("c", StatsdValue::Counter(1.0), 1.0, ""))
+            .unwrap();
+        a.observe(&metric("t", StatsdValue::Timer(5.0), 1.0, "")).unwrap();
+        let pending = a.take_interval(Timestamp(1));
+        assert_eq!(pending.key_count(), 2);
+        // metrics arriving before the pending flush is finished belong to the next interval
+        a.observe(&metric("c", StatsdValue::Counter(2.0), 1.0, ""))
+            .unwrap();
+        a.observe(&metric("t", StatsdValue::Timer(7.0), 1.0, "")).unwrap();
+        let first = pending.finish();
+        assert_eq!(first.timestamp, Timestamp(1));
+        assert_eq!(get(&first, "c.count"), Some(1.0));
+        assert_eq!(get(&first, "t.mean"), Some(5.0));
+        assert_eq!(first.sketches[0].1.count(), 1);
+        let second = a.flush(Timestamp(2));
+        assert_eq!(get(&second, "c.count"), Some(2.0));
+        assert_eq!(get(&second, "t.mean"), Some(7.0));
+        assert_eq!(get(&second, "t.count"), Some(1.0));
     }
 
     #[test]
