@@ -7,6 +7,7 @@
 //! - `influx_decode`: 2 fields, 2 tags per line (`cpu,host=..,cpu=.. usage_user=..,usage_system=.. ts`).
 //! - `remote_write_decode`: snappy + protobuf, 500 series x 4 samples (a Prometheus-sized batch).
 //! - `json_decode`: 200 series x 10 samples.
+//! - `statsd_parse_packet`: 1,400-byte packets of DogStatsD lines (`name:1|c|@0.5|#env:prod`).
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-wire cargo bench -p wire --bench parse`
 //! (add `-- graphite` to run one group). Counters are items = lines or samples, so divan
@@ -14,7 +15,7 @@
 
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
-use wire::{Sample, WireLimits, graphite, influx, json, remote_write};
+use wire::{Sample, WireLimits, graphite, influx, json, remote_write, statsd};
 
 fn main() {
     divan::main();
@@ -157,4 +158,37 @@ fn json_decode(bencher: Bencher) {
                 .map(|r| r.0.len())
                 .unwrap_or(0)
         });
+}
+
+#[divan::bench]
+fn statsd_parse_packet(bencher: Bencher) {
+    // packets of up to 1,400 bytes (a typical UDP payload), many lines each
+    let mut packets: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut lines = 0usize;
+    for i in 0..10_000usize {
+        let line = match i % 4 {
+            0 => format!("app{}.requests:1|c|@0.5|#env:prod,host:h{}", i % 100, i % 50),
+            1 => format!("app{}.latency:{}|ms|#env:prod", i % 100, i % 900),
+            2 => format!("app{}.queue:{}|g", i % 100, i % 77),
+            _ => format!("app{}.users:u{}|s", i % 100, i % 1000),
+        };
+        if current.len() + line.len() + 1 > 1400 {
+            packets.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push('\n');
+        }
+        current.push_str(&line);
+        lines += 1;
+    }
+    packets.push(current);
+    let limits = WireLimits::default();
+    bencher.counter(ItemsCount::new(lines)).bench(|| {
+        let mut n = 0;
+        for p in &packets {
+            n += statsd::parse_packet(black_box(p.as_bytes()), &limits).0.len();
+        }
+        n
+    });
 }

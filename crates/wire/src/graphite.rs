@@ -71,7 +71,8 @@ impl GraphiteLine<'_> {
     }
 }
 
-/// Parses one line (without its `\n`). Does not allocate unless the line is rejected.
+/// Parses one line (without its `\n`; a trailing `\r` is fine). Does not allocate unless the
+/// line is rejected. The error's `line` is 1: a caller reading a stream renumbers it.
 pub fn parse_line<'a>(line: &'a [u8], limits: &WireLimits) -> Result<GraphiteLine<'a>, LineError> {
     parse_at(line, 1, limits)
 }

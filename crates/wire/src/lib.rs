@@ -21,6 +21,10 @@
 //! - Error reasons ([`Reason::as_str`]) are stable snake_case codes, used as metric label values:
 //!   add new ones, never rename.
 //! - The Graphite hot path ([`graphite::parse_line`]) does not allocate.
+//!
+//! Checking it: `cargo test -p wire` runs the table tests and `tests/fuzz_corpus.rs` (every
+//! decoder over random bytes); `benches/parse.rs` measures throughput; `fuzz/` holds the
+//! cargo-fuzz targets (`cd crates/wire && RUSTC_BOOTSTRAP=1 cargo fuzz run graphite`).
 
 #![warn(missing_docs)]
 
