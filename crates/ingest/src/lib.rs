@@ -38,6 +38,7 @@ pub mod cidr;
 pub mod config;
 mod error;
 mod graphite;
+mod http;
 
 mod limiter;
 mod queue;
@@ -88,7 +89,6 @@ pub(crate) struct Shared {
     pub(crate) limits: wire::WireLimits,
     pub(crate) templates: Option<wire::graphite::Templates>,
     pub(crate) allow: cidr::AllowList,
-    #[expect(dead_code, reason = "read by the robot HTTP router, which lands next")]
     pub(crate) auth: Arc<dyn TokenCheck>,
     pub(crate) switches: Arc<Switches>,
     switch: Vec<SwitchHandle>,
@@ -267,6 +267,14 @@ impl Ingest {
             }
         });
         Ok(bound)
+    }
+
+    /// The robot-plane HTTP routes: `POST /api/v1/write` (Prometheus remote-write),
+    /// `POST /write` and `POST /api/v2/write` (InfluxDB line protocol, `?precision=`),
+    /// `POST /api/v1/ingest` (Roaster JSON). Each needs a token with the `ingest` scope; see
+    /// the `http` module for statuses.
+    pub fn robot_router(&self) -> axum::Router {
+        http::router(Arc::clone(&self.shared))
     }
 
     /// Graceful shutdown: stops reading, flushes the StatsD aggregates, and returns once
