@@ -17,7 +17,8 @@
 //!                  floats-header(min) floats-header(max) floats-header(sum) floats-header(last) rc-stream
 //! tag 3    rollup, all values decimals at one scale (mantissas below):
 //!                  ints-header(bucket ts) ints-header(last_ts - ts) ints-header(count) scale:u8
-//!                  ints-header(min) ints-header(max - min) ints-header(max - last)
+//!                  ints-header(min - previous bucket's last, 0 before the first)
+//!                  ints-header(max - min) ints-header(max - last)
 //!                  ints-header(2*sum - count*(min + max)) rc-stream (wrapping i64)
 //! ints-header   := (order | transform<<2 | len_bits<<4):u8 initial-differences:zigzag-varint{order}
 //!                  [min:zigzag-varint if transform = offset]
@@ -280,7 +281,8 @@ fn common_decimal(c: &RollupColumns) -> Option<(u8, [Vec<i64>; 4])> {
 
 /// Encodes rollup columns, appending to `out`. Bucket times are stored relative to `base`, as
 /// in [`encode_series_with_base`]. When all values are decimals at one scale (tag 3), the
-/// mantissas are stored as `min`, `max - min`, `max - last` and `2*sum - count*(min + max)`,
+/// mantissas are stored as `min - previous last`, `max - min`, `max - last` and
+/// `2*sum - count*(min + max)`,
 /// which are small (zero for `max - last` of counters); otherwise (tag 2) as four float
 /// columns.
 pub fn encode_rollups(base: i64, c: &RollupColumns, out: &mut Vec<u8>) -> Result<(), CodecError> {
@@ -320,7 +322,12 @@ pub fn encode_rollups(base: i64, c: &RollupColumns, out: &mut Vec<u8>) -> Result
                     sum[i].wrapping_mul(2).wrapping_sub(counts[i].wrapping_mul(mid))
                 })
                 .collect();
-            cols.ints(out, &min, 2, 0);
+            // Each bucket's min relative to the previous bucket's last: for random walks and
+            // counters that is about one step, not one bucket's worth of steps.
+            let min_rel: Vec<i64> = (0..n)
+                .map(|i| min[i].wrapping_sub(if i == 0 { 0 } else { last[i - 1] }))
+                .collect();
+            cols.ints(out, &min_rel, 1, 0);
             cols.ints(out, &max_min, 1, 0);
             cols.ints(out, &max_last, 1, 0);
             cols.ints(out, &sum_rel, 1, 0);
@@ -370,7 +377,9 @@ pub fn decode_rollups(base: i64, bytes: &[u8], out: &mut RollupColumns) -> Resul
             ],
             &mut [],
         )?;
-        for (i, &lo) in min.iter().enumerate() {
+        let mut prev_last = 0i64;
+        for (i, &rel) in min.iter().enumerate() {
+            let lo = rel.wrapping_add(prev_last);
             let k = counts.get(i).copied().unwrap_or(0);
             let hi = max.get(i).copied().unwrap_or(0).wrapping_add(lo);
             let l = hi.wrapping_sub(last.get(i).copied().unwrap_or(0));
@@ -381,6 +390,7 @@ pub fn decode_rollups(base: i64, bytes: &[u8], out: &mut RollupColumns) -> Resul
                 .wrapping_add(k.wrapping_mul(lo.wrapping_add(hi)));
             out.min.push(sealed::from_mantissa(lo, scale));
             out.max.push(sealed::from_mantissa(hi, scale));
+            prev_last = l;
             out.last.push(sealed::from_mantissa(l, scale));
             out.sum.push(sealed::from_mantissa(twice / 2, scale));
         }
