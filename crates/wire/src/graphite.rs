@@ -57,18 +57,42 @@ impl GraphiteLine<'_> {
         templates: Option<&Templates>,
         limits: &WireLimits,
     ) -> Result<SeriesKey, Rejection> {
-        let (name, mut labels) = templates
-            .and_then(|t| t.apply(self.path))
-            .unwrap_or_else(|| (self.path.to_owned(), Vec::new()));
-        let mut own = Vec::new();
-        for tag in tags(self.tags) {
-            let (k, v) = tag?;
-            own.push(Label::new(k, v));
-        }
-        labels.retain(|l| !own.iter().any(|o| o.name == l.name));
-        labels.extend(own);
-        series_key(name, labels, limits)
+        series_key_parts(self.path, self.tags, templates, limits)
     }
+}
+
+/// [`GraphiteLine::series_key`] for a cached raw key (`path;k=v...`, as in
+/// [`GraphiteLine::key`]), for callers that kept only the key bytes of a cache miss.
+pub fn key_to_series(
+    key: &str,
+    templates: Option<&Templates>,
+    limits: &WireLimits,
+) -> Result<SeriesKey, Rejection> {
+    let (path, tags) = key.split_once(';').unwrap_or((key, ""));
+    if key.len() > path.len() && tags.is_empty() {
+        return Err(Rejection::new(Reason::BadLabel, "empty tag list after ';'"));
+    }
+    check_name(path, limits)?;
+    series_key_parts(path, tags, templates, limits)
+}
+
+fn series_key_parts(
+    path: &str,
+    raw_tags: &str,
+    templates: Option<&Templates>,
+    limits: &WireLimits,
+) -> Result<SeriesKey, Rejection> {
+    let (name, mut labels) = templates
+        .and_then(|t| t.apply(path))
+        .unwrap_or_else(|| (path.to_owned(), Vec::new()));
+    let mut own = Vec::new();
+    for tag in tags(raw_tags) {
+        let (k, v) = tag?;
+        own.push(Label::new(k, v));
+    }
+    labels.retain(|l| !own.iter().any(|o| o.name == l.name));
+    labels.extend(own);
+    series_key(name, labels, limits)
 }
 
 /// Parses one line (without its `\n`; a trailing `\r` is fine). Does not allocate unless the
@@ -807,6 +831,19 @@ mod tests {
             plain.series_key(None, &limits()).unwrap().to_string(),
             r#"{"a.b",y="2"}"#
         );
+        for (key, want) in [
+            ("a.b;y=2", Ok(r#"{"a.b",y="2"}"#)),
+            ("server1.cpu.idle", Ok(r#"{"server1.cpu.idle"}"#)),
+            ("a.b;", Err(Reason::BadLabel)),
+            ("a.b;y", Err(Reason::BadLabel)),
+            (";y=1", Err(Reason::BadName)),
+            ("", Err(Reason::BadName)),
+        ] {
+            let got = key_to_series(key, None, &limits())
+                .map(|k| k.to_string())
+                .map_err(|r| r.reason);
+            assert_eq!(got, want.map(str::to_owned), "{key}");
+        }
         let dup = parse_line(b"a.b;y=2;y=3 1", &limits()).unwrap();
         assert_eq!(
             dup.series_key(None, &limits()).unwrap_err().reason,
