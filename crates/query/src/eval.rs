@@ -33,6 +33,15 @@ pub fn is_stale(v: f64) -> bool {
     v.to_bits() == STALE_NAN_BITS
 }
 
+/// Whether any value is a stale marker. Branch-free over chunks so it vectorises: this
+/// runs over every sample a query reads.
+fn has_stale(vals: &[f64]) -> bool {
+    vals.chunks(16).any(|c| {
+        c.iter()
+            .fold(false, |acc, v| acc | (v.to_bits() == STALE_NAN_BITS))
+    })
+}
+
 /// The evaluation grid: `start, start+step, …, ≤ end`, all in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Steps {
@@ -50,7 +59,10 @@ impl Steps {
         if self.end < self.start || self.step <= 0 {
             return 0;
         }
-        usize::try_from((self.end - self.start) / self.step + 1).unwrap_or(0)
+        self.end
+            .checked_sub(self.start)
+            .and_then(|d| usize::try_from(d / self.step + 1).ok())
+            .unwrap_or(0)
     }
 
     /// Whether there is no step.
@@ -60,7 +72,8 @@ impl Steps {
 
     /// The time of step `i`.
     pub fn at(&self, i: usize) -> i64 {
-        self.start + self.step * i as i64
+        self.start
+            .saturating_add(self.step.saturating_mul(i64::try_from(i).unwrap_or(i64::MAX)))
     }
 }
 
@@ -236,6 +249,12 @@ pub fn evaluate_range(
         }
         _ => {}
     }
+    if steps.len() > limits.max_points_per_series_in_range {
+        return Err(QueryError::BadData(format!(
+            "exceeded maximum resolution of {} points per timeseries",
+            limits.max_points_per_series_in_range
+        )));
+    }
     let mut ev = Evaluator::new(reader, limits, steps);
     let series = match ev.eval(&expr)? {
         Value::Scalar(v) => vec![Series {
@@ -404,7 +423,7 @@ impl<'a> Evaluator<'a> {
         let off = offset_ms(&vs.offset);
         let at = self.at_ms(&vs.at);
         let refs = (0..self.steps.len())
-            .map(|i| at.unwrap_or(self.steps.at(i)) - off)
+            .map(|i| at.unwrap_or(self.steps.at(i)).saturating_sub(off))
             .collect();
         Ok(Window { refs, range })
     }
@@ -451,7 +470,7 @@ impl<'a> Evaluator<'a> {
             }
             let len = ts.len().min(vals.len());
             let (ts, vals) = (&ts[..len], &vals[..len]);
-            if vals.iter().any(|v| is_stale(*v)) {
+            if has_stale(vals) {
                 ts_buf.clear();
                 val_buf.clear();
                 for (t, v) in ts.iter().zip(vals) {
@@ -492,7 +511,7 @@ impl<'a> Evaluator<'a> {
         let off = offset_ms(&sq.offset);
         let at = self.at_ms(&sq.at);
         let refs = (0..self.steps.len())
-            .map(|i| at.unwrap_or(self.steps.at(i)) - off)
+            .map(|i| at.unwrap_or(self.steps.at(i)).saturating_sub(off))
             .collect();
         Window {
             refs,
@@ -509,10 +528,10 @@ impl<'a> Evaluator<'a> {
             .filter(|s| *s > 0)
             .unwrap_or(self.limits.subquery_step_ms)
             .max(1);
-        let lo = w.min_ref() - w.range;
+        let lo = w.min_ref().saturating_sub(w.range);
         let mut start = interval * (lo / interval);
         if start < lo {
-            start += interval;
+            start = start.saturating_add(interval);
         }
         let inner = Steps {
             start,
@@ -588,6 +607,7 @@ impl<'a> Evaluator<'a> {
         let w = self.window(vs, self.limits.lookback_delta_ms, None)?;
         let mut out = Vec::new();
         let mut produced = 0usize;
+        let budget = self.limits.max_samples.saturating_sub(self.samples);
         let lookback = w.range;
         let matchers = selector_matchers(vs)?;
         let start = w.min_ref().saturating_sub(lookback);
@@ -609,7 +629,7 @@ impl<'a> Evaluator<'a> {
                 let idx = ts.partition_point(|t| *t <= *r);
                 let p = match idx.checked_sub(1) {
                     Some(i) => match (ts.get(i), vals.get(i)) {
-                        (Some(t), Some(v)) if *t >= *r - lookback && !is_stale(*v) => {
+                        (Some(t), Some(v)) if *t >= r.saturating_sub(lookback) && !is_stale(*v) => {
                             Some(if timestamps { *t as f64 / 1000.0 } else { *v })
                         }
                         _ => None,
@@ -619,6 +639,9 @@ impl<'a> Evaluator<'a> {
                 any |= p.is_some();
                 produced += usize::from(p.is_some());
                 points.push(p);
+            }
+            if produced > budget {
+                return Err(QueryError::TooManySamples);
             }
             if any {
                 out.push(Series {
@@ -884,6 +907,7 @@ impl<'a> Evaluator<'a> {
         let max_samples = self.limits.max_samples;
         let mut out: Vec<Series> = Vec::new();
         let mut produced = 0usize;
+        let budget = self.limits.max_samples.saturating_sub(self.samples);
         let mut seen_any: Vec<bool> = vec![false; n];
         let mut per_series =
             |labels: Labels, drop: bool, ts: &[i64], vals: &[f64], w: &Window| -> Result<(), QueryError> {
@@ -893,15 +917,12 @@ impl<'a> Evaluator<'a> {
                 let mut hi = 0usize;
                 let monotone = w.refs.windows(2).all(|p| p[0] <= p[1]);
                 for (i, r) in w.refs.iter().enumerate() {
-                    let from = r - w.range;
+                    let from = r.saturating_sub(w.range);
                     if monotone {
-                        while ts.get(lo).is_some_and(|t| *t < from) {
-                            lo += 1;
-                        }
+                        // windows only move forward: search the remainder (O(log n) a step)
+                        lo += ts.get(lo..).map_or(0, |rest| rest.partition_point(|t| *t < from));
                         hi = hi.max(lo);
-                        while ts.get(hi).is_some_and(|t| *t <= *r) {
-                            hi += 1;
-                        }
+                        hi += ts.get(hi..).map_or(0, |rest| rest.partition_point(|t| *t <= *r));
                     } else {
                         lo = ts.partition_point(|t| *t < from);
                         hi = ts.partition_point(|t| *t <= *r).max(lo);
@@ -933,6 +954,9 @@ impl<'a> Evaluator<'a> {
                     any |= p.is_some();
                     produced += usize::from(p.is_some());
                     points.push(p);
+                }
+                if produced > budget {
+                    return Err(QueryError::TooManySamples);
                 }
                 if any && f != RangeFn::AbsentOverTime {
                     out.push(Series {

@@ -206,8 +206,8 @@ fn extrapolated_rate(
             prev = *v;
         }
     }
-    let mut duration_to_start = (first_t - ctx.range_start) as f64 / 1000.0;
-    let duration_to_end = (ctx.range_end - last_t) as f64 / 1000.0;
+    let mut duration_to_start = first_t.saturating_sub(ctx.range_start) as f64 / 1000.0;
+    let duration_to_end = ctx.range_end.saturating_sub(last_t) as f64 / 1000.0;
     let sampled_interval = (last_t - first_t) as f64 / 1000.0;
     let avg_between = sampled_interval / (vals.len() - 1) as f64;
     if is_counter && result > 0.0 && first_v >= 0.0 {
@@ -265,7 +265,7 @@ fn linear_regression(ts: &[i64], vals: &[f64], intercept_time: i64) -> (f64, f64
             const_y = false;
         }
         n += 1.0;
-        let x = (t - intercept_time) as f64 / 1e3;
+        let x = t.saturating_sub(intercept_time) as f64 / 1e3;
         (sx, cx) = kahan_inc(x, sx, cx);
         (sy, cy) = kahan_inc(*v, sy, cy);
         (sxy, cxy) = kahan_inc(x * v, sxy, cxy);

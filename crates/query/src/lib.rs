@@ -90,8 +90,9 @@ pub struct QueryLimits {
     pub max_samples: usize,
     /// Most series one selector may match.
     pub max_series: usize,
-    /// Longest a query may run; a `timeout` parameter may only shorten it.
-    #[serde(with = "duration_ms")]
+    /// Longest a query may run (config key `timeout_ms`, milliseconds); a `timeout`
+    /// parameter may only shorten it.
+    #[serde(with = "duration_ms", rename = "timeout_ms")]
     pub timeout: Duration,
     /// How far back an instant selector looks for the latest sample, in milliseconds.
     pub lookback_delta_ms: i64,
