@@ -7,8 +7,9 @@
 //! points/s decoded when reading every series for 1 h. It also prints peak RSS (VmHWM).
 //!
 //! Run: `CARGO_TARGET_DIR=... cargo bench -p tsdb --bench append`
-//! Full size (100,000 series × 360 = 36 M points; ~1 min, several hundred MiB):
-//! `TSDB_BENCH_SERIES=100000 cargo bench -p tsdb --bench append`
+//! Figures at full size, without divan (batches generated lazily so they do not inflate
+//! RSS; prints append points/s, RSS, select and recovery times, bytes/point after
+//! `compact_now`): `TSDB_BENCH_FIGURES=1 TSDB_BENCH_SERIES=100000 cargo bench -p tsdb --bench append`
 
 use std::sync::Arc;
 
@@ -50,42 +51,177 @@ fn names(n: usize) -> Vec<SeriesKey> {
         .collect()
 }
 
-/// Time-major batches of the data set, generated in-process.
+/// Generates the time-major batches of the data set, one at a time.
+struct Gen {
+    seed: u64,
+    state: Vec<f64>,
+}
+
+impl Gen {
+    fn new(n: usize) -> Gen {
+        let mut g = Gen {
+            seed: 42,
+            state: Vec::new(),
+        };
+        g.state = (0..n).map(|_| (g.rnd() % 10_000) as f64 / 100.0).collect();
+        g
+    }
+
+    fn rnd(&mut self) -> u64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed
+    }
+
+    /// Fills `out` with batch `p` (every series at the p-th timestamp).
+    fn batch(&mut self, ids: &[model::SeriesId], p: usize, out: &mut Vec<Point>) {
+        out.clear();
+        for (i, id) in ids.iter().enumerate() {
+            let v = match i % 10 {
+                0..5 => {
+                    let step = (self.rnd() % 201) as f64 - 100.0;
+                    self.state[i] = ((self.state[i] * 100.0 + step).round()) / 100.0;
+                    self.state[i]
+                }
+                5..8 => {
+                    self.state[i] += (self.rnd() % 1000) as f64;
+                    self.state[i]
+                }
+                _ => 4.0,
+            };
+            out.push(Point {
+                series: *id,
+                ts: START + p as i64 * STEP_MS,
+                value: v,
+            });
+        }
+    }
+}
+
+/// All batches of the data set (divan runs; the figures mode generates lazily).
 fn batches(ids: &[model::SeriesId]) -> Vec<Vec<Point>> {
-    let mut seed = 42u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let mut state: Vec<f64> = ids.iter().map(|_| (rnd() % 10_000) as f64 / 100.0).collect();
+    let mut g = Gen::new(ids.len());
     (0..POINTS)
         .map(|p| {
-            ids.iter()
-                .enumerate()
-                .map(|(i, id)| {
-                    let v = match i % 10 {
-                        0..5 => {
-                            let step = (rnd() % 201) as f64 - 100.0;
-                            state[i] = ((state[i] * 100.0 + step).round()) / 100.0;
-                            state[i]
-                        }
-                        5..8 => {
-                            state[i] += (rnd() % 1000) as f64;
-                            state[i]
-                        }
-                        _ => 4.0,
-                    };
-                    Point {
-                        series: *id,
-                        ts: START + p as i64 * STEP_MS,
-                        value: v,
-                    }
-                })
-                .collect()
+            let mut b = Vec::new();
+            g.batch(ids, p, &mut b);
+            b
         })
         .collect()
+}
+
+fn proc_status(field: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The figures at `TSDB_BENCH_SERIES` scale, printed one per line.
+fn figures() {
+    use std::time::{Duration, Instant};
+    let n = series_count();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(START + POINTS as i64 * STEP_MS)));
+    let opts = || Options {
+        maintenance_interval: None,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts(), clock.clone()).unwrap();
+    let ids: Vec<_> = names(n).iter().map(|k| db.resolve(k).unwrap()).collect();
+    let mut g = Gen::new(n);
+    let mut batch = Vec::with_capacity(n);
+    let mut in_append = Duration::ZERO;
+    for p in 0..POINTS {
+        g.batch(&ids, p, &mut batch);
+        let t = Instant::now();
+        db.append(&batch).unwrap();
+        in_append += t.elapsed();
+    }
+    let total = (n * POINTS) as f64;
+    println!("series {n}, points {total}");
+    println!(
+        "append: {:.2} M points/s (wall time inside append)",
+        total / in_append.as_secs_f64() / 1e6
+    );
+    println!(
+        "after append: RSS {}, peak {}, head bytes {}",
+        proc_status("VmRSS"),
+        proc_status("VmHWM"),
+        db.stats().head_bytes
+    );
+    let end = START + POINTS as i64 * STEP_MS;
+    let all = [Matcher::new(MatchOp::Regex, "__name__", "host.+").unwrap()];
+    let t = Instant::now();
+    let got: usize = db
+        .select(&all, end - 3_600_000, end)
+        .unwrap()
+        .map(|s| s.unwrap().values.len())
+        .sum();
+    let d = t.elapsed();
+    println!(
+        "select all series last 1 h (head): {got} points in {d:?} = {:.2} M points/s",
+        got as f64 / d.as_secs_f64() / 1e6
+    );
+    db.close().unwrap();
+    drop(db);
+    let t = Instant::now();
+    let db = Db::open(dir.path(), opts(), clock.clone()).unwrap();
+    println!("recovery with {total} points in the WAL: {:?}", t.elapsed());
+    let t = Instant::now();
+    let r = db.compact_now().unwrap();
+    println!(
+        "compact_now: {:?}, {} points sealed, {} blocks",
+        t.elapsed(),
+        r.points_sealed,
+        r.blocks_written
+    );
+    let st = db.stats();
+    let raw: u64 = std::fs::read_dir(dir.path().join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".raw"))
+        .map(|p| std::fs::metadata(p.join("data")).unwrap().len())
+        .sum();
+    let series_log = std::fs::metadata(dir.path().join("series.log"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "on disk: raw blocks {:.3} B/pt, + series.log {:.3} B/pt, + rollup blocks {:.3} B/pt",
+        raw as f64 / total,
+        (raw + series_log) as f64 / total,
+        (st.block_bytes + series_log) as f64 / total
+    );
+    let t = Instant::now();
+    let got: usize = db
+        .select(&all, end - 3_600_000, end)
+        .unwrap()
+        .map(|s| s.unwrap().values.len())
+        .sum();
+    let d = t.elapsed();
+    println!(
+        "select all series last 1 h (blocks): {got} points in {d:?} = {:.2} M points/s",
+        got as f64 / d.as_secs_f64() / 1e6
+    );
+    let one = [Matcher::equal("__name__", "host0.cpu0.user")];
+    let mut lat = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        let s = db
+            .select(&one, i64::MIN, i64::MAX)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.values.len(), POINTS);
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!("one series full range (blocks): median {:?}", lat[lat.len() / 2]);
+    println!("peak RSS {}", proc_status("VmHWM"));
 }
 
 fn open() -> (tempfile::TempDir, Arc<Db>) {
@@ -141,6 +277,10 @@ fn select_all_series_last_hour(bencher: divan::Bencher) {
 }
 
 fn main() {
+    if std::env::var_os("TSDB_BENCH_FIGURES").is_some() {
+        figures();
+        return;
+    }
     divan::main();
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         for line in status.lines().filter(|l| l.starts_with("VmHWM")) {

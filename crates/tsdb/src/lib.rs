@@ -16,7 +16,6 @@
 
 pub mod block;
 mod blocks;
-mod chunk;
 pub mod codec;
 pub mod compact;
 pub mod db;

@@ -7,11 +7,18 @@
 //!    and re-log the data that stays in the head into segment `N` (so segments before `N`
 //!    hold nothing that is not about to be in a block)
 //! 2. without locks: for every window touched, merge the window's existing raw blocks with
-//!    the frozen data (frozen wins: it is newer) and write a new raw block plus minute and hour
-//!    rollup blocks computed from the merged samples, with a new `seq`
+//!    the frozen data (frozen wins: it is newer) and write a new raw block with a new `seq`
 //! 3. publish: swap the window's old blocks for the new ones and drop the frozen set, in one
 //!    step under the `sealed` write lock; delete the old block directories
 //! 4. write `series.log`, wait until the re-logged data is durable, delete WAL segments `< N`
+//!
+//! Rollups: while a window's raw block exists, rollup reads compute buckets exactly from the
+//! raw samples, so storing rollups next to raw data would only cost disk (the minute rollups
+//! of 10 s data cost about as much as the raw data). Rollup blocks (minute and hour) are
+//! therefore materialised from a raw block when retention is about to drop it (by age or by
+//! disk size), and kept for their own retention. Known limit: new samples for a window whose
+//! raw block already left retention (only possible with an out-of-order window longer than
+//! raw retention) are not folded into that window's rollup blocks.
 //!
 //! A crash at any point leaves either the old blocks plus the full WAL, or the new blocks
 //! plus (possibly) WAL records whose samples they already hold; replaying those yields the
@@ -72,11 +79,9 @@ fn block_err(path: &Path) -> impl FnOnce(crate::block::BlockError) -> DbError + 
     }
 }
 
-/// Writers for one window: raw, minute and hour.
-struct WindowWriters {
+/// The raw block writer of one window.
+struct WindowWriter {
     raw: BlockWriter,
-    minute: BlockWriter,
-    hour: BlockWriter,
     seq: u64,
 }
 
@@ -140,12 +145,11 @@ impl Db {
         // 2. write the touched windows
         let old_blocks: Vec<Arc<Block>> = self.sealed.read().blocks.clone();
         let blocks_dir = self.dir.join("blocks");
-        let mut writers: BTreeMap<i64, WindowWriters> = BTreeMap::new();
+        let mut writers: BTreeMap<i64, WindowWriter> = BTreeMap::new();
         let mut windows_of_series: Vec<i64> = Vec::new();
         let mut pts = Vec::new();
         let (mut bts, mut bvals, mut part, mut merged, mut scratch) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut rollups = Vec::new();
         // windows touched by any frozen data, found first so that every block of a touched
         // window is rewritten, including series absent from the frozen data
         let mut touched = std::collections::BTreeSet::new();
@@ -204,24 +208,17 @@ impl Db {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(e) => {
                         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-                        let mk = |res| {
-                            let dir = block_dir(&blocks_dir, seq, res);
-                            BlockWriter::create(
-                                &dir,
-                                BlockOptions {
-                                    id: seq,
-                                    resolution: res,
-                                    seq,
-                                },
-                            )
-                            .map_err(block_err(&dir))
-                        };
-                        e.insert(WindowWriters {
-                            raw: mk(Resolution::Raw)?,
-                            minute: mk(Resolution::Minute)?,
-                            hour: mk(Resolution::Hour)?,
-                            seq,
-                        })
+                        let dir = block_dir(&blocks_dir, seq, Resolution::Raw);
+                        let raw = BlockWriter::create(
+                            &dir,
+                            BlockOptions {
+                                id: seq,
+                                resolution: Resolution::Raw,
+                                seq,
+                            },
+                        )
+                        .map_err(block_err(&dir))?;
+                        e.insert(WindowWriter { raw, seq })
                     }
                 };
                 bts.clear();
@@ -231,31 +228,14 @@ impl Db {
                 ww.raw
                     .add_series(sid, &bts, &bvals)
                     .map_err(block_err(&blocks_dir))?;
-                for (res, w) in [
-                    (Resolution::Minute, &mut ww.minute),
-                    (Resolution::Hour, &mut ww.hour),
-                ] {
-                    rollups.clear();
-                    rollup::rollup(&bts, &bvals, res, &mut rollups);
-                    if !rollups.is_empty() {
-                        w.add_rollup_series(sid, &rollups)
-                            .map_err(block_err(&blocks_dir))?;
-                    }
-                }
             }
         }
         let mut new_blocks = Vec::new();
         for (window, ww) in writers {
-            for (res, w) in [
-                (Resolution::Raw, ww.raw),
-                (Resolution::Minute, ww.minute),
-                (Resolution::Hour, ww.hour),
-            ] {
-                let path = block_dir(&blocks_dir, ww.seq, res);
-                w.finish().map_err(block_err(&path))?;
-                let reader = BlockReader::open(&path).map_err(block_err(&path))?;
-                new_blocks.push(Arc::new(Block { reader, path, window }));
-            }
+            let path = block_dir(&blocks_dir, ww.seq, Resolution::Raw);
+            ww.raw.finish().map_err(block_err(&path))?;
+            let reader = BlockReader::open(&path).map_err(block_err(&path))?;
+            new_blocks.push(Arc::new(Block { reader, path, window }));
         }
         report.blocks_written = new_blocks.len();
         self.metrics.blocks_written.add(new_blocks.len() as u64);
@@ -263,8 +243,10 @@ impl Db {
         // 3. publish
         let replaced: Vec<Arc<Block>> = {
             let mut sealed = self.sealed.write();
-            let (gone, keep): (Vec<_>, Vec<_>) =
-                sealed.blocks.drain(..).partition(|b| touched.contains(&b.window));
+            let (gone, keep): (Vec<_>, Vec<_>) = sealed
+                .blocks
+                .drain(..)
+                .partition(|b| b.resolution() == Resolution::Raw && touched.contains(&b.window));
             sealed.blocks = keep;
             sealed.blocks.extend(new_blocks);
             sealed.blocks.sort_by_key(|b| b.seq());
@@ -286,7 +268,8 @@ impl Db {
     }
 
     /// Drops blocks past their resolution's retention, then the oldest raw blocks (then
-    /// minute, then hour) while the blocks exceed `max_disk_bytes`. Returns blocks dropped.
+    /// minute, then hour) while the blocks exceed `max_disk_bytes`. A raw block's minute and
+    /// hour rollups are materialised before it goes. Returns blocks dropped.
     pub(crate) fn apply_retention(&self) -> Result<usize, DbError> {
         let _guard = self.maintenance.lock();
         let now = self.clock.now().millis();
@@ -296,30 +279,96 @@ impl Db {
             Resolution::Minute => r.minute_ms,
             Resolution::Hour => r.hour_ms,
         };
-        let dropped: Vec<Arc<Block>> = {
-            let mut sealed = self.sealed.write();
-            let (mut gone, mut keep): (Vec<_>, Vec<_>) = sealed
-                .blocks
-                .drain(..)
-                .partition(|b| b.reader.meta().max_t < now.saturating_sub(limit(b.resolution())));
-            if let Some(max) = r.max_disk_bytes {
-                let mut total: u64 = keep.iter().map(|b| b.reader.disk_bytes()).sum();
-                keep.sort_by_key(|b| (b.resolution(), b.window, b.seq()));
-                while total > max && !keep.is_empty() {
-                    let b = keep.remove(0);
-                    total = total.saturating_sub(b.reader.disk_bytes());
-                    gone.push(b);
+        let expired = |b: &Block| b.reader.meta().max_t < now.saturating_sub(limit(b.resolution()));
+        let mut dropped = 0;
+        loop {
+            let victim = {
+                let sealed = self.sealed.read();
+                let by_age = sealed.blocks.iter().find(|b| expired(b)).cloned();
+                by_age.or_else(|| {
+                    let max = r.max_disk_bytes?;
+                    let total: u64 = sealed.blocks.iter().map(|b| b.reader.disk_bytes()).sum();
+                    (total > max)
+                        .then(|| {
+                            sealed
+                                .blocks
+                                .iter()
+                                .min_by_key(|b| (b.resolution(), b.window, b.seq()))
+                                .cloned()
+                        })
+                        .flatten()
+                })
+            };
+            let Some(victim) = victim else { break };
+            let mut added = Vec::new();
+            if victim.resolution() == Resolution::Raw {
+                for res in [Resolution::Minute, Resolution::Hour] {
+                    let exists = self
+                        .sealed
+                        .read()
+                        .blocks
+                        .iter()
+                        .any(|b| b.window == victim.window && b.resolution() == res);
+                    let end = victim.reader.meta().max_t;
+                    if !exists && end >= now.saturating_sub(limit(res)) {
+                        added.extend(self.materialize_rollup(&victim, res)?);
+                    }
                 }
-                keep.sort_by_key(|b| b.seq());
             }
-            sealed.blocks = keep;
-            gone
-        };
-        for b in &dropped {
-            std::fs::remove_dir_all(&b.path).map_err(DbError::io(format!("remove {}", b.path.display())))?;
+            {
+                let mut sealed = self.sealed.write();
+                sealed.blocks.retain(|b| !Arc::ptr_eq(b, &victim));
+                sealed.blocks.extend(added);
+                sealed.blocks.sort_by_key(|b| b.seq());
+            }
+            std::fs::remove_dir_all(&victim.path)
+                .map_err(DbError::io(format!("remove {}", victim.path.display())))?;
+            dropped += 1;
         }
-        self.metrics.blocks_removed_by_retention.add(dropped.len() as u64);
-        Ok(dropped.len())
+        self.metrics.blocks_removed_by_retention.add(dropped as u64);
+        Ok(dropped)
+    }
+
+    /// Writes the `res` rollup block of a raw block's window; `None` when it holds no
+    /// non-NaN sample.
+    fn materialize_rollup(&self, raw: &Block, res: Resolution) -> Result<Option<Arc<Block>>, DbError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let path = block_dir(&self.dir.join("blocks"), seq, res);
+        let mut w = BlockWriter::create(
+            &path,
+            BlockOptions {
+                id: seq,
+                resolution: res,
+                seq,
+            },
+        )
+        .map_err(block_err(&path))?;
+        let (mut ts, mut vals, mut points) = (Vec::new(), Vec::new(), Vec::new());
+        let mut any = false;
+        for id in raw.reader.series_ids() {
+            ts.clear();
+            vals.clear();
+            points.clear();
+            raw.reader
+                .read(id, i64::MIN, i64::MAX, &mut ts, &mut vals)
+                .map_err(block_err(&raw.path))?;
+            rollup::rollup(&ts, &vals, res, &mut points);
+            if !points.is_empty() {
+                w.add_rollup_series(id, &points).map_err(block_err(&path))?;
+                any = true;
+            }
+        }
+        w.finish().map_err(block_err(&path))?;
+        let reader = BlockReader::open(&path).map_err(block_err(&path))?;
+        if !any {
+            std::fs::remove_dir_all(&path).map_err(DbError::io(format!("remove {}", path.display())))?;
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(Block {
+            reader,
+            path,
+            window: raw.window,
+        })))
     }
 
     /// Writes a consistent copy of the database to `dest` (which must not exist) while it

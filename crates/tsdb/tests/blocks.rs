@@ -61,8 +61,8 @@ fn corrupt_block_is_quarantined_and_other_data_stays_readable() {
     let report = db.compact_now().unwrap();
     assert_eq!(report.points_sealed, 3 * 6 * 60);
     assert_eq!(
-        report.blocks_written, 9,
-        "raw + minute + hour for each of 3 windows"
+        report.blocks_written, 3,
+        "one raw block per window; rollups come at retention"
     );
     db.close().unwrap();
     drop(db);
@@ -240,7 +240,7 @@ fn backfill_into_a_sealed_window_last_write_wins() {
         assert_eq!(s.values, vec![want], "after sealing");
     }
     assert_eq!(total_points(&db), 120);
-    assert_eq!(db.stats().blocks, 3, "the window was rewritten, not stacked");
+    assert_eq!(db.stats().blocks, 1, "the window was rewritten, not stacked");
     db.close().unwrap();
     drop(db);
     let db = open_with(dir.path(), opts(), clock);
