@@ -651,7 +651,8 @@ impl BlockReader {
         }
         let got = ts.get(t0..).unwrap_or(&[]);
         let lo = got.partition_point(|&t| t < start_ms);
-        let hi = got.partition_point(|&t| t <= end_ms);
+        // An inverted range (start > end) selects nothing rather than panicking in drain.
+        let hi = got.partition_point(|&t| t <= end_ms).max(lo);
         ts.truncate(t0 + hi);
         vals.truncate(t0 + hi);
         ts.drain(t0..t0 + lo);
@@ -763,6 +764,8 @@ mod tests {
             (1, 11_000, 31_000, vec![11_000, 21_000, 31_000]),
             (1, 11_001, 30_999, vec![21_000]),
             (1, 992_000, i64::MAX, vec![]),
+            (1, 31_000, 11_000, vec![]),
+            (1, 21_000, 21_000, vec![21_000]),
             (5, 0, 0, vec![0]),
             (5, i64::MIN, i64::MAX, vec![-5, 0, 7]),
             (2, i64::MIN, i64::MAX, vec![]),

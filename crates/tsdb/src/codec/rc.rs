@@ -3,8 +3,8 @@
 //!
 //! Design constraints:
 //! - No header and a trimmed tail: the encoder drops LZMA's always-zero first byte and picks
-//!   the final code value with the most trailing zero bytes, then trims them; the decoder reads
-//!   zeros past the end. A stream therefore costs its information content plus about one byte.
+//!   the final code value with the most trailing zero bytes, then trims up to [`MAX_TRIM`] of
+//!   them; the decoder reads zeros past the end. A stream therefore costs its information content plus about one byte.
 //! - Probabilities start at 1/2 and adapt with a count-based rate (1/(n+2), Krichevsky–Trofimov
 //!   while n is small, settling at [`RATE_LIMIT`]), so a 360-point series pays little to learn.
 //! - The decoder never panics: it reads zeros past the end and reports how far it overran, so
@@ -14,6 +14,8 @@
 const PROB_BITS: u32 = 12;
 /// The range is renormalised whenever it falls below this.
 const TOP: u32 = 1 << 24;
+/// Most trailing zero bytes [`Encoder::finish`] drops (the decoder reads zeros past the end).
+pub const MAX_TRIM: usize = 4;
 /// Most equiprobable bits coded with one range division (the range keeps >= 8 bits).
 const DIRECT_CHUNK: u32 = 16;
 /// Slowest adaptation: the update divides by at most this.
@@ -164,8 +166,12 @@ impl<'a> Encoder<'a> {
         for _ in 0..5 {
             self.shift_low();
         }
-        while self.out.len() > self.start && self.out.last() == Some(&0) {
+        // Only the flushed tail may go: the decoder then overruns by at most `MAX_TRIM`
+        // bytes, so a larger overrun proves corruption. (Zero bytes inside the stream stay.)
+        let mut trimmed = 0;
+        while trimmed < MAX_TRIM && self.out.len() > self.start && self.out.last() == Some(&0) {
             self.out.pop();
+            trimmed += 1;
         }
     }
 }
@@ -201,7 +207,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// How many bytes past the end of the input have been consumed. A well-formed stream
-    /// overruns by at most 4 bytes (the trimmed tail).
+    /// overruns by at most [`MAX_TRIM`] bytes (the trimmed tail).
     pub fn overrun(&self) -> usize {
         self.pos.saturating_sub(self.buf.len())
     }
@@ -427,6 +433,25 @@ mod tests {
             assert_eq!(x.decode(&mut dec), v);
         }
         assert!(dec.overrun() <= 4);
+    }
+
+    #[test]
+    fn streams_ending_in_zero_bytes_decode_within_the_overrun_bound() {
+        // Large powers of two end the stream with dozens of zero direct bits.
+        let values = [1u64 << 62, 1 << 62, 1 << 63, 1 << 40];
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(&mut out);
+        let mut m = UintModel::default();
+        for &v in &values {
+            m.encode(&mut enc, v);
+        }
+        enc.finish();
+        let mut dec = Decoder::new(&out);
+        let mut m = UintModel::default();
+        for &v in &values {
+            assert_eq!(m.decode(&mut dec), v);
+        }
+        assert!(dec.overrun() <= MAX_TRIM, "overrun {}", dec.overrun());
     }
 
     #[test]

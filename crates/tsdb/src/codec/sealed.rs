@@ -12,8 +12,9 @@ const POW10: [f64; MAX_SCALE as usize + 1] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
 const MANTISSA_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
-/// A well-formed stream overruns its end by at most 4 bytes; more means corruption.
-const MAX_OVERRUN: usize = 8;
+/// A well-formed stream overruns its end by at most `rc::MAX_TRIM` bytes; more means
+/// corruption.
+const MAX_OVERRUN: usize = super::rc::MAX_TRIM;
 
 /// Column transform of an integer sequence after differencing.
 const XF_ZIGZAG: u8 = 0;
