@@ -737,19 +737,28 @@ impl<'a> Evaluator<'a> {
                 }
                 Ok(Value::Vector(series))
             }
-            "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" => {
-                let f: fn(f64) -> f64 = match name {
-                    "abs" => f64::abs,
-                    "ceil" => f64::ceil,
-                    "floor" => f64::floor,
-                    "exp" => f64::exp,
-                    "ln" => f64::ln,
-                    "log2" => f64::log2,
-                    "log10" => f64::log10,
-                    "sqrt" => f64::sqrt,
-                    _ => functions::sgn,
-                };
+            "pi" => Ok(Value::Scalar(vec![std::f64::consts::PI; n])),
+            _ if functions::math_fn(name).is_some() => {
+                let f = functions::math_fn(name).unwrap_or(f64::abs);
                 let mut series = self.vector_arg(arg(&args, 0)?)?;
+                for s in &mut series {
+                    s.drop_name = true;
+                    for p in s.points.iter_mut().flatten() {
+                        *p = f(*p);
+                    }
+                }
+                Ok(Value::Vector(series))
+            }
+            _ if functions::date_fn(name).is_some() => {
+                let f = functions::date_fn(name).unwrap_or(functions::minute);
+                let mut series = match args.first() {
+                    Some(a) => self.vector_arg(a)?,
+                    None => vec![Series {
+                        labels: Labels::new(),
+                        drop_name: false,
+                        points: (0..n).map(|i| Some(self.steps.at(i) as f64 / 1000.0)).collect(),
+                    }],
+                };
                 for s in &mut series {
                     s.drop_name = true;
                     for p in s.points.iter_mut().flatten() {
@@ -1103,8 +1112,9 @@ fn nonempty(v: Vec<Series>) -> Vec<Series> {
         .collect()
 }
 
-/// The labels `absent()` reports: the equality matchers of a plain selector (a label
-/// matched twice for equality is left out), nothing otherwise.
+/// The labels `absent()` reports, as Prometheus builds them: walking the selector's
+/// matchers, the first equality matcher of a label sets it; any other matcher of that label
+/// (a second equality included) removes it for good. Nothing for anything but a plain selector.
 fn absent_labels(e: &Expr) -> Labels {
     let vs = match unwrap_parens(e) {
         Expr::VectorSelector(vs) => vs,
@@ -1112,18 +1122,16 @@ fn absent_labels(e: &Expr) -> Labels {
         _ => return Labels::new(),
     };
     let mut labels = Labels::new();
-    let mut twice: Vec<String> = Vec::new();
+    let mut has: Vec<&str> = Vec::new();
     for m in &vs.matchers.matchers {
         if m.name == model::METRIC_NAME_LABEL {
             continue;
         }
-        if matches!(m.op, promql_parser::label::MatchOp::Equal) {
-            if labels.get(&m.name).is_empty() && !twice.contains(&m.name) {
-                labels.set(&m.name, &m.value);
-            } else {
-                labels.remove(&m.name);
-                twice.push(m.name.clone());
-            }
+        if matches!(m.op, promql_parser::label::MatchOp::Equal) && !has.contains(&m.name.as_str()) {
+            labels.set(&m.name, &m.value);
+            has.push(&m.name);
+        } else {
+            labels.remove(&m.name);
         }
     }
     labels

@@ -99,9 +99,9 @@ fn instant_query_errors() {
             r#"{"status":"error","errorType":"bad_data","error":"invalid parameter \"query\": 1:1: parse error: no expression found in input"}"#,
         ),
         (
-            &[("query", "sinh(up)")],
+            &[("query", "histogram_count(up)")],
             400,
-            r#"{"status":"error","errorType":"bad_data","error":"not supported: function sinh()"}"#,
+            r#"{"status":"error","errorType":"bad_data","error":"not supported: function histogram_count()"}"#,
         ),
         (
             &[("query", "up"), ("timeout", "soon")],
