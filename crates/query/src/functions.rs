@@ -492,7 +492,7 @@ pub(crate) fn is_label_name(s: &str) -> bool {
 }
 
 /// `histogram_quantile(φ, buckets)` over classic `le` buckets.
-pub(crate) fn histogram_quantile(q: &[f64], mut series: Vec<Series>, n: usize) -> Vec<Series> {
+pub(crate) fn histogram_quantile(q: &[f64], series: Vec<Series>, n: usize) -> Vec<Series> {
     // group by labels without `le` (the name included, as Prometheus does); the name is
     // dropped from the output lazily, so two histograms that differ only by name collide
     // in the final result as they do in Prometheus; skip series whose `le` is not a number
