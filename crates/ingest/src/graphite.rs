@@ -413,8 +413,11 @@ async fn process(sh: &Arc<Shared>, ls: &mut LineSink, chunk: &[u8], shard: usize
         }
     }
     for batch in ls.take_batches(sh.cfg.batch_max_points) {
-        if sh.queue.submit(batch, shard, &sh.metrics).await == Err(QueueFull::Closed) {
-            return false;
+        let n = batch.points.len();
+        match sh.queue.submit(batch, shard, &sh.metrics).await {
+            Ok(()) => {}
+            Err(QueueFull::Closed) => return false,
+            Err(QueueFull::Full | QueueFull::TooBig) => sh.dropped(ls.source, reason::QUEUE_FULL, n),
         }
     }
     true

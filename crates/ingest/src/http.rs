@@ -220,6 +220,16 @@ async fn store(
                 "ingest queue is full, retry later",
             ));
         }
+        Err(QueueFull::TooBig) => {
+            sh.dropped(source, reason::QUEUE_FULL, n);
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "request has {n} points, more than queue_capacity_points ({})",
+                    sh.cfg.queue_capacity_points
+                ),
+            ));
+        }
         Err(QueueFull::Closed) => {
             return Err(retry_later(
                 sh,

@@ -44,6 +44,8 @@ pub(crate) enum QueueFull {
     Full,
     /// The writers are gone (only during teardown).
     Closed,
+    /// More points than the whole queue holds: it can never be queued at once.
+    TooBig,
 }
 
 #[derive(Debug)]
@@ -121,8 +123,11 @@ impl Queue {
             return Ok(());
         }
         let Ok(n32) = u32::try_from(n) else {
-            return Err(QueueFull::Full);
+            return Err(QueueFull::TooBig);
         };
+        if n > self.capacity {
+            return Err(QueueFull::TooBig);
+        }
         match self.permits.try_acquire_many(n32) {
             Ok(p) => p.forget(),
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueFull::Full),
@@ -164,7 +169,10 @@ impl Queue {
         if n == 0 {
             return Ok(());
         }
-        let n32 = u32::try_from(n.min(self.capacity)).map_err(|_| QueueFull::Full)?;
+        if n > self.capacity {
+            return Err(QueueFull::TooBig);
+        }
+        let n32 = u32::try_from(n).map_err(|_| QueueFull::TooBig)?;
         let started = Instant::now();
         let permit = match self.permits.try_acquire_many(n32) {
             Ok(p) => p,
