@@ -50,6 +50,7 @@ impl ApiResponse {
             ErrorKind::Execution => (422, "execution"),
             ErrorKind::Timeout => (503, "timeout"),
             ErrorKind::Internal => (500, "internal"),
+            ErrorKind::Unavailable => (503, "unavailable"),
         };
         let mut body = String::from("{\"status\":\"error\",\"errorType\":\"");
         body.push_str(typ);
@@ -59,7 +60,9 @@ impl ApiResponse {
         ApiResponse { status, body }
     }
 
-    fn from_query_error(e: &QueryError) -> ApiResponse {
+    /// The Prometheus error response for a query error (for example a refused
+    /// [`crate::QueryGate`] permit).
+    pub fn from_query_error(e: &QueryError) -> ApiResponse {
         let kind = match e {
             QueryError::BadData(_) | QueryError::NotSupported(_) => ErrorKind::BadData,
             QueryError::Execution(_) | QueryError::TooManySamples | QueryError::TooManySeries(_) => {
@@ -67,6 +70,7 @@ impl ApiResponse {
             }
             QueryError::Timeout => ErrorKind::Timeout,
             QueryError::Storage(_) => ErrorKind::Internal,
+            QueryError::TooManyQueries(_) => ErrorKind::Unavailable,
         };
         ApiResponse::error(kind, &e.to_string())
     }
@@ -78,6 +82,7 @@ enum ErrorKind {
     Execution,
     Timeout,
     Internal,
+    Unavailable,
 }
 
 fn param<'p>(params: &'p [(String, String)], name: &str) -> Option<&'p str> {

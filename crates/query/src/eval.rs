@@ -167,9 +167,15 @@ pub fn evaluate_instant(
     // A range selector or subquery at the top level returns its raw samples.
     match unwrap_parens(&expr) {
         Expr::MatrixSelector(ms) => {
-            let w = ev.window(&ms.vs, ms.range.as_millis() as i64, None)?;
+            let w = ev.window(&ms.vs, millis(&ms.range), None)?;
             let mut out = Vec::new();
+            let mut held = 0usize;
+            let max_samples = limits.max_samples;
             ev.select_raw(&ms.vs, &w, &mut |labels, ts, vals| {
+                held = held.saturating_add(ts.len());
+                if held > max_samples {
+                    return Err(QueryError::TooManySamples);
+                }
                 out.push(RawSeries {
                     labels: labels.clone(),
                     ts: ts.to_vec(),

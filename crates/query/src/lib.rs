@@ -79,6 +79,9 @@ pub enum QueryError {
     /// The storage behind the reader failed (`internal`).
     #[error("storage: {0}")]
     Storage(String),
+    /// [`QueryLimits::max_concurrent_queries`] queries are already running (`unavailable`).
+    #[error("too many concurrent queries (at most {0})")]
+    TooManyQueries(usize),
 }
 
 /// Bounds on one query. Nested in the server config as `[query]`.
@@ -101,6 +104,8 @@ pub struct QueryLimits {
     /// Default step of a subquery without an explicit step, in milliseconds (Prometheus
     /// uses the global evaluation interval, 1 m by default).
     pub subquery_step_ms: i64,
+    /// Most queries evaluated at once (see [`QueryGate`]); more are refused, not queued.
+    pub max_concurrent_queries: usize,
 }
 
 impl Default for QueryLimits {
@@ -112,6 +117,7 @@ impl Default for QueryLimits {
             lookback_delta_ms: 300_000,
             max_points_per_series_in_range: 11_000,
             subquery_step_ms: 60_000,
+            max_concurrent_queries: 20,
         }
     }
 }
@@ -133,6 +139,50 @@ mod duration_ms {
 /// The callback of [`SeriesReader::select`]: one series' key, sample times and values.
 pub type Visit<'a> = dyn FnMut(&SeriesKey, &[i64], &[f64]) -> Result<(), QueryError> + 'a;
 
+/// Admission for concurrent queries: at most `max` evaluations hold a permit at once. The
+/// server keeps one gate for the human plane and takes a permit around each query call.
+#[derive(Debug)]
+pub struct QueryGate {
+    active: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+/// A held slot of a [`QueryGate`]; dropping it frees the slot.
+#[derive(Debug)]
+pub struct GatePermit<'a>(&'a QueryGate);
+
+impl QueryGate {
+    /// A gate admitting `max` concurrent queries.
+    pub fn new(max: usize) -> QueryGate {
+        QueryGate {
+            active: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes a slot, or fails with [`QueryError::TooManyQueries`] when all are taken.
+    pub fn try_enter(&self) -> Result<GatePermit<'_>, QueryError> {
+        use std::sync::atomic::Ordering;
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .map(|_| GatePermit(self))
+            .map_err(|_| QueryError::TooManyQueries(self.max))
+    }
+
+    /// Queries running now.
+    pub fn active(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for GatePermit<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Read access to stored series. The query crate owns this trait; the server implements it
 /// over the time-series engine, and [`MemReader`] implements it in memory for tests.
 pub trait SeriesReader: Send + Sync {
@@ -147,7 +197,8 @@ pub trait SeriesReader: Send + Sync {
         visit: &mut Visit<'_>,
     ) -> Result<(), QueryError>;
 
-    /// The series matching `matchers` with samples in `[start_ms, end_ms]`, at most `limit`.
+    /// The series matching `matchers` (an empty slice matches every series) with samples in
+    /// `[start_ms, end_ms]`, at most `limit`.
     fn series(
         &self,
         matchers: &[Matcher],
@@ -156,7 +207,8 @@ pub trait SeriesReader: Send + Sync {
         limit: usize,
     ) -> Result<Vec<SeriesKey>, QueryError>;
 
-    /// Sorted label names (`__name__` included) of the matching series, at most `limit`.
+    /// Sorted label names (`__name__` included) of the matching series (an empty slice
+    /// matches every series), at most `limit`.
     fn label_names(
         &self,
         matchers: &[Matcher],
@@ -165,7 +217,8 @@ pub trait SeriesReader: Send + Sync {
         limit: usize,
     ) -> Result<Vec<String>, QueryError>;
 
-    /// Sorted values of label `name` over the matching series, at most `limit`.
+    /// Sorted values of label `name` over the matching series (an empty slice matches
+    /// every series), at most `limit`.
     fn label_values(
         &self,
         name: &str,

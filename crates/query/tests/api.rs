@@ -268,6 +268,12 @@ fn limits_are_prometheus_style_errors() {
             r#"{"status":"error","errorType":"execution","error":"query processing would load too many samples into memory in query execution"}"#,
         ),
         (
+            tight(&|l| l.max_samples = 10),
+            "up[1m]",
+            422,
+            r#"{"status":"error","errorType":"execution","error":"query processing would load too many samples into memory in query execution"}"#,
+        ),
+        (
             tight(&|l| l.max_series = 1),
             "up",
             422,
@@ -297,12 +303,28 @@ fn limits_are_prometheus_style_errors() {
 }
 
 #[test]
+fn concurrent_queries_are_bounded() {
+    let gate = query::QueryGate::new(2);
+    let a = gate.try_enter().unwrap();
+    let _b = gate.try_enter().unwrap();
+    let refused = gate.try_enter().unwrap_err();
+    check(
+        ApiResponse::from_query_error(&refused),
+        503,
+        r#"{"status":"error","errorType":"unavailable","error":"too many concurrent queries (at most 2)"}"#,
+    );
+    drop(a);
+    assert_eq!(gate.active(), 1);
+    assert!(gate.try_enter().is_ok());
+}
+
+#[test]
 fn limits_config_round_trips_and_rejects_unknown_keys() {
     let l = QueryLimits::default();
     let json = serde_json::to_string(&l).unwrap();
     assert_eq!(
         json,
-        r#"{"max_samples":50000000,"max_series":1000000,"timeout_ms":120000,"lookback_delta_ms":300000,"max_points_per_series_in_range":11000,"subquery_step_ms":60000}"#
+        r#"{"max_samples":50000000,"max_series":1000000,"timeout_ms":120000,"lookback_delta_ms":300000,"max_points_per_series_in_range":11000,"subquery_step_ms":60000,"max_concurrent_queries":20}"#
     );
     assert_eq!(serde_json::from_str::<QueryLimits>(&json).unwrap(), l);
     assert_eq!(serde_json::from_str::<QueryLimits>("{}").unwrap(), l);
