@@ -6,8 +6,9 @@
 //! same head (last write wins depends on order). Readers take the index lock once per query
 //! and the head read lock once per series.
 //!
-//! Directory layout under `dir`: `wal/` (segments, see [`crate::wal`]), `series.log` (the
-//! series registry at the last checkpoint, see [`crate::series_log`]).
+//! Directory layout under `dir`: `wal/` (segments, see `wal.rs`), `series.log` (the
+//! series registry at the last checkpoint, see `series_log.rs`), `blocks/` (see
+//! `blocks.rs` and [`crate::block`]), `quarantine/` (blocks that failed verification).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -578,6 +579,39 @@ impl Db {
             "roaster_tsdb_series_created_total",
             "Series created since start.",
             self.metrics.series_created.get(),
+        );
+        out.counter(
+            "roaster_tsdb_blocks_quarantined_total",
+            "Blocks that failed verification and were moved to quarantine/.",
+            self.metrics.quarantined.get(),
+        );
+        out.counter(
+            "roaster_tsdb_blocks_written_total",
+            "Raw blocks written by seals.",
+            self.metrics.blocks_written.get(),
+        );
+        out.counter(
+            "roaster_tsdb_blocks_expired_total",
+            "Blocks dropped by retention (age or disk size).",
+            self.metrics.blocks_removed_by_retention.get(),
+        );
+        out.counter(
+            "roaster_tsdb_seals_total",
+            "Seals of head data into blocks.",
+            self.metrics.seals.get(),
+        );
+        let (blocks, bytes) = {
+            let sealed = self.sealed.read();
+            (
+                sealed.blocks.len(),
+                sealed.blocks.iter().map(|b| b.reader.disk_bytes()).sum::<u64>(),
+            )
+        };
+        out.gauge("roaster_tsdb_blocks", "Live blocks on disk.", blocks as f64);
+        out.gauge(
+            "roaster_tsdb_block_bytes",
+            "Bytes of live blocks on disk.",
+            bytes as f64,
         );
     }
 

@@ -63,7 +63,10 @@ impl MemSeries {
     fn seal_open(&mut self) {
         let open = std::mem::take(&mut self.open);
         if !open.is_empty() {
-            self.chunks.push(open);
+            // exact capacities: a closed chunk never grows again, and with 100k series the
+            // doubling slack of the chunk list and of the chunk's bytes is tens of MiB
+            self.chunks.reserve_exact(1);
+            self.chunks.push(open.clone());
         }
     }
 

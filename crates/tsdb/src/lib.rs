@@ -3,16 +3,23 @@
 //! **Invariant:** tsdb knows nothing about HTTP, wire protocols or rules. It is a sync
 //! library with its own threads (no tokio); the server drives it through [`Db`].
 //!
-//! A sample travels: [`Db::append`] → WAL pending buffer ([`wal`], framed, checksummed,
-//! versioned) + head ([`head`], per-series compressed chunks, raw tail, out-of-order
+//! A sample travels: [`Db::append`] → WAL pending buffer (`wal.rs`: framed, checksummed,
+//! versioned segments) + head (`head.rs`: per-series head chunks and an out-of-order
 //! buffer) → the committer thread writes and fsyncs the WAL (group commit) →
-//! [`Db::wait_durable`] returns. Reads ([`Db::select`]) stream one series at a time.
+//! [`Db::wait_durable`] returns. The maintenance thread (or [`Db::compact_now`]) seals head
+//! data into one immutable raw block per `block_duration_ms` window (`seal.rs`), then
+//! checkpoints: `series.log` is rewritten and older WAL segments deleted. Reads
+//! ([`Db::select`]) stream one series at a time, merging blocks (by seq), data being sealed
+//! and the head; last write wins on equal timestamps everywhere.
 //!
-//! Modules: [`db`] (the API, locking order), [`wal`] (segment and record format, replay
-//! rules), [`head`] (in-memory data, last-write-wins rules), [`index`] (series registry and
-//! inverted index), [`series_log`] (registry checkpoint format), [`options`] (every limit,
-//! with defaults), [`error`]. Helper modules for sealed data: [`codec`], [`block`],
-//! [`compact`], [`rollup`].
+//! Directory layout: `wal/<index>.seg`, `series.log`, `blocks/<seq>.<raw|1m|1h>/data`,
+//! `quarantine/`. Formats: WAL in `wal.rs`, registry in `series_log.rs`, blocks in
+//! [`block`], sample encodings in [`codec`].
+//!
+//! Design constraints: appends hold one lock per batch and allocate nothing per point;
+//! memory per head point is that of a [`codec::HeadChunk`] (about 2 bytes); reads hold one
+//! series at a time; every bound is a named field of [`Options`]. A corrupt block is
+//! quarantined, never fatal; a corrupt WAL record before the tail is fatal (no guessing).
 
 pub mod block;
 mod blocks;
