@@ -176,7 +176,9 @@ pub fn query_range(
             ));
         }
         let steps = Steps { start, end, step };
-        if steps.len() > limits.max_points_per_series_in_range {
+        // as Prometheus: the number of intervals, not of points, is compared
+        if usize::try_from((end - start) / step).unwrap_or(usize::MAX) > limits.max_points_per_series_in_range
+        {
             return Err(ApiResponse::error(
                 ErrorKind::BadData,
                 &format!(
@@ -186,8 +188,15 @@ pub fn query_range(
             ));
         }
         let limits = effective_limits(params, limits)?;
-        let q = query_text(params)?;
-        let m = evaluate_range(reader, q, steps, &limits).map_err(|e| query_error(&e))?;
+        // unlike /query, Prometheus reports a range query's parse error unwrapped
+        let q = param(params, "query").unwrap_or("");
+        if q.trim().is_empty() {
+            return Err(ApiResponse::error(
+                ErrorKind::BadData,
+                "1:1: parse error: no expression found in input",
+            ));
+        }
+        let m = evaluate_range(reader, q, steps, &limits).map_err(|e| ApiResponse::from_query_error(&e))?;
         Ok(ApiResponse::success(&render_value(&QueryValue::Matrix(m))))
     };
     run().unwrap_or_else(|e| e)

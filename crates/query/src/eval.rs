@@ -255,7 +255,7 @@ pub fn evaluate_range(
         }
         _ => {}
     }
-    if steps.len() > limits.max_points_per_series_in_range {
+    if steps.len() > limits.max_points_per_series_in_range.saturating_add(1) {
         return Err(QueryError::BadData(format!(
             "exceeded maximum resolution of {} points per timeseries",
             limits.max_points_per_series_in_range

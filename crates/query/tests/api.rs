@@ -189,6 +189,31 @@ fn range_query() {
     for (p, body) in errors {
         check(api::query_range(&r, &params(p), &l), 400, body);
     }
+    // 11,000 intervals (11,001 points) are still allowed, as in Prometheus
+    let ok = api::query_range(
+        &r,
+        &params(&[
+            ("query", "sum(up)"),
+            ("start", "0"),
+            ("end", "11000"),
+            ("step", "1"),
+        ]),
+        &l,
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    // a range query's parse error is not wrapped in "invalid parameter"
+    let bad = api::query_range(
+        &r,
+        &params(&[("query", "sum("), ("start", "0"), ("end", "1"), ("step", "1")]),
+        &l,
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body
+            .starts_with(r#"{"status":"error","errorType":"bad_data","error":"parse error: "#),
+        "{}",
+        bad.body
+    );
 }
 
 #[test]
