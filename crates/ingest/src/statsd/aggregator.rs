@@ -72,6 +72,11 @@
 //!   self-telemetry lives in `ingest::telemetry`.
 //! - Percentiles that are `0`, not finite or beyond ±100 produce nothing
 //!   ([`AggregatorConfig::validate`] reports them).
+//! - Etsy's `calculatedTimerMetrics` filter is not implemented: every timer statistic is sent.
+//!
+//! Known gap: keys of different names can still produce the same output series when no
+//! type prefixes are set (a gauge named `x.count` and a counter named `x` both write
+//! `x.count`); storage then keeps the last write. Set the type prefixes to rule it out.
 //!
 //! # Flushing without stalling ingest
 //!
