@@ -1,0 +1,250 @@
+//! The `roaster` binary itself: config commands, tokens, ctl, and a graceful SIGTERM.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "cli-test-admin-token-0123456789";
+
+fn roaster(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_roaster"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn version_and_config_example() {
+    let out = roaster(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = roaster(&["config", "example"]);
+    assert!(out.status.success());
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/roaster.example.toml"
+    ))
+    .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), example);
+}
+
+#[test]
+fn config_check_table() {
+    let dir = tempfile::tempdir().unwrap();
+    // (file contents, success, text expected on stderr)
+    let cases = [
+        ("", true, ""),
+        ("[server]\nhuman_listen = \"127.0.0.1:9000\"\n", true, ""),
+        ("[server]\nhuman_lisen = \"x\"\n", false, "human_lisen"),
+        (
+            "[storage]\nretention_raw_ms = -5\n",
+            false,
+            "storage.retention_raw_ms",
+        ),
+        (
+            "[ingest]\nqueue_capacity_points = 0\n",
+            false,
+            "ingest.queue_capacity_points",
+        ),
+        ("not toml at all [", false, "invalid config"),
+    ];
+    for (i, (text, ok, needle)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = roaster(&["config", "check", path.to_str().unwrap()]);
+        assert_eq!(out.status.success(), *ok, "{text:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{text:?}: {err}");
+    }
+    let out = roaster(&[
+        "config",
+        "check",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn token_create_prints_the_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = roaster(&[
+        "token",
+        "create",
+        "--scope",
+        "read",
+        "--name",
+        "grafana",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert!(token.trim().starts_with("rst_read_"));
+    let file = std::fs::read_to_string(data.join("tokens.json")).unwrap();
+    assert!(file.contains("grafana") && !file.contains(token.trim()));
+    // (args, succeeds)
+    let cases: [(&[&str], bool); 2] = [
+        (&["--scope", "root", "--name", "x"], false),
+        (&["--scope", "read", "--name", "grafana"], false),
+    ];
+    for (args, ok) in cases {
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--data-dir", data.to_str().unwrap()]);
+        assert_eq!(roaster(&all).status.success(), ok, "{args:?}");
+    }
+}
+
+struct Serve {
+    child: Child,
+    listeners: serde_json::Value,
+}
+
+fn serve(dir: &Path) -> Serve {
+    let data = dir.join("data");
+    let _ = std::fs::remove_file(data.join("listeners.json"));
+    let config = dir.join("roaster.toml");
+    std::fs::write(
+        &config,
+        "[server]\nhuman_listen = \"127.0.0.1:0\"\nrobot_listen = \"127.0.0.1:0\"\n\
+         [ingest]\ngraphite_tcp_listen = \"127.0.0.1:0\"\ngraphite_udp_listen = \"127.0.0.1:0\"\n\
+         statsd_udp_listen = \"127.0.0.1:0\"\nstatsd_tcp_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_roaster"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env("ROASTER_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listeners = loop {
+        if let Ok(text) = std::fs::read_to_string(data.join("listeners.json"))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no listeners.json");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Serve { child, listeners }
+}
+
+impl Serve {
+    fn addr(&self, l: &str) -> String {
+        self.listeners[l].as_str().unwrap().to_owned()
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        let url = format!("http://{}", self.addr("human-http"));
+        let mut all = vec!["ctl", "--url", &url];
+        all.extend_from_slice(args);
+        Command::new(env!("CARGO_BIN_EXE_roaster"))
+            .args(&all)
+            .env("ROASTER_TOKEN", ADMIN)
+            .output()
+            .unwrap()
+    }
+
+    fn export_count(&self, selector: &str) -> usize {
+        let url = format!("http://{}/api/v1/export", self.addr("human-http"));
+        let body = ureq::get(&url)
+            .query("match[]", selector)
+            .header("Authorization", &format!("Bearer {ADMIN}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        body.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["values"].as_array().unwrap().len()
+            })
+            .sum()
+    }
+
+    /// Sends SIGTERM and returns the exit status and how long the exit took.
+    fn terminate(mut self) -> (std::process::ExitStatus, Duration, String) {
+        let t0 = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read as _;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        (status, t0.elapsed(), stderr)
+    }
+}
+
+#[test]
+fn ctl_commands_and_graceful_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path());
+    // (args, succeeds, text expected on stdout)
+    let cases: [(&[&str], bool, &str); 5] = [
+        (&["switch", "graphite-udp", "paused"], true, "\"paused\""),
+        (&["switch", "graphite-udp", "wobbly"], false, ""),
+        (&["switches"], true, "graphite-udp"),
+        (&["compact"], true, "success"),
+        (&["switch", "nope", "open"], false, ""),
+    ];
+    for (args, ok, needle) in cases {
+        let out = s.ctl(args);
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(needle), "{args:?}");
+    }
+    let snap = dir.path().join("snap");
+    let out = s.ctl(&["snapshot", snap.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(snap.join("tsdb").is_dir());
+
+    // Points stored before SIGTERM survive the restart: shutdown drains ingest and closes the WAL.
+    let mut tcp = std::net::TcpStream::connect(s.addr("graphite-tcp")).unwrap();
+    let mut lines = String::new();
+    let base = model::Clock::now(&model::SystemClock).millis() / 1000 - 7200;
+    for i in 0..1000 {
+        lines.push_str(&format!("sigterm.metric {i} {}\n", base + i));
+    }
+    tcp.write_all(lines.as_bytes()).unwrap();
+    drop(tcp);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.export_count(r#"{__name__="sigterm.metric"}"#) < 1000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, took, stderr) = s.terminate();
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
+    assert!(stderr.contains(r#""msg":"listening""#), "{stderr}");
+    assert!(stderr.contains(r#""listener":"human-http""#), "{stderr}");
+
+    let s = serve(dir.path());
+    assert_eq!(s.export_count(r#"{__name__="sigterm.metric"}"#), 1000);
+    let out = s.ctl(&["switches"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("paused"),
+        "switch state survived"
+    );
+    let (status, _, stderr) = s.terminate();
+    assert!(status.success(), "{stderr}");
+}

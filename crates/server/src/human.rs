@@ -1,0 +1,733 @@
+//! The human plane's HTTP API: health, readiness, self-metrics, kill switches, rejections,
+//! export, admin actions and the Prometheus query API.
+//!
+//! Auth: `Authorization: Bearer <token>`. `/healthz` and `/readyz` need no token (load
+//! balancers probe them); every other route needs a `read` or `admin` token, and state
+//! changes (`PUT /api/v1/switches/{name}`, `POST /api/v1/admin/*`) need `admin`. An `ingest`
+//! token is refused here (403): robots write, they do not read. `/metrics` needs `read`, so a
+//! Prometheus scraping Roaster sends a read token as its bearer credentials.
+//!
+//! Budget: all of this runs on the human runtime; at most `human_max_concurrent_requests`
+//! requests are served at once (others wait), and storage work (queries, export, series and
+//! label listings, compaction, snapshots) runs in `spawn_blocking` under a semaphore of
+//! `human_max_concurrent_queries` permits, held until the blocking work ends.
+//!
+//! Errors use the Prometheus API envelope: `{"status":"error","errorType":"…","error":"…"}`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use model::telemetry::{Counter, Exposition, Histogram};
+use model::{Clock, Matcher};
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::adapters::TsdbReader;
+use crate::config::Config;
+use crate::readiness::{self, Readiness};
+use crate::tokens::{Scope, TokenStore};
+
+/// Everything the human plane needs, handed over by [`crate::Server`].
+pub struct HumanParts {
+    /// The whole config (the `[server]` budgets and `[query]` limits are read here).
+    pub config: Config,
+    /// Storage.
+    pub db: Arc<tsdb::Db>,
+    /// Ingest (switch metrics, rejections, readiness, metrics).
+    pub ingest: Arc<ingest::Ingest>,
+    /// Kill switches.
+    pub switches: Arc<ingest::Switches>,
+    /// Tokens.
+    pub tokens: Arc<TokenStore>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Readiness state shared with shutdown.
+    pub readiness: Arc<Readiness>,
+}
+
+/// Self-telemetry of the human plane.
+#[derive(Debug, Default)]
+pub struct HumanMetrics {
+    /// Request latency, all routes.
+    pub request_seconds: Histogram,
+    /// Requests answered, by status class (index 0 = 1xx … 4 = 5xx).
+    pub responses: [Counter; 5],
+    /// Requests refused for a missing or unknown token.
+    pub unauthenticated: Counter,
+    /// Requests refused for an insufficient scope.
+    pub forbidden: Counter,
+    /// Time spent waiting for a query permit.
+    pub query_wait_seconds: Histogram,
+}
+
+impl HumanMetrics {
+    fn render(&self, out: &mut Exposition) {
+        out.histogram(
+            "roaster_human_request_duration_seconds",
+            "Latency of human-plane HTTP requests, from routing to the response head.",
+            &[],
+            &self.request_seconds,
+        );
+        out.family(
+            "roaster_human_responses_total",
+            "counter",
+            "Human-plane HTTP responses by status class.",
+        );
+        for (i, c) in self.responses.iter().enumerate() {
+            let class = format!("{}xx", i + 1);
+            out.sample(
+                "roaster_human_responses_total",
+                &[("code", &class)],
+                c.get() as f64,
+            );
+        }
+        out.family(
+            "roaster_human_auth_failures_total",
+            "counter",
+            "Human-plane requests refused by authentication or authorization.",
+        );
+        out.sample(
+            "roaster_human_auth_failures_total",
+            &[("reason", "unauthenticated")],
+            self.unauthenticated.get() as f64,
+        );
+        out.sample(
+            "roaster_human_auth_failures_total",
+            &[("reason", "forbidden")],
+            self.forbidden.get() as f64,
+        );
+        out.histogram(
+            "roaster_human_query_wait_seconds",
+            "Time human-plane storage requests waited for a query slot.",
+            &[],
+            &self.query_wait_seconds,
+        );
+    }
+}
+
+struct Inner {
+    parts: HumanParts,
+    reader: TsdbReader,
+    queries: Arc<Semaphore>,
+    metrics: HumanMetrics,
+}
+
+/// The shared state of the human plane's handlers.
+#[derive(Clone)]
+pub struct HumanState(Arc<Inner>);
+
+impl HumanState {
+    /// Builds the state from its parts.
+    pub fn new(parts: HumanParts) -> HumanState {
+        let permits = parts.config.server.human_max_concurrent_queries;
+        HumanState(Arc::new(Inner {
+            reader: TsdbReader::new(parts.db.clone()),
+            queries: Arc::new(Semaphore::new(permits)),
+            metrics: HumanMetrics::default(),
+            parts,
+        }))
+    }
+
+    /// Waits for a query slot.
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let started = Instant::now();
+        let p = self
+            .0
+            .queries
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "shutting down"))?;
+        self.0.metrics.query_wait_seconds.observe(started.elapsed());
+        Ok(p)
+    }
+
+    /// Runs storage work on the blocking pool under a query permit.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = self.permit().await?;
+        let inner = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = work(&inner);
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "human-plane storage task failed");
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "storage task failed",
+            )
+        })
+    }
+}
+
+/// The human plane's router.
+pub fn router(state: HumanState) -> Router {
+    let limits = &state.0.parts.config.server;
+    let max_body = limits.human_max_body_bytes;
+    let max_requests = limits.human_max_concurrent_requests;
+    let read = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/switches", get(list_switches))
+        .route("/api/v1/ingest/rejections", get(rejections))
+        .route("/api/v1/export", get(export))
+        .route("/api/v1/query", get(prom_api).post(prom_api))
+        .route("/api/v1/query_range", get(prom_api).post(prom_api))
+        .route("/api/v1/series", get(prom_api).post(prom_api))
+        .route("/api/v1/labels", get(prom_api).post(prom_api))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/status/buildinfo", get(prom_api))
+        .route("/api/v1/metadata", get(prom_api))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
+    let admin = Router::new()
+        .route("/api/v1/switches/{name}", put(set_switch))
+        .route("/api/v1/admin/compact", post(compact))
+        .route("/api/v1/admin/snapshot", post(snapshot))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .merge(read)
+        .merge(admin)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_requests))
+        .with_state(state)
+}
+
+/// A refused human-plane request: the HTTP status, the Prometheus `errorType` and a message.
+/// Rendered as `{"status":"error","errorType":…,"error":…}`, like the query API's errors.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    challenge: bool,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"status": "error", "errorType": self.kind, "error": self.message});
+        let mut r = (self.status, Json(body)).into_response();
+        if self.challenge {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+fn refuse(status: StatusCode, kind: &'static str, message: &str) -> ApiError {
+    ApiError {
+        status,
+        kind,
+        message: message.to_owned(),
+        challenge: false,
+    }
+}
+
+/// A Prometheus-style error response.
+fn error(status: StatusCode, kind: &'static str, message: &str) -> Response {
+    refuse(status, kind, message).into_response()
+}
+
+fn json_response(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+async fn observe(State(state): State<HumanState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.0.metrics;
+    m.request_seconds.observe(started.elapsed());
+    let class = usize::from(resp.status().as_u16() / 100).clamp(1, 5) - 1;
+    if let Some(c) = m.responses.get(class) {
+        c.inc();
+    }
+    resp
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn check(state: &HumanState, headers: &HeaderMap, allowed: fn(Scope) -> bool) -> Result<(), ApiError> {
+    let Some(scope) = bearer(headers).and_then(|t| state.0.parts.tokens.authenticate(t)) else {
+        state.0.metrics.unauthenticated.inc();
+        let mut r = refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a bearer token with read or admin scope is required",
+        );
+        r.challenge = true;
+        return Err(r);
+    };
+    if !allowed(scope) {
+        state.0.metrics.forbidden.inc();
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!("a token with {} scope may not do this", scope.as_str()),
+        ));
+    }
+    Ok(())
+}
+
+async fn require_read(State(state): State<HumanState>, req: Request, next: Next) -> Response {
+    match check(&state, req.headers(), Scope::can_read) {
+        Ok(()) => next.run(req).await,
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn require_admin(State(state): State<HumanState>, req: Request, next: Next) -> Response {
+    match check(&state, req.headers(), Scope::can_admin) {
+        Ok(()) => next.run(req).await,
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn readyz(State(state): State<HumanState>) -> Response {
+    let mut reasons: Vec<&str> = Vec::new();
+    if state.0.parts.readiness.is_shutting_down() {
+        reasons.push(readiness::SHUTTING_DOWN);
+    }
+    let r = state.0.parts.readiness.clone();
+    // The probe is file I/O: keep it off the async workers (no query permit: it is tiny).
+    let writable = tokio::task::spawn_blocking(move || r.storage_writable())
+        .await
+        .unwrap_or(false);
+    if !writable {
+        reasons.push(readiness::STORAGE_NOT_WRITABLE);
+    }
+    match state.0.parts.db.readiness() {
+        Ok(()) => {}
+        Err(tsdb::NotReady::WalBacklog { .. }) => reasons.push(readiness::WAL_BACKLOG),
+        Err(tsdb::NotReady::NotWritable(_)) => {
+            if writable {
+                reasons.push(readiness::STORAGE_NOT_WRITABLE);
+            }
+        }
+        Err(tsdb::NotReady::Closed) => {
+            if !reasons.contains(&readiness::SHUTTING_DOWN) {
+                reasons.push(readiness::SHUTTING_DOWN);
+            }
+        }
+    }
+    if state.0.parts.ingest.readiness().is_err() {
+        reasons.push(readiness::INGEST_QUEUE_SATURATED);
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
+    } else {
+        let body = serde_json::json!({"status": "not_ready", "reasons": reasons});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(state): State<HumanState>) -> Response {
+    let rendered = state
+        .blocking(|inner| {
+            let mut out = Exposition::new();
+            inner.parts.ingest.render_metrics(&mut out);
+            inner.parts.switches.render_metrics(&mut out);
+            inner.parts.db.render_metrics(&mut out);
+            inner.metrics.render(&mut out);
+            crate::process::render(&mut out);
+            out.finish()
+        })
+        .await;
+    match rendered {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn list_switches(State(state): State<HumanState>) -> Response {
+    let list: Vec<serde_json::Value> = state
+        .0
+        .parts
+        .switches
+        .list()
+        .into_iter()
+        .map(|(name, st)| {
+            let kind = if name == crate::COMPACTION_SWITCH {
+                "job"
+            } else {
+                "source"
+            };
+            serde_json::json!({"name": name, "state": st.as_str(), "kind": kind})
+        })
+        .collect();
+    Json(serde_json::json!({"switches": list})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchBody {
+    state: String,
+}
+
+async fn set_switch(State(state): State<HumanState>, Path(name): Path<String>, body: Bytes) -> Response {
+    let parsed: SwitchBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                &format!("body must be {{\"state\": \"open|paused|blackholed\"}}: {e}"),
+            );
+        }
+    };
+    let new: ingest::SwitchState = match parsed.state.parse() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()),
+    };
+    let switches = &state.0.parts.switches;
+    if switches.get(&name).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("unknown switch {name:?}"),
+        );
+    }
+    if name == crate::COMPACTION_SWITCH && new == ingest::SwitchState::Blackholed {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "background jobs can only be open or paused",
+        );
+    }
+    let sw = switches.clone();
+    let n = name.clone();
+    // Persisting fsyncs: keep it off the async workers.
+    let result = tokio::task::spawn_blocking(move || sw.set(&n, new)).await;
+    match result {
+        Ok(Ok(previous)) => {
+            Json(serde_json::json!({"name": name, "state": new.as_str(), "previous": previous.as_str()}))
+                .into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    }
+}
+
+async fn rejections(State(state): State<HumanState>) -> Response {
+    let list: Vec<serde_json::Value> = state
+        .0
+        .parts
+        .ingest
+        .rejections()
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "source": r.source.as_str(),
+                "reason": r.reason,
+                "line": r.line_excerpt,
+                "at_ms": r.at.millis(),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({"rejections": list})).into_response()
+}
+
+/// Collects parameters the Prometheus way: the query string, plus a form body on POST.
+async fn params(req: Request, max_body: usize) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out: Vec<(String, String)> = match req.uri().query() {
+        Some(q) => serde_urlencoded_pairs(q.as_bytes())?,
+        None => Vec::new(),
+    };
+    if req.method() == Method::POST {
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let body = axum::body::to_bytes(req.into_body(), max_body)
+            .await
+            .map_err(|e| refuse(StatusCode::PAYLOAD_TOO_LARGE, "bad_data", &e.to_string()))?;
+        if is_form {
+            out.extend(serde_urlencoded_pairs(&body)?);
+        } else if !body.is_empty() {
+            return Err(refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_data",
+                "POST bodies must be application/x-www-form-urlencoded",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn serde_urlencoded_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "bad_data", "parameters are not UTF-8"))?;
+    let uri: axum::http::Uri = format!("/?{text}")
+        .parse()
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "bad_data", "malformed parameters"))?;
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map(|q| q.0)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_data", &e.to_string()))
+}
+
+async fn prom_api(State(state): State<HumanState>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let max_body = state.0.parts.config.server.human_max_body_bytes;
+    let params = match params(req, max_body).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    run_api(state, path, None, params).await
+}
+
+async fn label_values(State(state): State<HumanState>, Path(name): Path<String>, req: Request) -> Response {
+    let max_body = state.0.parts.config.server.human_max_body_bytes;
+    let params = match params(req, max_body).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    run_api(state, "/api/v1/label/values".into(), Some(name), params).await
+}
+
+async fn run_api(
+    state: HumanState,
+    path: String,
+    label: Option<String>,
+    params: Vec<(String, String)>,
+) -> Response {
+    let timeout = state.0.parts.config.server.human_request_timeout_ms;
+    let work = state.blocking(move |inner| {
+        let reader = &inner.reader;
+        let limits = &inner.parts.config.query;
+        let now = inner.parts.clock.now();
+        match path.as_str() {
+            "/api/v1/query" => query::api::query(reader, &params, now, limits),
+            "/api/v1/query_range" => query::api::query_range(reader, &params, limits),
+            "/api/v1/series" => query::api::series(reader, &params, limits),
+            "/api/v1/labels" => query::api::labels(reader, &params, limits),
+            "/api/v1/label/values" => {
+                query::api::label_values(reader, label.as_deref().unwrap_or(""), &params, limits)
+            }
+            "/api/v1/status/buildinfo" => query::api::buildinfo(env!("CARGO_PKG_VERSION")),
+            _ => query::api::metadata(),
+        }
+    });
+    match tokio::time::timeout(std::time::Duration::from_millis(timeout), work).await {
+        Ok(Ok(resp)) => json_response(resp.status, resp.body),
+        Ok(Err(r)) => r.into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "query did not finish within human_request_timeout_ms",
+        ),
+    }
+}
+
+async fn export(State(state): State<HumanState>, req: Request) -> Response {
+    let params = match params(req, 0).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let mut selectors: Vec<Vec<Matcher>> = Vec::new();
+    let (mut start, mut end) = (i64::MIN, i64::MAX);
+    for (k, v) in &params {
+        match k.as_str() {
+            "match[]" => match query::parse_selector(v) {
+                Ok(m) => selectors.push(m),
+                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_data", &format!("match[]: {e}")),
+            },
+            "start" | "end" => {
+                let Some(t) = crate::export::parse_time(v) else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_data",
+                        &format!("{k}: {v:?} is neither RFC 3339 nor unix seconds"),
+                    );
+                };
+                if k == "start" {
+                    start = t;
+                } else {
+                    end = t;
+                }
+            }
+            _ => {}
+        }
+    }
+    if selectors.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "at least one match[] is required",
+        );
+    }
+    let permit = match state.permit().await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let cap = state.0.parts.config.server.export_buffer_series;
+    let max_points = state.0.parts.config.server.export_max_points;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(cap);
+    let db = state.0.parts.db.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        stream_series(&db, &selectors, start, end, max_points, &tx);
+    });
+    let (mut body_tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+    tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            match item {
+                Ok(bytes) => {
+                    if body_tx.send_data(bytes).await.is_err() {
+                        return; // the client went away; dropping rx stops the walk
+                    }
+                }
+                Err(e) => {
+                    body_tx.abort(e);
+                    return;
+                }
+            }
+        }
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/stream+json"),
+        )],
+        Body::new(body),
+    )
+        .into_response()
+}
+
+/// Walks every selector's series (each series once, even when several selectors match it)
+/// and sends one line per series. Runs on the blocking pool.
+fn stream_series(
+    db: &tsdb::Db,
+    selectors: &[Vec<Matcher>],
+    start: i64,
+    end: i64,
+    max_points: u64,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let mut seen: std::collections::HashSet<model::SeriesId> = std::collections::HashSet::new();
+    let mut points: u64 = 0;
+    for matchers in selectors {
+        let select = match db.select(matchers, start, end) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                return;
+            }
+        };
+        for series in select {
+            let s = match series {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "export: reading a series failed");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            if s.timestamps.is_empty() || (selectors.len() > 1 && !seen.insert(s.id)) {
+                continue;
+            }
+            points = points.saturating_add(s.timestamps.len() as u64);
+            if points > max_points {
+                tracing::warn!(max_points, "export stopped at export_max_points");
+                let _ = tx.blocking_send(Err(std::io::Error::other("export_max_points reached")));
+                return;
+            }
+            let line = crate::export::render_line(&s.key, &s.timestamps, &s.values);
+            if tx.blocking_send(Ok(Bytes::from(line))).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    dest: String,
+}
+
+async fn compact(State(state): State<HumanState>) -> Response {
+    if state.0.parts.switches.get(crate::COMPACTION_SWITCH) == Some(ingest::SwitchState::Paused) {
+        return error(
+            StatusCode::CONFLICT,
+            "paused",
+            "compaction is paused (PUT /api/v1/switches/compaction {\"state\":\"open\"})",
+        );
+    }
+    let started = Instant::now();
+    match state.blocking(|inner| inner.parts.db.compact_now()).await {
+        Ok(Ok(report)) => {
+            let mut body = crate::adapters::compact_report_json(&report);
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("elapsed_ms".into(), (started.elapsed().as_millis() as u64).into());
+            }
+            Json(serde_json::json!({"status": "success", "data": body})).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "execution", &e.to_string()),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn snapshot(State(state): State<HumanState>, body: Bytes) -> Response {
+    let parsed: SnapshotBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                &format!("body must be {{\"dest\": \"/path\"}}: {e}"),
+            );
+        }
+    };
+    let dest = std::path::PathBuf::from(&parsed.dest);
+    if !dest.is_absolute() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "dest must be an absolute path",
+        );
+    }
+    let data_dir = std::path::PathBuf::from(&state.0.parts.config.server.data_dir);
+    let result = state
+        .blocking(move |inner| crate::adapters::snapshot(&inner.parts.db, &data_dir, &dest))
+        .await;
+    match result {
+        Ok(Ok(())) => {
+            Json(serde_json::json!({"status": "success", "data": {"dest": parsed.dest}})).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "execution", &e),
+        Err(r) => r.into_response(),
+    }
+}
