@@ -230,6 +230,65 @@ proptest! {
     }
 
     #[test]
+    fn rollups_round_trip_bit_exactly(
+        rows in prop::collection::vec(
+            (any::<i64>(), any::<i64>(), any::<u64>(), any_f64(), any_f64(), any_f64(), any_f64()),
+            0..100,
+        ),
+        base in any::<i64>(),
+    ) {
+        let mut c = codec::RollupColumns::default();
+        for (ts, last_ts, count, min, max, sum, last) in rows {
+            c.ts.push(ts);
+            c.last_ts.push(last_ts);
+            c.count.push(count);
+            c.min.push(min);
+            c.max.push(max);
+            c.sum.push(sum);
+            c.last.push(last);
+        }
+        let mut out = Vec::new();
+        codec::encode_rollups(base, &c, &mut out).unwrap();
+        let mut back = codec::RollupColumns::default();
+        codec::decode_rollups(base, &out, &mut back).unwrap();
+        prop_assert_eq!(&back.ts, &c.ts);
+        prop_assert_eq!(&back.last_ts, &c.last_ts);
+        prop_assert_eq!(&back.count, &c.count);
+        for (a, b) in [(&back.min, &c.min), (&back.max, &c.max), (&back.sum, &c.sum), (&back.last, &c.last)] {
+            prop_assert_eq!(bits(a), bits(b));
+        }
+    }
+
+    #[test]
+    fn decimal_rollups_round_trip_bit_exactly(
+        rows in prop::collection::vec(
+            (any::<i64>(), any::<u64>(), prop::array::uniform4(-(1i64 << 52)..(1i64 << 52))),
+            1..100,
+        ),
+        scale in 0u32..4,
+    ) {
+        let p = 10f64.powi(scale as i32);
+        let mut c = codec::RollupColumns::default();
+        for (ts, count, [a, b, s, l]) in rows {
+            c.ts.push(ts);
+            c.last_ts.push(ts.wrapping_add(5));
+            c.count.push(count);
+            c.min.push(a as f64 / p);
+            c.max.push(b as f64 / p);
+            c.sum.push(s as f64 / p);
+            c.last.push(l as f64 / p);
+        }
+        let mut out = Vec::new();
+        codec::encode_rollups(0, &c, &mut out).unwrap();
+        let mut back = codec::RollupColumns::default();
+        codec::decode_rollups(0, &out, &mut back).unwrap();
+        prop_assert_eq!(&back.count, &c.count);
+        for (a, b) in [(&back.min, &c.min), (&back.max, &c.max), (&back.sum, &c.sum), (&back.last, &c.last)] {
+            prop_assert_eq!(bits(a), bits(b));
+        }
+    }
+
+    #[test]
     fn corrupt_sealed_input_never_panics(
         (ts, vals) in samples(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
