@@ -45,6 +45,7 @@ fn set_config(cfg: &mut AggregatorConfig, setting: &str, case: &str) {
         "max_keys" => cfg.max_keys = num(),
         "max_timer_samples_per_key" => cfg.max_timer_samples_per_key = num(),
         "max_set_members_per_key" => cfg.max_set_members_per_key = num(),
+        "max_timer_samples_total" => cfg.max_timer_samples_total = num(),
         "global_prefix" => cfg.global_prefix = v.to_owned(),
         "prefix_counter" => cfg.prefix_counter = v.to_owned(),
         "prefix_timer" => cfg.prefix_timer = v.to_owned(),

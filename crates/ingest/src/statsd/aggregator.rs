@@ -56,8 +56,11 @@
 //!   (reservoir sampling, Vitter's algorithm R). `median`, `upper_P`, `mean_P` come from
 //!   that sample; `count_P` is exact (`round(P/100 × n)`), and `sum_P` / `sum_squares_P` are
 //!   the sample's P-mean (and mean square) times `count_P`. [`FlushOutput::sampled_timers`]
-//!   counts timers flushed this way. Worst-case memory for raw values is
-//!   `max_keys × max_timer_samples_per_key × 8` bytes.
+//!   counts timers flushed this way.
+//! - `max_timer_samples_total` raw values across all timers per interval. Once it is
+//!   reached, each timer keeps the values it has (or up to [`TIMER_SAMPLES_FLOOR`], if fewer)
+//!   and samples as above from then on. Worst-case memory for raw values is about
+//!   `(max_timer_samples_total + max_keys × TIMER_SAMPLES_FLOOR) × 8` bytes.
 //! - `max_set_members_per_key` distinct members per set per interval; further new members
 //!   are rejected ([`Rejected::SetMemberLimit`]), so the flushed count saturates there.
 //!
@@ -114,6 +117,10 @@ pub fn sketch_config() -> SketchConfig {
     SketchConfig::new(SKETCH_RELATIVE_ACCURACY, SKETCH_MAX_BINS, SKETCH_MIN_VALUE)
 }
 
+/// Raw values a timer may keep per interval even when `max_timer_samples_total` is spent,
+/// so every timer has a sample to compute its median and percentiles from.
+pub const TIMER_SAMPLES_FLOOR: usize = 16;
+
 /// How many raw spellings of keys are cached, per allowed key.
 const ALIASES_PER_KEY: usize = 2;
 
@@ -145,6 +152,8 @@ pub struct AggregatorConfig {
     /// Most raw values kept per timer per interval (see the module doc for what happens
     /// beyond it).
     pub max_timer_samples_per_key: usize,
+    /// Most raw timer values kept across all timers per interval (see the module doc).
+    pub max_timer_samples_total: usize,
     /// Most distinct members per set per interval.
     pub max_set_members_per_key: usize,
     /// Prefix of every output name (Etsy's `globalPrefix`, `stats` there); empty: none.
@@ -171,6 +180,7 @@ impl Default for AggregatorConfig {
             delete_idle_sets: false,
             max_keys: 100_000,
             max_timer_samples_per_key: 10_000,
+            max_timer_samples_total: 10_000_000,
             max_set_members_per_key: 10_000,
             global_prefix: String::new(),
             prefix_counter: String::new(),
@@ -207,6 +217,7 @@ impl AggregatorConfig {
         for (name, v) in [
             ("max_keys", self.max_keys),
             ("max_timer_samples_per_key", self.max_timer_samples_per_key),
+            ("max_timer_samples_total", self.max_timer_samples_total),
             ("max_set_members_per_key", self.max_set_members_per_key),
             ("gauges_max_ttl_flushes", self.gauges_max_ttl_flushes as usize),
         ] {
@@ -369,7 +380,8 @@ impl Timer {
         self.mean += delta / self.n as f64;
         self.m2 += delta * (v - self.mean);
         self.sketch.add(v);
-        if self.values.len() < cap {
+        // at least one value, so every timer with values has a sample to report from
+        if self.values.len() < cap.max(1) {
             self.values.push(v);
         } else {
             // Algorithm R: the n-th value replaces a random slot with probability cap / n.
@@ -451,6 +463,8 @@ pub struct Aggregator {
     free: Vec<u32>,
     /// Reused buffer for the raw spelling, so lookups of known keys do not allocate.
     scratch: Vec<u8>,
+    /// Raw timer values retained this interval, across all timers.
+    timer_samples: usize,
     rng: XorShift,
 }
 
@@ -474,6 +488,7 @@ impl Aggregator {
             slots: Vec::new(),
             free: Vec::new(),
             scratch: Vec::new(),
+            timer_samples: 0,
             rng: XorShift(0x9E37_79B9_7F4A_7C15),
         }
     }
@@ -533,12 +548,19 @@ impl Aggregator {
             (
                 State::Timer(t),
                 StatsdValue::Timer(v) | StatsdValue::Histogram(v) | StatsdValue::Distribution(v),
-            ) => t.add(
-                v,
-                m.sample_rate,
-                self.cfg.max_timer_samples_per_key,
-                &mut self.rng,
-            ),
+            ) => {
+                let per_key = self.cfg.max_timer_samples_per_key;
+                // Past the shared budget a timer keeps what it has (at least a small floor)
+                // and samples from then on.
+                let cap = if self.timer_samples >= self.cfg.max_timer_samples_total {
+                    t.values.len().max(TIMER_SAMPLES_FLOOR).min(per_key)
+                } else {
+                    per_key
+                };
+                let before = t.values.len();
+                t.add(v, rate, cap, &mut self.rng);
+                self.timer_samples += t.values.len().saturating_sub(before);
+            }
             (State::Set { members }, StatsdValue::Set(s)) if !members.contains(s) => {
                 if members.len() >= self.cfg.max_set_members_per_key {
                     return Err(Rejected::SetMemberLimit {
@@ -629,6 +651,8 @@ impl Aggregator {
     /// waits for a whole flush.
     pub fn take_interval(&mut self, now: Timestamp) -> PendingFlush {
         let mut items = Vec::with_capacity(self.canonical.len());
+        // every timer with values is replaced by a fresh one below
+        self.timer_samples = 0;
         let mut removed = false;
         for i in 0..self.slots.len() {
             let Some(Some(entry)) = self.slots.get_mut(i) else {
@@ -1148,6 +1172,45 @@ mod tests {
                 proptest::prop_assert!(sketch.count() > 0);
             }
         }
+    }
+
+    #[test]
+    fn shared_timer_budget_keeps_a_floor_per_timer() {
+        let cfg = AggregatorConfig {
+            max_timer_samples_per_key: 100,
+            max_timer_samples_total: 20,
+            ..AggregatorConfig::default()
+        };
+        let mut a = Aggregator::new(cfg);
+        for name in ["a", "b"] {
+            for i in 1..=50 {
+                a.observe(&metric(name, StatsdValue::Timer(f64::from(i)), 1.0, ""))
+                    .unwrap();
+            }
+        }
+        let out = a.flush(Timestamp(1));
+        // a filled the budget (20 values), b kept the floor (16): both sampled
+        assert_eq!(out.sampled_timers, 2);
+        for name in ["a", "b"] {
+            assert_eq!(get(&out, &format!("{name}.count")), Some(50.0));
+            assert_eq!(get(&out, &format!("{name}.sum")), Some(1275.0));
+            assert_eq!(get(&out, &format!("{name}.upper")), Some(50.0));
+            assert!(get(&out, &format!("{name}.median")).is_some());
+        }
+        // the budget is per interval
+        a.observe(&metric("a", StatsdValue::Timer(1.0), 1.0, "")).unwrap();
+        assert_eq!(a.flush(Timestamp(2)).sampled_timers, 0);
+    }
+
+    #[test]
+    fn timer_sample_rate_out_of_range_counts_once() {
+        let mut a = Aggregator::new(AggregatorConfig::default());
+        a.observe(&metric("t", StatsdValue::Timer(1.0), 0.0, "")).unwrap();
+        a.observe(&metric("c", StatsdValue::Counter(1.0), 7.0, ""))
+            .unwrap();
+        let out = a.flush(Timestamp(1));
+        assert_eq!(get(&out, "t.count"), Some(1.0));
+        assert_eq!(get(&out, "c.count"), Some(1.0));
     }
 
     #[test]
