@@ -128,7 +128,8 @@ impl LineSink {
             let line = &buf[start..end];
             start = end + 1;
             lineno += 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
+            // blank lines are skipped silently; only lines starting blank need the scan
+            if line.first().is_none_or(u8::is_ascii_whitespace) && line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             match wire::graphite::parse_line(line, &sh.limits) {
@@ -201,7 +202,9 @@ impl LineSink {
         if self.points.is_empty() {
             return Vec::new();
         }
-        let points = std::mem::take(&mut self.points);
+        // the next read will likely produce as many points: keep the capacity
+        let cap = self.points.len();
+        let points = std::mem::replace(&mut self.points, Vec::with_capacity(cap));
         if points.len() <= batch_max {
             return vec![self.batch(points)];
         }
@@ -282,6 +285,9 @@ pub(crate) async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, source: 
 
 /// Waits while `source` is paused; `false` when ingest is stopping.
 pub(crate) async fn wait_unpaused(sh: &Shared, source: Source) -> bool {
+    if sh.switch(source) != SwitchState::Paused {
+        return !sh.stop.is_cancelled();
+    }
     let mut rx = sh.switches.subscribe();
     while sh.switch(source) == SwitchState::Paused {
         tokio::select! {
