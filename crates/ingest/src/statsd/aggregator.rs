@@ -31,9 +31,9 @@
 //! since the last flush) still emits, as Etsy does by default: counters and sets `0`,
 //! timers only `.count 0` and `.count_ps 0`, gauges their last value. With
 //! `delete_idle_counters` / `_timers` / `_sets` an idle key emits nothing and is removed;
-//! with `delete_idle_gauges` a gauge is removed after `gauges_max_ttl_flushes` flushes
-//! without an update (Etsy's `deleteGauges` + `gaugesMaxTTL`), and a later delta starts
-//! from 0 again.
+//! with `delete_idle_gauges` a gauge is sent by the `gauges_max_ttl_flushes` flushes
+//! that follow its last update and then removed (Etsy's `deleteGauges` + `gaugesMaxTTL`;
+//! with the default of 1 it is sent once), and a later delta starts from 0 again.
 //!
 //! # Sketches
 //!
@@ -135,11 +135,11 @@ pub struct AggregatorConfig {
     /// Emit nothing for counters not seen in an interval, and forget them (Etsy's
     /// `deleteCounters`); otherwise they emit `0`.
     pub delete_idle_counters: bool,
-    /// Forget gauges not updated for `gauges_max_ttl_flushes` flushes (Etsy's
-    /// `deleteGauges`); otherwise they repeat their last value forever.
+    /// Forget gauges once `gauges_max_ttl_flushes` flushes have passed since their last
+    /// update (Etsy's `deleteGauges`); otherwise they repeat their last value forever.
     pub delete_idle_gauges: bool,
-    /// Flushes a gauge survives without an update when `delete_idle_gauges` is on (Etsy's
-    /// `gaugesMaxTTL`); at least 1.
+    /// Flushes that still send a gauge after its last update when `delete_idle_gauges` is
+    /// on, the first included (Etsy's `gaugesMaxTTL`); at least 1.
     pub gauges_max_ttl_flushes: u32,
     /// Emit nothing for timers not seen in an interval, and forget them (Etsy's
     /// `deleteTimers`); otherwise they emit `.count 0` and `.count_ps 0`.
