@@ -20,7 +20,8 @@
 //!   `Content-Encoding: gzip` is accepted for Influx and JSON.
 //! - decode and series resolution run in a blocking job; the points are queued whole or not
 //!   at all: a full queue answers 429 with `Retry-After` (counted `queue_full`).
-//! - with `http_durable_ack`, the answer waits for the WAL fsync; storage failure → 503.
+//! - with `http_durable_ack`, the answer waits for the WAL fsync; storage unavailable → 503
+//!   with `Retry-After`, storage refusing the batch → 500.
 //!
 //! Whole-request failures answer `{"error": "..."}` JSON (remote-write: plain text).
 
@@ -245,8 +246,12 @@ async fn store(
                 outcome.accepted += o.accepted;
                 outcome.too_old += o.too_old;
             }
-            Ok(Err(e @ (SinkError::Unavailable(_) | SinkError::Rejected(_)))) => {
+            Ok(Err(e @ SinkError::Unavailable(_))) => {
                 return Err(retry_later(sh, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
+            }
+            // not retryable: the same points would be refused again
+            Ok(Err(e @ SinkError::Rejected(_))) => {
+                return Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));
             }
             Err(_) => {
                 return Err(retry_later(

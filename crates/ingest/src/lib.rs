@@ -34,6 +34,8 @@
 //! queue + writer threads), `limiter` (cardinality), `graphite`, [`statsd`], `http`
 //! (remote-write, Influx, JSON), `cidr` (allow-list).
 
+#![warn(missing_docs)]
+
 pub mod cidr;
 pub mod config;
 mod error;

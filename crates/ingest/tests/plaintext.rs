@@ -277,6 +277,10 @@ async fn udp_sheds_when_the_queue_is_full_and_tcp_waits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_flushes_statsd_and_empties_the_queue() {
     let f = start(config()).await;
+    // an idle connection must not hold up the drain
+    let mut idle = TcpStream::connect(f.addrs.graphite_tcp.unwrap()).await.unwrap();
+    idle.write_all(b"idle.metric 1 1700000000\n").await.unwrap();
+    f.sink.wait_points(1);
     send_udp(f.addrs.statsd_udp.unwrap(), &["drained:5|c"]).await;
     let ingest = Arc::clone(&f.ingest);
     eventually("observed", || ingest.statsd_observed() == 1).await;
