@@ -12,8 +12,9 @@
 //! client's log as well as in `roaster_ingest_dropped_total` and the rejections list.
 //!
 //! Common to every route, in this order:
-//! - token: `Authorization: Bearer T` (or `Token T`, as Influx clients send); Influx v1 also
-//!   takes `?p=T` (`u` is ignored). Without the `ingest` scope: 401.
+//! - token: `Authorization: Bearer T` (or `Token T`, as Influx clients send), or the password
+//!   of `Authorization: Basic` or of `?p=T` (Influx v1 clients; the user name is ignored).
+//!   Without the `ingest` scope: 401.
 //! - kill switch: paused → 503 with `Retry-After`; blackholed → decoded, counted
 //!   (`blackholed`), discarded, answered as success.
 //! - body: at most `max_http_body_bytes` on the wire and after decompression (413);
@@ -89,17 +90,63 @@ fn retry_later(sh: &Shared, status: StatusCode, msg: &str) -> Response {
     r
 }
 
-/// The token from `Authorization: Bearer|Token T`, or from `?p=`.
-fn token<'a>(headers: &'a HeaderMap, params: &'a HashMap<String, String>) -> Option<&'a str> {
-    let from_header = headers
+/// The token from `Authorization: Bearer|Token T`, from the password of
+/// `Authorization: Basic` (as Telegraf's and other Influx v1 clients send `u`/`p`), or from
+/// `?p=`.
+fn token(headers: &HeaderMap, params: &HashMap<String, String>) -> Option<String> {
+    let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("Token "))
-                .map(str::trim)
-        });
-    from_header.or_else(|| params.get("p").map(String::as_str))
+        .map(str::trim);
+    if let Some(v) = auth {
+        if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("Token ")) {
+            return Some(t.trim().to_owned());
+        }
+        if let Some(b64) = v.strip_prefix("Basic ") {
+            let creds = base64_decode(b64.trim())?;
+            let creds = String::from_utf8(creds).ok()?;
+            return creds.split_once(':').map(|(_, p)| p.to_owned());
+        }
+    }
+    params.get("p").cloned()
+}
+
+/// Standard base64 (with or without padding); `None` on any other byte. Bounded by the
+/// header size limit of the HTTP server.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn sextet(c: u8) -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    }
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for &c in chunk {
+            acc = (acc << 6) | sextet(c)?;
+        }
+        let bytes = match chunk.len() {
+            4 => 3,
+            3 => {
+                acc <<= 6;
+                2
+            }
+            2 => {
+                acc <<= 12;
+                1
+            }
+            _ => return None,
+        };
+        let be = acc.to_be_bytes();
+        out.extend_from_slice(be.get(1..1 + bytes)?);
+    }
+    Some(out)
 }
 
 /// Reads the body within `max_http_body_bytes`, gunzipping when asked.
@@ -156,7 +203,7 @@ async fn admit(
     gzip_ok: bool,
 ) -> Result<Vec<u8>, Response> {
     match token(headers, params) {
-        Some(t) if sh.auth.allows_ingest(t) => {}
+        Some(t) if sh.auth.allows_ingest(&t) => {}
         _ => {
             return Err(error(
                 StatusCode::UNAUTHORIZED,
@@ -446,5 +493,45 @@ async fn json(
             });
             (StatusCode::OK, axum::Json(body)).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_table() {
+        let cases: &[(&str, Option<&[u8]>)] = &[
+            ("", Some(b"")),
+            ("Zg==", Some(b"f")),
+            ("Zm8=", Some(b"fo")),
+            ("Zm9v", Some(b"foo")),
+            ("Zm9vYg", Some(b"foob")),
+            ("dTpyc3RfaW5nZXN0X3Rlc3Q=", Some(b"u:rst_ingest_test")),
+            ("Z", None),
+            ("Zm9v!", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(base64_decode(input).as_deref(), *want, "{input}");
+        }
+    }
+
+    #[test]
+    fn tokens_come_from_headers_or_the_query() {
+        let mut h = HeaderMap::new();
+        let mut q = HashMap::new();
+        assert_eq!(token(&h, &q), None);
+        q.insert("p".to_owned(), "from-query".to_owned());
+        assert_eq!(token(&h, &q).as_deref(), Some("from-query"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dTpyc3RfaW5nZXN0X3Rlc3Q="),
+        );
+        assert_eq!(token(&h, &q).as_deref(), Some("rst_ingest_test"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Token abc"));
+        assert_eq!(token(&h, &q).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer  xyz "));
+        assert_eq!(token(&h, &q).as_deref(), Some("xyz"));
     }
 }
