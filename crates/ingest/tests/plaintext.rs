@@ -303,3 +303,45 @@ async fn drain_flushes_statsd_and_empties_the_queue() {
         assert!(text.contains(needle), "{needle} missing in\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_never_break_a_connection() {
+    let f = start(config()).await;
+    let mut conn = TcpStream::connect(f.addrs.graphite_tcp.unwrap()).await.unwrap();
+    let mut udp_text = String::new();
+    // xorshift: deterministic garbage biased towards the bytes the parsers care about
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let alphabet = b" \t\r\n;=.-+eE0123456789abcnaif\xff\xc3\x00~";
+    let rounds = 200;
+    for round in 0..rounds {
+        let mut blob = Vec::new();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        for _ in 0..(x % 300) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            blob.push(alphabet[(x % alphabet.len() as u64) as usize]);
+        }
+        blob.extend_from_slice(format!("\nsentinel.{round} 1 1700000000\n").as_bytes());
+        conn.write_all(&blob).await.unwrap();
+        if round % 20 == 0 {
+            udp_text = String::from_utf8_lossy(&blob).into_owned();
+            send_udp(f.addrs.statsd_udp.unwrap(), &[&udp_text]).await;
+            send_udp(f.addrs.graphite_udp.unwrap(), &[&udp_text]).await;
+        }
+    }
+    conn.shutdown().await.unwrap();
+    let ingest = Arc::clone(&f.ingest);
+    eventually("every sentinel", || {
+        let got = f.sink.samples();
+        (0..rounds).all(|r| {
+            let name = format!("{{\"sentinel.{r}\"}}");
+            got.iter().any(|p| p.0 == name)
+        })
+    })
+    .await;
+    assert!(!udp_text.is_empty());
+    assert!(ingest.rejections().len() <= 100 * 3);
+}
