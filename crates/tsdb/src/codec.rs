@@ -30,14 +30,23 @@
 //!                  (index-delta:varint bits:u64le){n_exc} ints-header(mantissas)
 //!                | 1:u8                      (XOR of consecutive bit patterns in the stream)
 //! rc-stream     := one adaptive binary range-coded stream with every column's symbols, in
-//!                  header order, to the end of the record (trailing zero bytes trimmed)
+//!                  header order, to the end of the record (up to 4 trailing zero bytes
+//!                  trimmed; see `rc`)
 //! ```
 //!
 //! Values are *decimal* at scale `e` when `v == (m as f64) / 10^e` bit for bit with
 //! `|m| <= 2^53` (VictoriaMetrics' idea); up to 1/8 of a series may be exceptions (NaN stale
 //! markers, ±inf, −0.0), stored raw. Integer columns pick the differencing order and transform
-//! from a size estimate; the range coder then spends close to the empirical entropy, with no
-//! per-column tables (which is where pco loses on chunks of a few hundred points).
+//! from a size estimate; an adaptive binary range coder then spends close to the empirical
+//! entropy without per-column tables. (pco, a dependency, is not used: `dependencies.md` warns
+//! its per-chunk overhead is high below ~500 points, and this coder already sits within ~7%
+//! of the data set's entropy including headers; a head-to-head measurement was not made.)
+//!
+//! Measured on data shaped like `shared/bench/peers/gen.py` (2,000 series x 360 points,
+//! `cargo test -p tsdb --test codec_props -- --nocapture bytes`): sealed series 1.108 B/pt
+//! (two-decimal random-walk gauges 1.226, integer counters 1.619, constants 0.046); a whole
+//! raw block with its index 1.114 B/pt; head chunks ~1.85 B/pt. Entropy of that data is
+//! ~1.04 B/pt.
 //!
 //! Invariants: any f64 bit pattern and any timestamp sequence round-trip exactly (timestamps
 //! use wrapping arithmetic, so even `i64::MIN..i64::MAX` gaps work). Decoding never panics
