@@ -46,6 +46,11 @@ fn main() {
             r#"sum(sum_over_time({__name__=~"host.+\\.count"}[6h]))"#,
             total / 2.0,
         ),
+        (
+            r#"sum(rate({__name__=~"host.+\\.count"}[5m]))"#,
+            (SERIES * 31) as f64 / 2.0,
+        ),
+        (r#"topk(10, {__name__=~"host.+"})"#, SERIES as f64),
     ];
     for (q, samples) in queries {
         let median = median_ms(|| {
@@ -74,6 +79,21 @@ fn main() {
         std::hint::black_box(m);
     });
     println!("query_range {one} step=10s: median {median:.3} ms");
+    let range = Steps {
+        start: START_MS,
+        end,
+        step: STEP_MS,
+    };
+    for q in [
+        r#"sum(rate({__name__=~"host.+\\.count"}[5m]))"#,
+        r#"sum(avg_over_time({__name__=~"host.+"}[10m]))"#,
+        r#"{__name__=~"host1.+"} > 50"#,
+    ] {
+        let median = median_ms(|| {
+            std::hint::black_box(evaluate_range(&reader, q, range, &limits).unwrap());
+        });
+        println!("query_range {q} over 1h step=10s (360 steps): median {median:.2} ms");
+    }
 }
 
 fn median_ms(mut f: impl FnMut()) -> f64 {

@@ -33,6 +33,19 @@ pub fn is_stale(v: f64) -> bool {
     v.to_bits() == STALE_NAN_BITS
 }
 
+/// The first index at or after `from` whose time fails `pred` (times ascending). Steps
+/// usually move a window edge by a sample or two, so look a few ahead before bisecting.
+fn advance(ts: &[i64], from: usize, pred: impl Fn(i64) -> bool) -> usize {
+    let mut i = from;
+    for _ in 0..8 {
+        match ts.get(i) {
+            Some(t) if pred(*t) => i += 1,
+            _ => return i,
+        }
+    }
+    i + ts.get(i..).map_or(0, |rest| rest.partition_point(|t| pred(*t)))
+}
+
 /// Whether any value is a stale marker. Branch-free over chunks so it vectorises: this
 /// runs over every sample a query reads.
 fn has_stale(vals: &[f64]) -> bool {
@@ -934,10 +947,9 @@ impl<'a> Evaluator<'a> {
                 for (i, r) in w.refs.iter().enumerate() {
                     let from = r.saturating_sub(w.range);
                     if monotone {
-                        // windows only move forward: search the remainder (O(log n) a step)
-                        lo += ts.get(lo..).map_or(0, |rest| rest.partition_point(|t| *t < from));
-                        hi = hi.max(lo);
-                        hi += ts.get(hi..).map_or(0, |rest| rest.partition_point(|t| *t <= *r));
+                        // windows only move forward: gallop from the last edge
+                        lo = advance(ts, lo, |t| t < from);
+                        hi = advance(ts, hi.max(lo), |t| t <= *r);
                     } else {
                         lo = ts.partition_point(|t| *t < from);
                         hi = ts.partition_point(|t| *t <= *r).max(lo);

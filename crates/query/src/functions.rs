@@ -712,9 +712,19 @@ pub(crate) fn aggregate(
             }
             return Ok(nonempty(out));
         }
-        "sum" | "avg" | "count" | "min" | "max" | "group" | "stddev" | "stdvar" => {}
-        other => return Err(QueryError::NotSupported(format!("aggregation {other}"))),
+        _ => {}
     }
+    let op = match op {
+        "sum" => AggOp::Sum,
+        "avg" => AggOp::Avg,
+        "count" => AggOp::Count,
+        "min" => AggOp::Min,
+        "max" => AggOp::Max,
+        "group" => AggOp::Group,
+        "stddev" => AggOp::Stddev,
+        "stdvar" => AggOp::Stdvar,
+        other => return Err(QueryError::NotSupported(format!("aggregation {other}"))),
+    };
     let (keys, members) = groups(grouping, &series);
     let mut out = Vec::with_capacity(keys.len());
     let mut accs: Vec<Option<Acc>> = vec![None; n];
@@ -727,8 +737,8 @@ pub(crate) fn aggregate(
                 *acc = Some(match *acc {
                     None => Acc {
                         value: match op {
-                            "count" | "group" => 1.0,
-                            "stddev" | "stdvar" => 0.0,
+                            AggOp::Count | AggOp::Group => 1.0,
+                            AggOp::Stddev | AggOp::Stdvar => 0.0,
                             _ => v,
                         },
                         mean: v,
@@ -742,9 +752,9 @@ pub(crate) fn aggregate(
             .iter()
             .map(|a| {
                 a.map(|a| match op {
-                    "avg" => a.mean,
-                    "stdvar" => a.value / a.count,
-                    "stddev" => (a.value / a.count).sqrt(),
+                    AggOp::Avg => a.mean,
+                    AggOp::Stdvar => a.value / a.count,
+                    AggOp::Stddev => (a.value / a.count).sqrt(),
                     _ => a.value,
                 })
             })
@@ -758,22 +768,35 @@ pub(crate) fn aggregate(
     Ok(nonempty(out))
 }
 
-fn accumulate(op: &str, mut a: Acc, v: f64) -> Acc {
+/// The aggregations computed by folding one accumulator per group and step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AggOp {
+    Sum,
+    Avg,
+    Count,
+    Min,
+    Max,
+    Group,
+    Stddev,
+    Stdvar,
+}
+
+fn accumulate(op: AggOp, mut a: Acc, v: f64) -> Acc {
     match op {
-        "sum" => a.value += v,
-        "count" => a.value += 1.0,
-        "group" => {}
-        "max" => {
+        AggOp::Sum => a.value += v,
+        AggOp::Count => a.value += 1.0,
+        AggOp::Group => {}
+        AggOp::Max => {
             if a.value < v || a.value.is_nan() {
                 a.value = v;
             }
         }
-        "min" => {
+        AggOp::Min => {
             if a.value > v || a.value.is_nan() {
                 a.value = v;
             }
         }
-        "avg" => {
+        AggOp::Avg => {
             a.count += 1.0;
             if a.mean.is_infinite() {
                 if v.is_infinite() && (a.mean > 0.0) == (v > 0.0) {
@@ -785,8 +808,8 @@ fn accumulate(op: &str, mut a: Acc, v: f64) -> Acc {
             }
             a.mean += v / a.count - a.mean / a.count;
         }
-        _ => {
-            // stddev, stdvar: Welford
+        AggOp::Stddev | AggOp::Stdvar => {
+            // Welford
             a.count += 1.0;
             let delta = v - a.mean;
             a.mean += delta / a.count;
@@ -859,7 +882,13 @@ fn top_k(top: bool, grouping: &Grouping, param: &AggParam, series: Vec<Series>, 
                         .map(|v| (*si, v))
                 })
                 .collect();
-            cands.sort_by(|a, b| cmp_nan_last(a.1, b.1, top).then(a.0.cmp(&b.0)));
+            let order = |a: &(usize, f64), b: &(usize, f64)| cmp_nan_last(a.1, b.1, top).then(a.0.cmp(&b.0));
+            if k < cands.len() {
+                // only the k best need ordering
+                cands.select_nth_unstable_by(k, order);
+                cands.truncate(k);
+            }
+            cands.sort_by(order);
             for (si, v) in cands.into_iter().take(k) {
                 if let Some(slot) = keep.get_mut(si).and_then(|p| p.get_mut(i)) {
                     *slot = Some(v);
