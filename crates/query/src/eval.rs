@@ -1,9 +1,9 @@
 //! The evaluator: walks a parsed PromQL expression and evaluates every node over all steps
 //! of the query at once (an instant query is a range query with a single step).
 //!
-//! Values between nodes are [`Value`]s: a scalar per step, a vector of [`Series`] (one
+//! Values between nodes are `Value`s: a scalar per step, a vector of [`Series`] (one
 //! optional point per step), or a string. A range vector only exists as a function argument
-//! (where it is streamed, see [`Evaluator::range_call`]) or as the top-level result of an
+//! (where it is streamed, see `Evaluator::range_call`) or as the top-level result of an
 //! instant query.
 //!
 //! Invariants:

@@ -119,11 +119,21 @@ impl Labels {
 }
 
 impl fmt::Display for Labels {
-    /// Prometheus notation, `name{a="1"}`, as the test files write it.
+    /// Prometheus notation, `name{a="1"}`, as the test files write it; a name that is not
+    /// a classic identifier is quoted inside the braces (`{"a.b", x="1"}`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = self.get(METRIC_NAME_LABEL);
-        write!(f, "{name}{{")?;
+        let classic = name
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
         let mut first = true;
+        if classic {
+            write!(f, "{name}{{")?;
+        } else {
+            write!(f, "{{{name:?}")?;
+            first = false;
+        }
         for (k, v) in &self.0 {
             if k == METRIC_NAME_LABEL {
                 continue;
