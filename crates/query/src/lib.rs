@@ -156,6 +156,37 @@ impl Default for QueryLimits {
     }
 }
 
+/// A [`QueryLimits`] value that cannot work, named by its config key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    /// A limit that must be positive is zero or negative.
+    #[error("query.{0} must be greater than zero")]
+    NotPositive(&'static str),
+}
+
+impl QueryLimits {
+    /// Checks that every limit can admit at least one query; the server calls this at
+    /// startup so a bad value fails there, with its key.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        let checks: [(&'static str, bool); 7] = [
+            ("max_samples", self.max_samples > 0),
+            ("max_series", self.max_series > 0),
+            ("timeout_ms", !self.timeout.is_zero()),
+            ("lookback_delta_ms", self.lookback_delta_ms > 0),
+            (
+                "max_points_per_series_in_range",
+                self.max_points_per_series_in_range > 0,
+            ),
+            ("subquery_step_ms", self.subquery_step_ms > 0),
+            ("max_concurrent_queries", self.max_concurrent_queries > 0),
+        ];
+        match checks.iter().find(|(_, ok)| !ok) {
+            Some((key, _)) => Err(LimitsError::NotPositive(key)),
+            None => Ok(()),
+        }
+    }
+}
+
 mod duration_ms {
     //! Durations in config as whole milliseconds.
     use std::time::Duration;

@@ -354,4 +354,13 @@ fn limits_config_round_trips_and_rejects_unknown_keys() {
     assert_eq!(serde_json::from_str::<QueryLimits>(&json).unwrap(), l);
     assert_eq!(serde_json::from_str::<QueryLimits>("{}").unwrap(), l);
     assert!(serde_json::from_str::<QueryLimits>(r#"{"max_sample":1}"#).is_err());
+    assert_eq!(l.validate(), Ok(()));
+    let zero_step = QueryLimits {
+        subquery_step_ms: 0,
+        ..QueryLimits::default()
+    };
+    assert_eq!(
+        zero_step.validate().unwrap_err().to_string(),
+        "query.subquery_step_ms must be greater than zero"
+    );
 }
