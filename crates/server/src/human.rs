@@ -203,8 +203,9 @@ pub fn router(state: HumanState) -> Router {
         .merge(admin)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        // Outermost first: the latency histogram includes time spent waiting for a request slot.
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_requests))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 

@@ -575,6 +575,17 @@ fn human_plane_stays_fast_under_a_graphite_flood() {
         let (status, _) = http("GET", &t.url("/api/v1/switches"), Some(&read), None);
         latencies.push(t0.elapsed());
         assert_eq!(status, 200);
+        // A storage read through the query API, under the same flood.
+        let t0 = Instant::now();
+        let q = urlencode(r#"count_over_time({__name__="flood0.host1.x"}[2h])"#);
+        let (status, body) = http(
+            "GET",
+            &t.url(&format!("/api/v1/query?query={q}")),
+            Some(&read),
+            None,
+        );
+        latencies.push(t0.elapsed());
+        assert_eq!(status, 200, "{body}");
         let (status, _) = http("GET", &t.url("/healthz"), None, None);
         assert_eq!(status, 200);
     }
