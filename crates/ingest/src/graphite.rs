@@ -156,6 +156,8 @@ impl LineSink {
     fn lines(&mut self, sh: &Shared, buf: &[u8], now: Timestamp) {
         let mut start = 0;
         let mut lineno = 0usize;
+        // lines of already refused keys, counted once per buffer rather than per line
+        let mut refused: Vec<(&'static str, usize)> = Vec::new();
         while start < buf.len() {
             let end = memchr::memchr(b'\n', &buf[start..]).map_or(buf.len(), |i| start + i);
             let line = &buf[start..end];
@@ -175,7 +177,10 @@ impl LineSink {
                             ts,
                             value: gl.value,
                         }),
-                        Some(Known::Refused(r)) => sh.dropped(self.source, r, 1),
+                        Some(Known::Refused(r)) => match refused.iter_mut().find(|(k, _)| *k == r) {
+                            Some((_, n)) => *n += 1,
+                            None => refused.push((r, 1)),
+                        },
                         None => self.miss(gl.key, fp, ts, gl.value),
                     }
                 }
@@ -184,6 +189,9 @@ impl LineSink {
                     sh.reject_line(self.source, &e, now);
                 }
             }
+        }
+        for (r, n) in refused {
+            sh.dropped(self.source, r, n);
         }
     }
 
