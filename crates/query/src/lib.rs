@@ -73,6 +73,8 @@
 //!
 //! **Invariant:** evaluation never panics on input; every bound is in [`QueryLimits`].
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod eval;
 mod functions;
