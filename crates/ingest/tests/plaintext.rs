@@ -345,3 +345,41 @@ async fn random_bytes_never_break_a_connection() {
     assert!(!udp_text.is_empty());
     assert!(ingest.rejections().len() <= 100 * 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_keys_stay_refused_and_too_old_points_are_counted() {
+    let cfg = IngestConfig {
+        max_series_total: 1,
+        ..config()
+    };
+    let f = start(cfg).await;
+    f.sink.refuse_older_than(1_600_000_000_000);
+    let mut conn = TcpStream::connect(f.addrs.graphite_tcp.unwrap()).await.unwrap();
+    conn.write_all(b"first 1 1700000000\nsecond 1 1700000000\n")
+        .await
+        .unwrap();
+    f.sink.wait_points(1);
+    let ingest = Arc::clone(&f.ingest);
+    eventually("first refusal", || {
+        ingest.dropped_total(Source::GraphiteTcp, "series_limit_total") == 1
+    })
+    .await;
+    // the refusal is cached: later lines of the key are counted without a new rejection entry
+    conn.write_all(b"second 2 1700000001\nsecond 3 1700000002\nfirst 0 1500000000\n")
+        .await
+        .unwrap();
+    conn.shutdown().await.unwrap();
+    eventually("cached refusals", || {
+        ingest.dropped_total(Source::GraphiteTcp, "series_limit_total") == 3
+    })
+    .await;
+    eventually("too old", || {
+        ingest.dropped_total(Source::GraphiteTcp, "too_old") == 1
+    })
+    .await;
+    assert_eq!(f.ingest.rejections().len(), 1);
+    assert_eq!(
+        f.sink.samples(),
+        vec![("first{}".to_owned(), 1_700_000_000_000, 1.0)]
+    );
+}
