@@ -13,6 +13,10 @@
 //! `human_max_concurrent_queries` permits, held until the blocking work ends.
 //!
 //! Errors use the Prometheus API envelope: `{"status":"error","errorType":"…","error":"…"}`.
+//!
+//! Kill switches: `GET /api/v1/switches` lists the ingest sources and the `compaction` job.
+//! A paused `compaction` switch refuses `POST /api/v1/admin/compact` (409); the engine's own
+//! periodic sealing has no pause hook yet, so it keeps running (see the server's report).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -562,6 +566,15 @@ async fn export(State(state): State<HumanState>, req: Request) -> Response {
     for (k, v) in &params {
         match k.as_str() {
             "match[]" => match query::parse_selector(v) {
+                Ok(m) if m.iter().all(Matcher::matches_empty) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_data",
+                        &format!(
+                            "match[] {v:?} must contain at least one matcher that does not match the empty string"
+                        ),
+                    );
+                }
                 Ok(m) => selectors.push(m),
                 Err(e) => return error(StatusCode::BAD_REQUEST, "bad_data", &format!("match[]: {e}")),
             },

@@ -426,7 +426,12 @@ fn export_round_trip_after_graphite_write() {
     let (_, body) = http("GET", &url, Some(ADMIN), None);
     assert_eq!(body.lines().count(), 2);
     // Bad requests.
-    for bad in ["", "?match[]=%7B", "?match[]=up&start=yesterday"] {
+    for bad in [
+        "",
+        "?match[]=%7B",
+        "?match[]=up&start=yesterday",
+        "?match[]=%7Ba%3D~%22.*%22%7D",
+    ] {
         let (status, _) = http(
             "GET",
             &format!("{}{bad}", t.url("/api/v1/export")),
