@@ -557,6 +557,19 @@ pub(crate) fn udp_recv(sh: &Shared, socket: &std::net::UdpSocket, source: Source
                 sh.dropped(source, reason::BLACKHOLED, lines);
                 return Recv::Nothing;
             }
+            if n >= buf.len() {
+                // possibly truncated by the kernel: a cut last line could parse as a wrong
+                // value, so it is refused
+                let p = buf.get(..n).unwrap_or_default();
+                let keep = memchr::memrchr(b'\n', p).map_or(0, |i| i + 1);
+                let tail = String::from_utf8_lossy(p.get(keep..).unwrap_or_default()).into_owned();
+                sh.reject(source, wire::Reason::LineTooLong.as_str(), &tail, sh.clock.now());
+                return if keep == 0 {
+                    Recv::Nothing
+                } else {
+                    Recv::Packet(keep)
+                };
+            }
             Recv::Packet(n)
         }
         Err(e)

@@ -383,3 +383,25 @@ async fn refused_keys_stay_refused_and_too_old_points_are_counted() {
         vec![("first{}".to_owned(), 1_700_000_000_000, 1.0)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_udp_datagram_loses_only_its_cut_line() {
+    let cfg = IngestConfig {
+        max_udp_packet_bytes: 32,
+        ..config()
+    };
+    let f = start(cfg).await;
+    // 20 bytes + a line cut at byte 32 ("cut.metric 12345" would read as "cut.metric 1")
+    send_udp(
+        f.addrs.graphite_udp.unwrap(),
+        &["whole.one 1 1700000000\ncut.metric 12345 1700000000\n"],
+    )
+    .await;
+    let got = f.sink.wait_points(1);
+    assert_eq!(got, vec![s(r#"{"whole.one"}"#, 1_700_000_000_000, 1.0)]);
+    let ingest = Arc::clone(&f.ingest);
+    eventually("cut line refused", || {
+        ingest.dropped_total(Source::GraphiteUdp, "line_too_long") == 1
+    })
+    .await;
+}
