@@ -15,7 +15,8 @@
 //! [`RunningServer::shutdown`]); [`tokens::TokenStore`] (hashed tokens in `tokens.json`).
 //!
 //! Data directory layout: `tsdb/` (the engine's files), `tokens.json`, `switches.json`
-//! (kill-switch states), `listeners.json` (bound addresses, rewritten at each start).
+//! (kill-switch states), `listeners.json` (bound addresses by listener name; removed at start,
+//! written once every listener is bound, removed again at shutdown).
 //!
 //! Invariants:
 //! - robot traffic runs only on the robot runtime, human traffic only on the human runtime;
@@ -218,6 +219,16 @@ impl Server {
             path: data_dir.clone(),
             source,
         })?;
+        // A file left by an earlier run would point waiting tools at dead ports.
+        let listeners_file = data_dir.join(LISTENERS_FILE);
+        if let Err(source) = std::fs::remove_file(&listeners_file)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(ServerError::DataDir {
+                path: listeners_file,
+                source,
+            });
+        }
         let clock = opts.clock.clone();
         let now_ms = clock.now().millis();
 
@@ -406,6 +417,7 @@ impl RunningServer {
 
     async fn shutdown_inner(&mut self) -> Result<(), ServerError> {
         self.readiness.set_shutting_down();
+        let _ = std::fs::remove_file(self.settings.data_dir.join(LISTENERS_FILE));
         let timeout = self.settings.shutdown_timeout;
         let started = std::time::Instant::now();
         tracing::info!(timeout_ms = timeout.as_millis() as u64, "shutting down");

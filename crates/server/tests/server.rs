@@ -541,6 +541,7 @@ fn first_start_generates_one_admin_token() {
         );
     }
     rt.block_on(s.shutdown()).unwrap();
+    assert!(!data.join("listeners.json").exists(), "removed at shutdown");
 }
 
 /// The human plane answers promptly while robots flood Graphite TCP.
