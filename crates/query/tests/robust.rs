@@ -4,6 +4,7 @@
 
 use model::{Label, SeriesKey};
 use proptest::prelude::*;
+use query::eval::QueryValue;
 use query::eval::Steps;
 use query::{MemReader, QueryLimits, evaluate_instant, evaluate_range};
 
@@ -242,5 +243,38 @@ proptest! {
         let limits = QueryLimits { max_samples: 100_000, ..QueryLimits::default() };
         let _ = evaluate_instant(&r, &q, t, &limits);
         let _ = evaluate_range(&r, &q, Steps { start: t, end: t + 20 * step, step }, &limits);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    /// A range query is the instant query at every step: both paths must agree point for
+    /// point (or both fail).
+    #[test]
+    fn range_query_equals_instant_query_per_step(q in expr(), t in 0i64..300_000, step in 5_000i64..60_000) {
+        let r = reader();
+        let limits = QueryLimits { max_samples: 200_000, ..QueryLimits::default() };
+        let steps = Steps { start: t, end: t + 6 * step, step };
+        let Ok(range) = evaluate_range(&r, &q, steps, &limits) else { return Ok(()) };
+        for i in 0..steps.len() {
+            let at = steps.at(i);
+            let instant = evaluate_instant(&r, &q, at, &limits);
+            let mut want: Vec<(String, u64)> = match instant {
+                Ok(QueryValue::Vector(v)) => v.into_iter().map(|s| (s.labels.to_string(), s.v.to_bits())).collect(),
+                Ok(QueryValue::Scalar { v, .. }) => vec![("{}".to_owned(), v.to_bits())],
+                other => { prop_assert!(false, "{q} at {at}: instant gave {other:?}"); unreachable!() }
+            };
+            let mut got: Vec<(String, u64)> = range
+                .iter()
+                .filter_map(|s| s.ts.iter().position(|x| *x == at).map(|p| (s.labels.to_string(), s.vals[p].to_bits())))
+                .collect();
+            want.sort();
+            got.sort();
+            // NaN payloads may differ between paths; compare NaN as NaN
+            let norm = |v: Vec<(String, u64)>| -> Vec<(String, u64)> {
+                v.into_iter().map(|(l, b)| (l, if f64::from_bits(b).is_nan() { f64::NAN.to_bits() } else { b })).collect()
+            };
+            prop_assert_eq!(norm(got), norm(want), "{} at {}", q, at);
+        }
     }
 }
