@@ -3,7 +3,7 @@
 
 issue 3: "Remote-write and Influx line: points/s beside VictoriaMetrics on the same payloads".
 
-    bench/scenarios/http_ingest.py [--data /tmp/peers-bench/data/n10k] [--peers vm,roaster]
+    bench/scenarios/http_ingest.py [--data /tmp/peers-bench/data/n10k] [--peers vm,roaster,roaster-noack]
                                    [--formats remote_write,influx] [--conns 4] [--batch 5000]
 
 For each format, the shared Graphite workload (`../shared/bench/peers/gen.py`; default 10,000 series
@@ -36,6 +36,12 @@ VictoriaMetrics is started as ../shared/bench/peers/bench.py does (`victoria-met
 target/release/roaster) with `ROASTER_ADMIN_TOKEN`; bodies go to its robot plane 127.0.0.1:8081 with
 a token of `ingest` scope made by `roaster token create` before start (the admin token if that
 fails), queries to the human plane 127.0.0.1:8080.
+
+Peers: `vm`; `roaster` (default config: HTTP ingest answers 2xx only after the WAL fsync,
+`http_durable_ack = true`, fsync every 100 ms); `roaster-noack` (`ROASTER_INGEST_HTTP_DURABLE_ACK=false`:
+answers once the points are queued, as VictoriaMetrics does, which acknowledges before its data is
+on disk). With durable acks, each connection waits out an fsync per request, so throughput depends on
+concurrency (`--conns`) and batch size more than on CPU.
 
 Loopback only; every process started is stopped by its PID; each peer x format is bounded by
 `--send-timeout` + `--query-timeout`. Prints one JSON line per peer x format and a final summary
@@ -305,9 +311,11 @@ class Roaster(Server):
     ingest_addr = ROASTER_ROBOT
     paths = {"remote_write": "/api/v1/write", "influx": "/write"}
 
-    def __init__(self, work, binary, admin):
+    def __init__(self, work, binary, admin, durable_ack=True):
+        if not durable_ack:
+            self.name = "roaster-noack"
         super().__init__(work)
-        self.bin, self.admin = binary, admin
+        self.bin, self.admin, self.durable_ack = binary, admin, durable_ack
 
     def run(self):
         data = os.path.join(self.dir, "data")
@@ -318,6 +326,7 @@ class Roaster(Server):
         self.ingest_token = tok[-1] if r.returncode == 0 and tok else self.admin
         self.token_kind = "ingest" if self.ingest_token != self.admin else "admin"
         env = dict(os.environ, ROASTER_ADMIN_TOKEN=self.admin)
+        env["ROASTER_INGEST_HTTP_DURABLE_ACK"] = "true" if self.durable_ack else "false"
         self.start([self.bin, "serve", "--data-dir", data], env)
         wait_port(ROASTER_HUMAN)
         wait_port(ROASTER_ROBOT)
@@ -454,7 +463,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     work = os.environ.get("BENCH_WORK", "/tmp/peers-bench")
     ap.add_argument("--data", default=os.path.join(work, "data/n10k"))
-    ap.add_argument("--peers", default="vm,roaster")
+    ap.add_argument("--peers", default="vm,roaster,roaster-noack")
     ap.add_argument("--formats", default="remote_write,influx")
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--batch", type=int, default=5000, help="points per request")
@@ -473,7 +482,12 @@ def main():
         bodies, points, enc_s = load_bodies(fmt, args.data, args.batch, args.limit, cache)
         print(f"# {fmt}: {len(bodies)} bodies, {points} points (encoded in {enc_s:.1f}s)", file=sys.stderr)
         for p in args.peers.split(","):
-            server = VM(args.work) if p == "vm" else Roaster(args.work, binary, admin)
+            if p == "vm":
+                server = VM(args.work)
+            elif p in ("roaster", "roaster-noack"):
+                server = Roaster(args.work, binary, admin, durable_ack=(p == "roaster"))
+            else:
+                sys.exit(f"unknown peer {p}: vm, roaster or roaster-noack")
             r = measure(server, fmt, bodies, points, man, args)
             print(json.dumps(r), flush=True)
             results.append(r)
