@@ -398,7 +398,8 @@ pub(crate) struct Evaluator<'a> {
     query_steps: Steps,
     /// The grid the current node is evaluated on (differs inside subqueries).
     steps: Steps,
-    /// Points produced so far, for `max_samples`.
+    /// Result slots (series × steps) held so far, for `max_samples`. Never decremented:
+    /// a conservative bound on what the query holds at once.
     samples: usize,
 }
 
@@ -656,8 +657,12 @@ impl<'a> Evaluator<'a> {
                     None => None,
                 };
                 any |= p.is_some();
-                produced += usize::from(p.is_some());
                 points.push(p);
+            }
+            // a kept series holds a slot per step, present or not: count the slots, so
+            // memory stays within max_samples even for sparse series over many steps
+            if any {
+                produced = produced.saturating_add(points.len());
             }
             if produced > budget {
                 return Err(QueryError::TooManySamples);
@@ -979,8 +984,10 @@ impl<'a> Evaluator<'a> {
                         functions::apply(f, wts, wvals, &ctx)
                     };
                     any |= p.is_some();
-                    produced += usize::from(p.is_some());
                     points.push(p);
+                }
+                if any {
+                    produced = produced.saturating_add(points.len());
                 }
                 if produced > budget {
                     return Err(QueryError::TooManySamples);

@@ -124,8 +124,10 @@ pub enum QueryError {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueryLimits {
-    /// Most samples (raw samples in the current window plus result points) one query may
-    /// hold in memory at once; Prometheus' `--query.max-samples`.
+    /// Most samples one query may hold: every selector's and range function's result slots
+    /// (series × steps) added up, and the raw samples of any one series read. Like
+    /// Prometheus' `--query.max-samples`, but counting slots rather than present points, so
+    /// memory is bounded even for sparse series over many steps.
     pub max_samples: usize,
     /// Most series one selector may match.
     pub max_series: usize,
