@@ -260,8 +260,17 @@ fn token_scopes_table() {
     }
     // The robot plane takes the ingest token and refuses the read token.
     let robot = format!("http://{}/api/v1/ingest", t.addr("robot-http"));
-    let (status, _) = http("POST", &robot, Some(&read), Some("{}"));
-    assert_eq!(status, 401, "read token on the robot plane");
+    let now_ms = model::SystemClock.now().millis();
+    let body = format!(
+        r#"{{"series":[{{"name":"robot.json","labels":{{"via":"json"}},"samples":[[{now_ms},1.5]]}}]}}"#
+    );
+    let (status, text) = http("POST", &robot, Some(&read), Some(&body));
+    assert_eq!(status, 401, "read token on the robot plane: {text}");
+    let (status, text) = http("POST", &robot, Some(&ingest), Some(&body));
+    assert_eq!(status, 200, "ingest token on the robot plane: {text}");
+    let got = t.wait_series(r#"{__name__="robot.json"}"#, 1);
+    assert_eq!(got[0]["metric"]["via"], "json");
+    assert_eq!(got[0]["values"][0], 1.5);
     t.shutdown();
 }
 
