@@ -11,6 +11,7 @@
 //!
 //! **Invariant:** this crate does no I/O and spawns nothing.
 
+pub mod event;
 pub mod matcher;
 pub mod series;
 pub mod telemetry;

@@ -1,0 +1,401 @@
+//! Event store figures from issue 5, measured against a real SQLite file.
+//!
+//! What it proves, and the targets:
+//! - `insert`: sustained ingest with full-text indexing, batches of 500 (≥ 20,000 events/s),
+//!   and that re-sending 1,000 stored events costs no more than a fresh 1,000.
+//! - `build` + `query`: with a large table (5 M events in the issue), full-text + host filter
+//!   p50 ≤ 20 ms / p99 ≤ 100 ms, 24 h annotations ≤ 10 ms, and cursor paging through
+//!   100,000 results with flat time per page.
+//!
+//! Run (release, niced, one mode at a time):
+//! ```text
+//! CARGO_TARGET_DIR=/work/target-store nice -n 10 cargo bench -p store --bench events -- insert 200000
+//! CARGO_TARGET_DIR=/work/target-store nice -n 10 cargo bench -p store --bench events -- build 5000000 /tmp/roaster-events.db
+//! CARGO_TARGET_DIR=/work/target-store nice -n 10 cargo bench -p store --bench events -- query /tmp/roaster-events.db
+//! ```
+//! The data is synthetic and deterministic (see [`Gen`]): 1,000 hosts, 40 services, 24 kinds,
+//! events spread evenly over 60 days, summaries of six words from a 4,000-word vocabulary,
+//! three labels, and a payload of package names on a third of the events.
+
+use std::time::{Duration, Instant};
+
+use model::Timestamp;
+use model::event::{Event, EventId, Severity};
+use serde_json::value::RawValue;
+use store::{AnnotationQuery, EventQuery, EventStore, SqliteConfig, SqliteStore, Synchronous};
+
+const END: i64 = 1_795_000_000_000;
+const SPAN_MS: i64 = 60 * 86_400_000;
+const HOSTS: u64 = 1000;
+const SERVICES: u64 = 40;
+const KINDS: &[&str] = &[
+    "deploy.started",
+    "deploy.finished",
+    "deploy.failed",
+    "chef.run",
+    "chef.failed",
+    "ansible.start",
+    "ansible.finish",
+    "package.installed",
+    "package.removed",
+    "package.upgraded",
+    "user.added",
+    "user.removed",
+    "file.changed",
+    "service.restarted",
+    "service.stopped",
+    "heartbeat.success",
+    "heartbeat.fail",
+    "cron.finished",
+    "backup.finished",
+    "backup.failed",
+    "cert.renewed",
+    "config.changed",
+    "reboot.done",
+    "audit.api",
+];
+
+/// A small deterministic generator (xorshift64*), so every run builds the same data.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn word(&mut self) -> String {
+        word(self.below(4000))
+    }
+
+    /// Event number `i` of `total`, spread evenly over the 60 days before `END`.
+    fn event(&mut self, i: u64, total: u64) -> Event {
+        let time = END - SPAN_MS + (i as i64 * SPAN_MS / total.max(1) as i64);
+        let host = self.below(HOSTS);
+        let kind = KINDS[self.below(KINDS.len() as u64) as usize];
+        let summary = (0..6).map(|_| self.word()).collect::<Vec<_>>().join(" ");
+        let payload = (self.below(3) == 0).then(|| {
+            let pkgs: Vec<String> = (0..3)
+                .map(|_| format!("{}-{}.{}", self.word(), self.below(9), self.below(20)))
+                .collect();
+            RawValue::from_string(serde_json::json!({"packages": pkgs, "exit": 0}).to_string())
+                .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap())
+        });
+        Event {
+            id: EventId::generate(
+                Timestamp(time),
+                u128::from(self.next()) << 64 | u128::from(self.next()),
+            ),
+            time: Timestamp(time),
+            received_at: Timestamp(time + 150),
+            source: format!("agent-h{host:04}"),
+            kind: kind.to_owned(),
+            subject: Some(self.word()),
+            actor: Some(format!("user{}", self.below(50))),
+            host: Some(format!("h{host:04}")),
+            service: Some(format!("svc{}", self.below(SERVICES))),
+            labels: [
+                (
+                    "env".to_owned(),
+                    ["prod", "staging", "dev"][self.below(3) as usize].to_owned(),
+                ),
+                ("region".to_owned(), format!("r{}", self.below(8))),
+                ("team".to_owned(), format!("team{}", self.below(12))),
+            ]
+            .into(),
+            severity: [
+                Severity::Info,
+                Severity::Info,
+                Severity::Warning,
+                Severity::Critical,
+            ][self.below(4) as usize],
+            summary,
+            payload,
+        }
+    }
+}
+
+/// The `n`th word of the vocabulary: two or three syllables.
+fn word(n: u64) -> String {
+    const SYL: &[&str] = &[
+        "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "bo", "da", "fu", "gi", "ha", "je", "pu",
+    ];
+    let mut s = String::new();
+    let mut k = n;
+    for _ in 0..3 {
+        s.push_str(SYL[(k % 16) as usize]);
+        k /= 16;
+    }
+    s
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn open(path: &str, synchronous: Synchronous, batch: usize) -> SqliteStore {
+    let mut config = SqliteConfig::new(path);
+    config.synchronous = synchronous;
+    config.max_batch_items = batch;
+    config.cache_kib = 256 * 1024;
+    match SqliteStore::open(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot open {path}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn insert(n: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.db");
+    let store = open(path.to_str().unwrap(), Synchronous::Normal, 1000);
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let events: Vec<Event> = (0..n).map(|i| g.event(i, n)).collect();
+    let start = Instant::now();
+    for batch in events.chunks(500) {
+        store.insert_batch(batch).unwrap();
+    }
+    let took = start.elapsed();
+    println!(
+        "insert: {n} events in batches of 500 (synchronous=NORMAL, full-text): {:.2} s, {:.0} events/s",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    // fresh 1,000 vs the same 1,000 again
+    let fresh: Vec<Event> = (0..1000).map(|i| g.event(n + i, n)).collect();
+    let t = Instant::now();
+    store.insert_batch(&fresh).unwrap();
+    let fresh_took = t.elapsed();
+    let t = Instant::now();
+    let results = store.insert_batch(&fresh).unwrap();
+    let resend_took = t.elapsed();
+    let dups = results
+        .iter()
+        .filter(|r| **r == store::ItemResult::Duplicate)
+        .count();
+    println!(
+        "idempotency: fresh batch of 1000 {:.2} ms, resend of the same 1000 {:.2} ms ({dups} duplicates, count {})",
+        ms(fresh_took),
+        ms(resend_took),
+        store.count().unwrap()
+    );
+}
+
+fn build(n: u64, path: &str) {
+    let store = open(path, Synchronous::Off, 10_000);
+    let have = store.count().unwrap();
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let start = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let batch: Vec<Event> = (done..(done + 10_000).min(n)).map(|i| g.event(i, n)).collect();
+        if done >= have {
+            store.insert_batch(&batch).unwrap();
+        }
+        done += batch.len() as u64;
+        if done % 500_000 == 0 {
+            println!("  {done} events, {:.0} s", start.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "build: {n} events in {:.0} s ({:.0} events/s, synchronous=OFF, batches of 10000), count {}",
+        start.elapsed().as_secs_f64(),
+        (n - have.min(n)) as f64 / start.elapsed().as_secs_f64(),
+        store.count().unwrap()
+    );
+}
+
+fn report(name: &str, mut samples: Vec<Duration>, rows: usize) {
+    samples.sort();
+    println!(
+        "{name}: n={} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, mean rows {:.1}",
+        samples.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(percentile(&samples, 1.0)),
+        rows as f64 / samples.len().max(1) as f64
+    );
+}
+
+fn query(path: &str) {
+    let store = open(path, Synchronous::Normal, 1000);
+    let count = store.count().unwrap();
+    println!("query: {count} events in {path}");
+    let mut g = Gen(42);
+    let run = |name: &str, make: &mut dyn FnMut(&mut Gen) -> EventQuery, g: &mut Gen| {
+        let mut samples = Vec::new();
+        let mut rows = 0;
+        for _ in 0..300 {
+            let q = make(g);
+            let t = Instant::now();
+            let page = store.query(&q).unwrap();
+            samples.push(t.elapsed());
+            rows += page.events.len();
+        }
+        report(name, samples, rows);
+    };
+    run(
+        "full text (1 word) + host, limit 100",
+        &mut |g| EventQuery {
+            q: Some(g.word()),
+            host: Some(format!("h{:04}", g.below(HOSTS))),
+            ..Default::default()
+        },
+        &mut g,
+    );
+    run(
+        "full text (1 word) + host + last 7 days, limit 100",
+        &mut |g| EventQuery {
+            q: Some(g.word()),
+            host: Some(format!("h{:04}", g.below(HOSTS))),
+            from: Some(Timestamp(END - 7 * 86_400_000)),
+            ..Default::default()
+        },
+        &mut g,
+    );
+    run(
+        "full text (2 words), no other filter, limit 100",
+        &mut |g| EventQuery {
+            q: Some(format!("{} {}", g.word(), g.word())),
+            ..Default::default()
+        },
+        &mut g,
+    );
+    run(
+        "full text common word (kind token 'deploy', ~12% of events) + host, limit 100",
+        &mut |g| EventQuery {
+            q: Some("deploy".into()),
+            host: Some(format!("h{:04}", g.below(HOSTS))),
+            ..Default::default()
+        },
+        &mut g,
+    );
+    run(
+        "host + kind prefix + label env=prod, limit 100",
+        &mut |g| EventQuery {
+            host: Some(format!("h{:04}", g.below(HOSTS))),
+            kind_prefix: Some("deploy".into()),
+            labels: vec![model::Matcher::equal("env", "prod")],
+            ..Default::default()
+        },
+        &mut g,
+    );
+    let mut ann = |name: &str, make: &mut dyn FnMut(&mut Gen) -> AnnotationQuery| {
+        let mut samples = Vec::new();
+        let mut rows = 0;
+        for _ in 0..300 {
+            let q = make(&mut g);
+            let t = Instant::now();
+            let a = store.annotations(&q).unwrap();
+            samples.push(t.elapsed());
+            rows += a.rows.len();
+        }
+        report(name, samples, rows);
+    };
+    let day = |g: &mut Gen| {
+        let to = END - g.below(50) as i64 * 86_400_000;
+        (Timestamp(to - 86_400_000), Timestamp(to))
+    };
+    ann("annotations 24 h, one host", &mut |g| {
+        let (from, to) = day(g);
+        AnnotationQuery {
+            from,
+            to,
+            host: Some(format!("h{:04}", g.below(HOSTS))),
+            ..Default::default()
+        }
+    });
+    ann("annotations 24 h, one service + kind deploy", &mut |g| {
+        let (from, to) = day(g);
+        AnnotationQuery {
+            from,
+            to,
+            service: Some(format!("svc{}", g.below(SERVICES))),
+            kind_prefix: Some("deploy".into()),
+            ..Default::default()
+        }
+    });
+    ann("annotations 24 h, kind deploy.failed (all hosts)", &mut |g| {
+        let (from, to) = day(g);
+        AnnotationQuery {
+            from,
+            to,
+            kind_prefix: Some("deploy.failed".into()),
+            ..Default::default()
+        }
+    });
+    // paging: 100 pages of 1000 through the events of one common kind prefix
+    for (name, base) in [
+        (
+            "kind prefix 'package'",
+            EventQuery {
+                kind_prefix: Some("package".into()),
+                limit: Some(1000),
+                ..Default::default()
+            },
+        ),
+        (
+            "full text 'deploy'",
+            EventQuery {
+                q: Some("deploy".into()),
+                limit: Some(1000),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let mut cursor = None;
+        let mut times = Vec::new();
+        let mut total = 0;
+        for _ in 0..100 {
+            let q = EventQuery {
+                cursor: cursor.clone(),
+                ..base.clone()
+            };
+            let t = Instant::now();
+            let page = store.query(&q).unwrap();
+            times.push(t.elapsed());
+            total += page.events.len();
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let first: f64 = times.iter().take(10).map(|d| ms(*d)).sum::<f64>() / 10.0;
+        let last: f64 = times.iter().rev().take(10).map(|d| ms(*d)).sum::<f64>() / 10.0;
+        let max = times.iter().map(|d| ms(*d)).fold(0.0, f64::max);
+        println!(
+            "paging {name}: {total} events in {} pages of 1000, mean first 10 pages {first:.2} ms, last 10 {last:.2} ms, max {max:.2} ms",
+            times.len()
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    match arg(0) {
+        Some("insert") => insert(arg(1).and_then(|s| s.parse().ok()).unwrap_or(200_000)),
+        Some("build") => build(
+            arg(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
+            arg(2).unwrap_or("/tmp/roaster-events.db"),
+        ),
+        Some("query") => query(arg(1).unwrap_or("/tmp/roaster-events.db")),
+        _ => eprintln!("usage: events (insert [N] | build [N] [PATH] | query [PATH])"),
+    }
+}

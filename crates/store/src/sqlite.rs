@@ -1,0 +1,683 @@
+//! [`EventStore`] over one SQLite file.
+//!
+//! Connections: one writer behind a mutex (SQLite allows one writer at a time anyway) and a
+//! fixed pool of [`SqliteConfig::readers`] read-only connections; the file is in WAL mode,
+//! so readers never block the writer or each other. A caller that finds every reader busy
+//! waits for one; nothing opens connections on demand.
+//!
+//! On-disk format (schema version 1, kept in `PRAGMA user_version` by `rusqlite_migration`;
+//! migrations only ever append, never edit a shipped step):
+//!
+//! ```sql
+//! events(seq INTEGER PRIMARY KEY,        -- insertion order; the full-text rowid
+//!        id TEXT NOT NULL UNIQUE,        -- the idempotency key
+//!        time INTEGER NOT NULL,          -- UTC ms
+//!        received_at INTEGER NOT NULL,   -- UTC ms
+//!        source TEXT NOT NULL, kind TEXT NOT NULL,
+//!        subject TEXT, actor TEXT, host TEXT, service TEXT,   -- NULL when absent
+//!        labels TEXT NOT NULL,           -- JSON object, names sorted
+//!        severity INTEGER NOT NULL,      -- 0 info, 1 warning, 2 critical
+//!        summary TEXT NOT NULL,
+//!        payload TEXT)                   -- the payload's JSON exactly as sent, or NULL
+//! indexes: (time, id), (host, time, id), (service, time, id), (kind, time)
+//! events_fts: contentless FTS5 (contentless_delete=1) over
+//!             kind, subject, summary, labels ("name=value ..."), payload (its string values),
+//!             rowid = events.seq
+//! ```
+//!
+//! An event and its full-text row are written in the same transaction, so the index never
+//! disagrees with the table. The full-text table is contentless: it stores no copy of the
+//! text, only the index, and retention deletes from it by rowid.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::types::Value;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params_from_iter};
+use rusqlite_migration::{M, Migrations};
+use serde_json::value::RawValue;
+
+use model::event::{Event, EventId, Severity, is_label_name};
+use model::{MatchOp, Timestamp};
+
+use crate::fts::{labels_text, match_expression, payload_text};
+use crate::{
+    Annotation, AnnotationQuery, Annotations, EventQuery, EventStore, ItemResult, Page, QueryLimits,
+    Retention, RetentionReport, StoreError, decode_cursor, encode_cursor,
+};
+
+const MIGRATIONS: &[M<'static>] = &[M::up(
+    "CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        time INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT,
+        actor TEXT,
+        host TEXT,
+        service TEXT,
+        labels TEXT NOT NULL,
+        severity INTEGER NOT NULL,
+        summary TEXT NOT NULL,
+        payload TEXT
+    );
+    CREATE INDEX events_time ON events(time, id);
+    CREATE INDEX events_host_time ON events(host, time, id);
+    CREATE INDEX events_service_time ON events(service, time, id);
+    CREATE INDEX events_kind_time ON events(kind, time);
+    CREATE VIRTUAL TABLE events_fts USING fts5(
+        kind, subject, summary, labels, payload,
+        content='', contentless_delete=1
+    );",
+)];
+
+/// How hard SQLite syncs to disk on commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `NORMAL`: in WAL mode a power loss may lose the last commits but never corrupts.
+    #[default]
+    Normal,
+    /// `FULL`: every commit is durable before it returns.
+    Full,
+    /// `OFF`: for bulk loads and benchmarks only; a crash can corrupt the file.
+    Off,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Off => "OFF",
+        }
+    }
+}
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file; created (with its schema) when missing.
+    pub path: PathBuf,
+    /// Read-only connections in the pool (at least 1).
+    pub readers: usize,
+    /// How long a statement waits for a lock before failing with [`StoreError::Busy`].
+    pub busy_timeout: Duration,
+    /// Commit durability.
+    pub synchronous: Synchronous,
+    /// Page cache per connection, in KiB.
+    pub cache_kib: u32,
+    /// Most events one [`EventStore::insert_batch`] call takes.
+    pub max_batch_items: usize,
+    /// Most payload text (string values) indexed per event, in bytes.
+    pub max_indexed_payload_bytes: usize,
+    /// Events deleted per retention transaction, so the writer is never held for long.
+    pub retention_chunk_rows: usize,
+    /// Query bounds.
+    pub limits: QueryLimits,
+}
+
+impl SqliteConfig {
+    /// Defaults for a file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> SqliteConfig {
+        SqliteConfig {
+            path: path.into(),
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            synchronous: Synchronous::Normal,
+            cache_kib: 16 * 1024,
+            max_batch_items: 1000,
+            max_indexed_payload_bytes: 64 * 1024,
+            retention_chunk_rows: 10_000,
+            limits: QueryLimits::default(),
+        }
+    }
+}
+
+/// Events in a SQLite file; see the module doc.
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    reader_free: Condvar,
+    config: SqliteConfig,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a driver error, telling busy/locked (retryable) apart from the rest.
+fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy { op },
+        _ => StoreError::Backend {
+            op,
+            source: Box::new(e),
+        },
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database, applies pending migrations and fills the reader pool.
+    pub fn open(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+        let mut writer = Connection::open(&config.path).map_err(db_err("open"))?;
+        configure(&writer, &config, false)?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut writer)
+            .map_err(|e| StoreError::Backend {
+                op: "migrate",
+                source: Box::new(e),
+            })?;
+        let mut readers = Vec::with_capacity(config.readers.max(1));
+        for _ in 0..config.readers.max(1) {
+            let conn = Connection::open_with_flags(
+                &config.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(db_err("open reader"))?;
+            configure(&conn, &config, true)?;
+            readers.push(conn);
+        }
+        Ok(SqliteStore {
+            writer: Mutex::new(writer),
+            readers: Mutex::new(readers),
+            reader_free: Condvar::new(),
+            config,
+        })
+    }
+
+    /// The configuration this store was opened with.
+    pub fn config(&self) -> &SqliteConfig {
+        &self.config
+    }
+
+    /// Runs `f` on a pooled reader, waiting for one to be free.
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = {
+            let mut pool = self.readers.lock();
+            loop {
+                if let Some(conn) = pool.pop() {
+                    break conn;
+                }
+                self.reader_free.wait(&mut pool);
+            }
+        };
+        let result = f(&conn);
+        self.readers.lock().push(conn);
+        self.reader_free.notify_one();
+        result
+    }
+
+    fn page_limit(&self, limit: Option<usize>) -> Result<usize, StoreError> {
+        let limits = &self.config.limits;
+        match limit {
+            None => Ok(limits.default_page),
+            Some(0) => Err(StoreError::InvalidQuery("limit must be at least 1".into())),
+            Some(n) if n > limits.max_page => Err(StoreError::InvalidQuery(format!(
+                "limit {n} exceeds the maximum of {}",
+                limits.max_page
+            ))),
+            Some(n) => Ok(n),
+        }
+    }
+}
+
+fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Result<(), StoreError> {
+    conn.busy_timeout(config.busy_timeout)
+        .map_err(db_err("configure"))?;
+    let mut pragmas = format!(
+        "PRAGMA cache_size = -{}; PRAGMA temp_store = MEMORY;",
+        config.cache_kib
+    );
+    if read_only {
+        pragmas.push_str(" PRAGMA query_only = 1;");
+    } else {
+        // journal_mode answers with a row, so it goes through pragma_update_and_check
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+            .map_err(db_err("configure"))?;
+        pragmas.push_str(&format!(" PRAGMA synchronous = {};", config.synchronous.pragma()));
+    }
+    conn.execute_batch(&pragmas).map_err(db_err("configure"))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// The columns every event query selects, in [`read_event`]'s order.
+const EVENT_COLUMNS: &str = "e.id, e.time, e.received_at, e.source, e.kind, e.subject, e.actor, \
+                             e.host, e.service, e.labels, e.severity, e.summary, e.payload";
+
+fn severity_code(s: Severity) -> i64 {
+    match s {
+        Severity::Info => 0,
+        Severity::Warning => 1,
+        Severity::Critical => 2,
+    }
+}
+
+fn severity_from_code(code: i64) -> Result<Severity, StoreError> {
+    match code {
+        0 => Ok(Severity::Info),
+        1 => Ok(Severity::Warning),
+        2 => Ok(Severity::Critical),
+        other => Err(corrupt(format!("severity code {other}"))),
+    }
+}
+
+fn corrupt(detail: String) -> StoreError {
+    StoreError::Corrupt {
+        table: "events",
+        detail,
+    }
+}
+
+/// Raw column values of one event row; decoded outside the row callback so decoding errors
+/// keep their own variant.
+struct RawRow {
+    id: String,
+    time: i64,
+    received_at: i64,
+    source: String,
+    kind: String,
+    subject: Option<String>,
+    actor: Option<String>,
+    host: Option<String>,
+    service: Option<String>,
+    labels: String,
+    severity: i64,
+    summary: String,
+    payload: Option<String>,
+}
+
+fn read_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id: r.get(0)?,
+        time: r.get(1)?,
+        received_at: r.get(2)?,
+        source: r.get(3)?,
+        kind: r.get(4)?,
+        subject: r.get(5)?,
+        actor: r.get(6)?,
+        host: r.get(7)?,
+        service: r.get(8)?,
+        labels: r.get(9)?,
+        severity: r.get(10)?,
+        summary: r.get(11)?,
+        payload: r.get(12)?,
+    })
+}
+
+fn read_event(raw: RawRow) -> Result<Event, StoreError> {
+    let labels =
+        serde_json::from_str(&raw.labels).map_err(|e| corrupt(format!("labels of {}: {e}", raw.id)))?;
+    let payload = match raw.payload {
+        None => None,
+        Some(text) => {
+            Some(RawValue::from_string(text).map_err(|e| corrupt(format!("payload of {}: {e}", raw.id)))?)
+        }
+    };
+    Ok(Event {
+        id: EventId::from_stored(raw.id),
+        time: Timestamp(raw.time),
+        received_at: Timestamp(raw.received_at),
+        source: raw.source,
+        kind: raw.kind,
+        subject: raw.subject,
+        actor: raw.actor,
+        host: raw.host,
+        service: raw.service,
+        labels,
+        severity: severity_from_code(raw.severity)?,
+        summary: raw.summary,
+        payload,
+    })
+}
+
+/// A WHERE clause under construction, with its positional parameters.
+#[derive(Default)]
+struct Filter {
+    clauses: Vec<String>,
+    params: Vec<Value>,
+}
+
+impl Filter {
+    fn push(&mut self, clause: &str, params: impl IntoIterator<Item = Value>) {
+        self.clauses.push(clause.to_owned());
+        self.params.extend(params);
+    }
+
+    fn time_range(&mut self, from: Option<Timestamp>, to: Option<Timestamp>) {
+        if let Some(from) = from {
+            self.push("e.time >= ?", [Value::Integer(from.0)]);
+        }
+        if let Some(to) = to {
+            self.push("e.time < ?", [Value::Integer(to.0)]);
+        }
+    }
+
+    fn exact(&mut self, column: &str, value: &Option<String>) {
+        if let Some(v) = value {
+            self.push(&format!("e.{column} = ?"), [Value::Text(v.clone())]);
+        }
+    }
+
+    fn kind_prefix(&mut self, prefix: &Option<String>) {
+        let Some(p) = prefix else { return };
+        let p = p.strip_suffix('.').unwrap_or(p);
+        if p.is_empty() {
+            return;
+        }
+        // `kind = p` or `p.` <= kind < `p/` ('/' follows '.'), a range the kind index serves
+        self.push(
+            "(e.kind = ? OR (e.kind >= ? AND e.kind < ?))",
+            [
+                Value::Text(p.to_owned()),
+                Value::Text(format!("{p}.")),
+                Value::Text(format!("{p}/")),
+            ],
+        );
+    }
+
+    fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            "1".to_owned()
+        } else {
+            self.clauses.join(" AND ")
+        }
+    }
+}
+
+impl EventStore for SqliteStore {
+    fn insert_batch(&self, events: &[Event]) -> Result<Vec<ItemResult>, StoreError> {
+        if events.len() > self.config.max_batch_items {
+            return Err(StoreError::BatchTooLarge {
+                count: events.len(),
+                max: self.config.max_batch_items,
+            });
+        }
+        let op = "insert events";
+        let mut conn = self.writer.lock();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err(op))?;
+        let mut results = Vec::with_capacity(events.len());
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (id, time, received_at, source, kind, subject, actor, \
+                     host, service, labels, severity, summary, payload) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                     ON CONFLICT(id) DO NOTHING RETURNING seq",
+                )
+                .map_err(db_err(op))?;
+            let mut index = tx
+                .prepare_cached(
+                    "INSERT INTO events_fts (rowid, kind, subject, summary, labels, payload) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(db_err(op))?;
+            for e in events {
+                let labels = serde_json::to_string(&e.labels).map_err(|err| StoreError::Backend {
+                    op,
+                    source: Box::new(err),
+                })?;
+                let seq: Option<i64> = insert
+                    .query_row(
+                        rusqlite::params![
+                            e.id.as_str(),
+                            e.time.0,
+                            e.received_at.0,
+                            e.source,
+                            e.kind,
+                            e.subject,
+                            e.actor,
+                            e.host,
+                            e.service,
+                            labels,
+                            severity_code(e.severity),
+                            e.summary,
+                            e.payload.as_ref().map(|p| p.get()),
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err(op))?;
+                let Some(seq) = seq else {
+                    results.push(ItemResult::Duplicate);
+                    continue;
+                };
+                let payload = e
+                    .payload
+                    .as_ref()
+                    .map(|p| payload_text(p.get(), self.config.max_indexed_payload_bytes))
+                    .unwrap_or_default();
+                index
+                    .execute(rusqlite::params![
+                        seq,
+                        e.kind,
+                        e.subject,
+                        e.summary,
+                        labels_text(&e.labels),
+                        payload,
+                    ])
+                    .map_err(db_err(op))?;
+                results.push(ItemResult::Stored);
+            }
+        }
+        tx.commit().map_err(db_err(op))?;
+        Ok(results)
+    }
+
+    fn query(&self, query: &EventQuery) -> Result<Page, StoreError> {
+        let limits = &self.config.limits;
+        let limit = self.page_limit(query.limit)?;
+        if query.labels.len() > limits.max_label_matchers {
+            return Err(StoreError::InvalidQuery(format!(
+                "more than {} label matchers",
+                limits.max_label_matchers
+            )));
+        }
+        let mut filter = Filter::default();
+        filter.time_range(query.from, query.to);
+        filter.exact("host", &query.host);
+        filter.exact("service", &query.service);
+        filter.kind_prefix(&query.kind_prefix);
+        for m in &query.labels {
+            if !is_label_name(&m.name) {
+                return Err(StoreError::InvalidQuery(format!(
+                    "label name {:?} must match [A-Za-z_][A-Za-z0-9_.-]*",
+                    m.name
+                )));
+            }
+            let op = match m.op {
+                MatchOp::Equal => "=",
+                MatchOp::NotEqual => "!=",
+                MatchOp::Regex | MatchOp::NotRegex => {
+                    return Err(StoreError::InvalidQuery(
+                        "event label matchers support only = and !=".into(),
+                    ));
+                }
+            };
+            // the name is validated above, so quoting it into a JSON path is safe
+            filter.push(
+                &format!("coalesce(json_extract(e.labels, ?), '') {op} ?"),
+                [
+                    Value::Text(format!("$.\"{}\"", m.name)),
+                    Value::Text(m.value.clone()),
+                ],
+            );
+        }
+        let words = match &query.q {
+            Some(q) => match_expression(q, limits)?,
+            None => None,
+        };
+        if let Some(expr) = words {
+            filter.push(
+                "e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)",
+                [Value::Text(expr)],
+            );
+        }
+        if let Some(cursor) = &query.cursor {
+            let (time, id) = decode_cursor(cursor)?;
+            filter.push(
+                "(e.time, e.id) < (?, ?)",
+                [Value::Integer(time.0), Value::Text(id.as_str().to_owned())],
+            );
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE {} ORDER BY e.time DESC, e.id DESC LIMIT {}",
+            filter.sql(),
+            limit + 1
+        );
+        let op = "query events";
+        let raw = self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err(op))?;
+            let rows = stmt
+                .query_map(params_from_iter(filter.params.iter()), read_row)
+                .map_err(db_err(op))?;
+            rows.collect::<rusqlite::Result<Vec<RawRow>>>()
+                .map_err(db_err(op))
+        })?;
+        let more = raw.len() > limit;
+        let mut events = raw
+            .into_iter()
+            .take(limit)
+            .map(read_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        events.shrink_to_fit();
+        let next_cursor = match events.last() {
+            Some(last) if more => Some(encode_cursor(last.time, &last.id)),
+            _ => None,
+        };
+        Ok(Page { events, next_cursor })
+    }
+
+    fn annotations(&self, query: &AnnotationQuery) -> Result<Annotations, StoreError> {
+        let max = self.config.limits.max_annotations;
+        let mut filter = Filter::default();
+        filter.time_range(Some(query.from), Some(query.to));
+        filter.exact("host", &query.host);
+        filter.exact("service", &query.service);
+        filter.kind_prefix(&query.kind_prefix);
+        let sql = format!(
+            "SELECT e.id, e.time, e.kind, e.severity, e.host, e.service, e.summary \
+             FROM events e WHERE {} ORDER BY e.time, e.id LIMIT {}",
+            filter.sql(),
+            max + 1
+        );
+        let op = "query annotations";
+        type AnnotationRow = (String, i64, String, i64, Option<String>, Option<String>, String);
+        let raw: Vec<AnnotationRow> = self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err(op))?;
+            let rows = stmt
+                .query_map(params_from_iter(filter.params.iter()), |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .map_err(db_err(op))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err(op))
+        })?;
+        let truncated = raw.len() > max;
+        let rows = raw
+            .into_iter()
+            .take(max)
+            .map(|(id, time, kind, severity, host, service, summary)| {
+                Ok(Annotation {
+                    id: EventId::from_stored(id),
+                    time: Timestamp(time),
+                    kind,
+                    severity: severity_from_code(severity)?,
+                    host,
+                    service,
+                    summary,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Annotations { rows, truncated })
+    }
+
+    fn delete_older_than(&self, retention: &Retention) -> Result<RetentionReport, StoreError> {
+        let events_deleted = self.delete_chunked(
+            "SELECT seq, time FROM events WHERE time >= ?3 AND time < ?1 AND kind NOT GLOB 'audit.*' ORDER BY time LIMIT ?2",
+            retention.events_before,
+        )?;
+        let audit_deleted = match retention.audit_before {
+            Some(audit_before) => self.delete_chunked(
+                "SELECT seq, time FROM events WHERE time >= ?3 AND time < ?1 AND kind GLOB 'audit.*' ORDER BY time LIMIT ?2",
+                audit_before,
+            )?,
+            None => 0,
+        };
+        Ok(RetentionReport {
+            events_deleted,
+            audit_deleted,
+        })
+    }
+
+    fn count(&self) -> Result<u64, StoreError> {
+        let op = "count events";
+        self.with_reader(|conn| {
+            let n: i64 = conn
+                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .map_err(db_err(op))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+}
+
+impl SqliteStore {
+    /// Deletes the rows `select` finds (`?1` = cut-off, `?2` = chunk size, `?3` = where the
+    /// previous chunk ended, so rows retention keeps are not rescanned for every chunk), one
+    /// chunk per transaction so inserts can interleave, until a chunk comes back short.
+    fn delete_chunked(&self, select: &str, before: Timestamp) -> Result<u64, StoreError> {
+        let op = "retention";
+        let chunk = i64::try_from(self.config.retention_chunk_rows.max(1)).unwrap_or(i64::MAX);
+        let mut deleted = 0u64;
+        let mut resume = i64::MIN;
+        loop {
+            let mut conn = self.writer.lock();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err(op))?;
+            let n = {
+                let mut find = tx.prepare_cached(select).map_err(db_err(op))?;
+                let rows = find
+                    .query_map(rusqlite::params![before.0, chunk, resume], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .map_err(db_err(op))?
+                    .collect::<rusqlite::Result<Vec<(i64, i64)>>>()
+                    .map_err(db_err(op))?;
+                let mut del_fts = tx
+                    .prepare_cached("DELETE FROM events_fts WHERE rowid = ?1")
+                    .map_err(db_err(op))?;
+                let mut del_row = tx
+                    .prepare_cached("DELETE FROM events WHERE seq = ?1")
+                    .map_err(db_err(op))?;
+                for (seq, time) in &rows {
+                    del_fts.execute([seq]).map_err(db_err(op))?;
+                    del_row.execute([seq]).map_err(db_err(op))?;
+                    resume = resume.max(*time);
+                }
+                rows.len()
+            };
+            tx.commit().map_err(db_err(op))?;
+            deleted += n as u64;
+            if (n as i64) < chunk {
+                return Ok(deleted);
+            }
+        }
+    }
+}

@@ -1,0 +1,641 @@
+//! The SQLite event store against a real file in a temporary directory.
+
+use std::collections::BTreeMap;
+
+use model::event::{Arrival, Event, EventInput, EventLimits, decode_batch};
+use model::{MatchOp, Matcher, Timestamp};
+use store::{
+    AnnotationQuery, EventQuery, EventStore, ItemResult, Retention, RetentionReport, SqliteConfig,
+    SqliteStore, StoreError,
+};
+
+const T0: i64 = 1_795_000_000_000;
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("roaster.db"))).unwrap();
+    (dir, store)
+}
+
+/// Builds a validated event from a compact JSON object, arriving at `T0 + 1 day`.
+fn ev(json: &str) -> Event {
+    let input: EventInput = serde_json::from_str(json).unwrap();
+    input
+        .validate(
+            &Arrival {
+                received_at: Timestamp(T0 + 86_400_000),
+                source: "test",
+                random: 7,
+            },
+            &EventLimits::default(),
+        )
+        .unwrap()
+}
+
+/// `n` events `i` at `T0 + i s`, host `web{i%3}`, kind alternating deploy/chef.
+fn series(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let kind = if i % 2 == 0 { "deploy.finished" } else { "chef.run" };
+            ev(&format!(
+                r#"{{"id":"e{i:05}","time":{},"kind":"{kind}","host":"web{}","summary":"event number {i}","labels":{{"parity":"{}"}}}}"#,
+                T0 + i as i64 * 1000,
+                i % 3,
+                if i % 2 == 0 { "even" } else { "odd" }
+            ))
+        })
+        .collect()
+}
+
+fn ids(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.id.as_str()).collect()
+}
+
+#[test]
+fn round_trip_keeps_every_field() {
+    let (_dir, store) = open();
+    let e = ev(
+        r#"{"id":"x1","time":"2026-11-19T06:09:16.5Z","kind":"deploy.finished","subject":"api",
+            "actor":"alice","host":"web1","service":"api","labels":{"env":"prod","v":"1.2"},
+            "severity":"critical","summary":"deployed","payload":{"z": 1, "a": ["keep  spacing"]}}"#,
+    );
+    assert_eq!(
+        store.insert_batch(std::slice::from_ref(&e)).unwrap(),
+        vec![ItemResult::Stored]
+    );
+    let page = store.query(&EventQuery::default()).unwrap();
+    assert_eq!(page.events, vec![e]);
+    assert_eq!(page.next_cursor, None);
+}
+
+#[test]
+fn resending_stores_nothing_new() {
+    let (_dir, store) = open();
+    let batch = series(10);
+    assert!(
+        store
+            .insert_batch(&batch)
+            .unwrap()
+            .iter()
+            .all(|r| *r == ItemResult::Stored)
+    );
+    assert!(
+        store
+            .insert_batch(&batch)
+            .unwrap()
+            .iter()
+            .all(|r| *r == ItemResult::Duplicate)
+    );
+    // a resend with a changed body is still a duplicate: stored events are never edited
+    let mut changed = batch[0].clone();
+    changed.summary = "rewritten".into();
+    let mut twice = vec![changed, series(11).remove(10)];
+    twice.push(twice[1].clone());
+    assert_eq!(
+        store.insert_batch(&twice).unwrap(),
+        vec![ItemResult::Duplicate, ItemResult::Stored, ItemResult::Duplicate]
+    );
+    assert_eq!(store.count().unwrap(), 11);
+    let page = store
+        .query(&EventQuery {
+            q: Some("rewritten".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(page.events.is_empty());
+}
+
+#[test]
+fn batch_limit_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("db"));
+    config.max_batch_items = 5;
+    let store = SqliteStore::open(config).unwrap();
+    assert!(matches!(
+        store.insert_batch(&series(6)),
+        Err(StoreError::BatchTooLarge { count: 6, max: 5 })
+    ));
+    assert_eq!(store.count().unwrap(), 0);
+}
+
+#[test]
+fn filters_table() {
+    let (_dir, store) = open();
+    store.insert_batch(&series(12)).unwrap();
+    store
+        .insert_batch(&[
+            ev(r#"{"id":"svc","time":1795000100000,"kind":"deployment.odd","service":"db","summary":"not a deploy"}"#),
+            ev(r#"{"id":"aud","time":1795000200000,"kind":"audit.api","actor":"bob","summary":"token created"}"#),
+        ])
+        .unwrap();
+    let q = |f: fn(&mut EventQuery)| {
+        let mut query = EventQuery::default();
+        f(&mut query);
+        ids(&store.query(&query).unwrap().events).join(",")
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "everything, newest first",
+            q(|_| {}),
+            "aud,svc,e00011,e00010,e00009,e00008,e00007,e00006,e00005,e00004,e00003,e00002,e00001,e00000",
+        ),
+        ("limit", q(|q| q.limit = Some(2)), "aud,svc"),
+        (
+            "from inclusive, to exclusive",
+            q(|q| {
+                q.from = Some(Timestamp(T0 + 3000));
+                q.to = Some(Timestamp(T0 + 6000))
+            }),
+            "e00005,e00004,e00003",
+        ),
+        (
+            "host",
+            q(|q| q.host = Some("web1".into())),
+            "e00010,e00007,e00004,e00001",
+        ),
+        ("service", q(|q| q.service = Some("db".into())), "svc"),
+        (
+            "kind prefix on dot boundary",
+            q(|q| q.kind_prefix = Some("deploy".into())),
+            "e00010,e00008,e00006,e00004,e00002,e00000",
+        ),
+        (
+            "kind prefix with trailing dot",
+            q(|q| q.kind_prefix = Some("chef.".into())),
+            "e00011,e00009,e00007,e00005,e00003,e00001",
+        ),
+        (
+            "whole kind",
+            q(|q| q.kind_prefix = Some("audit.api".into())),
+            "aud",
+        ),
+        (
+            "label =",
+            q(|q| {
+                q.labels = vec![Matcher::equal("parity", "odd")];
+                q.host = Some("web0".into())
+            }),
+            "e00009,e00003",
+        ),
+        (
+            "label != includes unlabelled",
+            q(|q| {
+                q.labels = vec![Matcher::new(MatchOp::NotEqual, "parity", "even").unwrap()];
+                q.limit = Some(3)
+            }),
+            "aud,svc,e00011",
+        ),
+        (
+            "label = empty means absent",
+            q(|q| q.labels = vec![Matcher::equal("parity", "")]),
+            "aud,svc",
+        ),
+        (
+            "full text summary word",
+            q(|q| q.q = Some("number 7".into())),
+            "e00007",
+        ),
+        (
+            "full text kind phrase",
+            q(|q| {
+                q.q = Some("chef.run".into());
+                q.limit = Some(2)
+            }),
+            "e00011,e00009",
+        ),
+        (
+            "full text label",
+            q(|q| {
+                q.q = Some("parity=even".into());
+                q.host = Some("web2".into())
+            }),
+            "e00008,e00002",
+        ),
+        ("full text actor not indexed", q(|q| q.q = Some("bob".into())), ""),
+        ("full text prefix", q(|q| q.q = Some("tok*".into())), "aud"),
+        (
+            "full text punctuation only",
+            q(|q| {
+                q.q = Some("!!".into());
+                q.limit = Some(1)
+            }),
+            "aud",
+        ),
+    ];
+    for (name, got, want) in cases {
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn full_text_covers_payload_strings() {
+    let (_dir, store) = open();
+    store
+        .insert_batch(&[
+            ev(r#"{"id":"p1","kind":"chef.run","summary":"chef run","payload":{"recipes":["nginx::default","sysctl::reboot"],"count":42}}"#),
+            ev(r#"{"id":"p2","kind":"chef.run","summary":"chef run","payload":"c2VjcmV0"}"#),
+        ])
+        .unwrap();
+    let search = |q: &str| {
+        ids(&store
+            .query(&EventQuery {
+                q: Some(q.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .events)
+        .join(",")
+    };
+    assert_eq!(search("reboot"), "p1");
+    assert_eq!(search("sysctl reboot"), "p1");
+    assert_eq!(search("42"), "", "numbers in payloads are not indexed");
+    assert_eq!(search("c2VjcmV0"), "p2");
+    assert_eq!(search("recipes"), "", "keys are not indexed");
+}
+
+#[test]
+fn hostile_queries_are_rejected_or_harmless() {
+    let (_dir, store) = open();
+    store.insert_batch(&series(3)).unwrap();
+    let cases: Vec<(EventQuery, &str)> = vec![
+        (
+            EventQuery {
+                limit: Some(0),
+                ..Default::default()
+            },
+            "invalid",
+        ),
+        (
+            EventQuery {
+                limit: Some(1001),
+                ..Default::default()
+            },
+            "invalid",
+        ),
+        (
+            EventQuery {
+                limit: Some(1000),
+                ..Default::default()
+            },
+            "ok",
+        ),
+        (
+            EventQuery {
+                cursor: Some("nonsense".into()),
+                ..Default::default()
+            },
+            "cursor",
+        ),
+        (
+            EventQuery {
+                cursor: Some("12_bad id".into()),
+                ..Default::default()
+            },
+            "cursor",
+        ),
+        (
+            EventQuery {
+                cursor: Some("x_e00001".into()),
+                ..Default::default()
+            },
+            "cursor",
+        ),
+        (
+            EventQuery {
+                labels: vec![Matcher::equal("a\"]') --", "x")],
+                ..Default::default()
+            },
+            "invalid",
+        ),
+        (
+            EventQuery {
+                labels: vec![Matcher::new(MatchOp::Regex, "a", ".*").unwrap()],
+                ..Default::default()
+            },
+            "invalid",
+        ),
+        (
+            EventQuery {
+                labels: (0..17).map(|i| Matcher::equal(format!("l{i}"), "v")).collect(),
+                ..Default::default()
+            },
+            "invalid",
+        ),
+        (
+            EventQuery {
+                q: Some("\" OR 1=1; DROP TABLE events; --".into()),
+                ..Default::default()
+            },
+            "ok",
+        ),
+        (
+            EventQuery {
+                q: Some("NEAR(a b) AND NOT c:d ^e {f}".into()),
+                ..Default::default()
+            },
+            "ok",
+        ),
+        (
+            EventQuery {
+                q: Some("x".repeat(5000)),
+                ..Default::default()
+            },
+            "invalid",
+        ),
+        (
+            EventQuery {
+                q: Some("a b c d e f g h i j k l m n o p q".into()),
+                ..Default::default()
+            },
+            "invalid",
+        ),
+        (
+            EventQuery {
+                host: Some("' OR 1=1 --".into()),
+                ..Default::default()
+            },
+            "ok",
+        ),
+        (
+            EventQuery {
+                kind_prefix: Some("%".into()),
+                ..Default::default()
+            },
+            "ok",
+        ),
+        (
+            EventQuery {
+                from: Some(Timestamp(i64::MAX)),
+                to: Some(Timestamp(i64::MIN)),
+                ..Default::default()
+            },
+            "ok",
+        ),
+    ];
+    for (i, (query, want)) in cases.into_iter().enumerate() {
+        let got = match store.query(&query) {
+            Ok(_) => "ok",
+            Err(StoreError::InvalidQuery(_)) => "invalid",
+            Err(StoreError::InvalidCursor) => "cursor",
+            Err(e) => panic!("case {i}: unexpected {e}"),
+        };
+        assert_eq!(got, want, "case {i}: {query:?}");
+    }
+    assert_eq!(store.count().unwrap(), 3);
+}
+
+#[test]
+fn hostile_bodies_are_rejected_at_the_edge() {
+    let limits = EventLimits::default();
+    let huge = format!(
+        r#"{{"kind":"a.b","summary":"s","payload":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let deep = format!(
+        r#"{{"kind":"a.b","summary":"s","payload":{}{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let arrival = Arrival {
+        received_at: Timestamp(T0),
+        source: "test",
+        random: 1,
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{\"kind\":\"a.b\",\"summary\":\"\xff\xfe\"}".to_vec(), "body"),
+        (b"\xc3\x28".to_vec(), "body"),
+        (huge.into_bytes(), "item"),
+        (deep.into_bytes(), "item"),
+        (
+            br#"{"kind":"a.b","summary":"s","payload":{"a":1}"#.to_vec(),
+            "item",
+        ),
+        (br#"{"kind":"a.b","summary":"line\u2028sep"}"#.to_vec(), "ok"),
+        (br#"{"kind":"a.b","summary":"nul\u0000"}"#.to_vec(), "item"),
+        (
+            br#"{"kind":"a.b","summary":"lone \ud800 surrogate"}"#.to_vec(),
+            "item",
+        ),
+        (br#"[1, "x", null]"#.to_vec(), "item"),
+        (format!("[{}]", vec!["{}"; 1001].join(",")).into_bytes(), "body"),
+    ];
+    for (i, (body, want)) in cases.into_iter().enumerate() {
+        let got = match decode_batch(&body, &limits) {
+            Err(_) => "body",
+            Ok(items) => {
+                let results: Vec<_> = items
+                    .into_iter()
+                    .map(|item| item.and_then(|input| input.validate(&arrival, &limits)))
+                    .collect();
+                if results.iter().all(Result::is_ok) {
+                    "ok"
+                } else {
+                    "item"
+                }
+            }
+        };
+        assert_eq!(got, want, "case {i}");
+    }
+}
+
+#[test]
+fn cursor_pages_are_stable_while_events_arrive() {
+    let (_dir, store) = open();
+    store.insert_batch(&series(50)).unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut extra = 0;
+    loop {
+        let page = store
+            .query(&EventQuery {
+                limit: Some(7),
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        seen.extend(page.events.iter().map(|e| e.id.as_str().to_owned()));
+        // between pages: newer events, and one at exactly the time of the last event seen
+        if let Some(last) = page.events.last() {
+            let newer = ev(&format!(
+                r#"{{"id":"new{extra}","time":{},"kind":"a.b","summary":"late"}}"#,
+                T0 + 100_000 + extra
+            ));
+            let tie = ev(&format!(
+                r#"{{"id":"a{extra}","time":{},"kind":"a.b","summary":"tie"}}"#,
+                last.time.0
+            ));
+            store.insert_batch(&[newer, tie]).unwrap();
+            extra += 1;
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    // every original event exactly once, in order; ties sort by id desc, so an id smaller
+    // than the cursor's (a0 < e000xx) arriving at the cursor's time lands on a later page
+    let originals: Vec<String> = (0..50).rev().map(|i| format!("e{i:05}")).collect();
+    let seen_originals: Vec<String> = seen.iter().filter(|id| id.starts_with('e')).cloned().collect();
+    assert_eq!(seen_originals, originals);
+    let mut dedup = seen.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), seen.len(), "no event twice");
+    assert!(
+        seen.iter().all(|id| !id.starts_with("new")),
+        "newer events never appear on later pages"
+    );
+}
+
+#[test]
+fn annotations_are_compact_oldest_first_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("db"));
+    config.limits.max_annotations = 3;
+    let store = SqliteStore::open(config).unwrap();
+    store.insert_batch(&series(12)).unwrap();
+    let a = store
+        .annotations(&AnnotationQuery {
+            from: Timestamp(T0 + 1000),
+            to: Timestamp(T0 + 11_000),
+            host: Some("web1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let got: Vec<(&str, i64, &str)> = a
+        .rows
+        .iter()
+        .map(|r| (r.id.as_str(), r.time.0 - T0, r.kind.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("e00001", 1000, "chef.run"),
+            ("e00004", 4000, "deploy.finished"),
+            ("e00007", 7000, "chef.run")
+        ]
+    );
+    assert!(a.truncated);
+    let deploys = store
+        .annotations(&AnnotationQuery {
+            from: Timestamp(T0),
+            to: Timestamp(T0 + 5000),
+            kind_prefix: Some("deploy".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        deploys.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["e00000", "e00002", "e00004"]
+    );
+    assert!(!deploys.truncated);
+    assert_eq!(deploys.rows[0].summary, "event number 0");
+}
+
+#[test]
+fn retention_spares_audit_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("db"));
+    config.retention_chunk_rows = 3;
+    let store = SqliteStore::open(config).unwrap();
+    store.insert_batch(&series(10)).unwrap();
+    let audit: Vec<Event> = (0..4)
+        .map(|i| {
+            ev(&format!(
+                r#"{{"id":"aud{i}","time":{},"kind":"audit.api","summary":"audited {i}"}}"#,
+                T0 + i * 1000
+            ))
+        })
+        .collect();
+    store.insert_batch(&audit).unwrap();
+    let cases = [
+        (
+            Retention {
+                events_before: Timestamp(T0 + 5000),
+                audit_before: None,
+            },
+            RetentionReport {
+                events_deleted: 5,
+                audit_deleted: 0,
+            },
+            9,
+        ),
+        (
+            Retention {
+                events_before: Timestamp(T0 + 5000),
+                audit_before: None,
+            },
+            RetentionReport::default(),
+            9,
+        ),
+        (
+            Retention {
+                events_before: Timestamp(T0 + 8000),
+                audit_before: Some(Timestamp(T0 + 2000)),
+            },
+            RetentionReport {
+                events_deleted: 3,
+                audit_deleted: 2,
+            },
+            4,
+        ),
+    ];
+    for (retention, want, left) in cases {
+        assert_eq!(store.delete_older_than(&retention).unwrap(), want);
+        assert_eq!(store.count().unwrap(), left);
+    }
+    // deleted events are gone from the full-text index too
+    let hits = store
+        .query(&EventQuery {
+            q: Some("number".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&hits.events), vec!["e00009", "e00008"]);
+    let audited = store
+        .query(&EventQuery {
+            q: Some("audited".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&audited.events), vec!["aud3", "aud2"]);
+}
+
+#[test]
+fn reopening_keeps_data_and_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+        store.insert_batch(&series(5)).unwrap();
+    }
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    assert_eq!(store.count().unwrap(), 5);
+    assert_eq!(
+        store.insert_batch(&series(5)).unwrap(),
+        vec![ItemResult::Duplicate; 5]
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    std::fs::write(&path, vec![0xAB; 8192]).unwrap();
+    assert!(matches!(
+        SqliteStore::open(SqliteConfig::new(&path)),
+        Err(StoreError::Backend { .. })
+    ));
+}
+
+#[test]
+fn labels_round_trip_through_json() {
+    let (_dir, store) = open();
+    let mut e = ev(r#"{"id":"l","kind":"a.b","summary":"s"}"#);
+    e.labels = BTreeMap::from([
+        ("quote\"d".to_owned(), "v\"al".to_owned()),
+        ("a".to_owned(), "ü".to_owned()),
+    ]);
+    store.insert_batch(std::slice::from_ref(&e)).unwrap();
+    assert_eq!(store.query(&EventQuery::default()).unwrap().events, vec![e]);
+}
