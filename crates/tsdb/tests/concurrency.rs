@@ -113,7 +113,7 @@ fn seals_and_reads_during_appends_lose_nothing() {
         .unwrap();
         let n = count(&snap);
         assert!(
-            n > 0 && n <= distinct_ts * SERIES && n % SERIES == 0,
+            n > 0 && n <= distinct_ts * SERIES && n.is_multiple_of(SERIES),
             "snapshot {i} holds whole batches: {n}"
         );
     }
