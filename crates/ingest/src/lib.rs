@@ -29,6 +29,17 @@
 //!   (paused, storage unavailable) with `Retry-After`; plaintext TCP stops reading when the
 //!   queue is full; UDP drops and counts (`queue_full`).
 //!
+//! - **Paused UDP is not read**: the kernel buffer fills and the kernel drops the overflow,
+//!   visible as `roaster_ingest_udp_rcvbuf_errors_total` (host-wide), not as `paused`.
+//!
+//! Shutdown order ([`Ingest::drain`]): cancel `stop` (accept loops, connections, the StatsD
+//! flush timer and the UDP reader threads all watch it) → wait for the task tracker → join
+//! the UDP threads → one last StatsD flush → wait until the queue is empty. The writer
+//! threads end when the last `Ingest` handle and task are gone.
+//!
+//! When you change a source, also touch: [`SOURCE_NAMES`] (switch names are persisted in
+//! `switches.json`), the server's config example (`[ingest]`), and `tests/`.
+//!
 //! Modules: [`config`] (knobs), [`sink`] (traits consumed), [`switch`] (kill switches),
 //! [`source`] (source names), [`telemetry`] (metric names, rejections), `queue` (bounded
 //! queue + writer threads), `limiter` (cardinality), `graphite`, [`statsd`], `http`
