@@ -389,6 +389,18 @@ type RawVisit<'a> = dyn FnMut(&Labels, &[i64], &[f64]) -> Result<(), QueryError>
 /// Receives one series of a subquery: labels, whether its name is to be dropped, times, values.
 type SubqueryVisit<'a> = dyn FnMut(&Labels, bool, &[i64], &[f64]) -> Result<(), QueryError> + 'a;
 
+/// Receives the series of a node one at a time and answers how many result slots it keeps.
+type Sink<'a> = dyn FnMut(Series) -> Result<usize, QueryError> + 'a;
+
+/// A sink that keeps every series in `out`.
+fn collect_into(out: &mut Vec<Series>) -> impl FnMut(Series) -> Result<usize, QueryError> + '_ {
+    |s| {
+        let slots = s.points.len();
+        out.push(s);
+        Ok(slots)
+    }
+}
+
 /// Evaluation state for one query.
 pub(crate) struct Evaluator<'a> {
     reader: &'a dyn SeriesReader,
@@ -604,7 +616,7 @@ impl<'a> Evaluator<'a> {
                 }
                 Value::Str(_) => Err(QueryError::BadData("unary minus on a string".into())),
             },
-            Expr::VectorSelector(vs) => self.vector_selector(vs, need_labels, false),
+            Expr::VectorSelector(vs) => self.vector_selector_vec(vs, need_labels, false),
             Expr::MatrixSelector(_) | Expr::Subquery(_) => Err(QueryError::BadData(
                 "a range vector is only allowed as a function argument here".into(),
             )),
@@ -623,9 +635,9 @@ impl<'a> Evaluator<'a> {
         vs: &VectorSelector,
         need_labels: bool,
         timestamps: bool,
-    ) -> Result<Value, QueryError> {
+        sink: &mut Sink<'_>,
+    ) -> Result<(), QueryError> {
         let w = self.window(vs, self.limits.lookback_delta_ms, None)?;
-        let mut out = Vec::new();
         let mut produced = 0usize;
         let budget = self.limits.max_samples.saturating_sub(self.samples);
         let lookback = w.range;
@@ -659,16 +671,10 @@ impl<'a> Evaluator<'a> {
                 any |= p.is_some();
                 points.push(p);
             }
-            // a kept series holds a slot per step, present or not: count the slots, so
-            // memory stays within max_samples even for sparse series over many steps
             if any {
-                produced = produced.saturating_add(points.len());
-            }
-            if produced > budget {
-                return Err(QueryError::TooManySamples);
-            }
-            if any {
-                out.push(Series {
+                // the sink reports the slots it keeps (a slot per step, present or not), so
+                // memory stays within max_samples even for sparse series over many steps
+                let kept = sink(Series {
                     labels: if need_labels {
                         Labels::from_key(key)
                     } else {
@@ -676,12 +682,50 @@ impl<'a> Evaluator<'a> {
                     },
                     drop_name: false,
                     points,
-                });
+                })?;
+                produced = produced.saturating_add(kept);
+            }
+            if produced > budget {
+                return Err(QueryError::TooManySamples);
             }
             Ok(())
         })?;
-        self.account(produced)?;
+        self.account(produced)
+    }
+
+    /// An instant vector selector's series, collected.
+    fn vector_selector_vec(
+        &mut self,
+        vs: &VectorSelector,
+        need_labels: bool,
+        timestamps: bool,
+    ) -> Result<Value, QueryError> {
+        let mut out = Vec::new();
+        self.vector_selector(vs, need_labels, timestamps, &mut collect_into(&mut out))?;
         Ok(Value::Vector(out))
+    }
+
+    /// Evaluates `expr` into `sink` one series at a time: selectors and range functions
+    /// stream straight from the reader, anything else is evaluated and then handed over.
+    fn stream(&mut self, expr: &Expr, need_labels: bool, sink: &mut Sink<'_>) -> Result<(), QueryError> {
+        match expr {
+            Expr::Paren(p) => self.stream(&p.expr, need_labels, sink),
+            Expr::VectorSelector(vs) => self.vector_selector(vs, need_labels, false, sink),
+            Expr::Call(c) if RangeFn::from_name(c.func.name).is_some() => {
+                let args: Vec<&Expr> = c.args.args.iter().map(|a| a.as_ref()).collect();
+                let f = RangeFn::from_name(c.func.name).unwrap_or(RangeFn::SumOverTime);
+                self.range_call(f, &args, need_labels, sink)
+            }
+            other => match self.eval_with(other, need_labels)? {
+                Value::Vector(series) => {
+                    for s in series {
+                        sink(s)?;
+                    }
+                    Ok(())
+                }
+                _ => Err(QueryError::BadData("expected an instant vector".into())),
+            },
+        }
     }
 
     fn scalar_arg(&mut self, e: &Expr) -> Result<Vec<f64>, QueryError> {
@@ -709,7 +753,9 @@ impl<'a> Evaluator<'a> {
         let name = c.func.name;
         let args: Vec<&Expr> = c.args.args.iter().map(|a| a.as_ref()).collect();
         if let Some(f) = RangeFn::from_name(name) {
-            return self.range_call(f, &args, need_labels);
+            let mut out = Vec::new();
+            self.range_call(f, &args, need_labels, &mut collect_into(&mut out))?;
+            return Ok(Value::Vector(out));
         }
         let n = self.steps.len();
         match name {
@@ -740,7 +786,7 @@ impl<'a> Evaluator<'a> {
             "timestamp" => {
                 let a = arg(&args, 0)?;
                 let mut series = match unwrap_parens(a) {
-                    Expr::VectorSelector(vs) => match self.vector_selector(vs, true, true)? {
+                    Expr::VectorSelector(vs) => match self.vector_selector_vec(vs, true, true)? {
                         Value::Vector(v) => v,
                         _ => Vec::new(),
                     },
@@ -927,7 +973,13 @@ impl<'a> Evaluator<'a> {
 
     /// A function over a range vector. The range vector is streamed one series at a time;
     /// for each step the function runs over the samples in `[ref - range, ref]`.
-    fn range_call(&mut self, f: RangeFn, args: &[&Expr], need_labels: bool) -> Result<Value, QueryError> {
+    fn range_call(
+        &mut self,
+        f: RangeFn,
+        args: &[&Expr],
+        need_labels: bool,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), QueryError> {
         let n = self.steps.len();
         let (matrix_idx, param) = match f {
             RangeFn::QuantileOverTime => (1, Some(self.scalar_arg(arg(args, 0)?)?)),
@@ -938,7 +990,6 @@ impl<'a> Evaluator<'a> {
         let keep_name = f == RangeFn::LastOverTime;
         let steps = self.steps;
         let max_samples = self.limits.max_samples;
-        let mut out: Vec<Series> = Vec::new();
         let mut produced = 0usize;
         let budget = self.limits.max_samples.saturating_sub(self.samples);
         let mut seen_any: Vec<bool> = vec![false; n];
@@ -986,18 +1037,16 @@ impl<'a> Evaluator<'a> {
                     any |= p.is_some();
                     points.push(p);
                 }
-                if any {
-                    produced = produced.saturating_add(points.len());
-                }
-                if produced > budget {
-                    return Err(QueryError::TooManySamples);
-                }
                 if any && f != RangeFn::AbsentOverTime {
-                    out.push(Series {
+                    let kept = sink(Series {
                         labels,
                         drop_name: drop || !keep_name,
                         points,
-                    });
+                    })?;
+                    produced = produced.saturating_add(kept);
+                }
+                if produced > budget {
+                    return Err(QueryError::TooManySamples);
                 }
                 Ok(())
             };
@@ -1029,14 +1078,17 @@ impl<'a> Evaluator<'a> {
         self.account(produced)?;
         if f == RangeFn::AbsentOverTime {
             let labels = absent_labels(m);
-            let points = seen_any.iter().map(|s| (!s).then_some(1.0)).collect();
-            return Ok(Value::Vector(nonempty(vec![Series {
-                labels,
-                drop_name: false,
-                points,
-            }])));
+            let points: Vec<Option<f64>> = seen_any.iter().map(|s| (!s).then_some(1.0)).collect();
+            if points.iter().any(Option::is_some) {
+                let kept = sink(Series {
+                    labels,
+                    drop_name: false,
+                    points,
+                })?;
+                self.account(kept)?;
+            }
         }
-        Ok(Value::Vector(out))
+        Ok(())
     }
 
     fn aggregate(&mut self, a: &AggregateExpr) -> Result<Value, QueryError> {
@@ -1049,6 +1101,17 @@ impl<'a> Evaluator<'a> {
                 op.as_str(),
                 "sum" | "avg" | "count" | "min" | "max" | "group" | "stddev" | "stdvar" | "quantile"
             );
+        let grouping = match &a.modifier {
+            None => functions::Grouping::By(Vec::new()),
+            Some(LabelModifier::Include(l)) => functions::Grouping::By(l.labels.clone()),
+            Some(LabelModifier::Exclude(l)) => functions::Grouping::Without(l.labels.clone()),
+        };
+        if functions::streamable(&op) {
+            // fold series in as the reader hands them over: memory is groups × steps
+            let mut agg = functions::StreamAgg::new(&op, &grouping, n)?;
+            self.stream(&a.expr, need_labels, &mut |s| Ok(agg.add(s)))?;
+            return Ok(Value::Vector(agg.finish()));
+        }
         let mut series = match self.eval_with(&a.expr, need_labels)? {
             Value::Vector(v) => v,
             _ => return Err(QueryError::BadData("aggregation over a non-vector".into())),
@@ -1060,11 +1123,6 @@ impl<'a> Evaluator<'a> {
             (Some(p), "count_values") => functions::AggParam::Label(self.string_arg(p)?),
             (Some(p), _) => functions::AggParam::Scalar(self.scalar_arg(p)?),
             (None, _) => functions::AggParam::None,
-        };
-        let grouping = match &a.modifier {
-            None => functions::Grouping::By(Vec::new()),
-            Some(LabelModifier::Include(l)) => functions::Grouping::By(l.labels.clone()),
-            Some(LabelModifier::Exclude(l)) => functions::Grouping::Without(l.labels.clone()),
         };
         let out = functions::aggregate(&op, &grouping, &param, series, n)?;
         Ok(Value::Vector(out))

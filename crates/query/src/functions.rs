@@ -714,24 +714,73 @@ pub(crate) fn aggregate(
         }
         _ => {}
     }
-    let op = match op {
-        "sum" => AggOp::Sum,
-        "avg" => AggOp::Avg,
-        "count" => AggOp::Count,
-        "min" => AggOp::Min,
-        "max" => AggOp::Max,
-        "group" => AggOp::Group,
-        "stddev" => AggOp::Stddev,
-        "stdvar" => AggOp::Stdvar,
-        other => return Err(QueryError::NotSupported(format!("aggregation {other}"))),
-    };
-    let (keys, members) = groups(grouping, &series);
-    let mut out = Vec::with_capacity(keys.len());
-    let mut accs: Vec<Option<Acc>> = vec![None; n];
-    for (labels, m) in keys.into_iter().zip(members) {
-        accs.iter_mut().for_each(|a| *a = None);
-        for si in m {
-            let Some(s) = series.get(si) else { continue };
+    let mut agg = StreamAgg::new(op, grouping, n)?;
+    for s in series {
+        agg.add(s);
+    }
+    Ok(agg.finish())
+}
+
+/// Whether an aggregation can fold its input one series at a time (see [`StreamAgg`]).
+pub(crate) fn streamable(op: &str) -> bool {
+    matches!(
+        op,
+        "sum" | "avg" | "count" | "min" | "max" | "group" | "stddev" | "stdvar"
+    )
+}
+
+/// An aggregation folded one input series at a time: memory is groups × steps, whatever
+/// the number of input series. Groups appear in first-seen order and each group folds its
+/// series in arrival order, so results equal the batch computation.
+pub(crate) struct StreamAgg<'g> {
+    op: AggOp,
+    grouping: &'g Grouping,
+    n: usize,
+    index: HashMap<Labels, usize>,
+    groups: Vec<(Labels, Vec<Option<Acc>>)>,
+}
+
+impl<'g> StreamAgg<'g> {
+    pub(crate) fn new(op: &str, grouping: &'g Grouping, n: usize) -> Result<StreamAgg<'g>, QueryError> {
+        let op = match op {
+            "sum" => AggOp::Sum,
+            "avg" => AggOp::Avg,
+            "count" => AggOp::Count,
+            "min" => AggOp::Min,
+            "max" => AggOp::Max,
+            "group" => AggOp::Group,
+            "stddev" => AggOp::Stddev,
+            "stdvar" => AggOp::Stdvar,
+            other => return Err(QueryError::NotSupported(format!("aggregation {other}"))),
+        };
+        Ok(StreamAgg {
+            op,
+            grouping,
+            n,
+            index: HashMap::new(),
+            groups: Vec::new(),
+        })
+    }
+
+    /// Folds one series in; returns the result slots newly allocated (a new group's steps).
+    pub(crate) fn add(&mut self, mut s: Series) -> usize {
+        if s.drop_name {
+            s.labels.drop_name();
+            s.drop_name = false;
+        }
+        let key = self.grouping.key(&s.labels);
+        let mut allocated = 0;
+        let gi = match self.index.get(&key) {
+            Some(gi) => *gi,
+            None => {
+                self.index.insert(key.clone(), self.groups.len());
+                self.groups.push((key, vec![None; self.n]));
+                allocated = self.n;
+                self.groups.len() - 1
+            }
+        };
+        let op = self.op;
+        if let Some((_, accs)) = self.groups.get_mut(gi) {
             for (acc, p) in accs.iter_mut().zip(&s.points) {
                 let Some(v) = *p else { continue };
                 *acc = Some(match *acc {
@@ -748,24 +797,33 @@ pub(crate) fn aggregate(
                 });
             }
         }
-        let points = accs
-            .iter()
-            .map(|a| {
-                a.map(|a| match op {
-                    AggOp::Avg => a.mean,
-                    AggOp::Stdvar => a.value / a.count,
-                    AggOp::Stddev => (a.value / a.count).sqrt(),
-                    _ => a.value,
-                })
+        allocated
+    }
+
+    /// The aggregated series, groups without any value left out.
+    pub(crate) fn finish(self) -> Vec<Series> {
+        let op = self.op;
+        let out = self
+            .groups
+            .into_iter()
+            .map(|(labels, accs)| Series {
+                labels,
+                drop_name: false,
+                points: accs
+                    .into_iter()
+                    .map(|a| {
+                        a.map(|a| match op {
+                            AggOp::Avg => a.mean,
+                            AggOp::Stdvar => a.value / a.count,
+                            AggOp::Stddev => (a.value / a.count).sqrt(),
+                            _ => a.value,
+                        })
+                    })
+                    .collect(),
             })
             .collect();
-        out.push(Series {
-            labels,
-            drop_name: false,
-            points,
-        });
+        nonempty(out)
     }
-    Ok(nonempty(out))
 }
 
 /// The aggregations computed by folding one accumulator per group and step.

@@ -318,6 +318,14 @@ fn limits_are_prometheus_style_errors() {
             body,
         );
     }
+    // aggregations fold series as they stream: only the groups' slots count
+    let one = tight(&|l| l.max_samples = 1);
+    check(
+        api::query(&r, &params(&[("query", "count(up)")]), NOW, &one),
+        200,
+        r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[100,"2"]}]}}"#,
+    );
+    assert_eq!(api::query(&r, &params(&[("query", "up")]), NOW, &one).status, 422);
     // the timeout parameter can only shorten the configured timeout
     let l = QueryLimits::default();
     check(
