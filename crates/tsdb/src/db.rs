@@ -344,6 +344,8 @@ impl Db {
         {
             let mut head = self.head.write();
             let buf = &mut w.buf;
+            // at most 10 + 10 + 8 bytes per sample: one reservation per batch
+            buf.reserve(points.len().saturating_mul(28).saturating_add(16));
             let start = begin_record(buf, REC_SAMPLES);
             let mut prev_ts = 0i64;
             for p in points {

@@ -148,6 +148,13 @@ impl MemSeries {
         old
     }
 
+    /// The newest timestamp held.
+    pub fn max_t(&self) -> Option<i64> {
+        let a = self.last_in_order();
+        let b = self.ooo.iter().map(|p| p.0).max();
+        a.max(b)
+    }
+
     /// The oldest timestamp held.
     pub fn min_t(&self) -> Option<i64> {
         let a = self.chunks.first().and_then(HeadChunk::first_ts);

@@ -154,6 +154,16 @@ impl Db {
         // window is rewritten, including series absent from the frozen data
         let mut touched = std::collections::BTreeSet::new();
         for s in frozen.iter() {
+            let (Some(lo), Some(hi)) = (s.min_t(), s.max_t()) else {
+                continue;
+            };
+            let (wlo, whi) = (lo.div_euclid(bd), hi.div_euclid(bd));
+            if whi.saturating_sub(wlo) <= 1 {
+                // the common case, decided without decoding
+                touched.insert(wlo * bd);
+                touched.insert(whi * bd);
+                continue;
+            }
             pts.clear();
             s.read_into(i64::MIN, i64::MAX, &mut pts);
             for (t, _) in &pts {
