@@ -6,7 +6,8 @@
 //! same head (last write wins depends on order). Readers take the index lock once per query
 //! and the head read lock once per series.
 //!
-//! Directory layout under `dir`: `wal/` (segments, see `wal.rs`), `series.log` (the
+//! Directory layout under `dir`: `LOCK` (held with an exclusive file lock while open, so
+//! two processes never share a WAL), `wal/` (segments, see `wal.rs`), `series.log` (the
 //! series registry at the last checkpoint, see `series_log.rs`), `blocks/` (see
 //! `blocks.rs` and [`crate::block`]), `quarantine/` (blocks that failed verification).
 
@@ -142,6 +143,8 @@ pub struct Db {
     pub(crate) next_seq: AtomicU64,
     pub(crate) metrics: DbMetrics,
     background: Mutex<Option<crate::seal::Background>>,
+    /// Holds an exclusive `flock` on `<dir>/LOCK` for the life of the `Db`.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Db {
@@ -160,6 +163,21 @@ impl Db {
     pub fn open(dir: &Path, opts: Options, clock: Arc<dyn Clock>) -> Result<Arc<Db>, DbError> {
         let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir).map_err(DbError::io(format!("create {}", wal_dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(DbError::io(format!("create {}", dir.display())))?;
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(DbError::io(format!("open {}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(DbError::Locked(dir.to_owned())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(DbError::io(format!("lock {}", lock_path.display()))(e));
+            }
+        }
         let blocks_dir = dir.join("blocks");
         std::fs::create_dir_all(&blocks_dir)
             .map_err(DbError::io(format!("create {}", blocks_dir.display())))?;
@@ -263,6 +281,7 @@ impl Db {
             next_seq: AtomicU64::new(next_seq),
             metrics,
             background: Mutex::new(None),
+            _lock: lock,
         });
         if let Some(interval) = db.opts.maintenance_interval {
             *db.background.lock() = Some(crate::seal::Background::spawn(&db, interval)?);

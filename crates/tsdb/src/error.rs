@@ -42,6 +42,9 @@ pub enum DbError {
     /// The database was closed.
     #[error("database is closed")]
     Closed,
+    /// Another process (or another `Db` in this one) has the directory open.
+    #[error("data directory {0} is in use by another process")]
+    Locked(PathBuf),
     /// A block failed to read during a query (it is quarantined on next open).
     #[error("block {block}: {reason}")]
     Block {

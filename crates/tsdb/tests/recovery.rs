@@ -126,3 +126,13 @@ fn series_ids_survive_restart_and_new_series_continue_the_sequence() {
     assert_eq!(db.series_count(), 3);
     assert_eq!(db.series_count_for_name("c"), 1);
 }
+
+#[test]
+fn a_directory_is_opened_by_one_db_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).unwrap();
+    assert!(matches!(open(dir.path()), Err(DbError::Locked(_))));
+    db.close().unwrap();
+    drop(db);
+    open(dir.path()).unwrap();
+}
