@@ -269,6 +269,36 @@ def delta(after, before, name):
     return {k: round(v - b.get(k, 0.0), 3) for k, v in a.items() if v - b.get(k, 0.0) != 0}
 
 
+SERVER_HISTOGRAMS = [  # server-side timings whose change over the flood is reported
+    "roaster_human_request_duration_seconds",
+    "roaster_human_query_wait_seconds",
+    "roaster_tsdb_append_lock_wait_seconds",
+    "roaster_ingest_sink_wait_seconds",
+    "roaster_tsdb_wal_fsync_seconds",
+]
+
+
+def hist_delta(after, before, name):
+    """count, mean and bucket-bound p50/p99 (upper `le` bound reached) of a histogram over all its labels."""
+    buckets = {}
+    for k, v in after.items():
+        if k.startswith(name + "_bucket{"):
+            le = k.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + v - before.get(k, 0.0)
+    cnt = sum(v - before.get(k, 0.0) for k, v in after.items() if k.split("{")[0] == name + "_count")
+    tot = sum(v - before.get(k, 0.0) for k, v in after.items() if k.split("{")[0] == name + "_sum")
+    if not cnt:
+        return None
+    out = {"count": cnt, "mean_ms": round(tot / cnt * 1000, 2)}
+    for label, q in (("p50_le_ms", 0.5), ("p99_le_ms", 0.99)):
+        for bound in sorted(buckets):
+            if buckets[bound] >= q * cnt:
+                out[label] = bound * 1000
+                break
+    return out
+
+
 def proc_cpu(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / CLK
@@ -402,6 +432,7 @@ def main():
             "queue_depth_at_end": family(m1, "roaster_ingest_queue_depth_points"),
             "queue_capacity": family(m1, "roaster_ingest_queue_capacity_points"),
             "queue_blocked_seconds": delta(m1, m0, "roaster_ingest_queue_blocked_seconds_total"),
+            "server_timings": {n: hist_delta(m1, m0, n) for n in SERVER_HISTOGRAMS},
             "server_cpu_s": round(c1 - c0, 2),
             "server_busy_cores": round((c1 - c0) / secs, 2),
             # The machine is shared: cores busy with anything (ours, the server, other people's builds).
