@@ -20,14 +20,18 @@
 //!                  ints-header(min - previous bucket's last, 0 before the first)
 //!                  ints-header(max - min) ints-header(max - last)
 //!                  ints-header(2*sum - count*(min + max)) rc-stream (wrapping i64)
-//! ints-header   := (order | transform<<2 | len_bits<<4):u8 initial-differences:zigzag-varint{order}
-//!                  [min:zigzag-varint if transform = offset]
+//! ints-header   := (order | transform<<2 | len_bits<<4 | has_gcd<<7):u8
+//!                  initial-differences:zigzag-varint{order}
+//!                  [min:zigzag-varint if transform = offset] [gcd:varint if has_gcd]
+//!                  (the coded differences are divided by gcd; min is after that division)
 //!                  order 0..=2 (differencing), transform 0 zigzag, 1 minus-min, 2 all zero,
 //!                  len_bits 0..=7 levels of the symbols' bit-length tree (see `rc::UintModel`);
 //!                  for timestamp columns the first initial value is stored minus `base`
 //!                  (0 for [`encode_series`], the block's base time inside blocks)
 //! floats-header := (0 | has_exc<<2 | scale<<3):u8 [n_exc:varint if has_exc]
 //!                  (index-delta:varint bits:u64le){n_exc} ints-header(mantissas)
+//!                | (2 | has_exc<<2 | scale<<3):u8 ... as above ... ints-header(corrections)
+//!                                            (near-decimals: bits = decimal's bits + correction)
 //!                | 1:u8                      (XOR of consecutive bit patterns in the stream)
 //! rc-stream     := one adaptive binary range-coded stream with every column's symbols, in
 //!                  header order, to the end of the record (up to 4 trailing zero bytes
@@ -36,7 +40,9 @@
 //!
 //! Values are *decimal* at scale `e` when `v == (m as f64) / 10^e` bit for bit with
 //! `|m| <= 2^53` (VictoriaMetrics' idea); up to 1/8 of a series may be exceptions (NaN stale
-//! markers, ±inf, −0.0), stored raw. Integer columns pick the differencing order and transform
+//! markers, ±inf, −0.0), stored raw. Values with float noise (`491.14 + 1118` is
+//! `1609.1399999999999`) are *near-decimals*: the decimal's mantissa plus a small signed
+//! difference of bit patterns, so they stay lossless and cheap. Integer columns pick the differencing order and transform
 //! from a size estimate; an adaptive binary range coder then spends close to the empirical
 //! entropy without per-column tables. (pco, a dependency, is not used: `dependencies.md` warns
 //! its per-chunk overhead is high below ~500 points, and this coder already sits within ~7%
@@ -443,10 +449,23 @@ mod tests {
         let constant = vec![3400.0; 360];
         let ints: Vec<f64> = (0..360).map(|i| (i * 2500) as f64).collect();
         let nan = vec![f64::NAN; 360];
+        // Accumulating integers onto a two-decimal start: 491.14 + 1118 = 1609.1399999999999.
+        let mut acc = 491.14;
+        let noisy: Vec<f64> = (0..360)
+            .map(|i| {
+                acc += ((i * 7919) % 1000) as f64;
+                acc
+            })
+            .collect();
+        let blocks: Vec<f64> = (0..360).map(|i| (((i * 7919) % 1000) * 512) as f64).collect();
         let table: &[(&str, &[f64], usize)] = &[
             ("constant", &constant, 20),
             ("regular counter", &ints, 20),
             ("all NaN", &nan, 40),
+            // ~10 bits of increment + ~1 bit of correction per point
+            ("near-decimal counter", &noisy, 560),
+            // multiples of 512: the common factor is divided out (~11 bits per point)
+            ("common factor", &blocks, 520),
         ];
         for (name, vals, max) in table {
             let n = round_trip(&ts, vals);

@@ -21,9 +21,19 @@ const XF_ZIGZAG: u8 = 0;
 const XF_OFFSET: u8 = 1;
 const XF_ZERO: u8 = 2;
 
+/// Flag in an ints header byte: a common factor (varint) of the differences follows.
+const HAS_GCD: u8 = 0x80;
+
 /// Value column kinds.
 const VALUES_DECIMAL: u8 = 0;
 const VALUES_XOR: u8 = 1;
+/// Values that are decimals up to a few ULPs of float noise (`1609.1399999999999`): the
+/// mantissa column is followed by a column of bit-pattern corrections.
+const VALUES_NEAR_DECIMAL: u8 = 2;
+/// Largest scale tried for near-decimals (finer scales would make every float "near").
+const NEAR_MAX_SCALE: u8 = 9;
+/// Largest correction, in units in the last place, for a value to count as near-decimal.
+const NEAR_MAX_ULPS: i64 = 64;
 /// Flag in the value header byte: an exception list follows.
 const HAS_EXCEPTIONS: u8 = 4;
 
@@ -89,6 +99,13 @@ fn column_cost(tail: &[i64]) -> (u64, u8) {
     }
 }
 
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 fn diff(xs: &mut [i64]) {
     for i in (1..xs.len()).rev() {
         xs[i] = xs[i].wrapping_sub(xs[i - 1]);
@@ -125,6 +142,16 @@ impl ColumnWriter {
         }
         let split = usize::from(best_order).min(work.len());
         let (head, tail) = work.split_at(split);
+        // A common factor of the differences (counters stepping by 512, decimals whose
+        // steps are whole units) is divided out; division is exact.
+        let g = tail.iter().fold(0u64, |g, &d| gcd(g, d.unsigned_abs()));
+        let scaled: Vec<i64>;
+        let tail = if g > 1 && best_xf != XF_ZERO {
+            scaled = tail.iter().map(|&d| d / g as i64).collect();
+            &scaled[..]
+        } else {
+            tail
+        };
         let (min, symbols): (i64, Vec<u64>) = match best_xf {
             XF_ZERO => (0, Vec::new()),
             XF_OFFSET => {
@@ -133,13 +160,17 @@ impl ColumnWriter {
             }
             _ => (0, tail.iter().map(|&d| zigzag(d)).collect()),
         };
+        let has_gcd = g > 1 && best_xf != XF_ZERO;
         let len_bits = len_bits_for(symbols.iter().copied().max().unwrap_or(0));
-        hdr.push(best_order | (best_xf << 2) | ((len_bits as u8) << 4));
+        hdr.push(best_order | (best_xf << 2) | ((len_bits as u8) << 4) | if has_gcd { HAS_GCD } else { 0 });
         for (i, &h) in head.iter().enumerate() {
             put_i64(hdr, if i == 0 { h.wrapping_sub(base) } else { h });
         }
         if best_xf == XF_OFFSET {
             put_i64(hdr, min);
+        }
+        if has_gcd {
+            put_u64(hdr, g);
         }
         if best_xf != XF_ZERO {
             self.symbols.push(Symbols::Uint(symbols, len_bits));
@@ -149,9 +180,20 @@ impl ColumnWriter {
     /// Plans a float column: decimal mantissas (with a few exceptions stored raw) when the
     /// values are decimals, otherwise XOR of consecutive bit patterns.
     pub fn floats(&mut self, hdr: &mut Vec<u8>, vals: &[f64]) {
-        if let Some((scale, mantissas, exceptions)) = decimal_plan(vals) {
+        if let Some(DecimalPlan {
+            scale,
+            mantissas,
+            corrections,
+            exceptions,
+        }) = decimal_plan(vals).or_else(|| near_decimal_plan(vals))
+        {
             let exc_flag = if exceptions.is_empty() { 0 } else { HAS_EXCEPTIONS };
-            hdr.push(VALUES_DECIMAL | exc_flag | (scale << 3));
+            let kind = if corrections.is_some() {
+                VALUES_NEAR_DECIMAL
+            } else {
+                VALUES_DECIMAL
+            };
+            hdr.push(kind | exc_flag | (scale << 3));
             if !exceptions.is_empty() {
                 put_u64(hdr, exceptions.len() as u64);
             }
@@ -163,6 +205,9 @@ impl ColumnWriter {
                 hdr.extend_from_slice(&bits.to_le_bytes());
             }
             self.ints(hdr, &mantissas, 2, 0);
+            if let Some(c) = corrections {
+                self.ints(hdr, &c, 1, 0);
+            }
         } else {
             hdr.push(VALUES_XOR);
             let mut prev = 0u64;
@@ -204,7 +249,7 @@ impl ColumnWriter {
 
 /// Picks the decimal scale for `vals`; `None` if more than 1/8 of them (or all) are not
 /// decimals. Exceptions reuse the previous mantissa so that they cost nothing in the stream.
-fn decimal_plan(vals: &[f64]) -> Option<(u8, Vec<i64>, Vec<usize>)> {
+fn decimal_plan(vals: &[f64]) -> Option<DecimalPlan> {
     let mut scale = 0u8;
     let mut misses = 0usize;
     let allowed = vals.len() / 8;
@@ -229,7 +274,77 @@ fn decimal_plan(vals: &[f64]) -> Option<(u8, Vec<i64>, Vec<usize>)> {
         }
         mantissas.push(prev);
     }
-    (exceptions.len() <= allowed && exceptions.len() < vals.len()).then_some((scale, mantissas, exceptions))
+    (exceptions.len() <= allowed && exceptions.len() < vals.len()).then_some(DecimalPlan {
+        scale,
+        mantissas,
+        corrections: None,
+        exceptions,
+    })
+}
+
+/// How a float column is stored as decimal mantissas.
+struct DecimalPlan {
+    scale: u8,
+    mantissas: Vec<i64>,
+    /// Bit-pattern corrections for near-decimals; `None` for exact decimals.
+    corrections: Option<Vec<i64>>,
+    /// Indexes of values stored raw.
+    exceptions: Vec<usize>,
+}
+
+/// The decimal mantissa of `v` at `scale` and the bit-pattern correction that turns the
+/// decimal back into `v`, if that correction is at most [`NEAR_MAX_ULPS`].
+fn near_mantissa(v: f64, scale: u8) -> Option<(i64, i64)> {
+    let p = *POW10.get(usize::from(scale))?;
+    let x = v * p;
+    if x.is_nan() || x.abs() > MANTISSA_LIMIT {
+        return None;
+    }
+    let m = x.round() as i64;
+    let d = v.to_bits().wrapping_sub(from_mantissa(m, scale).to_bits()) as i64;
+    (d.unsigned_abs() <= NEAR_MAX_ULPS as u64).then_some((m, d))
+}
+
+/// Like [`decimal_plan`] for values carrying float noise (sums and products of decimals):
+/// mantissas, corrections (exact by construction: `bits = decimal bits + correction`) and
+/// exceptions. `None` when more than 1/8 of the values are not near any decimal.
+fn near_decimal_plan(vals: &[f64]) -> Option<DecimalPlan> {
+    let allowed = vals.len() / 8;
+    let mut scale = 0u8;
+    let mut misses = 0usize;
+    for &v in vals {
+        match (scale..=NEAR_MAX_SCALE).find(|&s| near_mantissa(v, s).is_some()) {
+            Some(s) => scale = s,
+            None => {
+                misses += 1;
+                if misses > allowed {
+                    return None;
+                }
+            }
+        }
+    }
+    let (mut mantissas, mut corrections, mut exceptions) = (Vec::new(), Vec::new(), Vec::new());
+    let mut prev = 0i64;
+    for (i, &v) in vals.iter().enumerate() {
+        let d = match near_mantissa(v, scale) {
+            Some((m, d)) => {
+                prev = m;
+                d
+            }
+            None => {
+                exceptions.push(i);
+                0
+            }
+        };
+        mantissas.push(prev);
+        corrections.push(d);
+    }
+    (exceptions.len() <= allowed && exceptions.len() < vals.len()).then_some(DecimalPlan {
+        scale,
+        mantissas,
+        corrections: Some(corrections),
+        exceptions,
+    })
 }
 
 /// A column header parsed before the stream is decoded.
@@ -241,8 +356,12 @@ enum Column {
         len_bits: u32,
         head: Vec<i64>,
         min: i64,
+        /// Common factor of the differences (1 when none was divided out).
+        factor: i64,
     },
     Decimal {
+        /// Per-value ULP corrections (near-decimal columns only).
+        corrections: Option<Box<Column>>,
         scale: u8,
         exceptions: Vec<(usize, u64)>,
         ints: Box<Column>,
@@ -264,8 +383,8 @@ fn corrupt(what: &'static str) -> CodecError {
 
 fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<Column, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated column header"))?;
-    let (order, xf, len_bits) = (b & 3, (b >> 2) & 3, u32::from(b >> 4));
-    if order > 2 || xf > XF_ZERO || len_bits > 7 {
+    let (order, xf, len_bits) = (b & 3, (b >> 2) & 3, u32::from((b >> 4) & 7));
+    if order > 2 || xf > XF_ZERO {
         return Err(corrupt("bad column header"));
     }
     let mut head = Vec::new();
@@ -278,6 +397,11 @@ fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<Column, CodecEr
     } else {
         0
     };
+    let factor = if b & HAS_GCD != 0 {
+        r.u64().ok_or(corrupt("truncated column header"))? as i64
+    } else {
+        1
+    };
     Ok(Column::Ints {
         n,
         order,
@@ -285,13 +409,14 @@ fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<Column, CodecEr
         len_bits,
         head,
         min,
+        factor,
     })
 }
 
 fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated value header"))?;
     match b & 3 {
-        VALUES_DECIMAL => {
+        VALUES_DECIMAL | VALUES_NEAR_DECIMAL => {
             let scale = b >> 3;
             if scale > MAX_SCALE {
                 return Err(corrupt("bad decimal scale"));
@@ -317,10 +442,16 @@ fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
                 exceptions.push((at as usize, bits));
             }
             let ints = Box::new(parse_ints(r, n, 0)?);
+            let corrections = if b & 3 == VALUES_NEAR_DECIMAL {
+                Some(Box::new(parse_ints(r, n, 0)?))
+            } else {
+                None
+            };
             Ok(Column::Decimal {
                 scale,
                 exceptions,
                 ints,
+                corrections,
             })
         }
         VALUES_XOR if b == VALUES_XOR => Ok(Column::Xor { n }),
@@ -336,6 +467,7 @@ fn decode_ints(col: &Column, dec: &mut Decoder<'_>, out: &mut Vec<i64>) {
         len_bits,
         head,
         min,
+        factor,
     } = col
     else {
         return;
@@ -349,7 +481,7 @@ fn decode_ints(col: &Column, dec: &mut Decoder<'_>, out: &mut Vec<i64>) {
             XF_OFFSET => (model.decode(dec) as i64).wrapping_add(*min),
             _ => unzigzag(model.decode(dec)),
         };
-        out.push(d);
+        out.push(d.wrapping_mul(*factor));
     }
     // Undo differencing, innermost first.
     let xs = out.get_mut(start..).unwrap_or(&mut []);
@@ -400,13 +532,23 @@ impl ColumnReader {
                     scale,
                     exceptions,
                     ints: inner,
+                    corrections,
                 } => {
                     let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
                     fi += 1;
                     scratch.clear();
                     decode_ints(inner, &mut dec, &mut scratch);
                     let start = out.len();
-                    out.extend(scratch.iter().map(|&m| from_mantissa(m, *scale)));
+                    if let Some(c) = corrections {
+                        let mut fix = Vec::with_capacity(scratch.len());
+                        decode_ints(c, &mut dec, &mut fix);
+                        out.extend(scratch.iter().enumerate().map(|(i, &m)| {
+                            let d = fix.get(i).copied().unwrap_or(0);
+                            f64::from_bits(from_mantissa(m, *scale).to_bits().wrapping_add(d as u64))
+                        }));
+                    } else {
+                        out.extend(scratch.iter().map(|&m| from_mantissa(m, *scale)));
+                    }
                     for &(i, bits) in exceptions {
                         if let Some(slot) = out.get_mut(start + i) {
                             *slot = f64::from_bits(bits);
