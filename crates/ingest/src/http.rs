@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `POST /api/v1/write` | Prometheus remote-write 1.0 (protobuf + snappy) | 204 | 400, text naming the first rejected series; the rest is stored |
 //! | `POST /write`, `POST /api/v2/write` | InfluxDB line protocol, `?precision=` | 204 | 400 `{"error":"partial write: ..."}`; the rest is stored |
-//! | `POST /api/v1/ingest` | Roaster JSON (`wire::json`) | 200 `{"accepted":N,"too_old":N,"rejected":[...]}` | same, 200 |
+//! | `POST /api/v1/ingest` | Roaster JSON (`wire::json`) | 200 `{"accepted":N,"too_old":N,"blackholed":false,"rejected":[{"index":i,"reason":"..","detail":".."}],"rejected_total":N}` | same, 200 |
 //!
 //! Remote-write follows Prometheus' own receiver: samples that can be stored are stored, and
 //! when some series were refused (bad labels, cardinality limits) the answer is 400, which
@@ -55,6 +55,10 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
 }
 
 type Params = Query<HashMap<String, String>>;
+
+/// Most rejected items listed in a JSON answer; `rejected_total` gives the full count and
+/// the rejections list (`GET /api/v1/ingest/rejections`) the latest of them.
+const MAX_REJECTED_IN_ANSWER: usize = 100;
 
 /// What a decoder produced from a body.
 struct Decoded {
@@ -150,7 +154,12 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Reads the body within `max_http_body_bytes`, gunzipping when asked.
-async fn read_body(sh: &Shared, headers: &HeaderMap, body: Body, gzip_ok: bool) -> Result<Vec<u8>, Response> {
+async fn read_body(
+    sh: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+    gzip_ok: bool,
+) -> Result<bytes::Bytes, Response> {
     let limit = sh.cfg.max_http_body_bytes;
     let too_large = || {
         error(
@@ -181,11 +190,11 @@ async fn read_body(sh: &Shared, headers: &HeaderMap, body: Body, gzip_ok: bool) 
             if out.len() > limit {
                 return Err(too_large());
             }
-            Ok(out)
+            Ok(out.into())
         }
-        "identity" | "" => Ok(raw.to_vec()),
+        "identity" | "" => Ok(raw),
         // remote-write bodies are snappy by protocol; the decoder checks them
-        "snappy" if !gzip_ok => Ok(raw.to_vec()),
+        "snappy" if !gzip_ok => Ok(raw),
         other => Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &format!("unsupported content-encoding {other:?}"),
@@ -201,7 +210,7 @@ async fn admit(
     params: &HashMap<String, String>,
     body: Body,
     gzip_ok: bool,
-) -> Result<Vec<u8>, Response> {
+) -> Result<bytes::Bytes, Response> {
     match token(headers, params) {
         Some(t) if sh.auth.allows_ingest(&t) => {}
         _ => {
@@ -477,6 +486,7 @@ async fn json(
             let rejected: Vec<serde_json::Value> = s
                 .refusals
                 .iter()
+                .take(MAX_REJECTED_IN_ANSWER)
                 .map(|r| {
                     serde_json::json!({
                         "index": r.index,
@@ -490,6 +500,7 @@ async fn json(
                 "too_old": s.outcome.too_old,
                 "blackholed": s.blackholed,
                 "rejected": rejected,
+                "rejected_total": s.refusals.len(),
             });
             (StatusCode::OK, axum::Json(body)).into_response()
         }

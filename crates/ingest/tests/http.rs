@@ -183,6 +183,7 @@ async fn json_answers_accepted_and_rejected_and_takes_gzip() {
     assert_eq!(v["accepted"], 2);
     assert_eq!(v["rejected"].as_array().unwrap().len(), 1);
     assert_eq!(v["rejected"][0]["index"], 1);
+    assert_eq!(v["rejected_total"], 1);
     assert_eq!(v["rejected"][0]["reason"], "bad_name");
     let got = f.sink.samples();
     assert_eq!(
