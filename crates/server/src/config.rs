@@ -68,13 +68,15 @@ pub struct ServerConfig {
     /// Most human-plane requests in flight at once; more wait in line.
     pub human_max_concurrent_requests: usize,
     /// Most storage-reading requests (queries, export, series, labels) running at once on the
-    /// human plane's blocking pool; more wait in line.
+    /// human plane's blocking pool; more wait in line. `[query] max_concurrent_queries` bounds
+    /// the query API's line (running plus waiting); past it the API answers 503 at once.
     pub human_max_concurrent_queries: usize,
     /// Most threads of the human plane's blocking pool (storage calls run there).
     pub human_max_blocking_threads: usize,
     /// Largest request body the human plane accepts (form-encoded queries, JSON bodies).
     pub human_max_body_bytes: usize,
-    /// Time limit for one human-plane request that is not streaming (export streams are not cut).
+    /// Time limit for one human-plane query request (export streams are not cut); keep it above
+    /// `[query] timeout_ms`, which stops the evaluation itself.
     pub human_request_timeout_ms: u64,
     /// Series an export stream may buffer ahead of the client before it waits.
     pub export_buffer_series: usize,
@@ -98,7 +100,7 @@ impl Default for ServerConfig {
             human_max_concurrent_queries: 4,
             human_max_blocking_threads: 8,
             human_max_body_bytes: 1 << 20,
-            human_request_timeout_ms: 60_000,
+            human_request_timeout_ms: 150_000,
             export_buffer_series: 64,
             export_max_points: 2_000_000_000,
             readiness_probe_cache_ms: 1_000,
@@ -393,6 +395,7 @@ impl Config {
                 "query.max_points_per_series_in_range",
                 q.max_points_per_series_in_range,
             ),
+            ("query.max_concurrent_queries", q.max_concurrent_queries),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));

@@ -352,17 +352,20 @@ async fn readyz(State(state): State<HumanState>) -> Response {
 }
 
 async fn metrics(State(state): State<HumanState>) -> Response {
-    let rendered = state
-        .blocking(|inner| {
-            let mut out = Exposition::new();
-            inner.parts.ingest.render_metrics(&mut out);
-            inner.parts.switches.render_metrics(&mut out);
-            inner.parts.db.render_metrics(&mut out);
-            inner.metrics.render(&mut out);
-            crate::process::render(&mut out);
-            out.finish()
-        })
-        .await;
+    // No query permit: rendering is in-memory and quick, and a scrape must not starve behind
+    // heavy queries (that is when the figures matter most). It reads /proc and takes storage
+    // locks, so it still runs on the blocking pool.
+    let inner = state.0.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let mut out = Exposition::new();
+        inner.parts.ingest.render_metrics(&mut out);
+        inner.parts.switches.render_metrics(&mut out);
+        inner.parts.db.render_metrics(&mut out);
+        inner.metrics.render(&mut out);
+        crate::process::render(&mut out);
+        out.finish()
+    })
+    .await;
     match rendered {
         Ok(text) => (
             [(
@@ -372,7 +375,7 @@ async fn metrics(State(state): State<HumanState>) -> Response {
             text,
         )
             .into_response(),
-        Err(r) => r.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
     }
 }
 

@@ -455,7 +455,36 @@ impl RunningServer {
             }
             Err(e) => result = Err(e),
         }
-        self.stop_runtimes();
+        // Stop the planes and wait for them, so every task and thread holding storage lets
+        // go of it: the engine keeps its directory lock until its last handle drops, and a
+        // restart in the same process must find it free.
+        self.ingest = None;
+        let rts: Vec<Runtime> = [self.robot_rt.take(), self.human_rt.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let budget = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(2));
+        let db = Arc::downgrade(&self.db);
+        let released = off_runtime("runtime-stop", move || {
+            for rt in rts {
+                rt.shutdown_timeout(Duration::from_secs(1));
+            }
+            // Ingest's writer threads exit once their queue's senders are gone; give them the
+            // rest of the budget to drop their storage handles.
+            let deadline = std::time::Instant::now() + budget;
+            while db.strong_count() > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            db.strong_count() <= 1
+        })
+        .await;
+        if !matches!(released, Ok(true)) {
+            tracing::warn!(
+                "storage is still referenced after shutdown; its directory lock outlives this server"
+            );
+        }
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
         result
     }
