@@ -5,8 +5,11 @@
 //! node over the query's steps (an instant query is a range query with one step). A range
 //! vector feeding a function (`rate(x[5m])`, `avg_over_time(x[1h])`) is never
 //! materialised: the reader hands over one series at a time, the window function runs over
-//! a sliding window for every step, and only the per-step results are kept. Memory is
-//! therefore bounded by output series × steps, not by raw samples.
+//! a sliding window for every step, and only the per-step results are kept. An aggregation
+//! (`sum`, `avg`, `count`, `min`, `max`, `group`, `stddev`, `stdvar`) folds each series into
+//! its group as it arrives, so `sum(avg_over_time({__name__=~"host.+"}[1h]))` holds one
+//! value per step however many series match. Memory is therefore bounded by output
+//! series × steps, not by raw samples, and `max_samples` counts exactly those slots.
 //!
 //! # Supported subset
 //! - Selectors: instant and range vector selectors with `=`, `!=`, `=~`, `!~`, quoted UTF-8
