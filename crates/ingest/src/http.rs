@@ -433,6 +433,10 @@ async fn influx(
     body: Body,
 ) -> Response {
     let source = Source::Influx;
+    let body = match admit(&sh, source, &headers, &params, body, true).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let precision = match params
         .get("precision")
         .map(|p| p.parse::<wire::influx::Precision>())
@@ -440,10 +444,6 @@ async fn influx(
         None => wire::influx::Precision::default(),
         Some(Ok(p)) => p,
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
-    };
-    let body = match admit(&sh, source, &headers, &params, body, true).await {
-        Ok(b) => b,
-        Err(r) => return r,
     };
     let stored = store(&sh, source, move |sh| {
         let (samples, errors) = wire::influx::decode(&body, precision, &sh.limits);
