@@ -6,8 +6,9 @@
 //!   `udp_recv_buffer_bytes`) and feeds the aggregator; it never does flush work, so the
 //!   kernel buffer only has to absorb the short moment the aggregator lock is held by a flush.
 //! - TCP: newline-separated metrics, read like Graphite's TCP lines.
-//! - Flush: a task ticks every `statsd_flush_interval_ms`, takes the aggregator's output
-//!   under its lock (the lock is not held while resolving or writing), resolves the series in
+//! - Flush: a task ticks every `statsd_flush_interval_ms`, closes the interval under the
+//!   aggregator's lock (`take_interval`: one cheap pass; sorting timers, building series,
+//!   resolving and writing happen after the lock is released), resolves the series in
 //!   a blocking job (a flusher-owned cache of series ids, bounded) and queues the points with
 //!   backpressure. [`crate::Ingest::drain`] flushes one last time.
 //!
@@ -195,16 +196,17 @@ pub(crate) fn start_flusher(sh: Arc<Shared>) {
 pub(crate) async fn flush_now(sh: &Arc<Shared>) {
     let _one = sh.statsd.flushing.lock().await;
     let now = sh.clock.now();
-    let out = sh.statsd.agg.lock().flush(now);
+    // only closing the interval holds the lock; sorting timers and building series do not
+    let pending = sh.statsd.agg.lock().take_interval(now);
     sh.statsd.flushes.inc();
-    if out.samples.is_empty() {
-        return;
-    }
     let sh2 = Arc::clone(sh);
-    let samples = out.samples;
-    let Ok(points) = tokio::task::spawn_blocking(move || resolve_flushed(&sh2, samples, now)).await else {
+    let job = tokio::task::spawn_blocking(move || resolve_flushed(&sh2, pending.finish().samples, now));
+    let Ok(points) = job.await else {
         return;
     };
+    if points.is_empty() {
+        return;
+    }
     let source = Source::StatsdUdp;
     let shard = sh.shard();
     for chunk in points.chunks(sh.cfg.batch_max_points) {
