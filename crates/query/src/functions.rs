@@ -1089,20 +1089,25 @@ pub(crate) fn set_op(op: &str, lhs: Vec<Series>, rhs: Vec<Series>, m: &Matching,
     let rhs = materialized(rhs);
     let lsig: Vec<Labels> = lhs.iter().map(|s| m.signature(&s.labels)).collect();
     let rsig: Vec<Labels> = rhs.iter().map(|s| m.signature(&s.labels)).collect();
-    // per step: which signatures are present on each side
-    let present = |side: &[Series], sigs: &[Labels], i: usize| -> std::collections::HashSet<Labels> {
-        side.iter()
-            .zip(sigs)
-            .filter(|(s, _)| s.points.get(i).copied().flatten().is_some())
-            .map(|(_, k)| k.clone())
-            .collect()
+    let (lid, rid, nsig) = signature_ids(&lsig, &rsig);
+    // per step: which signatures have a value on one side
+    let mut present = vec![false; nsig];
+    let mark = |side: &[Series], ids: &[usize], i: usize, present: &mut Vec<bool>| {
+        present.iter_mut().for_each(|p| *p = false);
+        for (s, id) in side.iter().zip(ids) {
+            if s.points.get(i).copied().flatten().is_some()
+                && let Some(p) = present.get_mut(*id)
+            {
+                *p = true;
+            }
+        }
     };
     match op {
         "and" | "unless" => {
             for i in 0..n {
-                let right = present(&rhs, &rsig, i);
-                for (s, k) in lhs.iter_mut().zip(&lsig) {
-                    let hit = right.contains(k);
+                mark(&rhs, &rid, i, &mut present);
+                for (s, id) in lhs.iter_mut().zip(&lid) {
+                    let hit = present.get(*id).copied().unwrap_or(false);
                     if (op == "and") != hit
                         && let Some(p) = s.points.get_mut(i)
                     {
@@ -1115,9 +1120,9 @@ pub(crate) fn set_op(op: &str, lhs: Vec<Series>, rhs: Vec<Series>, m: &Matching,
         _ => {
             let mut right_out = rhs;
             for i in 0..n {
-                let left = present(&lhs, &lsig, i);
-                for (s, k) in right_out.iter_mut().zip(&rsig) {
-                    if left.contains(k)
+                mark(&lhs, &lid, i, &mut present);
+                for (s, id) in right_out.iter_mut().zip(&rid) {
+                    if present.get(*id).copied().unwrap_or(false)
                         && let Some(p) = s.points.get_mut(i)
                     {
                         *p = None;
@@ -1128,6 +1133,20 @@ pub(crate) fn set_op(op: &str, lhs: Vec<Series>, rhs: Vec<Series>, m: &Matching,
             nonempty(lhs)
         }
     }
+}
+
+/// Numbers each distinct signature, so per-step matching indexes arrays instead of hashing
+/// label sets: `(ids of the first side, ids of the second side, number of ids)`.
+fn signature_ids(a: &[Labels], b: &[Labels]) -> (Vec<usize>, Vec<usize>, usize) {
+    let mut ids: HashMap<&Labels, usize> = HashMap::new();
+    let mut id_of = |l| {
+        let next = ids.len();
+        *ids.entry(l).or_insert(next)
+    };
+    let ia: Vec<usize> = a.iter().map(&mut id_of).collect();
+    let ib: Vec<usize> = b.iter().map(&mut id_of).collect();
+    let n = ids.len();
+    (ia, ib, n)
 }
 
 /// Arithmetic and comparison between two vectors, step by step.
@@ -1148,18 +1167,28 @@ pub(crate) fn vector_vector(
     };
     let many_sig: Vec<Labels> = many.iter().map(|s| m.signature(&s.labels)).collect();
     let one_sig: Vec<Labels> = one.iter().map(|s| m.signature(&s.labels)).collect();
+    let (many_id, one_id, nsig) = signature_ids(&many_sig, &one_sig);
     let drop_name = drops_name(op);
     let mut out: Vec<Series> = Vec::new();
     let mut out_index: HashMap<Labels, usize> = HashMap::new();
-    let mut result_labels: HashMap<(usize, usize), Labels> = HashMap::new();
+    // (many, one) pair → output series; result labels are computed once per pair
+    let mut pair_out: HashMap<(usize, usize), usize> = HashMap::new();
+    // per step: the "one" side's series per signature, and the outputs made per signature
+    let mut right: Vec<Option<usize>> = vec![None; nsig];
+    let mut matched: Vec<Vec<usize>> = vec![Vec::new(); nsig];
     for i in 0..n {
-        let mut right: HashMap<&Labels, usize> = HashMap::new();
-        for (oi, (s, k)) in one.iter().zip(&one_sig).enumerate() {
+        right.iter_mut().for_each(|r| *r = None);
+        matched.iter_mut().for_each(Vec::clear);
+        for (oi, s) in one.iter().enumerate() {
             if s.points.get(i).copied().flatten().is_none() {
                 continue;
             }
-            if let Some(prev) = right.insert(k, oi) {
+            let Some(slot) = one_id.get(oi).and_then(|id| right.get_mut(*id)) else {
+                continue;
+            };
+            if let Some(prev) = slot.replace(oi) {
                 let side = if one_to_many { "left" } else { "right" };
+                let k = one_sig.get(oi).map(|k| k.to_string()).unwrap_or_default();
                 let other = one.get(prev).map(|p| p.labels.to_string()).unwrap_or_default();
                 return Err(QueryError::Execution(format!(
                     "found duplicate series for the match group {k} on the {side} hand-side of the operation: [{}, {other}];many-to-many matching not allowed: matching labels must be unique on one side",
@@ -1167,12 +1196,14 @@ pub(crate) fn vector_vector(
                 )));
             }
         }
-        let mut matched: HashMap<&Labels, Vec<Labels>> = HashMap::new();
-        for (mi, (s, k)) in many.iter().zip(&many_sig).enumerate() {
+        for (mi, s) in many.iter().enumerate() {
             let Some(lv) = s.points.get(i).copied().flatten() else {
                 continue;
             };
-            let Some(&oi) = right.get(k) else { continue };
+            let Some(&sig) = many_id.get(mi) else { continue };
+            let Some(oi) = right.get(sig).copied().flatten() else {
+                continue;
+            };
             let Some(rv) = one.get(oi).and_then(|o| o.points.get(i).copied().flatten()) else {
                 continue;
             };
@@ -1183,8 +1214,8 @@ pub(crate) fn vector_vector(
             } else if !keep {
                 continue;
             }
-            let metric = match result_labels.get(&(mi, oi)) {
-                Some(l) => l.clone(),
+            let target = match pair_out.get(&(mi, oi)) {
+                Some(t) => *t,
                 None => {
                     let mut l = s.labels.clone();
                     if drop_name || return_bool {
@@ -1204,36 +1235,38 @@ pub(crate) fn vector_vector(
                             .unwrap_or_default();
                         l.set(name, &v);
                     }
-                    result_labels.insert((mi, oi), l.clone());
-                    l
+                    let t = match out_index.get(&l) {
+                        Some(t) => *t,
+                        None => {
+                            out_index.insert(l.clone(), out.len());
+                            out.push(Series {
+                                labels: l,
+                                drop_name: false,
+                                points: vec![None; n],
+                            });
+                            out.len() - 1
+                        }
+                    };
+                    pair_out.insert((mi, oi), t);
+                    t
                 }
             };
-            let seen = matched.entry(k).or_default();
+            let Some(seen) = matched.get_mut(sig) else {
+                continue;
+            };
             if one_to_one {
                 if !seen.is_empty() {
                     return Err(QueryError::Execution(
                         "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
                     ));
                 }
-            } else if seen.contains(&metric) {
+            } else if seen.contains(&target) {
                 return Err(QueryError::Execution(
                     "multiple matches for labels: grouping labels must ensure unique matches".into(),
                 ));
             }
-            seen.push(metric.clone());
-            let oi = match out_index.get(&metric) {
-                Some(o) => *o,
-                None => {
-                    out_index.insert(metric.clone(), out.len());
-                    out.push(Series {
-                        labels: metric,
-                        drop_name: false,
-                        points: vec![None; n],
-                    });
-                    out.len() - 1
-                }
-            };
-            if let Some(slot) = out.get_mut(oi).and_then(|s| s.points.get_mut(i)) {
+            seen.push(target);
+            if let Some(slot) = out.get_mut(target).and_then(|s| s.points.get_mut(i)) {
                 if slot.is_some() {
                     return Err(QueryError::Execution(
                         "vector cannot contain metrics with the same labelset".into(),
