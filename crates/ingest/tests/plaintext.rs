@@ -405,3 +405,22 @@ async fn a_truncated_udp_datagram_loses_only_its_cut_line() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flush_timer_writes_statsd_aggregates() {
+    let cfg = IngestConfig {
+        statsd_flush_interval_ms: 50,
+        ..config()
+    };
+    let f = start(cfg).await;
+    send_udp(f.addrs.statsd_udp.unwrap(), &["timed:1|ms\ntimed:3|ms"]).await;
+    // the timer flushes every 50 ms; the sink's condition variable says when points land
+    // (an early flush may come before the packet is read: wait for the one that has it)
+    let mean_name = r#"{"timed.mean"}"#;
+    let mut got = f.sink.wait_points(1);
+    while !got.iter().any(|p| p.0 == mean_name) {
+        got = f.sink.wait_points(got.len() + 1);
+    }
+    let mean = got.iter().find(|p| p.0 == mean_name).map(|p| p.2);
+    assert_eq!(mean, Some(2.0));
+}
