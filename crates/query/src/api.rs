@@ -22,9 +22,11 @@ use crate::labels::Labels;
 use crate::time::{format_value, parse_duration, parse_time, write_timestamp};
 use crate::{QueryError, QueryLimits, SeriesReader, evaluate_instant, evaluate_range, parse_selector};
 
-/// Earliest time an omitted `start` stands for (Prometheus' `minTime`, in ms).
+/// The time an omitted `start` stands for, in ms: about 292,000 years before the epoch,
+/// far enough to mean "all time" yet a thousand times inside `i64`, so readers may add
+/// and subtract ranges without overflow (Prometheus' own `minTime` is at the very edge).
 pub const MIN_TIME_MS: i64 = -9_223_309_901_257_974;
-/// Latest time an omitted `end` stands for (Prometheus' `maxTime`, in ms).
+/// The time an omitted `end` stands for, in ms (see [`MIN_TIME_MS`]).
 pub const MAX_TIME_MS: i64 = 9_223_309_901_257_974;
 
 /// A status code and a JSON body.
