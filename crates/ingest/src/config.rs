@@ -37,11 +37,28 @@ pub struct IngestConfig {
     pub statsd_delete_idle_timers: bool,
     /// Stop emitting sets that saw no update during a flush interval (Etsy `deleteSets`).
     pub statsd_delete_idle_sets: bool,
+    /// With `statsd_delete_idle_gauges`, flushes that still send a gauge after its last
+    /// update, the first included (Etsy `gaugesMaxTTL`); at least 1.
+    pub statsd_gauges_max_ttl_flushes: u32,
     /// Most distinct StatsD aggregation keys (name + tags); new keys beyond it are dropped.
     pub statsd_max_keys: usize,
     /// Most raw timer values kept per key and interval for exact percentiles; beyond it
     /// count/sum/min/max keep updating and percentiles come from the sketch.
     pub statsd_max_timer_samples_per_key: usize,
+    /// Most raw timer values kept across all timers per interval.
+    pub statsd_max_timer_samples_total: usize,
+    /// Most distinct members per StatsD set per interval.
+    pub statsd_max_set_members_per_key: usize,
+    /// Prefix of every flushed StatsD name (Etsy `globalPrefix`); empty: none.
+    pub statsd_global_prefix: String,
+    /// Prefix of flushed counters (Etsy `prefixCounter`); empty: none.
+    pub statsd_prefix_counter: String,
+    /// Prefix of flushed timers (Etsy `prefixTimer`); empty: none.
+    pub statsd_prefix_timer: String,
+    /// Prefix of flushed gauges (Etsy `prefixGauge`); empty: none.
+    pub statsd_prefix_gauge: String,
+    /// Prefix of flushed sets (Etsy `prefixSet`); empty: none.
+    pub statsd_prefix_set: String,
     /// Requested kernel receive buffer of UDP sockets (`SO_RCVBUF`), in bytes; the kernel caps
     /// it at `net.core.rmem_max` and the effective size is logged.
     pub udp_recv_buffer_bytes: usize,
@@ -87,6 +104,7 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> IngestConfig {
+        let etsy = crate::statsd::aggregator::AggregatorConfig::default();
         IngestConfig {
             graphite_tcp_listen: "127.0.0.1:2003".into(),
             graphite_udp_listen: "127.0.0.1:2003".into(),
@@ -100,8 +118,16 @@ impl Default for IngestConfig {
             statsd_delete_idle_gauges: false,
             statsd_delete_idle_timers: false,
             statsd_delete_idle_sets: false,
-            statsd_max_keys: 1_000_000,
-            statsd_max_timer_samples_per_key: 10_000,
+            statsd_gauges_max_ttl_flushes: etsy.gauges_max_ttl_flushes,
+            statsd_max_keys: etsy.max_keys,
+            statsd_max_timer_samples_per_key: etsy.max_timer_samples_per_key,
+            statsd_max_timer_samples_total: etsy.max_timer_samples_total,
+            statsd_max_set_members_per_key: etsy.max_set_members_per_key,
+            statsd_global_prefix: etsy.global_prefix,
+            statsd_prefix_counter: etsy.prefix_counter,
+            statsd_prefix_timer: etsy.prefix_timer,
+            statsd_prefix_gauge: etsy.prefix_gauge,
+            statsd_prefix_set: etsy.prefix_set,
             udp_recv_buffer_bytes: 8 << 20,
             max_line_bytes: 64 << 10,
             max_udp_packet_bytes: 65_535,
@@ -179,15 +205,8 @@ impl IngestConfig {
         if self.statsd_flush_interval_ms == 0 {
             return err("statsd_flush_interval_ms", "must be greater than 0");
         }
-        if let Some(p) = self
-            .statsd_percentiles
-            .iter()
-            .find(|p| !(p.is_finite() && **p > 0.0 && **p < 100.0))
-        {
-            return err(
-                "statsd_percentiles",
-                &format!("{p} is not strictly between 0 and 100"),
-            );
+        if let Err(e) = self.aggregator_config().validate() {
+            return err("statsd", &e.to_string());
         }
         for c in &self.plaintext_allow_cidrs {
             if let Err(e) = c.parse::<crate::cidr::Cidr>() {
@@ -205,6 +224,30 @@ impl IngestConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl IngestConfig {
+    /// The StatsD aggregator's settings.
+    pub fn aggregator_config(&self) -> crate::statsd::aggregator::AggregatorConfig {
+        crate::statsd::aggregator::AggregatorConfig {
+            flush_interval_ms: i64::try_from(self.statsd_flush_interval_ms).unwrap_or(i64::MAX),
+            percentiles: self.statsd_percentiles.clone(),
+            delete_idle_counters: self.statsd_delete_idle_counters,
+            delete_idle_gauges: self.statsd_delete_idle_gauges,
+            gauges_max_ttl_flushes: self.statsd_gauges_max_ttl_flushes,
+            delete_idle_timers: self.statsd_delete_idle_timers,
+            delete_idle_sets: self.statsd_delete_idle_sets,
+            max_keys: self.statsd_max_keys,
+            max_timer_samples_per_key: self.statsd_max_timer_samples_per_key,
+            max_timer_samples_total: self.statsd_max_timer_samples_total,
+            max_set_members_per_key: self.statsd_max_set_members_per_key,
+            global_prefix: self.statsd_global_prefix.clone(),
+            prefix_counter: self.statsd_prefix_counter.clone(),
+            prefix_timer: self.statsd_prefix_timer.clone(),
+            prefix_gauge: self.statsd_prefix_gauge.clone(),
+            prefix_set: self.statsd_prefix_set.clone(),
+        }
     }
 }
 
@@ -243,7 +286,8 @@ mod tests {
                 |c| c.plaintext_allow_cidrs = vec!["10.0.0.0/33".into()],
                 "plaintext_allow_cidrs",
             ),
-            (|c| c.statsd_percentiles = vec![100.0], "statsd_percentiles"),
+            (|c| c.statsd_percentiles = vec![0.0], "statsd"),
+            (|c| c.statsd_gauges_max_ttl_flushes = 0, "statsd"),
             (|c| c.graphite_tcp_listen = "nope".into(), "graphite_tcp_listen"),
             (|c| c.tcp_read_buffer_bytes = 10, "tcp_read_buffer_bytes"),
         ];

@@ -34,7 +34,7 @@ use crate::queue::Batch;
 use crate::telemetry::reason;
 use crate::{IngestConfig, IngestError, Shared, Source, spawn_ingest};
 
-use self::aggregator::{Aggregator, AggregatorConfig};
+use self::aggregator::Aggregator;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -58,17 +58,7 @@ pub(crate) struct StatsdState {
 
 impl StatsdState {
     pub(crate) fn new(cfg: &IngestConfig) -> StatsdState {
-        let acfg = AggregatorConfig {
-            flush_interval_ms: i64::try_from(cfg.statsd_flush_interval_ms).unwrap_or(i64::MAX),
-            percentiles: cfg.statsd_percentiles.clone(),
-            delete_idle_counters: cfg.statsd_delete_idle_counters,
-            delete_idle_gauges: cfg.statsd_delete_idle_gauges,
-            delete_idle_timers: cfg.statsd_delete_idle_timers,
-            delete_idle_sets: cfg.statsd_delete_idle_sets,
-            max_keys: cfg.statsd_max_keys,
-            max_timer_samples_per_key: cfg.statsd_max_timer_samples_per_key,
-            ..AggregatorConfig::default()
-        };
+        let acfg = cfg.aggregator_config();
         StatsdState {
             agg: Mutex::new(Aggregator::new(acfg)),
             observed: Default::default(),
