@@ -119,7 +119,7 @@ impl Default for IngestConfig {
             statsd_delete_idle_timers: false,
             statsd_delete_idle_sets: false,
             statsd_gauges_max_ttl_flushes: etsy.gauges_max_ttl_flushes,
-            statsd_max_keys: etsy.max_keys,
+            statsd_max_keys: 1_000_000,
             statsd_max_timer_samples_per_key: etsy.max_timer_samples_per_key,
             statsd_max_timer_samples_total: etsy.max_timer_samples_total,
             statsd_max_set_members_per_key: etsy.max_set_members_per_key,
