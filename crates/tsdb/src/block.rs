@@ -774,19 +774,19 @@ impl BlockReader {
         if c.ts.len() != e.count as usize {
             return Err(self.corrupt(format!("series {}: count disagrees with index", e.id)));
         }
-        for i in 0..c.ts.len() {
-            let t = c.ts[i];
+        for (i, &t) in c.ts.iter().enumerate() {
             if t < start_ms || t > end_ms {
                 continue;
             }
+            let get = |col: &[f64]| col.get(i).copied().unwrap_or(f64::NAN);
             out.push(RollupPoint {
                 ts: t,
-                min: c.min[i],
-                max: c.max[i],
-                sum: c.sum[i],
-                count: c.count[i],
-                last: c.last[i],
-                last_ts: c.last_ts[i],
+                min: get(&c.min),
+                max: get(&c.max),
+                sum: get(&c.sum),
+                count: c.count.get(i).copied().unwrap_or(0),
+                last: get(&c.last),
+                last_ts: c.last_ts.get(i).copied().unwrap_or(t),
             });
         }
         Ok(())
