@@ -370,7 +370,10 @@ impl Wal {
     pub fn lock_for_append(&self) -> parking_lot::MutexGuard<'_, Pending> {
         let t = Instant::now();
         let mut w = self.writer.lock();
-        while w.buf.len() as u64 > self.opts.max_backlog_bytes && !self.is_stopped() {
+        while w.buf.len() as u64 > self.opts.max_backlog_bytes
+            && !self.is_stopped()
+            && self.failure().is_none()
+        {
             self.kick();
             self.drained
                 .wait_for(&mut w, std::time::Duration::from_millis(50));
