@@ -136,3 +136,36 @@ fn a_directory_is_opened_by_one_db_at_a_time() {
     drop(db);
     open(dir.path()).unwrap();
 }
+
+#[test]
+fn a_full_wal_backlog_applies_backpressure_instead_of_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Options {
+        // the committer never wakes by itself: only backpressure kicks it
+        fsync: FsyncPolicy::Interval(std::time::Duration::from_secs(3600)),
+        max_wal_backlog_bytes: 2048,
+        wal_flush_bytes: u64::MAX,
+        ..opts()
+    };
+    let db = Db::open(dir.path(), o, Arc::new(ManualClock::new(Timestamp(NOW)))).unwrap();
+    let id = db.resolve(&SeriesKey::from_name("m").unwrap()).unwrap();
+    for b in 0..200 {
+        let batch: Vec<Point> = (0..50)
+            .map(|i| Point {
+                series: id,
+                ts: NOW + b * 50 + i,
+                value: 1.0,
+            })
+            .collect();
+        db.append(&batch).unwrap();
+        assert!(
+            db.stats().wal_pending_bytes <= 2048 + 50 * 28 + 32,
+            "pending stays bounded"
+        );
+    }
+    assert!(
+        db.stats().wal_bytes_written > 0,
+        "backpressure made the committer write"
+    );
+    assert_eq!(count(&db), 200 * 50);
+}
