@@ -1,7 +1,8 @@
 //! kill -9 recovery: a writer child process (`tsdb-crash-writer`) appends batches and
 //! prints each batch once `wait_durable` acknowledged it; the test kills it with SIGKILL at
 //! a random moment, reopens the database and checks that every acknowledged sample is
-//! present. `TSDB_CRASH_CYCLES` sets the number of cycles (default 5; the benchmark
+//! present. The writer seals into blocks every few batches, so kills also land inside seals
+//! and WAL checkpoints. `TSDB_CRASH_CYCLES` sets the number of cycles (default 5; the benchmark
 //! scenario runs 200+).
 
 use std::io::{BufRead as _, BufReader};
@@ -74,6 +75,13 @@ fn every_acknowledged_batch_survives_sigkill() {
             Options {
                 maintenance_interval: None,
                 ooo_window_ms: i64::MAX / 4,
+                retention: tsdb::Retention {
+                    raw_ms: i64::MAX / 4,
+                    minute_ms: i64::MAX / 4,
+                    hour_ms: i64::MAX / 4,
+                    max_disk_bytes: None,
+                },
+                block_duration_ms: 20_000,
                 ..Options::default()
             },
             Arc::new(ManualClock::new(Timestamp(0))),

@@ -2,15 +2,20 @@
 //!
 //! Opens the database in DIR (recovering it), then appends batch after batch forever:
 //! batch `b` holds one sample per series at `ts = b * 1000` with value `b`. After
-//! `wait_durable` covers a batch it prints the batch number on its own line. The test kills
-//! it with SIGKILL at a random moment and checks that every printed batch survived.
+//! `wait_durable` covers a batch it prints the batch number on its own line. Every
+//! `SEAL_EVERY` batches it seals everything into blocks (`compact_now`), so kills also land
+//! in the middle of seals and checkpoints. The test kills it with SIGKILL at a random moment
+//! and checks that every printed batch survived.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use model::{Label, Point, SeriesKey, SystemClock};
-use tsdb::{Db, FsyncPolicy, Options};
+use tsdb::{Db, FsyncPolicy, Options, Retention};
+
+/// Batches between seals.
+const SEAL_EVERY: u64 = 40;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -26,6 +31,14 @@ fn main() -> ExitCode {
         fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(5)),
         // batches are numbered from 0 ms: keep them all inside the window
         ooo_window_ms: i64::MAX / 4,
+        // batch timestamps start at 0 ms (1970): keep retention from dropping them
+        retention: Retention {
+            raw_ms: i64::MAX / 4,
+            minute_ms: i64::MAX / 4,
+            hour_ms: i64::MAX / 4,
+            max_disk_bytes: None,
+        },
+        block_duration_ms: 20_000,
         maintenance_interval: None,
         ..Options::default()
     };
@@ -71,6 +84,12 @@ fn main() -> ExitCode {
         };
         if let Err(e) = db.wait_durable(receipt.wal_seq) {
             eprintln!("wait_durable failed: {e}");
+            return ExitCode::from(1);
+        }
+        if b % SEAL_EVERY == SEAL_EVERY - 1
+            && let Err(e) = db.compact_now()
+        {
+            eprintln!("compact_now failed: {e}");
             return ExitCode::from(1);
         }
         let mut out = stdout.lock();
