@@ -115,6 +115,9 @@ pub struct SqliteConfig {
     pub max_indexed_payload_bytes: usize,
     /// Events deleted per retention transaction, so the writer is never held for long.
     pub retention_chunk_rows: usize,
+    /// A full-text search or kind prefix matching fewer rows than this is answered by
+    /// fetching and sorting its matches; one matching more walks a time-ordered index.
+    pub drive_max_rows: usize,
     /// Query bounds.
     pub limits: QueryLimits,
 }
@@ -131,6 +134,7 @@ impl SqliteConfig {
             max_batch_items: 1000,
             max_indexed_payload_bytes: 64 * 1024,
             retention_chunk_rows: 10_000,
+            drive_max_rows: 10_000,
             limits: QueryLimits::default(),
         }
     }
@@ -197,8 +201,21 @@ impl SqliteStore {
         &self.config
     }
 
-    /// Runs `f` on a pooled reader, waiting for one to be free.
+    /// Runs `f` on a pooled reader, waiting for one to be free. The connection goes back to
+    /// the pool even if `f` panics, so the pool never shrinks.
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        struct Lease<'a> {
+            store: &'a SqliteStore,
+            conn: Option<Connection>,
+        }
+        impl Drop for Lease<'_> {
+            fn drop(&mut self) {
+                if let Some(conn) = self.conn.take() {
+                    self.store.readers.lock().push(conn);
+                    self.store.reader_free.notify_one();
+                }
+            }
+        }
         let conn = {
             let mut pool = self.readers.lock();
             loop {
@@ -208,10 +225,14 @@ impl SqliteStore {
                 self.reader_free.wait(&mut pool);
             }
         };
-        let result = f(&conn);
-        self.readers.lock().push(conn);
-        self.reader_free.notify_one();
-        result
+        let lease = Lease {
+            store: self,
+            conn: Some(conn),
+        };
+        match &lease.conn {
+            Some(conn) => f(conn),
+            None => Err(StoreError::Busy { op: "lease reader" }),
+        }
     }
 
     fn page_limit(&self, limit: Option<usize>) -> Result<usize, StoreError> {
@@ -338,6 +359,57 @@ fn read_event(raw: RawRow) -> Result<Event, StoreError> {
     })
 }
 
+/// The condition for a kind prefix on dot boundaries, as one index range
+/// `p <= kind < p/` ('/' follows '.') narrowed to `kind = p` or `kind` starting with `p.`
+/// (the range alone would also admit `p-x`).
+fn kind_prefix_clause(prefix: &Option<String>) -> Option<(&'static str, [Value; 5])> {
+    let p = prefix.as_deref()?;
+    let p = p.strip_suffix('.').unwrap_or(p);
+    if p.is_empty() {
+        return None;
+    }
+    let dotted = format!("{p}.");
+    let dotted_chars = i64::try_from(dotted.chars().count()).unwrap_or(i64::MAX);
+    Some((
+        "(e.kind >= ? AND e.kind < ? AND (e.kind = ? OR substr(e.kind, 1, ?) = ?))",
+        [
+            Value::Text(p.to_owned()),
+            Value::Text(format!("{p}/")),
+            Value::Text(p.to_owned()),
+            Value::Integer(dotted_chars),
+            Value::Text(dotted),
+        ],
+    ))
+}
+
+/// How a query reaches its rows; chosen by [`SqliteStore::plan`] rather than left to
+/// SQLite, which has no statistics about how selective full-text words or kinds are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Fetch the few full-text matches by rowid, then sort them.
+    FullText,
+    /// Fetch the few rows of a rare kind prefix from the kind index, then sort them.
+    Kind,
+    /// Walk `(host, time, id)` newest first, filtering.
+    Host,
+    /// Walk `(service, time, id)` newest first, filtering.
+    Service,
+    /// Walk `(time, id)` newest first, filtering.
+    Time,
+}
+
+impl Plan {
+    fn table(self) -> &'static str {
+        match self {
+            Plan::FullText => "events e NOT INDEXED",
+            Plan::Kind => "events e INDEXED BY events_kind_time",
+            Plan::Host => "events e INDEXED BY events_host_time",
+            Plan::Service => "events e INDEXED BY events_service_time",
+            Plan::Time => "events e INDEXED BY events_time",
+        }
+    }
+}
+
 /// A WHERE clause under construction, with its positional parameters.
 #[derive(Default)]
 struct Filter {
@@ -366,21 +438,13 @@ impl Filter {
         }
     }
 
-    fn kind_prefix(&mut self, prefix: &Option<String>) {
-        let Some(p) = prefix else { return };
-        let p = p.strip_suffix('.').unwrap_or(p);
-        if p.is_empty() {
-            return;
-        }
-        // `kind = p` or `p.` <= kind < `p/` ('/' follows '.'), a range the kind index serves
-        self.push(
-            "(e.kind = ? OR (e.kind >= ? AND e.kind < ?))",
-            [
-                Value::Text(p.to_owned()),
-                Value::Text(format!("{p}.")),
-                Value::Text(format!("{p}/")),
-            ],
-        );
+    /// Adds the kind-prefix condition; returns whether there was one.
+    fn kind_prefix(&mut self, prefix: &Option<String>) -> bool {
+        let Some((clause, params)) = kind_prefix_clause(prefix) else {
+            return false;
+        };
+        self.push(clause, params);
+        true
     }
 
     fn sql(&self) -> String {
@@ -486,7 +550,7 @@ impl EventStore for SqliteStore {
         filter.time_range(query.from, query.to);
         filter.exact("host", &query.host);
         filter.exact("service", &query.service);
-        filter.kind_prefix(&query.kind_prefix);
+        let has_kind = filter.kind_prefix(&query.kind_prefix);
         for m in &query.labels {
             if !is_label_name(&m.name) {
                 return Err(StoreError::InvalidQuery(format!(
@@ -516,10 +580,10 @@ impl EventStore for SqliteStore {
             Some(q) => match_expression(q, limits)?,
             None => None,
         };
-        if let Some(expr) = words {
+        if let Some(expr) = &words {
             filter.push(
                 "e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)",
-                [Value::Text(expr)],
+                [Value::Text(expr.clone())],
             );
         }
         if let Some(cursor) = &query.cursor {
@@ -529,13 +593,15 @@ impl EventStore for SqliteStore {
                 [Value::Integer(time.0), Value::Text(id.as_str().to_owned())],
             );
         }
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE {} ORDER BY e.time DESC, e.id DESC LIMIT {}",
-            filter.sql(),
-            limit + 1
-        );
         let op = "query events";
         let raw = self.with_reader(|conn| {
+            let plan = self.plan(conn, query, words.as_deref(), has_kind)?;
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM {} WHERE {} ORDER BY e.time DESC, e.id DESC LIMIT {}",
+                plan.table(),
+                filter.sql(),
+                limit + 1
+            );
             let mut stmt = conn.prepare_cached(&sql).map_err(db_err(op))?;
             let rows = stmt
                 .query_map(params_from_iter(filter.params.iter()), read_row)
@@ -638,6 +704,56 @@ impl EventStore for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Chooses how to reach a query's rows. A filter known to match fewer than
+    /// [`SqliteConfig::drive_max_rows`] rows drives (its rows are fetched and sorted: cheap
+    /// because they are few); otherwise the query walks an index already in time order and
+    /// stops after one page, so every page of a long result costs about the same. The
+    /// counts are bounded (`LIMIT`), so choosing never costs more than the cap.
+    fn plan(
+        &self,
+        conn: &Connection,
+        query: &EventQuery,
+        words: Option<&str>,
+        has_kind: bool,
+    ) -> Result<Plan, StoreError> {
+        let op = "plan query";
+        let cap = i64::try_from(self.config.drive_max_rows).unwrap_or(i64::MAX);
+        if let Some(words) = words {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM \
+                     (SELECT rowid FROM events_fts WHERE events_fts MATCH ?1 LIMIT ?2)",
+                )
+                .and_then(|mut st| st.query_row(rusqlite::params![words, cap], |r| r.get(0)))
+                .map_err(db_err(op))?;
+            if n < cap {
+                return Ok(Plan::FullText);
+            }
+        }
+        if query.host.is_some() {
+            return Ok(Plan::Host);
+        }
+        if query.service.is_some() {
+            return Ok(Plan::Service);
+        }
+        if has_kind {
+            if let Some((clause, params)) = kind_prefix_clause(&query.kind_prefix) {
+                let sql = format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM events e INDEXED BY events_kind_time \
+                     WHERE {clause} LIMIT {cap})"
+                );
+                let n: i64 = conn
+                    .prepare_cached(&sql)
+                    .and_then(|mut st| st.query_row(params_from_iter(params.iter()), |r| r.get(0)))
+                    .map_err(db_err(op))?;
+                if n < cap {
+                    return Ok(Plan::Kind);
+                }
+            }
+        }
+        Ok(Plan::Time)
+    }
+
     /// Deletes the rows `select` finds (`?1` = cut-off, `?2` = chunk size, `?3` = where the
     /// previous chunk ended, so rows retention keeps are not rescanned for every chunk), one
     /// chunk per transaction so inserts can interleave, until a chunk comes back short.
