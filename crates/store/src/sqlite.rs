@@ -438,13 +438,10 @@ impl Filter {
         }
     }
 
-    /// Adds the kind-prefix condition; returns whether there was one.
-    fn kind_prefix(&mut self, prefix: &Option<String>) -> bool {
-        let Some((clause, params)) = kind_prefix_clause(prefix) else {
-            return false;
-        };
-        self.push(clause, params);
-        true
+    fn kind_prefix(&mut self, prefix: &Option<String>) {
+        if let Some((clause, params)) = kind_prefix_clause(prefix) {
+            self.push(clause, params);
+        }
     }
 
     fn sql(&self) -> String {
@@ -550,7 +547,7 @@ impl EventStore for SqliteStore {
         filter.time_range(query.from, query.to);
         filter.exact("host", &query.host);
         filter.exact("service", &query.service);
-        let has_kind = filter.kind_prefix(&query.kind_prefix);
+        filter.kind_prefix(&query.kind_prefix);
         for m in &query.labels {
             if !is_label_name(&m.name) {
                 return Err(StoreError::InvalidQuery(format!(
@@ -595,7 +592,7 @@ impl EventStore for SqliteStore {
         }
         let op = "query events";
         let raw = self.with_reader(|conn| {
-            let plan = self.plan(conn, query, words.as_deref(), has_kind)?;
+            let plan = self.plan(conn, query, words.as_deref())?;
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM {} WHERE {} ORDER BY e.time DESC, e.id DESC LIMIT {}",
                 plan.table(),
@@ -709,13 +706,7 @@ impl SqliteStore {
     /// because they are few); otherwise the query walks an index already in time order and
     /// stops after one page, so every page of a long result costs about the same. The
     /// counts are bounded (`LIMIT`), so choosing never costs more than the cap.
-    fn plan(
-        &self,
-        conn: &Connection,
-        query: &EventQuery,
-        words: Option<&str>,
-        has_kind: bool,
-    ) -> Result<Plan, StoreError> {
+    fn plan(&self, conn: &Connection, query: &EventQuery, words: Option<&str>) -> Result<Plan, StoreError> {
         let op = "plan query";
         let cap = i64::try_from(self.config.drive_max_rows).unwrap_or(i64::MAX);
         if let Some(words) = words {
@@ -736,19 +727,17 @@ impl SqliteStore {
         if query.service.is_some() {
             return Ok(Plan::Service);
         }
-        if has_kind {
-            if let Some((clause, params)) = kind_prefix_clause(&query.kind_prefix) {
-                let sql = format!(
-                    "SELECT count(*) FROM (SELECT 1 FROM events e INDEXED BY events_kind_time \
-                     WHERE {clause} LIMIT {cap})"
-                );
-                let n: i64 = conn
-                    .prepare_cached(&sql)
-                    .and_then(|mut st| st.query_row(params_from_iter(params.iter()), |r| r.get(0)))
-                    .map_err(db_err(op))?;
-                if n < cap {
-                    return Ok(Plan::Kind);
-                }
+        if let Some((clause, params)) = kind_prefix_clause(&query.kind_prefix) {
+            let sql = format!(
+                "SELECT count(*) FROM (SELECT 1 FROM events e INDEXED BY events_kind_time \
+                 WHERE {clause} LIMIT {cap})"
+            );
+            let n: i64 = conn
+                .prepare_cached(&sql)
+                .and_then(|mut st| st.query_row(params_from_iter(params.iter()), |r| r.get(0)))
+                .map_err(db_err(op))?;
+            if n < cap {
+                return Ok(Plan::Kind);
             }
         }
         Ok(Plan::Time)
