@@ -37,6 +37,9 @@
 //! - Files are read with positioned reads (`read_exact_at`), never mapped: many series can be
 //!   read without loading the file, and no `unsafe` is needed. The index is held in memory
 //!   (about 48 bytes per series).
+//! - Size: the index costs about 7 bytes per series plus 4 per page; a raw block of data
+//!   shaped like the peer benchmark (360 points per series) is 1.114 bytes/point in all
+//!   (`cargo test -p tsdb --test codec_props -- --nocapture bytes`).
 //! - `seq` orders blocks for last-write-wins: where two blocks hold the same series and
 //!   timestamp, the block with the higher `seq` wins (see `crate::compact`).
 
