@@ -701,13 +701,26 @@ impl EventStore for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Chooses how to reach a query's rows. A filter known to match fewer than
-    /// [`SqliteConfig::drive_max_rows`] rows drives (its rows are fetched and sorted: cheap
-    /// because they are few); otherwise the query walks an index already in time order and
-    /// stops after one page, so every page of a long result costs about the same. The
-    /// counts are bounded (`LIMIT`), so choosing never costs more than the cap.
+    /// Chooses how to reach a query's rows.
+    ///
+    /// - With a host or service, walk that index newest first: it holds `seq`, so the
+    ///   full-text condition (a set of rowids built once per query) is checked without
+    ///   reading the table, and only matching rows are fetched.
+    /// - Otherwise a full-text search or kind prefix known to match fewer than
+    ///   [`SqliteConfig::drive_max_rows`] rows drives: its rows are fetched and sorted,
+    ///   cheap because they are few.
+    /// - Otherwise walk `(time, id)` newest first and stop after one page, so every page of
+    ///   a long result costs about the same.
+    ///
+    /// The counts are bounded (`LIMIT`), so choosing never costs more than the cap.
     fn plan(&self, conn: &Connection, query: &EventQuery, words: Option<&str>) -> Result<Plan, StoreError> {
         let op = "plan query";
+        if query.host.is_some() {
+            return Ok(Plan::Host);
+        }
+        if query.service.is_some() {
+            return Ok(Plan::Service);
+        }
         let cap = i64::try_from(self.config.drive_max_rows).unwrap_or(i64::MAX);
         if let Some(words) = words {
             let n: i64 = conn
@@ -720,12 +733,6 @@ impl SqliteStore {
             if n < cap {
                 return Ok(Plan::FullText);
             }
-        }
-        if query.host.is_some() {
-            return Ok(Plan::Host);
-        }
-        if query.service.is_some() {
-            return Ok(Plan::Service);
         }
         if let Some((clause, params)) = kind_prefix_clause(&query.kind_prefix) {
             let sql = format!(
