@@ -476,12 +476,10 @@ impl EventStore for SqliteStore {
                      ON CONFLICT(id) DO NOTHING RETURNING seq",
                 )
                 .map_err(db_err(op))?;
-            let mut index = tx
-                .prepare_cached(
-                    "INSERT INTO events_fts (rowid, kind, subject, summary, labels, payload) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(db_err(op))?;
+            // Full-text rows go in with one statement per batch: FTS5 flushes its in-memory
+            // index at every statement savepoint, so a row-at-a-time insert would write a
+            // tiny segment (and merge) per event.
+            let mut fts_rows = Vec::with_capacity(events.len());
             for e in events {
                 let labels = serde_json::to_string(&e.labels).map_err(|err| StoreError::Backend {
                     op,
@@ -517,17 +515,25 @@ impl EventStore for SqliteStore {
                     .as_ref()
                     .map(|p| payload_text(p.get(), self.config.max_indexed_payload_bytes))
                     .unwrap_or_default();
-                index
-                    .execute(rusqlite::params![
-                        seq,
-                        e.kind,
-                        e.subject,
-                        e.summary,
-                        labels_text(&e.labels),
-                        payload,
-                    ])
-                    .map_err(db_err(op))?;
+                fts_rows.push(serde_json::json!([
+                    seq,
+                    e.kind,
+                    e.subject,
+                    e.summary,
+                    labels_text(&e.labels),
+                    payload,
+                ]));
                 results.push(ItemResult::Stored);
+            }
+            if !fts_rows.is_empty() {
+                let rows = serde_json::Value::Array(fts_rows).to_string();
+                tx.prepare_cached(
+                    "INSERT INTO events_fts (rowid, kind, subject, summary, labels, payload) \
+                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+                     value ->> 5 FROM json_each(?1)",
+                )
+                .and_then(|mut st| st.execute([rows]))
+                .map_err(db_err(op))?;
             }
         }
         tx.commit().map_err(db_err(op))?;
