@@ -29,6 +29,8 @@
 //!   `Db::close` (fsync the WAL) → stop the runtimes. A drain that outlives
 //!   `shutdown_timeout_ms` is abandoned, but storage is still closed.
 
+#![warn(missing_docs)]
+
 pub mod adapters;
 pub mod config;
 pub mod export;
