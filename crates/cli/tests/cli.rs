@@ -174,11 +174,11 @@ impl Serve {
             .sum()
     }
 
-    /// Sends SIGTERM and returns the exit status and how long the exit took.
-    fn terminate(mut self) -> (std::process::ExitStatus, Duration, String) {
+    /// Sends `signal` (`-TERM`, `-INT`) and returns the exit status and how long the exit took.
+    fn terminate(mut self, signal: &str) -> (std::process::ExitStatus, Duration, String) {
         let t0 = Instant::now();
         let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
@@ -232,7 +232,7 @@ fn ctl_commands_and_graceful_sigterm() {
     while s.export_count(r#"{__name__="sigterm.metric"}"#) < 1000 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (status, took, stderr) = s.terminate();
+    let (status, took, stderr) = s.terminate("-TERM");
     assert!(status.success(), "exit {status:?}: {stderr}");
     assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
     assert!(stderr.contains(r#""msg":"listening""#), "{stderr}");
@@ -245,6 +245,8 @@ fn ctl_commands_and_graceful_sigterm() {
         String::from_utf8_lossy(&out.stdout).contains("paused"),
         "switch state survived"
     );
-    let (status, _, stderr) = s.terminate();
+    // SIGINT (Ctrl-C) shuts down just as gracefully.
+    let (status, _, stderr) = s.terminate("-INT");
     assert!(status.success(), "{stderr}");
+    assert!(stderr.contains(r#""msg":"stopped""#), "{stderr}");
 }
