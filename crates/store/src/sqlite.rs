@@ -719,6 +719,10 @@ impl SqliteStore {
     ///   a long result costs about the same.
     ///
     /// The counts are bounded (`LIMIT`), so choosing never costs more than the cap.
+    ///
+    /// Measured and rejected: checking full-text membership per walked row with
+    /// `EXISTS (… MATCH ? AND rowid = e.seq)` instead of the rowid set; on 1 M events it was
+    /// 2× slower for a common word with a host filter and 40× slower when paging.
     fn plan(&self, conn: &Connection, query: &EventQuery, words: Option<&str>) -> Result<Plan, StoreError> {
         let op = "plan query";
         if query.host.is_some() {

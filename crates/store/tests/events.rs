@@ -638,7 +638,8 @@ fn reopening_keeps_data_and_schema() {
         let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
         store.insert_batch(&series(5)).unwrap();
     }
-    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    // callers hold the trait object, never the SQLite type
+    let store: Box<dyn EventStore> = Box::new(SqliteStore::open(SqliteConfig::new(&path)).unwrap());
     assert_eq!(store.count().unwrap(), 5);
     assert_eq!(
         store.insert_batch(&series(5)).unwrap(),
