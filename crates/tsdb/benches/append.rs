@@ -204,12 +204,20 @@ fn figures() {
         r.blocks_written
     );
     let st = db.stats();
-    let raw: u64 = std::fs::read_dir(dir.path().join("blocks"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".raw"))
-        .map(|p| std::fs::metadata(p.join("data")).unwrap().len())
-        .sum();
+    let bytes_of = |suffix: &str| -> u64 {
+        std::fs::read_dir(dir.path().join("blocks"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .map(|p| std::fs::metadata(p.join("data")).unwrap().len())
+            .sum()
+    };
+    let raw = bytes_of(".raw");
+    println!(
+        "rollups written at seal: minute {:.3} B/pt, hour {:.3} B/pt (per raw point)",
+        bytes_of(".1m") as f64 / total,
+        bytes_of(".1h") as f64 / total
+    );
     let series_log = std::fs::metadata(dir.path().join("series.log"))
         .map(|m| m.len())
         .unwrap_or(0);

@@ -88,7 +88,34 @@ pub(crate) fn open_all(
         }
     }
     out.blocks.sort_by_key(|b| b.seq());
+    drop_superseded_rollups(&mut out.blocks)?;
     Ok(out)
+}
+
+/// Removes rollup blocks that a crash left behind a seal: where a window still has two or
+/// more raw blocks, the seal that wrote the newest was interrupted before deleting the older
+/// blocks, and it deletes rollup blocks before raw ones; so rollup blocks of that window
+/// older than its newest raw block were replaced (the seal wrote new ones after the raw
+/// block) and would otherwise be counted twice once the raw data leaves retention.
+fn drop_superseded_rollups(blocks: &mut Vec<Arc<Block>>) -> Result<(), DbError> {
+    let mut raw: std::collections::BTreeMap<i64, (usize, u64)> = std::collections::BTreeMap::new();
+    for b in blocks.iter().filter(|b| b.resolution() == Resolution::Raw) {
+        let e = raw.entry(b.window).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(b.seq());
+    }
+    let superseded = |b: &Block| {
+        b.resolution() != Resolution::Raw
+            && raw
+                .get(&b.window)
+                .is_some_and(|&(n, newest)| n >= 2 && b.seq() < newest)
+    };
+    for b in blocks.iter().filter(|b| superseded(b)) {
+        tracing::warn!(block = %b.path.display(), "Removing a rollup block replaced by an interrupted seal.");
+        std::fs::remove_dir_all(&b.path).map_err(DbError::io(format!("remove {}", b.path.display())))?;
+    }
+    blocks.retain(|b| !superseded(b));
+    Ok(())
 }
 
 /// Moves a bad block out of the way, logging why.

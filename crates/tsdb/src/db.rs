@@ -427,6 +427,7 @@ impl Db {
             start_ms,
             end_ms,
             buf: Vec::new(),
+            yield_empty: false,
         })
     }
 
@@ -736,11 +737,20 @@ pub struct Select<'a> {
     start_ms: i64,
     end_ms: i64,
     buf: Vec<(i64, f64)>,
+    /// Also yield series without raw samples in the range (rollup reads: their buckets may
+    /// come from rollup blocks alone).
+    yield_empty: bool,
 }
 
 impl<'a> Select<'a> {
     pub(crate) fn db(&self) -> &'a Db {
         self.db
+    }
+
+    /// Makes the iterator yield series with no raw samples in the range too.
+    pub(crate) fn yield_empty(mut self) -> Select<'a> {
+        self.yield_empty = true;
+        self
     }
 }
 
@@ -752,7 +762,7 @@ impl Iterator for Select<'_> {
             if let Err(e) = self.db.read_series(id, self.start_ms, self.end_ms, &mut self.buf) {
                 return Some(Err(e));
             }
-            if self.buf.is_empty() {
+            if self.buf.is_empty() && !self.yield_empty {
                 continue;
             }
             let Some(key) = self.db.index.read().key(SeriesId(id)).cloned() else {

@@ -9,16 +9,24 @@
 //! 2. without locks: for every window touched, merge the window's existing raw blocks with
 //!    the frozen data (frozen wins: it is newer) and write a new raw block with a new `seq`
 //! 3. publish: swap the window's old blocks for the new ones and drop the frozen set, in one
-//!    step under the `sealed` write lock; delete the old block directories
+//!    step under the `sealed` write lock; delete the old block directories, rollup blocks
+//!    before raw ones (a crash part way leaves two raw blocks for the window, which is how
+//!    opening recognises the old rollup blocks as superseded and removes them)
 //! 4. write `series.log`, wait until the re-logged data is durable, delete WAL segments `< N`
 //!
-//! Rollups: while a window's raw block exists, rollup reads compute buckets exactly from the
-//! raw samples, so storing rollups next to raw data would only cost disk (the minute rollups
-//! of 10 s data cost about as much as the raw data). Rollup blocks (minute and hour) are
-//! therefore materialised from a raw block when retention is about to drop it (by age or by
-//! disk size), and kept for their own retention. Known limit: new samples for a window whose
-//! raw block already left retention (only possible with an out-of-order window longer than
-//! raw retention) are not folded into that window's rollup blocks.
+//! Rollups (decision: `docs/decisions/2026-11-21-when-rollups-are-written.md`): when a
+//! window seals, its hour rollup block is written from the window's merged raw samples, and
+//! its minute rollup block too when that block is smaller than
+//! [`MINUTE_ROLLUP_MAX_SHARE_PERCENT`] of the raw block (dense or sub-second data);
+//! otherwise the minute rollups are materialised when the raw block leaves retention. Only
+//! resolutions whose bucket divides `block_duration_ms` are written at seal (so no bucket
+//! straddles two windows). A re-seal of a window replaces its rollup blocks with ones
+//! computed from the new merged raw data. Reads compute buckets from raw samples wherever
+//! raw data is still held and use rollup blocks only for windows without a raw block, so a
+//! stale or missing rollup block never changes an answer. Known limit: new samples for a
+//! window whose raw block already left retention (only possible with an out-of-order window
+//! longer than raw retention) get rollup blocks of their own, combined with the old ones on
+//! read; a sample overwriting an old one there is counted twice.
 //!
 //! A crash at any point leaves either the old blocks plus the full WAL, or the new blocks
 //! plus (possibly) WAL records whose samples they already hold; replaying those yields the
@@ -79,10 +87,26 @@ fn block_err(path: &Path) -> impl FnOnce(crate::block::BlockError) -> DbError + 
     }
 }
 
-/// The raw block writer of one window.
+/// Minute rollups are kept at seal only when their block is smaller than this share (in
+/// percent) of the raw block they summarise; otherwise they are materialised when the raw
+/// block leaves retention (see `docs/decisions/2026-11-21-when-rollups-are-written.md`).
+pub(crate) const MINUTE_ROLLUP_MAX_SHARE_PERCENT: u64 = 50;
+
+/// The block writers of one window: raw, and the rollups written at seal.
 struct WindowWriter {
     raw: BlockWriter,
     seq: u64,
+    /// Rollup writers (resolution, writer, seq), for resolutions whose step divides the
+    /// block duration (so a rollup bucket never straddles two windows).
+    rollups: Vec<(Resolution, BlockWriter, u64)>,
+}
+
+/// The rollup resolutions written when a window seals: those whose bucket divides the
+/// block duration.
+fn seal_rollups(bd: i64) -> impl Iterator<Item = Resolution> {
+    [Resolution::Minute, Resolution::Hour]
+        .into_iter()
+        .filter(move |r| bd % r.step_ms() == 0)
 }
 
 impl Db {
@@ -148,6 +172,7 @@ impl Db {
         let mut writers: BTreeMap<i64, WindowWriter> = BTreeMap::new();
         let mut windows_of_series: Vec<i64> = Vec::new();
         let mut pts = Vec::new();
+        let mut rollup_pts = Vec::new();
         let (mut bts, mut bvals, mut part, mut merged, mut scratch) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // windows touched by any frozen data, found first so that every block of a touched
@@ -228,7 +253,22 @@ impl Db {
                             },
                         )
                         .map_err(block_err(&dir))?;
-                        e.insert(WindowWriter { raw, seq })
+                        let mut rollups = Vec::new();
+                        for res in seal_rollups(bd) {
+                            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                            let dir = block_dir(&blocks_dir, seq, res);
+                            let w = BlockWriter::create(
+                                &dir,
+                                BlockOptions {
+                                    id: seq,
+                                    resolution: res,
+                                    seq,
+                                },
+                            )
+                            .map_err(block_err(&dir))?;
+                            rollups.push((res, w, seq));
+                        }
+                        e.insert(WindowWriter { raw, seq, rollups })
                     }
                 };
                 bts.clear();
@@ -238,6 +278,14 @@ impl Db {
                 ww.raw
                     .add_series(sid, &bts, &bvals)
                     .map_err(block_err(&blocks_dir))?;
+                for (res, w, _) in &mut ww.rollups {
+                    rollup_pts.clear();
+                    rollup::rollup(&bts, &bvals, *res, &mut rollup_pts);
+                    if !rollup_pts.is_empty() {
+                        w.add_rollup_series(sid, &rollup_pts)
+                            .map_err(block_err(&blocks_dir))?;
+                    }
+                }
             }
         }
         let mut new_blocks = Vec::new();
@@ -245,7 +293,23 @@ impl Db {
             let path = block_dir(&blocks_dir, ww.seq, Resolution::Raw);
             ww.raw.finish().map_err(block_err(&path))?;
             let reader = BlockReader::open(&path).map_err(block_err(&path))?;
+            let raw_bytes = reader.disk_bytes();
             new_blocks.push(Arc::new(Block { reader, path, window }));
+            for (res, w, seq) in ww.rollups {
+                let path = block_dir(&blocks_dir, seq, res);
+                let meta = w.finish().map_err(block_err(&path))?;
+                let reader = BlockReader::open(&path).map_err(block_err(&path))?;
+                let keep = meta.series > 0
+                    && (res != Resolution::Minute
+                        || reader.disk_bytes() * 100 < raw_bytes * MINUTE_ROLLUP_MAX_SHARE_PERCENT);
+                if keep {
+                    new_blocks.push(Arc::new(Block { reader, path, window }));
+                } else {
+                    drop(reader);
+                    std::fs::remove_dir_all(&path)
+                        .map_err(DbError::io(format!("remove {}", path.display())))?;
+                }
+            }
         }
         report.blocks_written = new_blocks.len();
         self.metrics.blocks_written.add(new_blocks.len() as u64);
@@ -253,10 +317,21 @@ impl Db {
         // 3. publish
         let replaced: Vec<Arc<Block>> = {
             let mut sealed = self.sealed.write();
-            let (gone, keep): (Vec<_>, Vec<_>) = sealed
+            // A touched window's rollup blocks are replaced too, unless its raw block had
+            // already left retention (then the rollups hold data the new raw block lacks).
+            let had_raw: std::collections::BTreeSet<i64> = sealed
                 .blocks
-                .drain(..)
-                .partition(|b| b.resolution() == Resolution::Raw && touched.contains(&b.window));
+                .iter()
+                .filter(|b| b.resolution() == Resolution::Raw)
+                .map(|b| b.window)
+                .collect();
+            let (gone, keep): (Vec<_>, Vec<_>) = sealed.blocks.drain(..).partition(|b| {
+                touched.contains(&b.window)
+                    && match b.resolution() {
+                        Resolution::Raw => true,
+                        res => had_raw.contains(&b.window) && seal_rollups(bd).any(|r| r == res),
+                    }
+            });
             sealed.blocks = keep;
             sealed.blocks.extend(new_blocks);
             sealed.blocks.sort_by_key(|b| b.seq());
@@ -264,6 +339,10 @@ impl Db {
             gone
         };
         report.blocks_replaced = replaced.len();
+        // rollups first: a crash part way leaves the window's old raw block next to the new
+        // one, which is how opening recognises the old rollup blocks as superseded
+        let mut replaced = replaced;
+        replaced.sort_by_key(|b| (b.resolution() == Resolution::Raw, b.seq()));
         for b in replaced {
             std::fs::remove_dir_all(&b.path).map_err(DbError::io(format!("remove {}", b.path.display())))?;
         }
@@ -444,11 +523,13 @@ impl Db {
         end_ms: i64,
         res: Resolution,
     ) -> Result<SelectRollup<'_>, DbError> {
-        let inner = self.select(
-            matchers,
-            res.bucket(start_ms),
-            end_ms.saturating_add(res.step_ms() - 1),
-        )?;
+        let inner = self
+            .select(
+                matchers,
+                res.bucket(start_ms),
+                end_ms.saturating_add(res.step_ms() - 1),
+            )?
+            .yield_empty();
         Ok(SelectRollup {
             inner,
             res,

@@ -61,8 +61,8 @@ fn corrupt_block_is_quarantined_and_other_data_stays_readable() {
     let report = db.compact_now().unwrap();
     assert_eq!(report.points_sealed, 3 * 6 * 60);
     assert_eq!(
-        report.blocks_written, 3,
-        "one raw block per window; rollups come at retention"
+        report.blocks_written, 6,
+        "per window one raw and one hour block; minute rollups of minute data are not smaller, so they wait for retention"
     );
     db.close().unwrap();
     drop(db);
@@ -240,9 +240,118 @@ fn backfill_into_a_sealed_window_last_write_wins() {
         assert_eq!(s.values, vec![want], "after sealing");
     }
     assert_eq!(total_points(&db), 120);
-    assert_eq!(db.stats().blocks, 1, "the window was rewritten, not stacked");
+    assert_eq!(
+        db.stats().blocks,
+        2,
+        "the window's raw and hour blocks were rewritten, not stacked"
+    );
     db.close().unwrap();
     drop(db);
     let db = open_with(dir.path(), opts(), clock);
     assert_eq!(total_points(&db), 120);
+}
+
+fn block_dirs(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn hour_rollups_are_written_at_seal_and_minute_rollups_only_when_much_smaller() {
+    // (sample spacing ms, minute blocks kept at seal, hour blocks kept at seal)
+    let cases = [(1_000, 1, 1), (10_000, 0, 1), (60_000, 0, 1)];
+    for (spacing, minutes, hours) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
+        let db = open_with(dir.path(), opts(), clock);
+        let ids: Vec<SeriesId> = (0..20).map(|i| db.resolve(&key(i)).unwrap()).collect();
+        let mut t = NOW - 2 * HOUR;
+        let mut k = 0u64;
+        while t < NOW {
+            let batch: Vec<Point> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    k = k
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    Point {
+                        series: *id,
+                        ts: t,
+                        value: (20.0 + i as f64) + ((k >> 40) % 1000) as f64 / 100.0,
+                    }
+                })
+                .collect();
+            db.append(&batch).unwrap();
+            t += spacing;
+        }
+        db.compact_now().unwrap();
+        assert_eq!(block_dirs(dir.path(), ".1m").len(), minutes, "spacing {spacing}");
+        assert_eq!(block_dirs(dir.path(), ".1h").len(), hours, "spacing {spacing}");
+        assert_eq!(block_dirs(dir.path(), ".raw").len(), 1, "spacing {spacing}");
+    }
+}
+
+#[test]
+fn rollups_written_at_seal_serve_reads_after_raw_expiry_even_after_a_crash_mid_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
+    let db = open_with(dir.path(), opts(), clock.clone());
+    let ids = fill(&db, 1, 2);
+    db.compact_now().unwrap();
+    // keep a copy of the first seal's blocks, as a crash before their deletion would
+    let saved = tempfile::tempdir().unwrap();
+    for p in block_dirs(dir.path(), "") {
+        let to = saved.path().join(p.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(p.join("data"), to.join("data")).unwrap();
+    }
+    // backfill one new sample into the sealed window, seal again
+    db.append(&[Point {
+        series: ids[0],
+        ts: NOW - 2 * HOUR + 30_000,
+        value: 1000.0,
+    }])
+    .unwrap();
+    db.compact_now().unwrap();
+    db.close().unwrap();
+    drop(db);
+    for e in std::fs::read_dir(saved.path()).unwrap() {
+        let p = e.unwrap().path();
+        let to = dir.path().join("blocks").join(p.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(p.join("data"), to.join("data")).unwrap();
+    }
+    let o = Options {
+        retention: Retention {
+            raw_ms: HOUR / 2,
+            ..Retention::default()
+        },
+        ..opts()
+    };
+    let db = open_with(dir.path(), o, clock.clone());
+    assert_eq!(
+        block_dirs(dir.path(), ".1h").len(),
+        1,
+        "the superseded hour block was removed at open"
+    );
+    clock.advance(HOUR);
+    db.compact_now().unwrap();
+    assert_eq!(block_dirs(dir.path(), ".raw").len(), 0, "raw left retention");
+    let got: Vec<_> = db
+        .select_rollup(&[Matcher::equal("i", "0")], NOW - 2 * HOUR, NOW, Resolution::Hour)
+        .unwrap()
+        .map(|s| s.unwrap())
+        .collect();
+    let p = &got[0].points;
+    // (bucket, count, sum, max)
+    let want = [(0usize, 61u64, 1770.0 + 1000.0, 1000.0), (1, 60, 5370.0, 119.0)];
+    for (i, count, sum, max) in want {
+        assert_eq!((p[i].count, p[i].sum, p[i].max), (count, sum, max), "bucket {i}");
+    }
 }
