@@ -62,6 +62,9 @@ pub struct IngestConfig {
     /// Requested kernel receive buffer of UDP sockets (`SO_RCVBUF`), in bytes; the kernel caps
     /// it at `net.core.rmem_max` and the effective size is logged.
     pub udp_recv_buffer_bytes: usize,
+    /// Most datagrams read by one `recvmmsg` call on a UDP socket (each gets a buffer of
+    /// `max_udp_packet_bytes`); 1 to 1024.
+    pub udp_batch_datagrams: usize,
     /// Longest accepted plaintext line (Graphite, StatsD TCP), in bytes.
     pub max_line_bytes: usize,
     /// Largest UDP datagram read, in bytes; longer datagrams are truncated by the kernel and
@@ -129,6 +132,7 @@ impl Default for IngestConfig {
             statsd_prefix_gauge: etsy.prefix_gauge,
             statsd_prefix_set: etsy.prefix_set,
             udp_recv_buffer_bytes: 8 << 20,
+            udp_batch_datagrams: 64,
             max_line_bytes: 64 << 10,
             max_udp_packet_bytes: 65_535,
             max_http_body_bytes: 32 << 20,
@@ -195,6 +199,9 @@ impl IngestConfig {
         }
         if u32::try_from(self.queue_capacity_points).is_err() {
             return err("queue_capacity_points", "must be below 2^32");
+        }
+        if !(1..=1024).contains(&self.udp_batch_datagrams) {
+            return err("udp_batch_datagrams", "must be between 1 and 1024");
         }
         if self.writer_threads > 64 {
             return err("writer_threads", "must be at most 64");
@@ -290,6 +297,8 @@ mod tests {
             (|c| c.statsd_gauges_max_ttl_flushes = 0, "statsd"),
             (|c| c.graphite_tcp_listen = "nope".into(), "graphite_tcp_listen"),
             (|c| c.tcp_read_buffer_bytes = 10, "tcp_read_buffer_bytes"),
+            (|c| c.udp_batch_datagrams = 0, "udp_batch_datagrams"),
+            (|c| c.udp_batch_datagrams = 1025, "udp_batch_datagrams"),
         ];
         for (edit, key) in cases {
             let mut c = IngestConfig::default();

@@ -13,8 +13,8 @@
 //! every time but kept in the rejections list only when first refused. The cache is
 //! cleared when it reaches `graphite_series_cache_entries`; reconnecting also clears it.
 //!
-//! UDP: one reader thread per socket (blocking receive with a short timeout to notice
-//! shutdown), resolving on that thread, shedding (`queue_full`) when the queue is full.
+//! UDP: one reader thread per socket, reading batches of datagrams (`crate::udp`),
+//! parsing and resolving on that thread, shedding (`queue_full`) when the queue is full.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,12 +28,10 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::limiter::Refused;
 use crate::queue::{Batch, QueueFull};
 use crate::telemetry::reason;
+use crate::udp::{Recv, UDP_POLL, UdpReader, bind_udp};
 use crate::{IngestError, Shared, Source, SwitchState, spawn_ingest};
 
 type Hasher = foldhash::fast::RandomState;
-
-/// How long a UDP reader blocks before checking for shutdown and flushing its batch.
-pub(crate) const UDP_POLL: Duration = Duration::from_millis(50);
 
 /// What a connection knows about a raw key.
 #[derive(Clone, Copy)]
@@ -482,127 +480,32 @@ pub(crate) fn start_udp(sh: Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr,
     let sh2 = Arc::clone(&sh);
     let t = std::thread::Builder::new()
         .name("roaster-graphite-udp".into())
-        .spawn(move || udp_loop(&sh2, &socket))
+        .spawn(move || udp_loop(&sh2, socket))
         .map_err(IngestError::Spawn)?;
     sh.threads.lock().push(t);
     Ok(local)
 }
 
-/// Binds a UDP socket with the configured receive buffer and a short read timeout.
-pub(crate) fn bind_udp(
-    sh: &Shared,
-    source: Source,
-    addr: SocketAddr,
-) -> Result<std::net::UdpSocket, IngestError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let err = |e| IngestError::Bind {
-        listener: source.as_str(),
-        addr,
-        source: e,
-    };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    if let Err(e) = socket.set_recv_buffer_size(sh.cfg.udp_recv_buffer_bytes) {
-        tracing::warn!(listener = source.as_str(), error = %e, "cannot set the udp receive buffer");
-    }
-    let effective = socket.recv_buffer_size().unwrap_or(0);
-    sh.metrics
-        .udp_rcvbuf_bytes
-        .set(i64::try_from(effective).unwrap_or(i64::MAX));
-    if effective < sh.cfg.udp_recv_buffer_bytes {
-        tracing::warn!(
-            listener = source.as_str(),
-            requested = sh.cfg.udp_recv_buffer_bytes,
-            effective,
-            "the kernel capped the udp receive buffer; raise net.core.rmem_max to avoid drops"
-        );
-    } else {
-        tracing::info!(listener = source.as_str(), effective, "udp receive buffer set");
-    }
-    socket.bind(&addr.into()).map_err(err)?;
-    let socket: std::net::UdpSocket = socket.into();
-    socket.set_read_timeout(Some(UDP_POLL)).map_err(err)?;
-    tracing::info!(listener = source.as_str(), addr = %socket.local_addr().map_err(err)?, "listening");
-    Ok(socket)
-}
-
-/// What one UDP receive produced.
-pub(crate) enum Recv {
-    /// A datagram of this length from an allowed peer, while the source is open.
-    Packet(usize),
-    /// Nothing to process (timeout, paused, refused or blackholed packet).
-    Nothing,
-    /// Stop the reader.
-    Stop,
-}
-
-/// One receive on a UDP reader thread: honours shutdown, the kill switch and the allow-list.
-pub(crate) fn udp_recv(sh: &Shared, socket: &std::net::UdpSocket, source: Source, buf: &mut [u8]) -> Recv {
-    if sh.stop.is_cancelled() {
-        return Recv::Stop;
-    }
-    if sh.switch(source) == SwitchState::Paused {
-        // not reading: the kernel buffer fills and then drops (RcvbufErrors)
-        std::thread::park_timeout(UDP_POLL);
-        return Recv::Nothing;
-    }
-    match socket.recv_from(buf) {
-        Ok((n, peer)) => {
-            if !sh.allow.allows(peer.ip()) {
-                sh.dropped(source, reason::NOT_ALLOWED, 1);
-                return Recv::Nothing;
-            }
-            if sh.switch(source) == SwitchState::Blackholed {
-                let p = buf.get(..n).unwrap_or_default();
-                let lines = memchr::memchr_iter(b'\n', p).count() + usize::from(!p.ends_with(b"\n"));
-                sh.dropped(source, reason::BLACKHOLED, lines);
-                return Recv::Nothing;
-            }
-            if n >= buf.len() {
-                // possibly truncated by the kernel: a cut last line could parse as a wrong
-                // value, so it is refused
-                let p = buf.get(..n).unwrap_or_default();
-                let keep = memchr::memrchr(b'\n', p).map_or(0, |i| i + 1);
-                let tail = String::from_utf8_lossy(p.get(keep..).unwrap_or_default()).into_owned();
-                sh.reject(source, wire::Reason::LineTooLong.as_str(), &tail, sh.clock.now());
-                return if keep == 0 {
-                    Recv::Nothing
-                } else {
-                    Recv::Packet(keep)
-                };
-            }
-            Recv::Packet(n)
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            Recv::Nothing
-        }
-        Err(e) => {
-            tracing::warn!(listener = source.as_str(), error = %e, "udp receive failed");
-            Recv::Nothing
-        }
-    }
-}
-
-fn udp_loop(sh: &Shared, socket: &std::net::UdpSocket) {
+fn udp_loop(sh: &Shared, socket: std::net::UdpSocket) {
     let source = Source::GraphiteUdp;
-    let mut buf = vec![0u8; sh.cfg.max_udp_packet_bytes];
+    let mut reader = UdpReader::new(sh, socket, source);
     let mut ls = LineSink::new(source, sh.cfg.graphite_series_cache_entries);
     let mut oldest: Option<Instant> = None;
     loop {
-        let got = udp_recv(sh, socket, source, &mut buf);
-        if let Recv::Packet(n) = got {
+        let got = reader.recv(sh);
+        if matches!(got, Recv::Batch) {
             let now = sh.clock.now();
-            ls.lines(sh, buf.get(..n).unwrap_or_default(), now);
+            for p in reader.packets() {
+                ls.lines(sh, p, now);
+            }
             if !ls.misses.is_empty() {
                 let misses = std::mem::take(&mut ls.misses);
                 let ids = resolve_misses(sh, &misses);
                 ls.resolved(sh, misses, ids, now);
             }
-            oldest.get_or_insert_with(Instant::now);
+            if !ls.points.is_empty() {
+                oldest.get_or_insert_with(Instant::now);
+            }
         }
         let stop = matches!(got, Recv::Stop);
         let due = oldest.is_some_and(|t| t.elapsed() >= UDP_POLL)

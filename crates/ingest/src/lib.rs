@@ -29,8 +29,13 @@
 //!   (paused, storage unavailable) with `Retry-After`; plaintext TCP stops reading when the
 //!   queue is full; UDP drops and counts (`queue_full`).
 //!
-//! - **Paused UDP is not read**: the kernel buffer fills and the kernel drops the overflow,
-//!   visible as `roaster_ingest_udp_rcvbuf_errors_total` (host-wide), not as `paused`.
+//! - **Paused UDP is not read** (the issue: "plaintext sockets are not read"): the kernel
+//!   buffer keeps what it can hold, delivered when the source is reopened, and drops the
+//!   overflow. Those drops are counted exactly for our socket as
+//!   `roaster_ingest_udp_socket_drops_total{source}` (the kernel's per-socket counter in
+//!   `/proc/net/udp`), not as `dropped_total{reason="paused"}`: reading and discarding would
+//!   lose even what the buffer could have kept for a short pause. The host-wide
+//!   `roaster_ingest_udp_rcvbuf_errors_total` is exported too.
 //!
 //! Shutdown order ([`Ingest::drain`]): cancel `stop` (accept loops, connections, the StatsD
 //! flush timer and the UDP reader threads all watch it) → wait for the task tracker → join
@@ -42,7 +47,8 @@
 //!
 //! Modules: [`config`] (knobs), [`sink`] (traits consumed), [`switch`] (kill switches),
 //! [`source`] (source names), [`telemetry`] (metric names, rejections), `queue` (bounded
-//! queue + writer threads), `limiter` (cardinality), `graphite`, [`statsd`], `http`
+//! queue + writer threads), `limiter` (cardinality), `udp` (batched UDP receives),
+//! `graphite`, [`statsd`], `http`
 //! (remote-write, Influx, JSON), `cidr` (allow-list).
 
 #![warn(missing_docs)]
@@ -60,6 +66,7 @@ pub mod source;
 pub mod statsd;
 pub mod switch;
 pub mod telemetry;
+mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

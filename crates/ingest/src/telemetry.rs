@@ -34,6 +34,11 @@ pub const TCP_CONNECTIONS: &str = "roaster_ingest_tcp_connections";
 pub const STATSD_KEYS: &str = "roaster_ingest_statsd_keys";
 /// Effective kernel receive buffer of the UDP sockets.
 pub const UDP_RCVBUF_BYTES: &str = "roaster_ingest_udp_receive_buffer_bytes";
+/// Datagrams received on the UDP sockets, by source.
+pub const UDP_DATAGRAMS_TOTAL: &str = "roaster_ingest_udp_datagrams_total";
+/// Datagrams the kernel dropped on our UDP sockets (buffer full, also while paused), by
+/// source: the `drops` column of `/proc/net/udp{,6}`.
+pub const UDP_SOCKET_DROPS: &str = "roaster_ingest_udp_socket_drops_total";
 /// Host-wide UDP receive-buffer overflows (`Udp: RcvbufErrors` in `/proc/net/snmp`).
 pub const UDP_RCVBUF_ERRORS: &str = "roaster_ingest_udp_rcvbuf_errors_total";
 
@@ -68,6 +73,9 @@ pub(crate) struct Metrics {
     pub(crate) tcp_connections: [Gauge; 7],
     pub(crate) statsd_keys: Gauge,
     pub(crate) udp_rcvbuf_bytes: Gauge,
+    udp_datagrams: [Counter; 7],
+    /// The UDP sockets bound: (source, socket inode), to find their kernel drop counters.
+    pub(crate) udp_sockets: Mutex<Vec<(Source, u64)>>,
 }
 
 impl Metrics {
@@ -81,11 +89,33 @@ impl Metrics {
             tcp_connections: Default::default(),
             statsd_keys: Gauge::default(),
             udp_rcvbuf_bytes: Gauge::default(),
+            udp_datagrams: Default::default(),
+            udp_sockets: Mutex::new(Vec::new()),
         }
     }
 
     pub(crate) fn points(&self, source: Source, n: usize) {
         self.points[source.index()].add(n as u64);
+    }
+
+    pub(crate) fn udp_datagrams(&self, source: Source, n: usize) {
+        self.udp_datagrams[source.index()].add(n as u64);
+    }
+
+    /// Kernel drops on the UDP sockets of a source (`None` when none is bound or the
+    /// kernel table is unreadable).
+    pub(crate) fn udp_socket_drops(&self, source: Source) -> Option<u64> {
+        let sockets = self.udp_sockets.lock().clone();
+        let inodes: Vec<u64> = sockets
+            .iter()
+            .filter(|(s, _)| *s == source)
+            .map(|(_, i)| *i)
+            .collect();
+        if inodes.is_empty() {
+            return None;
+        }
+        let found = crate::udp::socket_drops(&inodes);
+        (!found.is_empty()).then(|| found.iter().map(|(_, d)| d).sum())
     }
 
     pub(crate) fn points_total(&self, source: Source) -> u64 {
@@ -176,6 +206,32 @@ impl Metrics {
             "Effective kernel receive buffer of the UDP sockets.",
             self.udp_rcvbuf_bytes.get() as f64,
         );
+        out.family(
+            UDP_DATAGRAMS_TOTAL,
+            "counter",
+            "Datagrams received on the UDP sockets, by source.",
+        );
+        for s in [Source::GraphiteUdp, Source::StatsdUdp] {
+            out.sample(
+                UDP_DATAGRAMS_TOTAL,
+                &[("source", s.as_str())],
+                self.udp_datagrams[s.index()].get() as f64,
+            );
+        }
+        let drops: Vec<(Source, u64)> = [Source::GraphiteUdp, Source::StatsdUdp]
+            .into_iter()
+            .filter_map(|s| Some((s, self.udp_socket_drops(s)?)))
+            .collect();
+        if !drops.is_empty() {
+            out.family(
+                UDP_SOCKET_DROPS,
+                "counter",
+                "Datagrams the kernel dropped on our UDP sockets (receive buffer full, also while paused), by source.",
+            );
+            for (s, n) in drops {
+                out.sample(UDP_SOCKET_DROPS, &[("source", s.as_str())], n as f64);
+            }
+        }
         if let Some(n) = udp_rcvbuf_errors() {
             out.counter(
                 UDP_RCVBUF_ERRORS,

@@ -97,7 +97,9 @@ async fn graphite_udp_packets_arrive() {
         &["u.one 1 1700000000\nu.two 2 1700000000\n", "u.one 3 1700000060"],
     )
     .await;
-    let got = f.sink.wait_points(3);
+    let mut got = f.sink.wait_points(3);
+    // datagrams read in one batch are resolved together: only each series keeps its order
+    got.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     assert_eq!(
         got,
         vec![
@@ -423,4 +425,47 @@ async fn the_flush_timer_writes_statsd_aggregates() {
     }
     let mean = got.iter().find(|p| p.0 == mean_name).map(|p| p.2);
     assert_eq!(mean, Some(2.0));
+}
+
+/// The value of one sample line in an exposition text.
+fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_udp_is_not_read_and_kernel_drops_are_counted_per_socket() {
+    // the smallest buffer the kernel allows: it holds only a few datagrams
+    let f = start(IngestConfig {
+        udp_recv_buffer_bytes: 1,
+        ..config()
+    })
+    .await;
+    let sent = 1000usize;
+    f.switches.set("statsd-udp", SwitchState::Paused).unwrap();
+    let packets: Vec<String> = (0..sent).map(|i| format!("k{}:1|c", i % 10)).collect();
+    let refs: Vec<&str> = packets.iter().map(String::as_str).collect();
+    send_udp(f.addrs.statsd_udp.unwrap(), &refs).await;
+    let render = |ingest: &ingest::Ingest| {
+        let mut e = model::telemetry::Exposition::new();
+        ingest.render_metrics(&mut e);
+        e.finish()
+    };
+    let drops_sample = "roaster_ingest_udp_socket_drops_total{source=\"statsd-udp\"}";
+    let ingest = Arc::clone(&f.ingest);
+    eventually("kernel drops while paused", || {
+        metric(&render(&ingest), drops_sample).is_some_and(|d| d > 0.0)
+    })
+    .await;
+    f.switches.set("statsd-udp", SwitchState::Open).unwrap();
+    // every datagram is either read after reopening (the buffer kept it) or a kernel drop
+    eventually("held datagrams read, the rest counted as dropped", || {
+        let text = render(&ingest);
+        let drops = metric(&text, drops_sample).unwrap_or(0.0) as usize;
+        let read = metric(&text, "roaster_ingest_udp_datagrams_total{source=\"statsd-udp\"}").unwrap_or(0.0)
+            as usize;
+        read + drops == sent && ingest.statsd_observed() as usize == read
+    })
+    .await;
+    assert_eq!(f.ingest.dropped_total(Source::StatsdUdp, "paused"), 0);
 }
