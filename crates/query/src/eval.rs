@@ -899,13 +899,15 @@ impl<'a> Evaluator<'a> {
                 let repl = self.string_arg(arg(&args, 2)?)?;
                 let src = self.string_arg(arg(&args, 3)?)?;
                 let re = self.string_arg(arg(&args, 4)?)?;
-                let regex = regex::Regex::new(&format!("^(?s:{re})$")).map_err(|e| {
-                    QueryError::BadData(format!(
-                        "invalid regular expression in label_replace(): {re}: {e}"
-                    ))
-                })?;
+                // Prometheus reports these as evaluation errors (`execution`), not parse errors
+                let regex =
+                    regex::Regex::new(&format!("^(?s:{})$", functions::go_regex(&re))).map_err(|e| {
+                        QueryError::Execution(format!(
+                            "invalid regular expression in label_replace(): {re}: {e}"
+                        ))
+                    })?;
                 if !functions::is_label_name(&dst) {
-                    return Err(QueryError::BadData(format!(
+                    return Err(QueryError::Execution(format!(
                         "invalid destination label name in label_replace(): {dst}"
                     )));
                 }
@@ -929,7 +931,7 @@ impl<'a> Evaluator<'a> {
                     srcs.push(self.string_arg(a)?);
                 }
                 if !functions::is_label_name(&dst) {
-                    return Err(QueryError::BadData(format!(
+                    return Err(QueryError::Execution(format!(
                         "invalid destination label name in label_join(): {dst}"
                     )));
                 }

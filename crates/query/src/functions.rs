@@ -483,6 +483,37 @@ pub(crate) fn cmp_nan_last(a: f64, b: f64, desc: bool) -> std::cmp::Ordering {
     }
 }
 
+/// Rewrites a Go (RE2) regular expression so Rust's `regex` gives it Go's meaning: Go's Perl
+/// classes `\d \w \s` (and their negations) and `\b \B` are ASCII-only, Rust's are Unicode.
+/// Each becomes an explicit class (valid inside and outside brackets, as Rust nests classes),
+/// so `\w+` does not match `São` here, as it does not in Prometheus.
+pub(crate) fn go_regex(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str("[0-9]"),
+            Some('D') => out.push_str("[^0-9]"),
+            Some('w') => out.push_str("[0-9A-Za-z_]"),
+            Some('W') => out.push_str("[^0-9A-Za-z_]"),
+            Some('s') => out.push_str("[\\t\\n\\f\\r ]"),
+            Some('S') => out.push_str("[^\\t\\n\\f\\r ]"),
+            Some('b') => out.push_str("(?-u:\\b)"),
+            Some('B') => out.push_str("(?-u:\\B)"),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 /// Whether `s` is a valid (classic) label name.
 pub(crate) fn is_label_name(s: &str) -> bool {
     !s.is_empty()
@@ -1277,4 +1308,36 @@ pub(crate) fn vector_vector(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod go_regex_tests {
+    use super::go_regex;
+
+    #[test]
+    fn perl_classes_are_ascii_as_in_go() {
+        // (pattern, input, whole match in Go's RE2)
+        let cases: &[(&str, &str, bool)] = &[
+            (r"\w+", "abc_1", true),
+            (r"\w+", "São", false),
+            (r"\W", "ã", true),
+            (r"\d+", "123", true),
+            (r"\d", "٣", false),
+            (r"\D", "٣", true),
+            (r"\s", " ", true),
+            (r"\s", "\u{a0}", false),
+            (r"\S", "\u{a0}", true),
+            (r"[\w-]+", "a-b", true),
+            (r"[^\w]", "ö", true),
+            (r"a\b.*", "a ö", true),
+            (r"\\w", "\\w", true),
+            (r"\.", ".", true),
+            (r"\pL+", "São", true),
+        ];
+        for (pattern, input, want) in cases {
+            let re = regex::Regex::new(&format!("^(?s:{})$", go_regex(pattern)))
+                .unwrap_or_else(|e| panic!("{pattern}: {e}"));
+            assert_eq!(re.is_match(input), *want, "{pattern} on {input:?}");
+        }
+    }
 }

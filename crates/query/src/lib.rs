@@ -337,8 +337,9 @@ pub(crate) fn selector_matchers(
         let (op, value) = match &m.op {
             P::Equal => (MatchOp::Equal, m.value.clone()),
             P::NotEqual => (MatchOp::NotEqual, m.value.clone()),
-            P::Re(_) => (MatchOp::Regex, m.value.clone()),
-            P::NotRe(_) => (MatchOp::NotRegex, m.value.clone()),
+            // Go's `\w \d \s \b` are ASCII-only: keep Prometheus' meaning
+            P::Re(_) => (MatchOp::Regex, functions::go_regex(&m.value)),
+            P::NotRe(_) => (MatchOp::NotRegex, functions::go_regex(&m.value)),
         };
         let matcher =
             Matcher::new(op, m.name.clone(), value).map_err(|e| QueryError::BadData(e.to_string()))?;
