@@ -1,0 +1,1022 @@
+//! The PromQL differential test: the same data set is loaded into the real `roaster` binary and
+//! into the real Prometheus 2.42 (Debian package), every query of the corpus
+//! `tests/data/promql/corpus.txt` is asked of both over HTTP (`/api/v1/query`,
+//! `/api/v1/query_range`), and the answers are compared.
+//!
+//! - **Data** ([`data_set`]): 43 series over one hour (`T0` = 2023-11-14T22:00:00Z to `T0`+1h)
+//!   at 15 s — counters with resets, gauges with NaN and +Inf samples, classic histogram
+//!   `_bucket`/`_sum`/`_count` series, UTF-8 label values, gaps longer and shorter than the
+//!   5 m lookback, series that start late or end early, and one series with irregular,
+//!   sub-second timestamps (multiples of 125 ms, so `promtool`'s float seconds convert to the
+//!   same milliseconds). Prometheus gets it as OpenMetrics through
+//!   `promtool tsdb create-blocks-from openmetrics`; Roaster through its robot plane's JSON
+//!   ingest with an `ingest` token. Values are written in shortest round-trip form in both.
+//! - **Not in the differential set**: stale markers (OpenMetrics text cannot carry them, so
+//!   staleness is exercised through gaps and the lookback window) and quoted UTF-8 metric
+//!   names (`{"christmaspi.temperature.ham"}`: Prometheus 2.42 cannot parse them); the latter
+//!   are pinned by the Roaster-only golden test [`roaster_only_quoted_utf8_metric_names`].
+//! - **Corpus format**: a header `eval instant at <D>` or `eval range from <D> to <D> step <D>`
+//!   (`<D>` a duration after `T0` such as `0`, `30m`, `17m30s`) applies to the query lines after
+//!   it; `#` starts a comment line. Every non-empty query line is one case.
+//! - **Comparison**: same success/error status and `errorType`; same result type; the same set
+//!   of series label sets (order compared only under a top-level `sort`/`sort_desc`, by value);
+//!   the same timestamps; values equal within [`REL_TOLERANCE`] relative or [`ABS_TOLERANCE`]
+//!   absolute, NaN equal to NaN, infinities equal by sign.
+//! - **Known differences** ([`KNOWN_DIFFERENCES`]): a query listed there must still differ (the
+//!   test fails once it agrees, so the entry is removed), and each entry has its own test that
+//!   pins Roaster's exact answer (`known_difference_*`). Any other difference fails the test.
+//!
+//! When Prometheus or promtool is missing, the test says so and passes — unless
+//! `ROASTER_REQUIRE_REAL_CLIENTS` is set (CI sets it), where that is a failure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const ADMIN_TOKEN: &str = "promql-differential-admin-token-0123456789";
+
+/// The data set's first timestamp, unix seconds: 2023-11-14T22:00:00Z (a whole hour).
+const T0: i64 = 1_699_999_200;
+/// The regular scrape interval of the data set, seconds.
+const SCRAPE: i64 = 15;
+/// The data set spans `[T0, T0 + SPAN]`, seconds.
+const SPAN: i64 = 3600;
+
+/// Values agree when `|a - b| <= REL_TOLERANCE * max(|a|, |b|)` …
+const REL_TOLERANCE: f64 = 1e-9;
+/// … or when `|a - b| <= ABS_TOLERANCE` (results that should be 0 but carry rounding noise).
+const ABS_TOLERANCE: f64 = 1e-12;
+
+/// Queries of the corpus whose answers are known to differ from Prometheus 2.42, with the
+/// reason. Each must still differ, and each has a `known_difference_*` test pinning Roaster's
+/// answer. Keep this list empty where possible: fix the evaluator instead.
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
+    // Deliberate (query crate doc, "Deliberate difference from Prometheus 2.x"): Roaster drops
+    // the metric name lazily, as Prometheus 3 does, so an aggregation over a function of
+    // several names works where 2.42 answers "vector cannot contain metrics with the same
+    // labelset". Pinned by `known_difference_lazy_name_drop`.
+    (
+        r#"sum(rate({__name__=~"request_duration_seconds_sum|request_duration_seconds_count"}[5m]))"#,
+        "lazy name drop: Prometheus 2.42 errors, Roaster sums (as Prometheus 3)",
+    ),
+    (
+        r#"sum by (instance) (avg_over_time({__name__=~"request_duration_seconds_sum|request_duration_seconds_count"}[10m]))"#,
+        "lazy name drop: Prometheus 2.42 errors, Roaster sums (as Prometheus 3)",
+    ),
+];
+
+// ---------------------------------------------------------------------------------------------
+// The data set
+
+/// One series of the data set: name, labels (sorted by the writers), samples `(ms, value)`.
+struct Series {
+    name: &'static str,
+    labels: Vec<(&'static str, String)>,
+    samples: Vec<(i64, f64)>,
+}
+
+/// A small deterministic generator (xorshift64*), so the data set is the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// An integer in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The regular scrape times in `[from_s, to_s]` after `T0`, as `(ms, index)`.
+fn scrapes(from_s: i64, to_s: i64) -> impl Iterator<Item = (i64, i64)> {
+    (0..=SPAN / SCRAPE)
+        .map(|i| (i * SCRAPE, i))
+        .filter(move |(s, _)| *s >= from_s && *s <= to_s)
+        .map(|(s, i)| ((T0 + s) * 1000, i))
+}
+
+fn lbl(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// Rounds to two decimals, so values print as short decimals.
+fn cents(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The whole data set (see the module doc).
+fn data_set() -> Vec<Series> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut out = Vec::new();
+    // Counters: 8 series; two of them reset.
+    for instance in ["a:9090", "b:9090"] {
+        for method in ["get", "post"] {
+            for code in ["200", "500"] {
+                let scale = if code == "200" { 10 } else { 2 };
+                let mut v = 0.0;
+                let mut samples = Vec::new();
+                for (ms, i) in scrapes(0, SPAN) {
+                    v += (rng.below(scale) + u64::from(method == "get")) as f64;
+                    let reset_a = instance == "a:9090" && method == "get" && code == "200" && i == 160;
+                    let reset_b = instance == "b:9090" && method == "post" && code == "500" && i == 100;
+                    if reset_a || reset_b {
+                        v = rng.below(3) as f64;
+                    }
+                    samples.push((ms, v));
+                }
+                out.push(Series {
+                    name: "http_requests_total",
+                    labels: lbl(&[
+                        ("code", code),
+                        ("instance", instance),
+                        ("job", "api"),
+                        ("method", method),
+                    ]),
+                    samples,
+                });
+            }
+        }
+    }
+    // A classic histogram per instance: buckets, sum, count.
+    let bounds = ["0.05", "0.1", "0.25", "0.5", "1", "+Inf"];
+    for instance in ["a:9090", "b:9090"] {
+        let mut counts = [0u64; 6];
+        let mut sum = 0.0;
+        let mut rows: Vec<(i64, [u64; 6], f64)> = Vec::new();
+        for (ms, _) in scrapes(0, SPAN) {
+            let n = rng.below(6) + 1;
+            for _ in 0..n {
+                let bucket = rng.below(6) as usize;
+                for c in counts.iter_mut().skip(bucket) {
+                    *c += 1;
+                }
+                sum += [0.03, 0.07, 0.2, 0.4, 0.8, 1.5][bucket];
+            }
+            rows.push((ms, counts, cents(sum)));
+        }
+        for (b, le) in bounds.iter().enumerate() {
+            out.push(Series {
+                name: "request_duration_seconds_bucket",
+                labels: lbl(&[("instance", instance), ("job", "api"), ("le", le)]),
+                samples: rows.iter().map(|(ms, c, _)| (*ms, c[b] as f64)).collect(),
+            });
+        }
+        out.push(Series {
+            name: "request_duration_seconds_sum",
+            labels: lbl(&[("instance", instance), ("job", "api")]),
+            samples: rows.iter().map(|(ms, _, s)| (*ms, *s)).collect(),
+        });
+        out.push(Series {
+            name: "request_duration_seconds_count",
+            labels: lbl(&[("instance", instance), ("job", "api")]),
+            samples: rows.iter().map(|(ms, c, _)| (*ms, c[5] as f64)).collect(),
+        });
+    }
+    // Gauges with UTF-8 label values; h2 has two NaN samples, h4 one +Inf.
+    for (k, (host, city)) in [
+        ("h1", "Zürich"),
+        ("h2", "São Paulo"),
+        ("h3", "Köln"),
+        ("h4", "Oslo"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let base = 15.0 + 4.0 * k as f64;
+        let samples = scrapes(0, SPAN)
+            .map(|(ms, i)| {
+                let v = if host == "h2" && (i == 40 || i == 41) {
+                    f64::NAN
+                } else if host == "h4" && i == 200 {
+                    f64::INFINITY
+                } else {
+                    cents(base + 5.0 * ((i as f64) / 20.0 + k as f64).sin() + rng.below(100) as f64 / 100.0)
+                };
+                (ms, v)
+            })
+            .collect();
+        out.push(Series {
+            name: "node_temperature_celsius",
+            labels: lbl(&[("city", city), ("host", host)]),
+            samples,
+        });
+    }
+    // up: b is down from 30 m to 35 m.
+    for instance in ["a:9090", "b:9090"] {
+        let samples = scrapes(0, SPAN)
+            .map(|(ms, i)| {
+                (
+                    ms,
+                    if instance == "b:9090" && (120..140).contains(&i) {
+                        0.0
+                    } else {
+                        1.0
+                    },
+                )
+            })
+            .collect();
+        out.push(Series {
+            name: "up",
+            labels: lbl(&[("instance", instance), ("job", "api")]),
+            samples,
+        });
+    }
+    // Gaps: q1 has none from 20 m to 30 m (longer than the lookback), q2 from 20 m to 23 m.
+    for (queue, gap) in [("q1", 1200..1800), ("q2", 1200..1380)] {
+        let samples = scrapes(0, SPAN)
+            .filter(|(ms, _)| !gap.contains(&(ms / 1000 - T0)))
+            .map(|(ms, _)| (ms, rng.below(50) as f64))
+            .collect();
+        out.push(Series {
+            name: "queue_depth",
+            labels: lbl(&[("queue", queue)]),
+            samples,
+        });
+    }
+    // A series that ends early and one that starts late.
+    out.push(Series {
+        name: "early_gauge",
+        labels: lbl(&[("kind", "early")]),
+        samples: scrapes(0, 1200).map(|(ms, i)| (ms, i as f64 * 0.5)).collect(),
+    });
+    out.push(Series {
+        name: "late_gauge",
+        labels: lbl(&[("kind", "late")]),
+        samples: scrapes(2400, SPAN)
+            .map(|(ms, i)| (ms, 100.0 - i as f64))
+            .collect(),
+    });
+    // Irregular timestamps: 10 s to 20 s apart, multiples of 125 ms.
+    let mut t = (T0 * 1000) + 7_375;
+    let mut samples = Vec::new();
+    while t <= (T0 + SPAN) * 1000 {
+        samples.push((t, cents(rng.below(1000) as f64 / 7.0)));
+        t += 10_000 + 125 * rng.below(80) as i64;
+    }
+    out.push(Series {
+        name: "jitter_gauge",
+        labels: lbl(&[("src", "j")]),
+        samples,
+    });
+    // Large values with integer steps.
+    for (k, host) in ["h1", "h2", "h3"].into_iter().enumerate() {
+        let mut v = 1.0e9 * (k + 1) as f64;
+        let samples = scrapes(0, SPAN)
+            .map(|(ms, _)| {
+                v += rng.below(4096) as f64 - 2048.0;
+                (ms, v)
+            })
+            .collect();
+        out.push(Series {
+            name: "memory_bytes",
+            labels: lbl(&[("host", host)]),
+            samples,
+        });
+    }
+    // A sparse counter: changes rarely; s2 resets once.
+    for service in ["s1", "s2"] {
+        let mut v = 0.0;
+        let samples = scrapes(0, SPAN)
+            .map(|(ms, i)| {
+                if i % 37 == 0 {
+                    v += 1.0;
+                }
+                if service == "s2" && i == 150 {
+                    v = 0.0;
+                }
+                (ms, v)
+            })
+            .collect();
+        out.push(Series {
+            name: "errors_total",
+            labels: lbl(&[("service", service)]),
+            samples,
+        });
+    }
+    // Info series for joins.
+    for (host, version) in [("h1", "1.2.3"), ("h2", "1.2.4"), ("h3", "2.0.0")] {
+        out.push(Series {
+            name: "deploy_info",
+            labels: lbl(&[("host", host), ("version", version)]),
+            samples: scrapes(0, SPAN).map(|(ms, _)| (ms, 1.0)).collect(),
+        });
+    }
+    out
+}
+
+/// A value as Prometheus' text formats and Roaster's JSON spell it.
+fn value_text(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The data set as OpenMetrics text for `promtool` (timestamps in seconds).
+fn openmetrics(data: &[Series]) -> String {
+    let mut out = String::new();
+    for s in data {
+        let labels: Vec<String> = s
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        for (ms, v) in &s.samples {
+            let secs = format!("{}.{:03}", ms / 1000, ms % 1000);
+            let _ = writeln!(
+                out,
+                "{}{{{}}} {} {secs}",
+                s.name,
+                labels.join(","),
+                value_text(*v)
+            );
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// The data set as Roaster's JSON ingest body.
+fn ingest_json(data: &[Series]) -> String {
+    let series: Vec<Value> = data
+        .iter()
+        .map(|s| {
+            let labels: serde_json::Map<String, Value> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(v.clone())))
+                .collect();
+            let samples: Vec<Value> = s
+                .samples
+                .iter()
+                .map(|(ms, v)| {
+                    let v = if v.is_finite() {
+                        Value::from(*v)
+                    } else {
+                        Value::from(value_text(*v))
+                    };
+                    Value::Array(vec![Value::from(*ms), v])
+                })
+                .collect();
+            serde_json::json!({"name": s.name, "labels": labels, "samples": samples})
+        })
+        .collect();
+    serde_json::json!({ "series": series }).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two servers
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// A `roaster serve` child process on port 0 with the data set loaded, killed when dropped.
+struct Roaster {
+    child: Child,
+    dir: tempfile::TempDir,
+    human: String,
+}
+
+impl Roaster {
+    fn start() -> Roaster {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let config = dir.path().join("roaster.toml");
+        // The data set lies in 2023: keep it (retention) and accept it in any order (window).
+        std::fs::write(
+            &config,
+            r#"
+[server]
+human_listen = "127.0.0.1:0"
+robot_listen = "127.0.0.1:0"
+
+[ingest]
+graphite_tcp_listen = "127.0.0.1:0"
+graphite_udp_listen = "127.0.0.1:0"
+statsd_udp_listen = "127.0.0.1:0"
+statsd_tcp_listen = "127.0.0.1:0"
+
+[storage]
+ooo_window_ms = 3153600000000
+retention_raw_ms = 3153600000000
+retention_minute_ms = 3153600000000
+retention_hour_ms = 3153600000000
+"#,
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_roaster"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("ROASTER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let listeners_file = data.join("listeners.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let listeners = loop {
+            if let Ok(text) = std::fs::read_to_string(&listeners_file)
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+            {
+                break v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "roaster did not write {listeners_file:?}: {}",
+                std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let human = listeners["human-http"].as_str().unwrap().to_string();
+        let robot = listeners["robot-http"].as_str().unwrap().to_string();
+        let roaster = Roaster { child, dir, human };
+        roaster.load(&robot);
+        roaster
+    }
+
+    fn create_token(&self, scope: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_roaster"))
+            .args([
+                "token",
+                "create",
+                "--scope",
+                scope,
+                "--name",
+                "promql-differential",
+            ])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.split_whitespace()
+            .find(|w| w.starts_with("rst_"))
+            .unwrap_or_else(|| panic!("no token in {text:?}"))
+            .to_string()
+    }
+
+    /// Sends the data set through the JSON ingest endpoint and waits until every sample reads back.
+    fn load(&self, robot: &str) {
+        let data = data_set();
+        let total: usize = data.iter().map(|s| s.samples.len()).sum();
+        let token = self.create_token("ingest");
+        let mut resp = agent()
+            .post(&format!("http://{robot}/api/v1/ingest"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .send(ingest_json(&data))
+            .unwrap();
+        let body = resp.body_mut().read_to_string().unwrap();
+        assert_eq!(resp.status(), 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["accepted"], total, "{body}");
+        // Ingest is queued: poll until the samples are all readable.
+        let query = format!("count(count_over_time({{__name__=~\".+\"}}[2h] @ {}))", T0 + SPAN);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.instant(&query, T0 + SPAN);
+            let n = got["data"]["result"][0]["value"][1].as_str().map(str::to_string);
+            if n.as_deref() == Some(&data.len().to_string()) {
+                let q = format!("sum(count_over_time({{__name__=~\".+\"}}[2h] @ {}))", T0 + SPAN);
+                let got = self.instant(&q, T0 + SPAN);
+                if got["data"]["result"][0]["value"][1].as_str() == Some(&total.to_string()) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "roaster did not store the data set: {got}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn instant(&self, query: &str, at_s: i64) -> Value {
+        let (_, v) = get(
+            &self.human,
+            Some(ADMIN_TOKEN),
+            "/api/v1/query",
+            &[("query", query), ("time", &at_s.to_string())],
+        );
+        v
+    }
+}
+
+impl Drop for Roaster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Prometheus 2.42 child process over blocks built by promtool from the data set.
+struct Prometheus {
+    child: Child,
+    _dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start() -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let om = dir.path().join("data.om");
+        let db = dir.path().join("db");
+        std::fs::write(&om, openmetrics(&data_set())).unwrap();
+        let out = Command::new("/usr/bin/promtool")
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&om)
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = dir.path().join("prometheus.yml");
+        std::fs::write(&conf, "global: {}\n").unwrap();
+        let mut child = Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!("--storage.tsdb.path={}", db.display()))
+            .arg("--storage.tsdb.retention.time=100y")
+            .arg("--web.listen-address=127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The log names the bound port ("Listening on" address=…), then says when it is ready.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut addr = None;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("msg=\"Listening on\"")
+                    && let Some(a) = line.split("address=").nth(1)
+                {
+                    addr = Some(a.trim().to_string());
+                }
+                if line.contains("ready to receive web requests") {
+                    let _ = tx.send(addr.take());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("prometheus did not become ready")
+            });
+        Prometheus {
+            child,
+            _dir: dir,
+            addr,
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `path` with `params`; the status and the JSON body.
+fn get(addr: &str, token: Option<&str>, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = agent().get(&format!("http://{addr}{path}"));
+    for (k, v) in params {
+        req = req.query(*k, *v);
+    }
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req.call().unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap();
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} {params:?}: {e}: {body}"));
+    (status, v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The corpus
+
+/// How a corpus query is evaluated (seconds after `T0`).
+#[derive(Debug, Clone, Copy)]
+enum Eval {
+    Instant(i64),
+    Range { from: i64, to: i64, step: i64 },
+}
+
+/// One corpus entry.
+#[derive(Debug, Clone)]
+struct Case {
+    line: usize,
+    eval: Eval,
+    query: String,
+}
+
+/// Parses `0`, `30m`, `1h5m`, `17m30s`, `90s` into seconds.
+fn duration_s(text: &str) -> i64 {
+    if text == "0" {
+        return 0;
+    }
+    let mut total = 0;
+    let mut num = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().unwrap_or_else(|_| panic!("bad duration {text:?}"));
+        num.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => panic!("bad duration unit in {text:?}"),
+        };
+    }
+    assert!(num.is_empty(), "duration {text:?} lacks a unit");
+    total
+}
+
+fn parse_corpus(text: &str) -> Vec<Case> {
+    let mut eval = None;
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["eval", "instant", "at", t] => eval = Some(Eval::Instant(duration_s(t))),
+            ["eval", "range", "from", a, "to", b, "step", s] => {
+                eval = Some(Eval::Range {
+                    from: duration_s(a),
+                    to: duration_s(b),
+                    step: duration_s(s),
+                })
+            }
+            _ => out.push(Case {
+                line: i + 1,
+                eval: eval.unwrap_or_else(|| panic!("corpus line {}: query before any eval header", i + 1)),
+                query: line.to_string(),
+            }),
+        }
+    }
+    out
+}
+
+fn corpus() -> Vec<Case> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/promql/corpus.txt");
+    parse_corpus(&std::fs::read_to_string(&path).unwrap())
+}
+
+/// Asks `addr` for `case`; the status and body.
+fn ask(addr: &str, token: Option<&str>, case: &Case) -> (u16, Value) {
+    match case.eval {
+        Eval::Instant(t) => get(
+            addr,
+            token,
+            "/api/v1/query",
+            &[("query", &case.query), ("time", &(T0 + t).to_string())],
+        ),
+        Eval::Range { from, to, step } => get(
+            addr,
+            token,
+            "/api/v1/query_range",
+            &[
+                ("query", &case.query),
+                ("start", &(T0 + from).to_string()),
+                ("end", &(T0 + to).to_string()),
+                ("step", &step.to_string()),
+            ],
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison
+
+fn parse_value(v: &Value) -> Option<f64> {
+    match v.as_str()? {
+        "NaN" => Some(f64::NAN),
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        s => s.parse().ok(),
+    }
+}
+
+fn values_agree(a: f64, b: f64) -> bool {
+    if a.is_nan() || b.is_nan() {
+        return a.is_nan() && b.is_nan();
+    }
+    if a == b {
+        return true;
+    }
+    let diff = (a - b).abs();
+    diff <= ABS_TOLERANCE || diff <= REL_TOLERANCE * a.abs().max(b.abs())
+}
+
+/// A `[t, "v"]` pair: the timestamp in ms and the value.
+fn point(p: &Value) -> Option<(i64, f64)> {
+    let t = p.get(0)?.as_f64()?;
+    Some(((t * 1000.0).round() as i64, parse_value(p.get(1)?)?))
+}
+
+fn points_agree(what: &str, a: &[(i64, f64)], b: &[(i64, f64)]) -> Result<(), String> {
+    if a.len() != b.len() {
+        return Err(format!("{what}: {} points vs {} points", a.len(), b.len()));
+    }
+    for ((ta, va), (tb, vb)) in a.iter().zip(b) {
+        if ta != tb {
+            return Err(format!("{what}: timestamp {ta} vs {tb}"));
+        }
+        if !values_agree(*va, *vb) {
+            return Err(format!("{what}: at {ta}: value {va} vs {vb}"));
+        }
+    }
+    Ok(())
+}
+
+/// One series of an answer: its label set as canonical JSON, and its points `(ms, value)`.
+type AnswerSeries = (String, Vec<(i64, f64)>);
+
+/// A vector or matrix result as series, in answer order.
+fn series_of(result: &Value, kind: &str) -> Result<Vec<AnswerSeries>, String> {
+    let items = result.as_array().ok_or("result is not an array")?;
+    items
+        .iter()
+        .map(|item| {
+            let metric: BTreeMap<String, String> =
+                serde_json::from_value(item["metric"].clone()).map_err(|e| format!("bad metric: {e}"))?;
+            let key = serde_json::to_string(&metric).map_err(|e| e.to_string())?;
+            let pts = if kind == "vector" {
+                vec![point(&item["value"]).ok_or("bad value")?]
+            } else {
+                item["values"]
+                    .as_array()
+                    .ok_or("no values")?
+                    .iter()
+                    .map(|p| point(p).ok_or("bad value"))
+                    .collect::<Result<_, _>>()?
+            };
+            Ok((key, pts))
+        })
+        .collect()
+}
+
+/// Compares Roaster's answer with Prometheus'; `Err` describes the first difference.
+fn compare(query: &str, roaster: &(u16, Value), prometheus: &(u16, Value)) -> Result<(), String> {
+    let (r, p) = (&roaster.1, &prometheus.1);
+    if r["status"] != p["status"] {
+        return Err(format!(
+            "status: roaster {} {} vs prometheus {} {}",
+            r["status"], r["error"], p["status"], p["error"]
+        ));
+    }
+    if p["status"] == "error" {
+        if r["errorType"] != p["errorType"] {
+            return Err(format!(
+                "errorType: roaster {} ({}) vs prometheus {} ({})",
+                r["errorType"], r["error"], p["errorType"], p["error"]
+            ));
+        }
+        return Ok(());
+    }
+    let kind = p["data"]["resultType"].as_str().unwrap_or_default();
+    if r["data"]["resultType"] != p["data"]["resultType"] {
+        return Err(format!(
+            "resultType: roaster {} vs prometheus {kind}",
+            r["data"]["resultType"]
+        ));
+    }
+    let (rr, pr) = (&r["data"]["result"], &p["data"]["result"]);
+    match kind {
+        "scalar" => points_agree(
+            "scalar",
+            &[point(rr).ok_or("bad scalar")?],
+            &[point(pr).ok_or("bad scalar")?],
+        ),
+        "string" => {
+            if rr == pr {
+                Ok(())
+            } else {
+                Err(format!("string: {rr} vs {pr}"))
+            }
+        }
+        "vector" | "matrix" => {
+            let rs = series_of(rr, kind)?;
+            let ps = series_of(pr, kind)?;
+            let ordered = query.starts_with("sort(") || query.starts_with("sort_desc(");
+            if ordered && kind == "vector" {
+                let rv: Vec<(i64, f64)> = rs.iter().map(|(_, p)| p[0]).collect();
+                let pv: Vec<(i64, f64)> = ps.iter().map(|(_, p)| p[0]).collect();
+                points_agree("sorted order", &rv, &pv)?;
+            }
+            let rm: BTreeMap<&String, &Vec<(i64, f64)>> = rs.iter().map(|(k, v)| (k, v)).collect();
+            let pm: BTreeMap<&String, &Vec<(i64, f64)>> = ps.iter().map(|(k, v)| (k, v)).collect();
+            if rm.len() != rs.len() {
+                return Err("roaster answered one label set twice".into());
+            }
+            let rk: Vec<&&String> = rm.keys().collect();
+            let pk: Vec<&&String> = pm.keys().collect();
+            if rk != pk {
+                let only_r: Vec<_> = rm.keys().filter(|k| !pm.contains_key(*k)).collect();
+                let only_p: Vec<_> = pm.keys().filter(|k| !rm.contains_key(*k)).collect();
+                return Err(format!(
+                    "series: only in roaster {only_r:?}, only in prometheus {only_p:?}"
+                ));
+            }
+            for (k, pv) in &pm {
+                points_agree(k, rm[k], pv)?;
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected result type {other:?}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// Whether `program` can run here; if not, the test passes with a note unless clients are required.
+fn have(program: &Path) -> bool {
+    if program.exists() {
+        return true;
+    }
+    let required = std::env::var("ROASTER_REQUIRE_REAL_CLIENTS")
+        .map(|v| !v.is_empty() && v != "0" && v != "false")
+        .unwrap_or(false);
+    assert!(
+        !required,
+        "{program:?} is required (ROASTER_REQUIRE_REAL_CLIENTS) but missing"
+    );
+    eprintln!("skipping: {program:?} is not installed (scripts/test installs it)");
+    false
+}
+
+#[test]
+fn corpus_is_large_and_well_formed() {
+    let cases = corpus();
+    assert!(
+        cases.len() >= 200,
+        "corpus has {} queries, want at least 200",
+        cases.len()
+    );
+    let mut seen = std::collections::HashSet::new();
+    for c in &cases {
+        assert!(
+            seen.insert((c.query.clone(), format!("{:?}", c.eval))),
+            "corpus line {}: duplicate case {}",
+            c.line,
+            c.query
+        );
+    }
+    for (q, reason) in KNOWN_DIFFERENCES {
+        assert!(!reason.is_empty());
+        assert!(
+            cases.iter().any(|c| c.query == *q),
+            "known difference {q:?} is not in the corpus"
+        );
+    }
+}
+
+#[test]
+fn roaster_agrees_with_prometheus_on_the_corpus() {
+    if !have(Path::new("/usr/bin/prometheus")) || !have(Path::new("/usr/bin/promtool")) {
+        return;
+    }
+    let started = Instant::now();
+    let (roaster, prometheus) = std::thread::scope(|s| {
+        let p = s.spawn(Prometheus::start);
+        let r = Roaster::start();
+        (r, p.join().unwrap())
+    });
+    let cases = corpus();
+    let mut agree = 0;
+    let mut failures = Vec::new();
+    for case in &cases {
+        let r = ask(&roaster.human, Some(ADMIN_TOKEN), case);
+        let p = ask(&prometheus.addr, None, case);
+        let known = KNOWN_DIFFERENCES.iter().find(|(q, _)| *q == case.query);
+        match (compare(&case.query, &r, &p), known) {
+            (Ok(()), None) => agree += 1,
+            (Ok(()), Some(_)) => failures.push(format!(
+                "line {} {:?} `{}`: listed as a known difference but now agrees — remove it from KNOWN_DIFFERENCES and its pinning test",
+                case.line, case.eval, case.query
+            )),
+            (Err(_), Some(_)) => {}
+            (Err(e), None) => failures.push(format!(
+                "line {} {:?} `{}`: {e}\n    roaster:    {}\n    prometheus: {}",
+                case.line,
+                case.eval,
+                case.query,
+                truncate(&r.1.to_string()),
+                truncate(&p.1.to_string())
+            )),
+        }
+    }
+    eprintln!(
+        "promql differential: {} cases, {agree} agree ({:.1} %), {} known differences, {} failures, {:.1} s",
+        cases.len(),
+        100.0 * agree as f64 / cases.len() as f64,
+        KNOWN_DIFFERENCES.len(),
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} differences:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Known difference: lazy name drop. Prometheus 2.42 refuses these queries ("vector cannot
+/// contain metrics with the same labelset"); Roaster answers what the same query decomposed
+/// per name answers, which is Prometheus 3's behaviour.
+#[test]
+fn known_difference_lazy_name_drop() {
+    let roaster = Roaster::start();
+    let at = T0 + 37 * 60 + 30;
+    // (query, the same per name, what Roaster answers: label set → value)
+    type Pin<'a> = (&'a str, &'a str, &'a [(&'a str, f64)]);
+    let cases: &[Pin<'_>] = &[
+        (
+            KNOWN_DIFFERENCES[0].0,
+            "sum(rate(request_duration_seconds_sum[5m])) + sum(rate(request_duration_seconds_count[5m]))",
+            &[("{}", 0.743_033_333_333_333_4)],
+        ),
+        (
+            KNOWN_DIFFERENCES[1].0,
+            "sum by (instance) (avg_over_time(request_duration_seconds_sum[10m])) + sum by (instance) (avg_over_time(request_duration_seconds_count[10m]))",
+            &[
+                (r#"{"instance":"a:9090"}"#, 598.788_536_585_365_8),
+                (r#"{"instance":"b:9090"}"#, 682.180_975_609_756_2),
+            ],
+        ),
+    ];
+    for (query, per_name, want) in cases {
+        let got = roaster.instant(query, at);
+        assert_eq!(got["status"], "success", "{query}: {got}");
+        let got = series_of(&got["data"]["result"], "vector").unwrap();
+        let decomposed = roaster.instant(per_name, at);
+        let decomposed = series_of(&decomposed["data"]["result"], "vector").unwrap();
+        assert_eq!(got.len(), want.len(), "{query}: {got:?}");
+        for ((labels, points), (want_labels, want_value)) in got.iter().zip(want.iter()) {
+            assert_eq!(labels, want_labels, "{query}");
+            assert_eq!(points.len(), 1, "{query}");
+            assert_eq!(points[0].0, at * 1000, "{query}");
+            assert!(
+                values_agree(points[0].1, *want_value),
+                "{query}: {} vs {want_value}",
+                points[0].1
+            );
+            let same = decomposed.iter().find(|(l, _)| l == labels).unwrap();
+            assert!(values_agree(points[0].1, same.1[0].1), "{query} vs {per_name}");
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= 600 {
+        return s.to_string();
+    }
+    let mut end = 600;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
