@@ -399,6 +399,11 @@ struct Roaster {
 
 impl Roaster {
     fn start() -> Roaster {
+        Roaster::start_with(data_set())
+    }
+
+    /// Starts a server and loads `data` into it.
+    fn start_with(series: Vec<Series>) -> Roaster {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let config = dir.path().join("roaster.toml");
@@ -452,7 +457,7 @@ retention_hour_ms = 3153600000000
         let human = listeners["human-http"].as_str().unwrap().to_string();
         let robot = listeners["robot-http"].as_str().unwrap().to_string();
         let roaster = Roaster { child, dir, human };
-        roaster.load(&robot);
+        roaster.load(&robot, &series);
         roaster
     }
 
@@ -482,16 +487,15 @@ retention_hour_ms = 3153600000000
             .to_string()
     }
 
-    /// Sends the data set through the JSON ingest endpoint and waits until every sample reads back.
-    fn load(&self, robot: &str) {
-        let data = data_set();
+    /// Sends `data` through the JSON ingest endpoint and waits until every sample reads back.
+    fn load(&self, robot: &str, data: &[Series]) {
         let total: usize = data.iter().map(|s| s.samples.len()).sum();
         let token = self.create_token("ingest");
         let mut resp = agent()
             .post(&format!("http://{robot}/api/v1/ingest"))
             .header("Authorization", &format!("Bearer {token}"))
             .header("Content-Type", "application/json")
-            .send(ingest_json(&data))
+            .send(ingest_json(data))
             .unwrap();
         let body = resp.body_mut().read_to_string().unwrap();
         assert_eq!(resp.status(), 200, "{body}");
@@ -1007,6 +1011,83 @@ fn known_difference_lazy_name_drop() {
             let same = decomposed.iter().find(|(l, _)| l == labels).unwrap();
             assert!(values_agree(points[0].1, same.1[0].1), "{query} vs {per_name}");
         }
+    }
+}
+
+/// Roaster-only golden answers for quoted UTF-8 metric names (Graphite paths), which
+/// Prometheus 2.42 cannot parse, so they stay out of the differential corpus.
+#[test]
+fn roaster_only_quoted_utf8_metric_names() {
+    let mut data = data_set();
+    for (room, base, step, modulo) in [("kitchen", 20.0, 0.25, 8), ("cellar", 10.0, 0.5, 4)] {
+        data.push(Series {
+            name: "christmaspi.temperature.ham",
+            labels: lbl(&[("room", room)]),
+            samples: scrapes(0, SPAN)
+                .map(|(ms, i)| (ms, base + step * (i % modulo) as f64))
+                .collect(),
+        });
+    }
+    data.push(Series {
+        name: "christmaspi.power.total",
+        labels: Vec::new(),
+        samples: scrapes(0, SPAN).map(|(ms, i)| (ms, 3.0 * i as f64)).collect(),
+    });
+    data.push(Series {
+        name: "servers.web-01.cpu.load",
+        labels: Vec::new(),
+        samples: scrapes(0, SPAN).map(|(ms, _)| (ms, 1.5)).collect(),
+    });
+    let roaster = Roaster::start_with(data);
+    let kitchen = r#"{"__name__":"christmaspi.temperature.ham","room":"kitchen"}"#;
+    let cellar = r#"{"__name__":"christmaspi.temperature.ham","room":"cellar"}"#;
+    // (query at T0 + 10 m, the expected series: label set → value)
+    let cases: &[(&str, &[(&str, f64)])] = &[
+        (
+            r#"{"christmaspi.temperature.ham", room="kitchen"}"#,
+            &[(kitchen, 20.0)],
+        ),
+        (
+            r#"{"christmaspi.temperature.ham"}"#,
+            &[(cellar, 10.0), (kitchen, 20.0)],
+        ),
+        (
+            r#"{"christmaspi.temperature.ham"} offset 15s"#,
+            &[(cellar, 11.5), (kitchen, 21.75)],
+        ),
+        (r#"sum({"christmaspi.temperature.ham"})"#, &[("{}", 30.0)]),
+        (r#"rate({"christmaspi.power.total"}[5m])"#, &[("{}", 0.2)]),
+        (
+            r#"{__name__=~"christmaspi\\..*", room="cellar"}"#,
+            &[(cellar, 10.0)],
+        ),
+        (
+            r#"max_over_time({"christmaspi.temperature.ham", room="kitchen"}[2m])"#,
+            &[(r#"{"room":"kitchen"}"#, 21.75)],
+        ),
+        (r#"{"servers.web-01.cpu.load"} * 2"#, &[("{}", 3.0)]),
+        (
+            r#"label_replace({"servers.web-01.cpu.load"}, "host", "$1", "__name__", "servers\\.([^.]+)\\..*")"#,
+            &[(r#"{"__name__":"servers.web-01.cpu.load","host":"web-01"}"#, 1.5)],
+        ),
+        (
+            r#"count by (__name__) ({__name__=~"christmaspi\\..+"})"#,
+            &[
+                (r#"{"__name__":"christmaspi.power.total"}"#, 1.0),
+                (r#"{"__name__":"christmaspi.temperature.ham"}"#, 2.0),
+            ],
+        ),
+    ];
+    let at = T0 + 600;
+    for (query, want) in cases {
+        let got = roaster.instant(query, at);
+        assert_eq!(got["status"], "success", "{query}: {got}");
+        let mut got = series_of(&got["data"]["result"], "vector").unwrap();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let got: Vec<(String, i64, f64)> = got.into_iter().map(|(l, p)| (l, p[0].0, p[0].1)).collect();
+        let want: Vec<(String, i64, f64)> =
+            want.iter().map(|(l, v)| (l.to_string(), at * 1000, *v)).collect();
+        assert_eq!(got, want, "{query}");
     }
 }
 
