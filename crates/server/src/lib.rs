@@ -234,11 +234,17 @@ impl Server {
         let clock = opts.clock.clone();
         let now_ms = clock.now().millis();
 
-        let tokens = Arc::new(TokenStore::open(&data_dir)?);
-        if let Some(t) = &opts.admin_token {
-            tokens.ensure_admin(t, now_ms)?;
-        }
-        let generated = tokens.ensure_first_admin(now_ms)?;
+        // Token and switch files are small, but their writes fsync: keep them off the caller's runtime.
+        let (dir, preset) = (data_dir.clone(), opts.admin_token.clone());
+        let (tokens, generated) = off_runtime("tokens", move || {
+            let tokens = Arc::new(TokenStore::open(&dir)?);
+            if let Some(t) = &preset {
+                tokens.ensure_admin(t, now_ms)?;
+            }
+            let generated = tokens.ensure_first_admin(now_ms)?;
+            Ok::<_, TokenError>((tokens, generated))
+        })
+        .await??;
         if let Some(t) = &generated {
             // Shown once: the file keeps only its hash.
             eprintln!("roaster: generated the first admin token (shown only once): {t}");
@@ -246,9 +252,13 @@ impl Server {
         }
         let admin_token = opts.admin_token.clone().or(generated);
 
-        let mut switch_names: Vec<&str> = ingest::SOURCE_NAMES.to_vec();
+        let mut switch_names: Vec<&'static str> = ingest::SOURCE_NAMES.to_vec();
         switch_names.push(COMPACTION_SWITCH);
-        let switches = ingest::Switches::open(&data_dir.join(SWITCHES_FILE), &switch_names)?;
+        let switches_path = data_dir.join(SWITCHES_FILE);
+        let switches = off_runtime("switches", move || {
+            ingest::Switches::open(&switches_path, &switch_names)
+        })
+        .await??;
 
         let db_dir = data_dir.join(TSDB_DIR);
         let db_opts = adapters::tsdb_options(&config.storage);
