@@ -746,6 +746,9 @@ fn values_agree(a: f64, b: f64) -> bool {
     if a.is_nan() || b.is_nan() {
         return a.is_nan() && b.is_nan();
     }
+    if a.is_infinite() || b.is_infinite() {
+        return a == b;
+    }
     if a == b {
         return true;
     }
@@ -892,6 +895,88 @@ fn have(program: &Path) -> bool {
 }
 
 #[test]
+fn comparison_catches_every_kind_of_difference() {
+    let ok = |result: Value| (200, serde_json::json!({"status": "success", "data": result}));
+    let vector = |labels: Value, t: f64, v: &str| {
+        ok(serde_json::json!({"resultType": "vector", "result": [{"metric": labels, "value": [t, v]}]}))
+    };
+    let base = vector(serde_json::json!({"a": "1"}), 1.5, "2");
+    let bad = (
+        400,
+        serde_json::json!({"status": "error", "errorType": "bad_data", "error": "x"}),
+    );
+    let exec = (
+        422,
+        serde_json::json!({"status": "error", "errorType": "execution", "error": "y"}),
+    );
+    // (roaster's answer, prometheus' answer, agree)
+    let cases = [
+        (base.clone(), base.clone(), true),
+        (
+            vector(serde_json::json!({"a": "1"}), 1.5, "2.0000000000000004"),
+            base.clone(),
+            true,
+        ),
+        (
+            vector(serde_json::json!({"a": "1"}), 1.5, "2.001"),
+            base.clone(),
+            false,
+        ),
+        (
+            vector(serde_json::json!({"a": "2"}), 1.5, "2"),
+            base.clone(),
+            false,
+        ),
+        (
+            vector(serde_json::json!({"a": "1"}), 1.501, "2"),
+            base.clone(),
+            false,
+        ),
+        (
+            vector(serde_json::json!({}), 1.0, "NaN"),
+            vector(serde_json::json!({}), 1.0, "NaN"),
+            true,
+        ),
+        (
+            vector(serde_json::json!({}), 1.0, "NaN"),
+            vector(serde_json::json!({}), 1.0, "0"),
+            false,
+        ),
+        (
+            vector(serde_json::json!({}), 1.0, "+Inf"),
+            vector(serde_json::json!({}), 1.0, "-Inf"),
+            false,
+        ),
+        (
+            vector(serde_json::json!({}), 1.0, "1e-13"),
+            vector(serde_json::json!({}), 1.0, "0"),
+            true,
+        ),
+        (
+            ok(serde_json::json!({"resultType": "vector", "result": []})),
+            base.clone(),
+            false,
+        ),
+        (
+            ok(serde_json::json!({"resultType": "scalar", "result": [1.5, "2"]})),
+            base.clone(),
+            false,
+        ),
+        (bad.clone(), bad.clone(), true),
+        (bad.clone(), exec.clone(), false),
+        (base.clone(), exec.clone(), false),
+    ];
+    for (i, (r, p, want)) in cases.iter().enumerate() {
+        assert_eq!(
+            compare("q", r, p).is_ok(),
+            *want,
+            "case {i}: {:?}",
+            compare("q", r, p)
+        );
+    }
+}
+
+#[test]
 fn corpus_is_large_and_well_formed() {
     let cases = corpus();
     assert!(
@@ -929,11 +1014,36 @@ fn roaster_agrees_with_prometheus_on_the_corpus() {
         (r, p.join().unwrap())
     });
     let cases = corpus();
+    // Both hold the whole data set (else agreement on empty answers would prove nothing).
+    let total: usize = data_set().iter().map(|s| s.samples.len()).sum();
+    let all = Case {
+        line: 0,
+        eval: Eval::Instant(SPAN),
+        query: r#"{__name__=~".+"}[2h]"#.into(),
+    };
+    for (who, addr, token) in [
+        ("roaster", &roaster.human, Some(ADMIN_TOKEN)),
+        ("prometheus", &prometheus.addr, None),
+    ] {
+        let (_, v) = ask(addr, token, &all);
+        let held: usize = series_of(&v["data"]["result"], "matrix")
+            .unwrap_or_else(|e| panic!("{who}: {e}: {v}"))
+            .iter()
+            .map(|(_, points)| points.len())
+            .sum();
+        assert_eq!(held, total, "{who} does not hold the data set");
+    }
     let mut agree = 0;
+    let (mut non_empty, mut errors) = (0, 0);
     let mut failures = Vec::new();
     for case in &cases {
         let r = ask(&roaster.human, Some(ADMIN_TOKEN), case);
         let p = ask(&prometheus.addr, None, case);
+        if p.1["status"] == "error" {
+            errors += 1;
+        } else if p.1["data"]["result"].as_array().is_none_or(|a| !a.is_empty()) {
+            non_empty += 1;
+        }
         let known = KNOWN_DIFFERENCES.iter().find(|(q, _)| *q == case.query);
         match (compare(&case.query, &r, &p), known) {
             (Ok(()), None) => agree += 1,
@@ -953,7 +1063,7 @@ fn roaster_agrees_with_prometheus_on_the_corpus() {
         }
     }
     eprintln!(
-        "promql differential: {} cases, {agree} agree ({:.1} %), {} known differences, {} failures, {:.1} s",
+        "promql differential: {} cases ({non_empty} non-empty answers, {errors} errors), {agree} agree ({:.1} %), {} known differences, {} failures, {:.1} s",
         cases.len(),
         100.0 * agree as f64 / cases.len() as f64,
         KNOWN_DIFFERENCES.len(),
