@@ -102,6 +102,20 @@ pub(crate) fn match_expression(q: &str, limits: &QueryLimits) -> Result<Option<S
     Ok((!expr.is_empty()).then_some(expr))
 }
 
+/// The full-text condition of a query: the user's words, searched in the text columns only,
+/// and, when the query names a host or service, that value as a phrase in its own column.
+/// The host and service phrases only narrow the candidates (`web-01` also matches
+/// `web-01-b`); the exact comparison stays in SQL.
+pub(crate) fn full_expression(words: &str, host: Option<&str>, service: Option<&str>) -> String {
+    let mut expr = format!("{{kind subject summary labels payload}} : ({words})");
+    for (column, value) in [("host", host), ("service", service)] {
+        if let Some(value) = value.filter(|v| v.chars().any(char::is_alphanumeric)) {
+            let _ = write!(expr, " AND {column} : \"{}\"", value.replace('"', "\"\""));
+        }
+    }
+    expr
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +143,26 @@ mod tests {
         }
         assert!(match_expression("a b c d", &limits).is_err());
         assert!(match_expression(&"x".repeat(2000), &limits).is_err());
+    }
+
+    #[test]
+    fn full_expression_table() {
+        let cases: &[(Option<&str>, Option<&str>, &str)] = &[
+            (None, None, r#"{kind subject summary labels payload} : ("a")"#),
+            (
+                Some("web-01"),
+                None,
+                r#"{kind subject summary labels payload} : ("a") AND host : "web-01""#,
+            ),
+            (
+                Some("--"),
+                Some("db\"x"),
+                r#"{kind subject summary labels payload} : ("a") AND service : "db""x""#,
+            ),
+        ];
+        for (host, service, want) in cases {
+            assert_eq!(full_expression(r#""a""#, *host, *service), *want);
+        }
     }
 
     #[test]

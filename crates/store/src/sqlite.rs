@@ -22,6 +22,8 @@
 //! indexes: (time, id), (host, time, id), (service, time, id), (kind, time)
 //! events_fts: contentless FTS5 (contentless_delete=1) over
 //!             kind, subject, summary, labels ("name=value ..."), payload (its string values),
+//!             host, service (so a search with a host or service filter is narrowed inside
+//!             the full-text index; the user's words match only the first five columns),
 //!             rowid = events.seq
 //! ```
 //!
@@ -41,7 +43,7 @@ use serde_json::value::RawValue;
 use model::event::{Event, EventId, Severity, is_label_name};
 use model::{MatchOp, Timestamp};
 
-use crate::fts::{labels_text, match_expression, payload_text};
+use crate::fts::{full_expression, labels_text, match_expression, payload_text};
 use crate::{
     Annotation, AnnotationQuery, Annotations, EventQuery, EventStore, ItemResult, Page, QueryLimits,
     Retention, RetentionReport, StoreError, decode_cursor, encode_cursor,
@@ -69,7 +71,7 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
     CREATE INDEX events_service_time ON events(service, time, id);
     CREATE INDEX events_kind_time ON events(kind, time);
     CREATE VIRTUAL TABLE events_fts USING fts5(
-        kind, subject, summary, labels, payload,
+        kind, subject, summary, labels, payload, host, service,
         content='', contentless_delete=1
     );",
 )];
@@ -522,15 +524,18 @@ impl EventStore for SqliteStore {
                     e.summary,
                     labels_text(&e.labels),
                     payload,
+                    e.host,
+                    e.service,
                 ]));
                 results.push(ItemResult::Stored);
             }
             if !fts_rows.is_empty() {
                 let rows = serde_json::Value::Array(fts_rows).to_string();
                 tx.prepare_cached(
-                    "INSERT INTO events_fts (rowid, kind, subject, summary, labels, payload) \
+                    "INSERT INTO events_fts \
+                     (rowid, kind, subject, summary, labels, payload, host, service) \
                      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
-                     value ->> 5 FROM json_each(?1)",
+                     value ->> 5, value ->> 6, value ->> 7 FROM json_each(?1)",
                 )
                 .and_then(|mut st| st.execute([rows]))
                 .map_err(db_err(op))?;
@@ -580,7 +585,8 @@ impl EventStore for SqliteStore {
             );
         }
         let words = match &query.q {
-            Some(q) => match_expression(q, limits)?,
+            Some(q) => match_expression(q, limits)?
+                .map(|w| full_expression(&w, query.host.as_deref(), query.service.as_deref())),
             None => None,
         };
         if let Some(expr) = &words {
@@ -709,12 +715,12 @@ impl EventStore for SqliteStore {
 impl SqliteStore {
     /// Chooses how to reach a query's rows.
     ///
-    /// - With a host or service, walk that index newest first: it holds `seq`, so the
-    ///   full-text condition (a set of rowids built once per query) is checked without
+    /// - A full-text search (narrowed by host and service inside the index) or a kind prefix
+    ///   known to match fewer than [`SqliteConfig::drive_max_rows`] rows drives: its rows
+    ///   are fetched by rowid and sorted, cheap because they are few.
+    /// - Otherwise, with a host or service, walk that index newest first: it holds `seq`, so
+    ///   the full-text condition (a set of rowids built once per query) is checked without
     ///   reading the table, and only matching rows are fetched.
-    /// - Otherwise a full-text search or kind prefix known to match fewer than
-    ///   [`SqliteConfig::drive_max_rows`] rows drives: its rows are fetched and sorted,
-    ///   cheap because they are few.
     /// - Otherwise walk `(time, id)` newest first and stop after one page, so every page of
     ///   a long result costs about the same.
     ///
@@ -725,12 +731,6 @@ impl SqliteStore {
     /// 2× slower for a common word with a host filter and 40× slower when paging.
     fn plan(&self, conn: &Connection, query: &EventQuery, words: Option<&str>) -> Result<Plan, StoreError> {
         let op = "plan query";
-        if query.host.is_some() {
-            return Ok(Plan::Host);
-        }
-        if query.service.is_some() {
-            return Ok(Plan::Service);
-        }
         let cap = i64::try_from(self.config.drive_max_rows).unwrap_or(i64::MAX);
         if let Some(words) = words {
             let n: i64 = conn
@@ -743,6 +743,12 @@ impl SqliteStore {
             if n < cap {
                 return Ok(Plan::FullText);
             }
+        }
+        if query.host.is_some() {
+            return Ok(Plan::Host);
+        }
+        if query.service.is_some() {
+            return Ok(Plan::Service);
         }
         if let Some((clause, params)) = kind_prefix_clause(&query.kind_prefix) {
             let sql = format!(

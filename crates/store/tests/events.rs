@@ -257,6 +257,36 @@ fn check_filters(store: &SqliteStore) {
 }
 
 #[test]
+fn full_text_with_host_is_exact_and_host_is_not_a_word() {
+    let (_dir, store) = open();
+    store
+        .insert_batch(&[
+            ev(r#"{"id":"a","kind":"chef.run","host":"web-01","summary":"applied nginx"}"#),
+            ev(r#"{"id":"b","kind":"chef.run","host":"web-01-b","summary":"applied nginx"}"#),
+            ev(r#"{"id":"c","kind":"chef.run","service":"web-01","summary":"applied nginx"}"#),
+        ])
+        .unwrap();
+    let search = |q: &str, host: Option<&str>, service: Option<&str>| {
+        let query = EventQuery {
+            q: Some(q.into()),
+            host: host.map(Into::into),
+            service: service.map(Into::into),
+            ..Default::default()
+        };
+        ids(&store.query(&query).unwrap().events).join(",")
+    };
+    assert_eq!(search("nginx", Some("web-01"), None), "a");
+    assert_eq!(search("nginx", Some("web-01-b"), None), "b");
+    assert_eq!(search("nginx", None, Some("web-01")), "c");
+    assert_eq!(search("nginx", Some("--"), None), "");
+    assert_eq!(
+        search("web", None, None),
+        "",
+        "host and service are filters, not search words"
+    );
+}
+
+#[test]
 fn full_text_covers_payload_strings() {
     let (_dir, store) = open();
     store
