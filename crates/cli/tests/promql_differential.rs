@@ -11,10 +11,13 @@
 //!   same milliseconds). Prometheus gets it as OpenMetrics through
 //!   `promtool tsdb create-blocks-from openmetrics`; Roaster through its robot plane's JSON
 //!   ingest with an `ingest` token. Values are written in shortest round-trip form in both.
-//! - **Not in the differential set**: stale markers (OpenMetrics text cannot carry them, so
-//!   staleness is exercised through gaps and the lookback window) and quoted UTF-8 metric
-//!   names (`{"christmaspi.temperature.ham"}`: Prometheus 2.42 cannot parse them); the latter
-//!   are pinned by the Roaster-only golden test [`roaster_only_quoted_utf8_metric_names`].
+//! - **Stale markers** ([`stale_set`]): OpenMetrics text cannot carry them, so three more series
+//!   after `T0` + 1 h go to both servers through remote-write (Prometheus started with
+//!   `--web.enable-remote-write-receiver`; its head takes them after the blocks), with the
+//!   stale-marker NaN `0x7ff0000000000002`. Gaps without markers exercise the lookback.
+//! - **Not in the differential set**: quoted UTF-8 metric names (`{"christmaspi.temperature.ham"}`:
+//!   Prometheus 2.42 cannot parse them); they are pinned by the Roaster-only golden test
+//!   [`roaster_only_quoted_utf8_metric_names`].
 //! - **Corpus format**: a header `eval instant at <D>` or `eval range from <D> to <D> step <D>`
 //!   (`<D>` a duration after `T0` such as `0`, `30m`, `17m30s`) applies to the query lines after
 //!   it; `#` starts a comment line. Every non-empty query line is one case.
@@ -379,6 +382,122 @@ fn ingest_json(data: &[Series]) -> String {
     serde_json::json!({ "series": series }).to_string()
 }
 
+/// Prometheus' stale marker: a NaN with this exact bit pattern ends a series.
+const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+
+/// Series with stale markers, after the main data set (`T0` + 1 h to `T0` + 2 h), sent to both
+/// servers through remote-write (OpenMetrics cannot carry stale markers; Prometheus' head takes
+/// them after the blocks `promtool` made). `stale_gauge{s="marked"}` is marked stale at
+/// 1 h 20 m 15 s, resumes at 1 h 30 m and is marked stale again at 1 h 40 m 15 s;
+/// `stale_gauge{s="unmarked"}` just stops at 1 h 20 m (the lookback keeps it 5 m longer);
+/// `stale_total` is a counter marked stale at 1 h 30 m 15 s.
+fn stale_set() -> Vec<Series> {
+    let stale = f64::from_bits(STALE_NAN);
+    let at = |s: i64| (T0 + s) * 1000;
+    let mut marked = Vec::new();
+    let mut unmarked = Vec::new();
+    let mut counter = Vec::new();
+    for k in 1..=(SPAN / SCRAPE) {
+        let s = SPAN + k * SCRAPE;
+        let v = (k % 7) as f64 + 0.5;
+        if s <= SPAN + 1200 || (SPAN + 1800..=SPAN + 2400).contains(&s) {
+            marked.push((at(s), v));
+        } else if s == SPAN + 1215 || s == SPAN + 2415 {
+            marked.push((at(s), stale));
+        }
+        if s <= SPAN + 1200 {
+            unmarked.push((at(s), v * 2.0));
+        }
+        if s <= SPAN + 1800 {
+            counter.push((at(s), (k * 3) as f64));
+        } else if s == SPAN + 1815 {
+            counter.push((at(s), stale));
+        }
+    }
+    vec![
+        Series {
+            name: "stale_gauge",
+            labels: lbl(&[("s", "marked")]),
+            samples: marked,
+        },
+        Series {
+            name: "stale_gauge",
+            labels: lbl(&[("s", "unmarked")]),
+            samples: unmarked,
+        },
+        Series {
+            name: "stale_total",
+            labels: lbl(&[("job", "api")]),
+            samples: counter,
+        },
+    ]
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited protobuf field.
+fn pb_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    varint(out, (field << 3) | 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A remote-write 1.0 body: a protobuf `WriteRequest` in snappy's block format (written as
+/// literals only, which every decoder accepts).
+fn remote_write_body(data: &[Series]) -> Vec<u8> {
+    let mut req = Vec::new();
+    for s in data {
+        let mut ts = Vec::new();
+        let mut labels = vec![("__name__", s.name.to_string())];
+        labels.extend(s.labels.iter().map(|(k, v)| (*k, v.clone())));
+        labels.sort();
+        for (k, v) in &labels {
+            let mut l = Vec::new();
+            pb_bytes(&mut l, 1, k.as_bytes());
+            pb_bytes(&mut l, 2, v.as_bytes());
+            pb_bytes(&mut ts, 1, &l);
+        }
+        for (ms, v) in &s.samples {
+            let mut sample = vec![(1 << 3) | 1];
+            sample.extend_from_slice(&v.to_bits().to_le_bytes());
+            varint(&mut sample, 2 << 3);
+            varint(&mut sample, *ms as u64);
+            pb_bytes(&mut ts, 2, &sample);
+        }
+        pb_bytes(&mut req, 1, &ts);
+    }
+    let mut out = Vec::new();
+    varint(&mut out, req.len() as u64);
+    for chunk in req.chunks(65_536) {
+        // literal with a two-byte length: tag 61 << 2, then len - 1 little-endian
+        out.push(61 << 2);
+        out.extend_from_slice(&((chunk.len() - 1) as u16).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// POSTs `data` as remote-write to `url`; panics unless the answer is a success.
+fn remote_write(url: &str, token: Option<&str>, data: &[Series]) {
+    let mut req = agent()
+        .post(url)
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "snappy")
+        .header("X-Prometheus-Remote-Write-Version", "0.1.0");
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req.send(&remote_write_body(data)[..]).unwrap();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    assert!(resp.status().is_success(), "{url}: {} {body}", resp.status());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The two servers
 
@@ -395,6 +514,8 @@ struct Roaster {
     child: Child,
     dir: tempfile::TempDir,
     human: String,
+    robot: String,
+    ingest_token: String,
 }
 
 impl Roaster {
@@ -456,9 +577,44 @@ retention_hour_ms = 3153600000000
         };
         let human = listeners["human-http"].as_str().unwrap().to_string();
         let robot = listeners["robot-http"].as_str().unwrap().to_string();
-        let roaster = Roaster { child, dir, human };
-        roaster.load(&robot, &series);
+        let mut roaster = Roaster {
+            child,
+            dir,
+            human,
+            robot,
+            ingest_token: String::new(),
+        };
+        roaster.ingest_token = roaster.create_token("ingest");
+        roaster.load(&series);
         roaster
+    }
+
+    /// Sends [`stale_set`] through remote-write and waits until it reads back.
+    fn load_stale_set(&self) {
+        let data = stale_set();
+        remote_write(
+            &format!("http://{}/api/v1/write", self.robot),
+            Some(&self.ingest_token),
+            &data,
+        );
+        let want = data
+            .iter()
+            .flat_map(|s| &s.samples)
+            .filter(|(_, v)| v.to_bits() != STALE_NAN)
+            .count();
+        let query = r#"sum(count_over_time(stale_gauge[2h])) + sum(count_over_time(stale_total[2h]))"#;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.instant(query, T0 + 2 * SPAN);
+            if got["data"]["result"][0]["value"][1].as_str() == Some(&want.to_string()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "roaster did not store the stale set: {got}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn create_token(&self, scope: &str) -> String {
@@ -488,9 +644,10 @@ retention_hour_ms = 3153600000000
     }
 
     /// Sends `data` through the JSON ingest endpoint and waits until every sample reads back.
-    fn load(&self, robot: &str, data: &[Series]) {
+    fn load(&self, data: &[Series]) {
+        let robot = &self.robot;
         let total: usize = data.iter().map(|s| s.samples.len()).sum();
-        let token = self.create_token("ingest");
+        let token = &self.ingest_token;
         let mut resp = agent()
             .post(&format!("http://{robot}/api/v1/ingest"))
             .header("Authorization", &format!("Bearer {token}"))
@@ -572,6 +729,7 @@ impl Prometheus {
             .arg(format!("--storage.tsdb.path={}", db.display()))
             .arg("--storage.tsdb.retention.time=100y")
             .arg("--web.listen-address=127.0.0.1:0")
+            .arg("--web.enable-remote-write-receiver")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1011,8 +1169,29 @@ fn roaster_agrees_with_prometheus_on_the_corpus() {
     let (roaster, prometheus) = std::thread::scope(|s| {
         let p = s.spawn(Prometheus::start);
         let r = Roaster::start();
+        r.load_stale_set();
         (r, p.join().unwrap())
     });
+    remote_write(
+        &format!("http://{}/api/v1/write", prometheus.addr),
+        None,
+        &stale_set(),
+    );
+    // The stale marker is in effect in Prometheus (else the lookback would still show it).
+    let (_, v) = get(
+        &prometheus.addr,
+        None,
+        "/api/v1/query",
+        &[
+            ("query", "stale_gauge"),
+            ("time", &(T0 + SPAN + 1320).to_string()),
+        ],
+    );
+    assert_eq!(
+        v["data"]["result"].as_array().map(|a| a.len()),
+        Some(1),
+        "only the unmarked series at 1 h 22 m: {v}"
+    );
     let cases = corpus();
     // Both hold the whole data set (else agreement on empty answers would prove nothing).
     let total: usize = data_set().iter().map(|s| s.samples.len()).sum();
