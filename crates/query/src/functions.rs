@@ -486,9 +486,12 @@ pub(crate) fn cmp_nan_last(a: f64, b: f64, desc: bool) -> std::cmp::Ordering {
 /// Rewrites a Go (RE2) regular expression so Rust's `regex` gives it Go's meaning: Go's Perl
 /// classes `\d \w \s` (and their negations) and `\b \B` are ASCII-only, Rust's are Unicode.
 /// Each becomes an explicit class (valid inside and outside brackets, as Rust nests classes),
-/// so `\w+` does not match `São` here, as it does not in Prometheus.
+/// so `\w+` does not match `São` here, as it does not in Prometheus. The whole is wrapped in
+/// `(?-s:…)`: in Prometheus 2.x `.` does not match a newline (3.x changed that), and this
+/// flag wins over the `(?s:…)` that callers (and `model::Matcher`) wrap patterns in.
 pub(crate) fn go_regex(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut out = String::with_capacity(pattern.len() + 24);
+    out.push_str("(?-s:");
     let mut chars = pattern.chars();
     while let Some(c) = chars.next() {
         if c != '\\' {
@@ -511,6 +514,7 @@ pub(crate) fn go_regex(pattern: &str) -> String {
             None => out.push('\\'),
         }
     }
+    out.push(')');
     out
 }
 
@@ -1333,6 +1337,11 @@ mod go_regex_tests {
             (r"\\w", "\\w", true),
             (r"\.", ".", true),
             (r"\pL+", "São", true),
+            (r"a.b", "a\nb", false),
+            (r".*", "a\nb", false),
+            (r"a\nb", "a\nb", true),
+            (r"(?s)a.b", "a\nb", true),
+            (r"a|b", "b", true),
         ];
         for (pattern, input, want) in cases {
             let re = regex::Regex::new(&format!("^(?s:{})$", go_regex(pattern)))

@@ -12,6 +12,9 @@
 //! series × steps, not by raw samples, and `max_samples` counts exactly those slots.
 //!
 //! # Supported subset
+//! - Regexes (selectors, `label_replace`) keep Prometheus 2.x's Go RE2 meaning: `\d \w \s \b`
+//!   and their negations are ASCII-only (Rust's are Unicode), and `.` does not match a newline
+//!   (see `functions::go_regex`).
 //! - Selectors: instant and range vector selectors with `=`, `!=`, `=~`, `!~`, quoted UTF-8
 //!   metric names (`{"christmaspi.temperature.ham"}`), `offset`, `@` (including `start()`
 //!   and `end()`); number and string literals; subqueries `expr[range:step]`.
@@ -66,7 +69,10 @@
 //! promql foreign -- --nocapture` — 564 of its 566 evals agree; the two left use
 //! `holt_winters`, which promql-parser no longer parses. `tests/api.rs` pins JSON bodies;
 //! `tests/robust.rs` feeds random expressions to prove evaluation never panics;
-//! `benches/aggregate.rs` measures the benchmark harness' queries.
+//! `benches/aggregate.rs` measures the benchmark harness' queries. End to end, the
+//! differential test `crates/cli/tests/promql_differential.rs` asks the real `roaster` binary
+//! and the real Prometheus 2.42 the corpus `crates/cli/tests/data/promql/corpus.txt` over the
+//! same data set and fails on any difference not pinned as a known one.
 //!
 //! # When you change…
 //! - a function or operator: add cases to `tests/data/`, update the subset list above
