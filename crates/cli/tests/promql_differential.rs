@@ -1,12 +1,14 @@
 //! The PromQL differential test: the same data set is loaded into the real `roaster` binary and
 //! into the real Prometheus 2.42 (Debian package), every query of the corpus
 //! `tests/data/promql/corpus.txt` is asked of both over HTTP (`/api/v1/query`,
-//! `/api/v1/query_range`), and the answers are compared.
+//! `/api/v1/query_range`), and the answers are compared; so are a few metadata requests
+//! (`/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`).
 //!
-//! - **Data** ([`data_set`]): 43 series over one hour (`T0` = 2023-11-14T22:00:00Z to `T0`+1h)
+//! - **Data** ([`data_set`]): 44 series over one hour (`T0` = 2023-11-14T22:00:00Z to `T0`+1h)
 //!   at 15 s — counters with resets, gauges with NaN and +Inf samples, classic histogram
-//!   `_bucket`/`_sum`/`_count` series, UTF-8 label values, gaps longer and shorter than the
-//!   5 m lookback, series that start late or end early, and one series with irregular,
+//!   `_bucket`/`_sum`/`_count` series, UTF-8 label values, a label value with a newline,
+//!   gaps longer and shorter than the 5 m lookback, series that start late or end early, and
+//!   one series with irregular,
 //!   sub-second timestamps (multiples of 125 ms, so `promtool`'s float seconds convert to the
 //!   same milliseconds). Prometheus gets it as OpenMetrics through
 //!   `promtool tsdb create-blocks-from openmetrics`; Roaster through its robot plane's JSON
@@ -25,7 +27,10 @@
 //!   of series label sets (order compared only under a top-level `sort`/`sort_desc`, by value);
 //!   the same timestamps; values equal within [`REL_TOLERANCE`] relative or [`ABS_TOLERANCE`]
 //!   absolute, NaN equal to NaN, infinities equal by sign.
-//! - **Known differences** ([`KNOWN_DIFFERENCES`]): a query listed there must still differ (the
+//! - **Run time**: about 2 s for the whole corpus once the binary is built (both servers start
+//!   in parallel; the data set is ~10,000 samples).
+//! - **Known differences** ([`KNOWN_DIFFERENCES`], [`KNOWN_METADATA_DIFFERENCES`]): a query
+//!   listed there must still differ (the
 //!   test fails once it agrees, so the entry is removed), and each entry has its own test that
 //!   pins Roaster's exact answer (`known_difference_*`). Any other difference fails the test.
 //!
@@ -319,6 +324,12 @@ fn data_set() -> Vec<Series> {
             samples,
         });
     }
+    // A label value with a newline (regex `.` and newlines).
+    out.push(Series {
+        name: "multiline_info",
+        labels: lbl(&[("text", "line1\nline2")]),
+        samples: scrapes(0, SPAN).map(|(ms, _)| (ms, 1.0)).collect(),
+    });
     // Info series for joins.
     for (host, version) in [("h1", "1.2.3"), ("h2", "1.2.4"), ("h3", "2.0.0")] {
         out.push(Series {
@@ -350,7 +361,10 @@ fn openmetrics(data: &[Series]) -> String {
         let labels: Vec<String> = s
             .labels
             .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .map(|(k, v)| {
+                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                format!("{k}=\"{v}\"")
+            })
             .collect();
         for (ms, v) in &s.samples {
             let secs = format!("{}.{:03}", ms / 1000, ms % 1000);
