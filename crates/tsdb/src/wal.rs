@@ -168,8 +168,16 @@ pub(crate) fn replay(
         };
         if data.len() < HEADER_LEN {
             if last {
-                truncate(&path, 0)?;
+                // a crash right after the segment was created: it holds nothing, and it
+                // must not stay, or it would sit before the next process's first segment
+                fs::remove_file(&path).map_err(DbError::io(format!("remove {}", path.display())))?;
+                sync_dir(dir)?;
                 report.truncated_bytes += data.len() as u64;
+                continue;
+            }
+            if data.is_empty() {
+                // left by an older version that truncated such a segment instead of removing it
+                tracing::warn!(segment = %path.display(), "Skipping an empty WAL segment left by a crash.");
                 continue;
             }
             return Err(corrupt(0, "short segment header"));

@@ -97,6 +97,23 @@ fn torn_tail_is_truncated_and_earlier_records_kept() {
 }
 
 #[test]
+fn a_segment_created_just_before_a_crash_is_removed_so_later_opens_replay_cleanly() {
+    // (bytes of the new segment the crash left)
+    let cases: [&[u8]; 3] = [b"", b"RW", b"RWAL\x01"];
+    for left in cases {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 5);
+        std::fs::write(dir.path().join("wal").join(format!("{:020}.seg", 1_000)), left).unwrap();
+        // the first open removes it; the second and third find a clean WAL before new segments
+        for round in 0..3 {
+            let db = open(dir.path()).unwrap();
+            assert_eq!(count(&db), 5, "{left:?} open {round}");
+            db.close().unwrap();
+        }
+    }
+}
+
+#[test]
 fn corruption_before_the_last_segment_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), 5);
