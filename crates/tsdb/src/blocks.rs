@@ -1,12 +1,14 @@
 //! The set of on-disk blocks: opening (with quarantine), naming, retention.
 //!
 //! Layout: `<dir>/blocks/<seq:020>.<raw|1m|1h>/` (one block per directory, see
-//! [`crate::block`]). Every block written by the engine covers ONE window of
-//! `block_duration_ms` (aligned to the epoch) at one resolution; a window is rewritten (old
-//! blocks merged with new head data into a block with a higher `seq`) when sealed data
-//! arrives for it again, so normally each window has one block per resolution. Where a
-//! crash left two (the new one renamed into place, the old not yet deleted), reads merge
-//! them by `seq` (last write wins) and the next seal of that window folds them together.
+//! [`crate::block`]). A block's *span* is the run of `block_duration_ms` windows (aligned to
+//! the epoch) its data falls in, derived from its time range: one window for a block written
+//! by a seal, up to a compaction range ([`crate::Options::compact_range_ms`]) for a
+//! compacted one. Invariant: a block with a higher `seq` whose span holds another block's
+//! span (same resolution) holds all of that block's data (seals merge every raw block
+//! within the unit they rewrite, compactions every block within the range), so where a
+//! crash left both, reads merge them by `seq` (last write wins) and opening deletes the
+//! older one ([`drop_superseded`]).
 //!
 //! A block that fails to open is moved to `<dir>/quarantine/` with a warning and a counter,
 //! and never stops the engine. Leftover `*.tmp` directories are removed on open.
@@ -23,11 +25,43 @@ use crate::rollup::Resolution;
 pub(crate) struct Block {
     pub reader: BlockReader,
     pub path: PathBuf,
-    /// Start of the window this block covers.
+    /// Start of the first window this block holds data of.
     pub window: i64,
+    /// End (exclusive) of the last window this block holds data of; `window + bd` for a
+    /// block of one window, more for a compacted one.
+    pub end: i64,
 }
 
 impl Block {
+    /// A block whose span is derived from its data's time range and the block duration.
+    pub fn new(reader: BlockReader, path: PathBuf, block_duration_ms: i64) -> Block {
+        let bd = block_duration_ms.max(1);
+        let m = reader.meta();
+        let window = m.min_t.div_euclid(bd).saturating_mul(bd);
+        let end = m
+            .max_t
+            .max(m.min_t)
+            .div_euclid(bd)
+            .saturating_mul(bd)
+            .saturating_add(bd);
+        Block {
+            reader,
+            path,
+            window,
+            end,
+        }
+    }
+
+    /// Whether this block's span lies within `[start, end)`.
+    pub fn within(&self, start: i64, end: i64) -> bool {
+        self.window >= start && self.end <= end
+    }
+
+    /// Whether this block's span overlaps `[start, end)`.
+    pub fn overlaps(&self, start: i64, end: i64) -> bool {
+        self.window < end && start < self.end
+    }
+
     pub fn resolution(&self) -> Resolution {
         self.reader.meta().resolution
     }
@@ -76,11 +110,9 @@ pub(crate) fn open_all(
             continue;
         }
         match BlockReader::open(&path) {
-            Ok(reader) => {
-                let window =
-                    reader.meta().min_t.div_euclid(block_duration_ms.max(1)) * block_duration_ms.max(1);
-                out.blocks.push(Arc::new(Block { reader, path, window }));
-            }
+            Ok(reader) => out
+                .blocks
+                .push(Arc::new(Block::new(reader, path, block_duration_ms))),
             Err(err) => {
                 quarantine(&path, quarantine_dir, &name, &err.to_string())?;
                 out.quarantined += 1;
@@ -88,33 +120,27 @@ pub(crate) fn open_all(
         }
     }
     out.blocks.sort_by_key(|b| b.seq());
-    drop_superseded_rollups(&mut out.blocks)?;
+    drop_superseded(&mut out.blocks)?;
     Ok(out)
 }
 
-/// Removes rollup blocks that a crash left behind a seal: where a window still has two or
-/// more raw blocks, the seal that wrote the newest was interrupted before deleting the older
-/// blocks, and it deletes rollup blocks before raw ones; so rollup blocks of that window
-/// older than its newest raw block were replaced (the seal wrote new ones after the raw
-/// block) and would otherwise be counted twice once the raw data leaves retention.
-fn drop_superseded_rollups(blocks: &mut Vec<Arc<Block>>) -> Result<(), DbError> {
-    let mut raw: std::collections::BTreeMap<i64, (usize, u64)> = std::collections::BTreeMap::new();
-    for b in blocks.iter().filter(|b| b.resolution() == Resolution::Raw) {
-        let e = raw.entry(b.window).or_insert((0, 0));
-        e.0 += 1;
-        e.1 = e.1.max(b.seq());
-    }
+/// Removes blocks that a crash left behind a seal or a compaction: a block whose span lies
+/// within the span of a block of the same resolution with a higher `seq` is superseded
+/// (seals and compactions write a block holding everything of the blocks within its span
+/// before deleting them; where a seal cannot, for a window whose raw data already left
+/// retention, it writes no rollup block, see `seal.rs`).
+pub(crate) fn drop_superseded(blocks: &mut Vec<Arc<Block>>) -> Result<(), DbError> {
     let superseded = |b: &Block| {
-        b.resolution() != Resolution::Raw
-            && raw
-                .get(&b.window)
-                .is_some_and(|&(n, newest)| n >= 2 && b.seq() < newest)
+        blocks
+            .iter()
+            .any(|o| o.resolution() == b.resolution() && o.seq() > b.seq() && b.within(o.window, o.end))
     };
-    for b in blocks.iter().filter(|b| superseded(b)) {
-        tracing::warn!(block = %b.path.display(), "Removing a rollup block replaced by an interrupted seal.");
+    let gone: Vec<Arc<Block>> = blocks.iter().filter(|b| superseded(b)).cloned().collect();
+    for b in &gone {
+        tracing::warn!(block = %b.path.display(), "Removing a block replaced by an interrupted seal or compaction.");
         std::fs::remove_dir_all(&b.path).map_err(DbError::io(format!("remove {}", b.path.display())))?;
     }
-    blocks.retain(|b| !superseded(b));
+    blocks.retain(|b| !gone.iter().any(|g| Arc::ptr_eq(g, b)));
     Ok(())
 }
 

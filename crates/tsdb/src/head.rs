@@ -61,12 +61,13 @@ impl MemSeries {
     }
 
     fn seal_open(&mut self) {
-        let open = std::mem::take(&mut self.open);
+        let mut open = std::mem::take(&mut self.open);
         if !open.is_empty() {
             // exact capacities: a closed chunk never grows again, and with 100k series the
-            // doubling slack of the chunk list and of the chunk's bytes is tens of MiB
+            // growth slack of the chunk list and of the chunk's bytes is tens of MiB
+            open.shrink_to_fit();
             self.chunks.reserve_exact(1);
-            self.chunks.push(open.clone());
+            self.chunks.push(open);
         }
     }
 

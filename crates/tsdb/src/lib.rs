@@ -7,8 +7,10 @@
 //! versioned segments) + head (`head.rs`: per-series head chunks and an out-of-order
 //! buffer) → the committer thread writes and fsyncs the WAL (group commit) →
 //! [`Db::wait_durable`] returns. The maintenance thread (or [`Db::compact_now`]) seals head
-//! data into one immutable raw block per `block_duration_ms` window (`seal.rs`), then
-//! checkpoints: `series.log` is rewritten and older WAL segments deleted. Reads
+//! data into one immutable raw block per `block_duration_ms` window plus its hour (and,
+//! when small, minute) rollup blocks (`seal.rs`), then checkpoints: `series.log` is
+//! rewritten and older WAL segments deleted. It then applies retention and merges adjacent
+//! blocks into larger ones (up to a day for raw data) with [`compact::compact`]. Reads
 //! ([`Db::select`]) stream one series at a time, merging blocks (by seq), data being sealed
 //! and the head; last write wins on equal timestamps everywhere.
 //!

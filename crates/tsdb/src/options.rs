@@ -71,6 +71,42 @@ pub struct Options {
     /// How often the background maintenance thread cuts blocks and applies retention;
     /// default 30 s. `None` disables it (tests call [`crate::Db::compact_now`] instead).
     pub maintenance_interval: Option<Duration>,
+    /// Longest span of a compacted block: adjacent raw blocks are merged into blocks of up to
+    /// `min(this, raw retention / 10)` (rounded down to a multiple of `block_duration_ms`;
+    /// no compaction when that is under two block durations); default 24 h. Rollup blocks
+    /// are merged into spans of up to a tenth of their own retention, at most
+    /// [`MAX_ROLLUP_COMPACT_MS`], once no raw block overlaps the span.
+    pub max_compacted_block_ms: i64,
+}
+
+/// Cap on the span of a compacted rollup block (30 days).
+pub const MAX_ROLLUP_COMPACT_MS: i64 = 30 * DAY_MS;
+
+impl Options {
+    /// The span compacted blocks of `res` are aligned to, or `None` when blocks of `res` are
+    /// not compacted (see [`Options::max_compacted_block_ms`]).
+    pub fn compact_range_ms(&self, res: crate::rollup::Resolution) -> Option<i64> {
+        use crate::rollup::Resolution;
+        let bd = self.block_duration_ms.max(1);
+        let raw = (self.max_compacted_block_ms.min(self.retention.raw_ms / 10) / bd) * bd;
+        let range = match res {
+            Resolution::Raw => raw,
+            Resolution::Minute | Resolution::Hour => {
+                let own = if res == Resolution::Minute {
+                    self.retention.minute_ms
+                } else {
+                    self.retention.hour_ms
+                };
+                let r = (own / 10).min(MAX_ROLLUP_COMPACT_MS);
+                if raw >= 2 * bd {
+                    (r / raw) * raw
+                } else {
+                    (r / bd) * bd
+                }
+            }
+        };
+        (range >= 2 * bd).then_some(range)
+    }
 }
 
 impl Default for Options {
@@ -86,6 +122,7 @@ impl Default for Options {
             head_chunk_points: 240,
             max_ooo_points_per_series: 512,
             maintenance_interval: Some(Duration::from_secs(30)),
+            max_compacted_block_ms: DAY_MS,
         }
     }
 }

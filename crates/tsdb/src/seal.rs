@@ -1,17 +1,25 @@
-//! Sealing head data into blocks (checkpoint), compaction on demand, retention, snapshots,
-//! rollup reads and the background maintenance thread.
+//! Sealing head data into blocks (checkpoint), compaction of adjacent blocks into larger
+//! ones, retention, snapshots, rollup reads and the background maintenance thread.
+//!
+//! Compaction ([`Db::compact_blocks`]): per resolution, the blocks within one aligned
+//! compaction range are merged with [`crate::compact::compact`] (last write wins by `seq`
+//! for raw data) once the range is complete (the maintenance thread: its end is before the
+//! seal cutoff; `compact_now`: always). Rollup ranges are compacted only once no raw block
+//! overlaps them. The merged block is finished (fsynced, renamed into place) before the
+//! inputs are unpublished and deleted.
 //!
 //! A seal of everything older than `cutoff`:
 //! 1. under the WAL append guard and the head write lock: split the old data off every
 //!    series into a *frozen* set (still readable), cut the WAL (fsync + new segment `N`),
 //!    and re-log the data that stays in the head into segment `N` (so segments before `N`
 //!    hold nothing that is not about to be in a block)
-//! 2. without locks: for every window touched, merge the window's existing raw blocks with
-//!    the frozen data (frozen wins: it is newer) and write a new raw block with a new `seq`
-//! 3. publish: swap the window's old blocks for the new ones and drop the frozen set, in one
-//!    step under the `sealed` write lock; delete the old block directories, rollup blocks
-//!    before raw ones (a crash part way leaves two raw blocks for the window, which is how
-//!    opening recognises the old rollup blocks as superseded and removes them)
+//! 2. without locks: for every *unit* touched (a window, widened to the span of a
+//!    compacted raw block holding it: backfill into a compacted block rewrites it whole),
+//!    merge the unit's existing raw blocks (by `seq`) with the frozen data (frozen wins: it
+//!    is newer) and write a new raw block with a new `seq`, and its rollup blocks
+//! 3. publish: swap the unit's old blocks for the new ones and drop the frozen set, in one
+//!    step under the `sealed` write lock; delete the old block directories (a crash part way
+//!    leaves old blocks within the span of newer ones, which opening deletes)
 //! 4. write `series.log`, wait until the re-logged data is durable, delete WAL segments `< N`
 //!
 //! Rollups (decision: `docs/decisions/2026-11-21-when-rollups-are-written.md`): when a
@@ -67,6 +75,10 @@ pub struct CompactReport {
     pub blocks_expired: usize,
     /// WAL segments deleted after the checkpoint.
     pub wal_segments_removed: usize,
+    /// Blocks written by compaction (merging adjacent blocks into larger ones).
+    pub blocks_compacted: usize,
+    /// Blocks merged into those and deleted.
+    pub blocks_merged: usize,
 }
 
 /// The rollup points of one series (see [`Db::select_rollup`]).
@@ -99,6 +111,19 @@ struct WindowWriter {
     /// Rollup writers (resolution, writer, seq), for resolutions whose step divides the
     /// block duration (so a rollup bucket never straddles two windows).
     rollups: Vec<(Resolution, BlockWriter, u64)>,
+    /// The unit had a minute rollup block, so the new one is kept whatever its size.
+    carry_minute: bool,
+}
+
+/// The span one seal rewrites as one block (see step 2 of [`Db::seal`]).
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    start: i64,
+    end: i64,
+    /// Rollup blocks are written for this unit.
+    rollups: bool,
+    /// The unit had a minute rollup block.
+    carry_minute: bool,
 }
 
 /// The rollup resolutions written when a window seals: those whose bucket divides the
@@ -111,10 +136,12 @@ fn seal_rollups(bd: i64) -> impl Iterator<Item = Resolution> {
 
 impl Db {
     /// Seals all head data into blocks, merges it with the blocks of the windows it touches,
-    /// checkpoints the WAL and applies retention; returns when done.
+    /// checkpoints the WAL, applies retention and merges adjacent blocks into larger ones
+    /// (every compaction range, complete or not); returns when done.
     pub fn compact_now(&self) -> Result<CompactReport, DbError> {
         let mut report = self.seal(i64::MAX)?;
         report.blocks_expired = self.apply_retention()?;
+        (report.blocks_compacted, report.blocks_merged) = self.compact_blocks(i64::MAX)?;
         Ok(report)
     }
 
@@ -170,7 +197,6 @@ impl Db {
         let old_blocks: Vec<Arc<Block>> = self.sealed.read().blocks.clone();
         let blocks_dir = self.dir.join("blocks");
         let mut writers: BTreeMap<i64, WindowWriter> = BTreeMap::new();
-        let mut windows_of_series: Vec<i64> = Vec::new();
         let mut pts = Vec::new();
         let mut rollup_pts = Vec::new();
         let (mut bts, mut bvals, mut part, mut merged, mut scratch) =
@@ -195,30 +221,76 @@ impl Db {
                 touched.insert(t.div_euclid(bd) * bd);
             }
         }
+        // A unit is what one seal rewrites as one block: a touched window, widened to the
+        // span of any raw block holding it (a compacted block is rewritten whole, so every
+        // block's span stays a superset of the blocks it replaced). Units are disjoint.
+        let mut spans: Vec<(i64, i64)> = touched
+            .iter()
+            .map(|&w| {
+                old_blocks
+                    .iter()
+                    .filter(|b| b.resolution() == Resolution::Raw && b.overlaps(w, w.saturating_add(bd)))
+                    .fold((w, w.saturating_add(bd)), |(lo, hi), b| {
+                        (lo.min(b.window), hi.max(b.end))
+                    })
+            })
+            .collect();
+        spans.sort_unstable();
+        let mut units: Vec<Unit> = Vec::new();
+        for (lo, hi) in spans {
+            match units.last_mut() {
+                Some(u) if lo < u.end => u.end = u.end.max(hi),
+                _ => units.push(Unit {
+                    start: lo,
+                    end: hi,
+                    rollups: true,
+                    carry_minute: false,
+                }),
+            }
+        }
+        for u in &mut units {
+            // rollups at seal only where the unit's raw data is all here: a unit without a
+            // raw block but with rollup blocks lost its raw data to retention (known limit)
+            let had_raw = old_blocks
+                .iter()
+                .any(|b| b.resolution() == Resolution::Raw && b.within(u.start, u.end));
+            let had_rollups = old_blocks
+                .iter()
+                .any(|b| b.resolution() != Resolution::Raw && b.overlaps(u.start, u.end));
+            u.rollups = had_raw || !had_rollups;
+            u.carry_minute = had_raw
+                && old_blocks
+                    .iter()
+                    .any(|b| b.resolution() == Resolution::Minute && b.within(u.start, u.end));
+        }
+        let unit_of = |t: i64| -> Option<usize> {
+            let i = units.partition_point(|u| u.end <= t);
+            units.get(i).filter(|u| u.start <= t).map(|_| i)
+        };
+        let mut units_of_series: Vec<usize> = Vec::new();
         for (id, s) in frozen.iter().enumerate() {
             let sid = SeriesId(id as u64);
             pts.clear();
             s.read_into(i64::MIN, i64::MAX, &mut pts);
             report.points_sealed += pts.len() as u64;
-            windows_of_series.clear();
-            windows_of_series.extend(
-                old_blocks
-                    .iter()
-                    .filter(|b| {
-                        b.resolution() == Resolution::Raw
-                            && touched.contains(&b.window)
-                            && b.reader.contains(sid)
-                    })
-                    .map(|b| b.window),
-            );
-            windows_of_series.extend(pts.iter().map(|(t, _)| t.div_euclid(bd) * bd));
-            windows_of_series.sort_unstable();
-            windows_of_series.dedup();
-            for &window in &windows_of_series {
+            units_of_series.clear();
+            for (i, u) in units.iter().enumerate() {
+                if old_blocks.iter().any(|b| {
+                    b.resolution() == Resolution::Raw && b.within(u.start, u.end) && b.reader.contains(sid)
+                }) {
+                    units_of_series.push(i);
+                }
+            }
+            units_of_series.extend(pts.iter().filter_map(|(t, _)| unit_of(*t)));
+            units_of_series.sort_unstable();
+            units_of_series.dedup();
+            for &ui in &units_of_series {
+                let Some(unit) = units.get(ui) else { continue };
                 merged.clear();
+                // old_blocks ascend by seq: later blocks overwrite earlier ones
                 for b in old_blocks
                     .iter()
-                    .filter(|b| b.window == window && b.resolution() == Resolution::Raw)
+                    .filter(|b| b.resolution() == Resolution::Raw && b.within(unit.start, unit.end))
                 {
                     bts.clear();
                     bvals.clear();
@@ -231,15 +303,15 @@ impl Db {
                     crate::head::merge_last_wins(&merged, &part, &mut scratch);
                     std::mem::swap(&mut merged, &mut scratch);
                 }
-                let lo = pts.partition_point(|p| p.0 < window);
-                let hi = pts.partition_point(|p| p.0 < window.saturating_add(bd));
+                let lo = pts.partition_point(|p| p.0 < unit.start);
+                let hi = pts.partition_point(|p| p.0 < unit.end);
                 scratch.clear();
                 crate::head::merge_last_wins(&merged, pts.get(lo..hi).unwrap_or_default(), &mut scratch);
                 std::mem::swap(&mut merged, &mut scratch);
                 if merged.is_empty() {
                     continue;
                 }
-                let ww = match writers.entry(window) {
+                let ww = match writers.entry(unit.start) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(e) => {
                         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -254,7 +326,7 @@ impl Db {
                         )
                         .map_err(block_err(&dir))?;
                         let mut rollups = Vec::new();
-                        for res in seal_rollups(bd) {
+                        for res in seal_rollups(bd).filter(|_| unit.rollups) {
                             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
                             let dir = block_dir(&blocks_dir, seq, res);
                             let w = BlockWriter::create(
@@ -268,7 +340,12 @@ impl Db {
                             .map_err(block_err(&dir))?;
                             rollups.push((res, w, seq));
                         }
-                        e.insert(WindowWriter { raw, seq, rollups })
+                        e.insert(WindowWriter {
+                            raw,
+                            seq,
+                            rollups,
+                            carry_minute: unit.carry_minute,
+                        })
                     }
                 };
                 bts.clear();
@@ -289,21 +366,24 @@ impl Db {
             }
         }
         let mut new_blocks = Vec::new();
-        for (window, ww) in writers {
+        for (_, ww) in writers {
             let path = block_dir(&blocks_dir, ww.seq, Resolution::Raw);
             ww.raw.finish().map_err(block_err(&path))?;
             let reader = BlockReader::open(&path).map_err(block_err(&path))?;
             let raw_bytes = reader.disk_bytes();
-            new_blocks.push(Arc::new(Block { reader, path, window }));
+            new_blocks.push(Arc::new(Block::new(reader, path, bd)));
             for (res, w, seq) in ww.rollups {
                 let path = block_dir(&blocks_dir, seq, res);
                 let meta = w.finish().map_err(block_err(&path))?;
                 let reader = BlockReader::open(&path).map_err(block_err(&path))?;
+                // a minute block replacing one of the unit is kept whatever its size, so
+                // that it supersedes the old one (see `blocks::drop_superseded`)
                 let keep = meta.series > 0
                     && (res != Resolution::Minute
+                        || ww.carry_minute
                         || reader.disk_bytes() * 100 < raw_bytes * MINUTE_ROLLUP_MAX_SHARE_PERCENT);
                 if keep {
-                    new_blocks.push(Arc::new(Block { reader, path, window }));
+                    new_blocks.push(Arc::new(Block::new(reader, path, bd)));
                 } else {
                     drop(reader);
                     std::fs::remove_dir_all(&path)
@@ -317,20 +397,16 @@ impl Db {
         // 3. publish
         let replaced: Vec<Arc<Block>> = {
             let mut sealed = self.sealed.write();
-            // A touched window's rollup blocks are replaced too, unless its raw block had
-            // already left retention (then the rollups hold data the new raw block lacks).
-            let had_raw: std::collections::BTreeSet<i64> = sealed
-                .blocks
-                .iter()
-                .filter(|b| b.resolution() == Resolution::Raw)
-                .map(|b| b.window)
-                .collect();
+            // a unit's raw blocks are replaced; its rollup blocks too where rollups were
+            // written (otherwise they hold data of raw blocks that retention dropped)
             let (gone, keep): (Vec<_>, Vec<_>) = sealed.blocks.drain(..).partition(|b| {
-                touched.contains(&b.window)
-                    && match b.resolution() {
-                        Resolution::Raw => true,
-                        res => had_raw.contains(&b.window) && seal_rollups(bd).any(|r| r == res),
-                    }
+                units.iter().any(|u| {
+                    b.within(u.start, u.end)
+                        && match b.resolution() {
+                            Resolution::Raw => true,
+                            res => u.rollups && seal_rollups(bd).any(|r| r == res),
+                        }
+                })
             });
             sealed.blocks = keep;
             sealed.blocks.extend(new_blocks);
@@ -339,13 +415,7 @@ impl Db {
             gone
         };
         report.blocks_replaced = replaced.len();
-        // rollups first: a crash part way leaves the window's old raw block next to the new
-        // one, which is how opening recognises the old rollup blocks as superseded
-        let mut replaced = replaced;
-        replaced.sort_by_key(|b| (b.resolution() == Resolution::Raw, b.seq()));
-        for b in replaced {
-            std::fs::remove_dir_all(&b.path).map_err(DbError::io(format!("remove {}", b.path.display())))?;
-        }
+        self.remove_blocks(replaced)?;
         crate::wal::sync_dir(&blocks_dir)?;
 
         // 4. checkpoint
@@ -392,14 +462,8 @@ impl Db {
             let mut added = Vec::new();
             if victim.resolution() == Resolution::Raw {
                 for res in [Resolution::Minute, Resolution::Hour] {
-                    let exists = self
-                        .sealed
-                        .read()
-                        .blocks
-                        .iter()
-                        .any(|b| b.window == victim.window && b.resolution() == res);
                     let end = victim.reader.meta().max_t;
-                    if !exists && end >= now.saturating_sub(limit(res)) {
+                    if end >= now.saturating_sub(limit(res)) {
                         added.extend(self.materialize_rollup(&victim, res)?);
                     }
                 }
@@ -418,46 +482,135 @@ impl Db {
         Ok(dropped)
     }
 
-    /// Writes the `res` rollup block of a raw block's window; `None` when it holds no
-    /// non-NaN sample.
-    fn materialize_rollup(&self, raw: &Block, res: Resolution) -> Result<Option<Arc<Block>>, DbError> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let path = block_dir(&self.dir.join("blocks"), seq, res);
-        let mut w = BlockWriter::create(
-            &path,
-            BlockOptions {
-                id: seq,
-                resolution: res,
-                seq,
-            },
-        )
-        .map_err(block_err(&path))?;
+    /// Deletes replaced blocks' directories, rollup blocks first.
+    fn remove_blocks(&self, mut blocks: Vec<Arc<Block>>) -> Result<(), DbError> {
+        blocks.sort_by_key(|b| (b.resolution() == Resolution::Raw, b.seq()));
+        for b in blocks {
+            std::fs::remove_dir_all(&b.path).map_err(DbError::io(format!("remove {}", b.path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the `res` rollup blocks of a raw block that is about to leave retention, for
+    /// the windows of its span no `res` rollup block overlaps yet: one block per run of such
+    /// consecutive windows (so no new block's span holds an existing block, see
+    /// `blocks::drop_superseded`). Blocks holding no sample are not kept.
+    fn materialize_rollup(&self, raw: &Block, res: Resolution) -> Result<Vec<Arc<Block>>, DbError> {
+        let bd = self.opts.block_duration_ms.max(1);
+        let existing: Vec<(i64, i64)> = self
+            .sealed
+            .read()
+            .blocks
+            .iter()
+            .filter(|b| b.resolution() == res && b.overlaps(raw.window, raw.end))
+            .map(|b| (b.window, b.end))
+            .collect();
+        let covered = |w: i64| existing.iter().any(|&(a, b)| a < w.saturating_add(bd) && w < b);
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        let mut w = raw.window;
+        while w < raw.end {
+            if !covered(w) {
+                match runs.last_mut() {
+                    Some(r) if r.1 == w => r.1 = w.saturating_add(bd),
+                    _ => runs.push((w, w.saturating_add(bd))),
+                }
+            }
+            w = w.saturating_add(bd);
+        }
+        let mut out = Vec::new();
         let (mut ts, mut vals, mut points) = (Vec::new(), Vec::new(), Vec::new());
-        let mut any = false;
-        for id in raw.reader.series_ids() {
-            ts.clear();
-            vals.clear();
-            points.clear();
-            raw.reader
-                .read(id, i64::MIN, i64::MAX, &mut ts, &mut vals)
-                .map_err(block_err(&raw.path))?;
-            rollup::rollup(&ts, &vals, res, &mut points);
-            if !points.is_empty() {
-                w.add_rollup_series(id, &points).map_err(block_err(&path))?;
-                any = true;
+        for (lo, hi) in runs {
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let path = block_dir(&self.dir.join("blocks"), seq, res);
+            let mut w = BlockWriter::create(
+                &path,
+                BlockOptions {
+                    id: seq,
+                    resolution: res,
+                    seq,
+                },
+            )
+            .map_err(block_err(&path))?;
+            let mut any = false;
+            for id in raw.reader.series_ids() {
+                ts.clear();
+                vals.clear();
+                points.clear();
+                raw.reader
+                    .read(id, lo, hi.saturating_sub(1), &mut ts, &mut vals)
+                    .map_err(block_err(&raw.path))?;
+                rollup::rollup(&ts, &vals, res, &mut points);
+                if !points.is_empty() {
+                    w.add_rollup_series(id, &points).map_err(block_err(&path))?;
+                    any = true;
+                }
+            }
+            w.finish().map_err(block_err(&path))?;
+            if !any {
+                std::fs::remove_dir_all(&path).map_err(DbError::io(format!("remove {}", path.display())))?;
+                continue;
+            }
+            let reader = BlockReader::open(&path).map_err(block_err(&path))?;
+            out.push(Arc::new(Block::new(reader, path, bd)));
+        }
+        Ok(out)
+    }
+
+    /// Merges adjacent blocks into larger ones: per resolution, all blocks lying within one
+    /// aligned compaction range ([`crate::Options::compact_range_ms`]) that ends at or before
+    /// `until` are merged with [`crate::compact::compact`] when there are two or more; rollup
+    /// ranges only once no raw block overlaps them (until then reads use raw data and seals
+    /// rewrite rollups per unit). The merged block is finished (fsynced, renamed into place)
+    /// before the inputs are unpublished and deleted; a crash between leaves both, and
+    /// opening removes the inputs (`blocks::drop_superseded`). Returns (written, replaced).
+    pub(crate) fn compact_blocks(&self, until: i64) -> Result<(usize, usize), DbError> {
+        let _guard = self.maintenance.lock();
+        let bd = self.opts.block_duration_ms.max(1);
+        let (mut written, mut replaced) = (0, 0);
+        for res in [Resolution::Raw, Resolution::Minute, Resolution::Hour] {
+            let Some(range) = self.opts.compact_range_ms(res) else {
+                continue;
+            };
+            let blocks: Vec<Arc<Block>> = self.sealed.read().blocks.clone();
+            let mut groups: BTreeMap<i64, Vec<Arc<Block>>> = BTreeMap::new();
+            for b in blocks.iter().filter(|b| b.resolution() == res) {
+                let k = b.window.div_euclid(range);
+                if b.end.saturating_sub(1).div_euclid(range) == k {
+                    groups.entry(k).or_default().push(Arc::clone(b));
+                }
+            }
+            for (k, group) in groups {
+                let (lo, hi) = (k.saturating_mul(range), k.saturating_add(1).saturating_mul(range));
+                if group.len() < 2 || hi > until {
+                    continue;
+                }
+                if res != Resolution::Raw
+                    && blocks
+                        .iter()
+                        .any(|b| b.resolution() == Resolution::Raw && b.overlaps(lo, hi))
+                {
+                    continue;
+                }
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                let path = block_dir(&self.dir.join("blocks"), seq, res);
+                let readers: Vec<&BlockReader> = group.iter().map(|b| &b.reader).collect();
+                crate::compact::compact(&readers, &path, seq).map_err(block_err(&path))?;
+                let reader = BlockReader::open(&path).map_err(block_err(&path))?;
+                let merged = Arc::new(Block::new(reader, path, bd));
+                {
+                    let mut sealed = self.sealed.write();
+                    sealed.blocks.retain(|b| !group.iter().any(|g| Arc::ptr_eq(g, b)));
+                    sealed.blocks.push(merged);
+                    sealed.blocks.sort_by_key(|b| b.seq());
+                }
+                written += 1;
+                replaced += group.len();
+                self.remove_blocks(group)?;
             }
         }
-        w.finish().map_err(block_err(&path))?;
-        let reader = BlockReader::open(&path).map_err(block_err(&path))?;
-        if !any {
-            std::fs::remove_dir_all(&path).map_err(DbError::io(format!("remove {}", path.display())))?;
-            return Ok(None);
-        }
-        Ok(Some(Arc::new(Block {
-            reader,
-            path,
-            window: raw.window,
-        })))
+        crate::wal::sync_dir(&self.dir.join("blocks"))?;
+        self.metrics.blocks_written.add(written as u64);
+        Ok((written, replaced))
     }
 
     /// Writes a consistent copy of the database to `dest` (which must not exist) while it
@@ -560,14 +713,14 @@ impl Db {
         );
         let mut from_blocks = Vec::new();
         if res != Resolution::Raw {
-            let (raw_windows, rollup_blocks): (std::collections::BTreeSet<i64>, Vec<Arc<Block>>) = {
+            let (raw_spans, rollup_blocks): (Vec<(i64, i64)>, Vec<Arc<Block>>) = {
                 let sealed = self.sealed.read();
                 (
                     sealed
                         .blocks
                         .iter()
                         .filter(|b| b.resolution() == Resolution::Raw)
-                        .map(|b| b.window)
+                        .map(|b| (b.window, b.end))
                         .collect(),
                     sealed
                         .blocks
@@ -577,11 +730,28 @@ impl Db {
                         .collect(),
                 )
             };
-            for b in rollup_blocks.iter().filter(|b| !raw_windows.contains(&b.window)) {
+            // buckets of windows a raw block holds are computed from raw samples above
+            let bd = self.opts.block_duration_ms.max(1);
+            let raw_held = |t: i64| {
+                let w = t.div_euclid(bd).saturating_mul(bd);
+                raw_spans.iter().any(|&(a, b)| a <= w && w < b)
+            };
+            // (when buckets do not divide windows, a block is used whole or not at all)
+            let per_bucket = bd % step == 0;
+            for b in rollup_blocks.iter().filter(|b| {
+                if per_bucket {
+                    !raw_spans.iter().any(|&(a, e)| a <= b.window && b.end <= e)
+                } else {
+                    !raw_held(b.window)
+                }
+            }) {
                 let mut part = Vec::new();
                 b.reader
                     .read_rollup(data.id, start, end, &mut part)
                     .map_err(block_err(&b.path))?;
+                if per_bucket {
+                    part.retain(|p| !raw_held(p.ts));
+                }
                 let mut out = Vec::new();
                 rollup::merge_rollups(&from_blocks, &part, &mut out);
                 from_blocks = out;
@@ -700,6 +870,8 @@ impl Db {
             self.seal(cutoff)?;
         }
         self.apply_retention()?;
+        // only ranges no in-order data will be sealed into any more
+        self.compact_blocks(cutoff)?;
         Ok(())
     }
 }

@@ -56,7 +56,11 @@ fn total_points(db: &Db) -> usize {
 fn corrupt_block_is_quarantined_and_other_data_stays_readable() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
-    let db = open_with(dir.path(), opts(), clock.clone());
+    let no_compaction = || Options {
+        max_compacted_block_ms: 0, // keep one block per window
+        ..opts()
+    };
+    let db = open_with(dir.path(), no_compaction(), clock.clone());
     fill(&db, 3, 6); // 6 h: three 2-hour windows
     let report = db.compact_now().unwrap();
     assert_eq!(report.points_sealed, 3 * 6 * 60);
@@ -80,7 +84,7 @@ fn corrupt_block_is_quarantined_and_other_data_stays_readable() {
     bytes[n - 10] ^= 0x5a; // the footer: caught on open
     std::fs::write(&data, &bytes).unwrap();
 
-    let db = open_with(dir.path(), opts(), clock);
+    let db = open_with(dir.path(), no_compaction(), clock);
     assert_eq!(db.stats().quarantined, 1);
     assert!(dir.path().join("quarantine").read_dir().unwrap().count() == 1);
     assert_eq!(
@@ -354,4 +358,146 @@ fn rollups_written_at_seal_serve_reads_after_raw_expiry_even_after_a_crash_mid_s
     for (i, count, sum, max) in want {
         assert_eq!((p[i].count, p[i].sum, p[i].max), (count, sum, max), "bucket {i}");
     }
+}
+
+#[test]
+fn compaction_merges_adjacent_windows_and_a_crash_before_deleting_inputs_is_cleaned_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
+    // (max compacted span, raw blocks after compact_now): 1 day holds all 12 windows of
+    // the last 24 h; 0 disables compaction
+    let o = |max| Options {
+        max_compacted_block_ms: max,
+        ..opts()
+    };
+    let db = open_with(dir.path(), o(0), clock.clone());
+    let ids = fill(&db, 5, 24);
+    db.compact_now().unwrap();
+    let before = block_dirs(dir.path(), ".raw");
+    let windows = before.len();
+    assert!(windows >= 12, "{windows} windows");
+    let saved = tempfile::tempdir().unwrap();
+    for p in &before {
+        let to = saved.path().join(p.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(p.join("data"), to.join("data")).unwrap();
+    }
+    let hour_before = db
+        .select_rollup(
+            &[Matcher::equal("i", "0")],
+            NOW - 24 * HOUR,
+            NOW,
+            Resolution::Hour,
+        )
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .points;
+    db.close().unwrap();
+    drop(db);
+
+    let db = open_with(dir.path(), o(24 * HOUR), clock.clone());
+    let r = db.compact_now().unwrap();
+    let after = block_dirs(dir.path(), ".raw");
+    assert!(after.len() <= 2, "NOW is not day-aligned: at most two day ranges");
+    assert_eq!(
+        windows - r.blocks_merged + r.blocks_compacted,
+        after.len(),
+        "{r:?}"
+    );
+    assert_eq!(total_points(&db), 5 * 24 * 60);
+    // backfill into a compacted block: the whole block is rewritten, last write wins
+    let ts = NOW - 20 * HOUR + 30_000; // between two minute samples
+    db.append(&[Point {
+        series: ids[0],
+        ts,
+        value: 1e6,
+    }])
+    .unwrap();
+    db.compact_now().unwrap();
+    assert_eq!(
+        block_dirs(dir.path(), ".raw").len(),
+        after.len(),
+        "rewritten, not stacked"
+    );
+    let s = db
+        .select(&[Matcher::equal("i", "0")], ts, ts)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.values, vec![1e6]);
+    db.close().unwrap();
+    drop(db);
+
+    // a crash after the compacted block was in place but before its inputs were deleted
+    for e in std::fs::read_dir(saved.path()).unwrap() {
+        let p = e.unwrap().path();
+        let to = dir.path().join("blocks").join(p.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(p.join("data"), to.join("data")).unwrap();
+    }
+    let db = open_with(dir.path(), o(24 * HOUR), clock.clone());
+    assert_eq!(
+        block_dirs(dir.path(), ".raw").len(),
+        after.len(),
+        "inputs removed at open"
+    );
+    assert_eq!(total_points(&db), 5 * 24 * 60 + 1);
+    let hour_after = db
+        .select_rollup(
+            &[Matcher::equal("i", "0")],
+            NOW - 24 * HOUR,
+            NOW,
+            Resolution::Hour,
+        )
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .points;
+    assert_eq!(hour_after.len(), hour_before.len());
+    assert_eq!(hour_after[4].count, 61, "the backfilled sample counts once");
+    assert_eq!(hour_after[4].max, 1e6);
+    db.close().unwrap();
+    drop(db);
+
+    // raw leaves retention: rollups (per window, then compacted) still answer exactly
+    let o2 = Options {
+        retention: Retention {
+            raw_ms: HOUR,
+            ..Retention::default()
+        },
+        max_compacted_block_ms: 24 * HOUR,
+        ..opts()
+    };
+    clock.advance(30 * 24 * HOUR);
+    let db = open_with(dir.path(), o2, clock);
+    db.compact_now().unwrap();
+    assert_eq!(block_dirs(dir.path(), ".raw").len(), 0);
+    let hours = db
+        .select_rollup(
+            &[Matcher::equal("i", "0")],
+            NOW - 24 * HOUR,
+            NOW,
+            Resolution::Hour,
+        )
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .points;
+    assert_eq!(hours, hour_after);
+    let minutes: usize = db
+        .select_rollup(
+            &[Matcher::equal("i", "0")],
+            NOW - 24 * HOUR,
+            NOW,
+            Resolution::Minute,
+        )
+        .unwrap()
+        .map(|s| s.unwrap().points.len())
+        .sum();
+    assert_eq!(minutes, 24 * 60, "the backfilled sample shares a minute bucket");
 }

@@ -1,8 +1,8 @@
 //! kill -9 recovery: a writer child process (`tsdb-crash-writer`) appends batches and
 //! prints each batch once `wait_durable` acknowledged it; the test kills it with SIGKILL at
 //! a random moment, reopens the database and checks that every acknowledged sample is
-//! present. The writer seals into blocks every few batches, so kills also land inside seals
-//! and WAL checkpoints. `TSDB_CRASH_CYCLES` sets the number of cycles (default 5; the benchmark
+//! present. The writer seals into blocks every few batches, so kills also land inside seals,
+//! WAL checkpoints and compactions. `TSDB_CRASH_CYCLES` sets the number of cycles (default 5; the benchmark
 //! scenario runs 200+).
 
 use std::io::{BufRead as _, BufReader};
@@ -82,6 +82,7 @@ fn every_acknowledged_batch_survives_sigkill() {
                     max_disk_bytes: None,
                 },
                 block_duration_ms: 20_000,
+                max_compacted_block_ms: 80_000,
                 ..Options::default()
             },
             Arc::new(ManualClock::new(Timestamp(0))),

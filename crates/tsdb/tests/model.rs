@@ -30,7 +30,7 @@ enum Op {
     },
     Restart,
     Crash,
-    /// `compact_now`: seal everything into blocks and checkpoint the WAL.
+    /// `compact_now`: seal everything into blocks, checkpoint the WAL, compact blocks.
     Seal,
 }
 
@@ -89,6 +89,8 @@ fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> (Arc<Db>, Vec<SeriesId>) {
         head_chunk_points: 8,
         // small blocks, so that samples spread over several windows
         block_duration_ms: 100_000,
+        // compaction ranges of 4 windows, so seals backfill into compacted blocks
+        max_compacted_block_ms: 400_000,
         max_ooo_points_per_series: 5,
         maintenance_interval: None,
         ..Options::default()

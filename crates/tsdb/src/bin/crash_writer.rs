@@ -4,7 +4,7 @@
 //! batch `b` holds one sample per series at `ts = b * 1000` with value `b`. After
 //! `wait_durable` covers a batch it prints the batch number on its own line. Every
 //! `SEAL_EVERY` batches it seals everything into blocks (`compact_now`), so kills also land
-//! in the middle of seals and checkpoints. The test kills it with SIGKILL at a random moment
+//! in the middle of seals, checkpoints and compactions. The test kills it with SIGKILL at a random moment
 //! and checks that every printed batch survived.
 
 use std::io::Write as _;
@@ -39,6 +39,9 @@ fn main() -> ExitCode {
             max_disk_bytes: None,
         },
         block_duration_ms: 20_000,
+        // compaction ranges of 4 windows: every seal also compacts, so kills land inside
+        // compactions (merged block in place, inputs not yet deleted) too
+        max_compacted_block_ms: 80_000,
         maintenance_interval: None,
         ..Options::default()
     };

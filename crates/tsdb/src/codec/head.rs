@@ -195,6 +195,11 @@ impl HeadChunk {
         self.bits.put64(v.to_bits());
     }
 
+    /// Drops spare capacity, for a chunk that will not grow again.
+    pub fn shrink_to_fit(&mut self) {
+        self.bits.bytes.shrink_to_fit();
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.len as usize
