@@ -56,6 +56,28 @@ fn rcvbuf_errors() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) of this process's threads whose name starts with `prefix`
+/// (thread names are cut to 15 bytes in /proc).
+fn thread_cpu_seconds(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.trim().starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // after the ")" of the command name come fields 3 (state) ... 14 (utime), 15 (stime)
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        ticks += field(11) + field(12);
+    }
+    ticks as f64 / 100.0
+}
+
 fn main() {
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
         .unwrap_or_else(|_| "400000,800000".into())
@@ -93,6 +115,7 @@ fn main() {
         for rate in rates {
             let before = ingest.statsd_observed();
             let errs0 = rcvbuf_errors();
+            let cpu0 = thread_cpu_seconds("roaster-statsd");
             let total = rate * seconds;
             let p = packets.clone();
             let sent = tokio::task::spawn_blocking(move || {
@@ -124,13 +147,15 @@ fn main() {
             }
             let got = last - before;
             let lost = sent.0.saturating_sub(got);
+            let cpu = thread_cpu_seconds("roaster-statsd") - cpu0;
             println!(
-                "statsd udp: target {rate}/s, sent {} in {:.2} s ({:.0}/s), aggregated {got}, lost {lost} ({:.3} %), RcvbufErrors +{}",
+                "statsd udp: target {rate}/s, sent {} in {:.2} s ({:.0}/s), aggregated {got}, lost {lost} ({:.3} %), RcvbufErrors +{}, reader thread {:.2} cpu s per million",
                 sent.0,
                 sent.1.as_secs_f64(),
                 sent.0 as f64 / sent.1.as_secs_f64(),
                 lost as f64 * 100.0 / sent.0.max(1) as f64,
-                rcvbuf_errors() - errs0
+                rcvbuf_errors() - errs0,
+                cpu / (sent.0.max(1) as f64 / 1e6)
             );
         }
         let mut e = model::telemetry::Exposition::new();

@@ -6,7 +6,9 @@
 //!   `max_udp_packet_bytes` each, so a flood of one-metric datagrams costs one system call
 //!   per batch instead of one per datagram. `MSG_WAITFORONE`: the call blocks (at most
 //!   [`UDP_POLL`], the socket's read timeout, so shutdown and switch changes are noticed)
-//!   until one datagram is there, then takes whatever else is already queued.
+//!   until one datagram is there, then takes whatever else is already queued. After a
+//!   batch that emptied the socket the reader naps [`UDP_NAP`] (1 ms), so that under load
+//!   it wakes up once per batch rather than once per datagram.
 //! - **Kernel buffer**: `SO_RCVBUF` is capped by `net.core.rmem_max`; when that is smaller
 //!   than `udp_recv_buffer_bytes`, `SO_RCVBUFFORCE` (needs `CAP_NET_ADMIN`, e.g. root) is
 //!   tried first. The effective size (as the kernel reports it: twice the request, for its
@@ -35,6 +37,14 @@ use crate::{IngestError, Shared, Source, SwitchState};
 
 /// How long a UDP reader blocks before checking for shutdown and flushing its batch.
 pub(crate) const UDP_POLL: Duration = Duration::from_millis(50);
+
+/// After a batch that emptied the socket (fewer datagrams than the batch holds), the reader
+/// sleeps this long before receiving again, so datagrams accumulate and the next calls
+/// return full batches. Without it, a reader faster than its senders blocks and is woken
+/// once per datagram: a context switch per datagram was a third of the reader's CPU at
+/// 300,000 datagrams/s (perf). At 800,000 datagrams/s this lets 800 datagrams (about 1 MB
+/// of kernel buffer) wait, far below `udp_recv_buffer_bytes`.
+pub(crate) const UDP_NAP: Duration = Duration::from_millis(1);
 
 /// Binds a UDP socket with the configured receive buffer and a short read timeout.
 pub(crate) fn bind_udp(
@@ -173,6 +183,8 @@ pub(crate) struct UdpReader {
     got: Vec<(usize, usize, Option<SocketAddr>, bool)>,
     /// Accepted datagrams of the last batch: (buffer index, length to parse).
     ready: Vec<(usize, usize)>,
+    /// The last receive emptied the socket: nap ([`UDP_NAP`]) before the next.
+    partial: bool,
 }
 
 impl UdpReader {
@@ -186,6 +198,7 @@ impl UdpReader {
             headers: MultiHeaders::preallocate(n, None),
             got: Vec::with_capacity(n),
             ready: Vec::with_capacity(n),
+            partial: false,
         }
     }
 
@@ -252,6 +265,9 @@ impl UdpReader {
     /// `recvmmsg` into the buffers; fills `got`.
     fn receive(&mut self) -> Result<(), nix::errno::Errno> {
         self.got.clear();
+        if std::mem::take(&mut self.partial) {
+            std::thread::sleep(UDP_NAP);
+        }
         let fd = self.socket.as_raw_fd();
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
             .bufs
@@ -270,6 +286,7 @@ impl UdpReader {
             let truncated = m.flags.contains(MsgFlags::MSG_TRUNC);
             self.got.push((i, m.bytes, peer, truncated));
         }
+        self.partial = self.got.len() < self.bufs.len();
         Ok(())
     }
 }
