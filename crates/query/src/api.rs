@@ -9,6 +9,8 @@
 //!   with status 400, 422, 503 and 500 respectively
 //! - vector: `[{"metric":{…},"value":[<unix seconds>,"<value>"]}]`; matrix: `"values":[[…],…]`;
 //!   scalar and string: `[<unix seconds>,"<value>"]`
+//! - values: sample values as Prometheus' `jsonutil.MarshalValue` (`1e+21`, `1e-07` beyond
+//!   `[1e-6, 1e21)`), scalar values as plain `FormatFloat(v, 'f', -1, 64)`
 //!
 //! Strings are escaped as Go's `encoding/json` does (`<`, `>`, `&` become `\u003c` …), so
 //! byte-for-byte comparisons against Prometheus hold.
@@ -19,7 +21,7 @@ use model::{Matcher, Timestamp};
 
 use crate::eval::{QueryValue, RawSeries, Steps};
 use crate::labels::Labels;
-use crate::time::{format_value, parse_duration, parse_time, write_timestamp};
+use crate::time::{format_json_value, parse_duration, parse_time, write_timestamp};
 use crate::{QueryError, QueryLimits, SeriesReader, evaluate_instant, evaluate_range, parse_selector};
 
 /// The time an omitted `start` stands for, in ms: about 292,000 years before the epoch,
@@ -368,7 +370,8 @@ pub fn render_value(v: &QueryValue) -> String {
     match v {
         QueryValue::Scalar { t, v } => {
             out.push_str("{\"resultType\":\"scalar\",\"result\":");
-            render_point(&mut out, *t, &format_value(*v));
+            // Prometheus writes scalars with plain `FormatFloat(v, 'f', -1, 64)`, samples not
+            render_point(&mut out, *t, &crate::time::format_value(*v));
         }
         QueryValue::String { t, v } => {
             out.push_str("{\"resultType\":\"string\",\"result\":");
@@ -383,7 +386,7 @@ pub fn render_value(v: &QueryValue) -> String {
                 out.push_str("{\"metric\":");
                 render_labels(&mut out, &s.labels);
                 out.push_str(",\"value\":");
-                render_point(&mut out, s.t, &format_value(s.v));
+                render_point(&mut out, s.t, &format_json_value(s.v));
                 out.push('}');
             }
             out.push(']');
@@ -411,7 +414,7 @@ fn render_series(out: &mut String, s: &RawSeries) {
         if i > 0 {
             out.push(',');
         }
-        render_point(out, *t, &format_value(*v));
+        render_point(out, *t, &format_json_value(*v));
     }
     out.push_str("]}");
 }

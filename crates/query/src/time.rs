@@ -149,6 +149,26 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
+/// Formats a sample value for the JSON API as Prometheus 2.x does (`jsonutil.MarshalValue`):
+/// Go's `FormatFloat(v, 'e', -1, 64)` when `|v| < 1e-6` or `|v| >= 1e21` (so `1e+21`,
+/// `1e-07`: a signed exponent of at least two digits), [`format_value`] otherwise.
+pub fn format_json_value(v: f64) -> String {
+    let abs = v.abs();
+    if !v.is_finite() || abs == 0.0 || (1e-6..1e21).contains(&abs) {
+        return format_value(v);
+    }
+    // Rust's `{:e}` is the shortest round-tripping mantissa, like Go's precision -1
+    let text = format!("{v:e}");
+    let Some((mantissa, exp)) = text.split_once('e') else {
+        return text;
+    };
+    let (sign, digits) = match exp.strip_prefix('-') {
+        Some(d) => ('-', d),
+        None => ('+', exp),
+    };
+    format!("{mantissa}e{sign}{digits:0>2}")
+}
+
 /// Writes a timestamp as Prometheus' JSON does: seconds, then `.` and three millisecond
 /// digits when the milliseconds are not zero (`1435781451.781`, `1435781451.050`, `5`).
 pub fn write_timestamp(out: &mut String, t: i64) {
@@ -220,6 +240,30 @@ mod tests {
         ];
         for (v, want) in cases {
             assert_eq!(format_value(*v), *want);
+        }
+        // (value, as the JSON API writes it) — checked against Prometheus 2.42 by the
+        // differential test
+        let json: &[(f64, &str)] = &[
+            (1.5, "1.5"),
+            (1e20, "100000000000000000000"),
+            (1e21, "1e+21"),
+            (-1e21, "-1e+21"),
+            (
+                123_456_789_012_345_678_901_234_567_890.0,
+                "1.2345678901234568e+29",
+            ),
+            (1e-6, "0.000001"),
+            (1e-7, "1e-07"),
+            (9.99996372e-7, "9.99996372e-07"),
+            (5e-324, "5e-324"),
+            (1e300, "1e+300"),
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-Inf"),
+        ];
+        for (v, want) in json {
+            assert_eq!(format_json_value(*v), *want, "{v}");
         }
         let mut s = String::new();
         write_timestamp(&mut s, 1_435_781_451_050);

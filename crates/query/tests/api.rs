@@ -70,7 +70,7 @@ fn instant_query_shapes() {
         (
             &[("query", "odd")],
             200,
-            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"odd","path":"\u003ca\u0026b\u003e"},"value":[100,"1000000000000000000000"]}]}}"#,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"odd","path":"\u003ca\u0026b\u003e"},"value":[100,"1e+21"]}]}}"#,
         ),
         (
             &[("query", "up{job=\"none\"}")],
