@@ -761,30 +761,36 @@ impl Prometheus {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // The log names the bound port ("Listening on" address=…), then says when it is ready.
+        // The log names the bound port ("Listening on" address=…) and says when it is ready;
+        // the reader answers once it has both, or with the whole log if Prometheus exits.
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut addr = None;
+            let (mut addr, mut ready, mut log) = (None, false, String::new());
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("msg=\"Listening on\"")
                     && let Some(a) = line.split("address=").nth(1)
                 {
                     addr = Some(a.trim().to_string());
                 }
-                if line.contains("ready to receive web requests") {
-                    let _ = tx.send(addr.take());
+                ready |= line.contains("ready to receive web requests");
+                if log.len() < 20_000 {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                if ready && let Some(a) = addr.take() {
+                    let _ = tx.send(Ok(a));
                 }
             }
+            let _ = tx.send(Err(log));
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| {
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(addr)) => addr,
+            other => {
                 let _ = child.kill();
-                panic!("prometheus did not become ready")
-            });
+                panic!("prometheus did not become ready: {other:?}")
+            }
+        };
         Prometheus {
             child,
             _dir: dir,
@@ -962,6 +968,46 @@ fn points_agree(what: &str, a: &[(i64, f64)], b: &[(i64, f64)]) -> Result<(), St
     Ok(())
 }
 
+/// Every `[t, "v"]` pair of a result, keyed by the series' labels and `t`, as written.
+fn spelled(result: &Value) -> BTreeMap<(String, String), String> {
+    let mut out = BTreeMap::new();
+    let mut add = |labels: &Value, p: &Value| {
+        if let (Some(t), Some(v)) = (p.get(0), p.get(1).and_then(Value::as_str)) {
+            out.insert((labels.to_string(), t.to_string()), v.to_string());
+        }
+    };
+    match result.as_array() {
+        Some(items) if items.first().is_some_and(Value::is_object) => {
+            for item in items {
+                if let Some(values) = item["values"].as_array() {
+                    values.iter().for_each(|p| add(&item["metric"], p));
+                } else {
+                    add(&item["metric"], &item["value"]);
+                }
+            }
+        }
+        Some(_) => add(&Value::Null, result),
+        None => {}
+    }
+    out
+}
+
+/// Values that are equal must be spelled the same (`1e+21`, `0.1`, `NaN`, `+Inf` as Go's
+/// `strconv.FormatFloat(v, 'f', -1, 64)` writes them), so clients parsing text see the same.
+fn same_spelling(roaster: &Value, prometheus: &Value) -> Result<(), String> {
+    let r = spelled(roaster);
+    for (key, p) in spelled(prometheus) {
+        if let Some(rv) = r.get(&key)
+            && rv != &p
+            && parse_value(&Value::from(rv.as_str())).map(f64::to_bits)
+                == parse_value(&Value::from(p.as_str())).map(f64::to_bits)
+        {
+            return Err(format!("{key:?}: value spelled {rv:?} vs {p:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// One series of an answer: its label set as canonical JSON, and its points `(ms, value)`.
 type AnswerSeries = (String, Vec<(i64, f64)>);
 
@@ -1020,7 +1066,8 @@ fn compare(query: &str, roaster: &(u16, Value), prometheus: &(u16, Value)) -> Re
             "scalar",
             &[point(rr).ok_or("bad scalar")?],
             &[point(pr).ok_or("bad scalar")?],
-        ),
+        )
+        .and_then(|()| same_spelling(rr, pr)),
         "string" => {
             if rr == pr {
                 Ok(())
@@ -1054,7 +1101,7 @@ fn compare(query: &str, roaster: &(u16, Value), prometheus: &(u16, Value)) -> Re
             for (k, pv) in &pm {
                 points_agree(k, rm[k], pv)?;
             }
-            Ok(())
+            same_spelling(rr, pr)
         }
         other => Err(format!("unexpected result type {other:?}")),
     }
