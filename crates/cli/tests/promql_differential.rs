@@ -23,10 +23,12 @@
 //! - **Corpus format**: a header `eval instant at <D>` or `eval range from <D> to <D> step <D>`
 //!   (`<D>` a duration after `T0` such as `0`, `30m`, `17m30s`) applies to the query lines after
 //!   it; `#` starts a comment line. Every non-empty query line is one case.
-//! - **Comparison**: same success/error status and `errorType`; same result type; the same set
-//!   of series label sets (order compared only under a top-level `sort`/`sort_desc`, by value);
+//! - **Comparison**: same HTTP status, success/error status and `errorType`; same result type;
+//!   the same set of series label sets (order compared only under a top-level
+//!   `sort`/`sort_desc`, by value);
 //!   the same timestamps; values equal within [`REL_TOLERANCE`] relative or [`ABS_TOLERANCE`]
-//!   absolute, NaN equal to NaN, infinities equal by sign.
+//!   absolute, NaN equal to NaN, infinities equal by sign; values that are equal spelled the
+//!   same (`1e+21`).
 //! - **Run time**: about 2 s for the whole corpus once the binary is built (both servers start
 //!   in parallel; the data set is ~10,000 samples).
 //! - **Known differences** ([`KNOWN_DIFFERENCES`], [`KNOWN_METADATA_DIFFERENCES`]): a query
@@ -1038,6 +1040,12 @@ fn series_of(result: &Value, kind: &str) -> Result<Vec<AnswerSeries>, String> {
 /// Compares Roaster's answer with Prometheus'; `Err` describes the first difference.
 fn compare(query: &str, roaster: &(u16, Value), prometheus: &(u16, Value)) -> Result<(), String> {
     let (r, p) = (&roaster.1, &prometheus.1);
+    if roaster.0 != prometheus.0 {
+        return Err(format!(
+            "http status: roaster {} vs prometheus {}",
+            roaster.0, prometheus.0
+        ));
+    }
     if r["status"] != p["status"] {
         return Err(format!(
             "status: roaster {} {} vs prometheus {} {}",
@@ -1196,6 +1204,12 @@ fn comparison_catches_every_kind_of_difference() {
         ),
         (bad.clone(), bad.clone(), true),
         (bad.clone(), exec.clone(), false),
+        ((422, bad.1.clone()), bad.clone(), false),
+        (
+            vector(serde_json::json!({}), 1.0, "1000000000000000000000"),
+            vector(serde_json::json!({}), 1.0, "1e+21"),
+            false,
+        ),
         (base.clone(), exec.clone(), false),
     ];
     for (i, (r, p, want)) in cases.iter().enumerate() {
