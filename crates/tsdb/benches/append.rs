@@ -271,6 +271,48 @@ fn figures() {
     lat.sort();
     println!("one series full range (blocks): median {:?}", lat[lat.len() / 2]);
     println!("peak RSS {}", proc_status("VmHWM"));
+    compaction_figures(n / 10);
+}
+
+/// Bytes per point of a day of the data set's shape (`n` series, 10 s apart) sealed into
+/// 2-hour blocks, then after compaction into one-day blocks.
+fn compaction_figures(n: usize) {
+    const DAY_POINTS: usize = 8_640;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(START + DAY_POINTS as i64 * STEP_MS)));
+    let opts = |max| Options {
+        maintenance_interval: None,
+        max_compacted_block_ms: max,
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), opts(0), clock.clone()).unwrap();
+    let ids: Vec<_> = names(n).iter().map(|k| db.resolve(k).unwrap()).collect();
+    let mut g = Gen::new(n);
+    let mut batch = Vec::with_capacity(n);
+    for p in 0..DAY_POINTS {
+        g.batch(&ids, p, &mut batch);
+        db.append(&batch).unwrap();
+        if (p + 1) % 720 == 0 {
+            db.compact_now().unwrap(); // one 2-hour window at a time
+        }
+    }
+    db.compact_now().unwrap();
+    let total = (n * DAY_POINTS) as f64;
+    let bytes = |db: &Db| db.stats().block_bytes as f64 / total;
+    let blocks_before = db.stats().blocks;
+    let before = bytes(&db);
+    db.close().unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), opts(24 * 3_600_000), clock).unwrap();
+    let t = std::time::Instant::now();
+    let r = db.compact_now().unwrap();
+    println!(
+        "compaction, {n} series x 1 day at 10 s: {blocks_before} blocks {before:.3} B/pt -> {} blocks {:.3} B/pt (raw + rollups, {} merged in {:?})",
+        db.stats().blocks,
+        bytes(&db),
+        r.blocks_merged,
+        t.elapsed()
+    );
 }
 
 fn open() -> (tempfile::TempDir, Arc<Db>) {
