@@ -1301,13 +1301,14 @@ fn roaster_agrees_with_prometheus_on_the_corpus() {
         assert_eq!(held, total, "{who} does not hold the data set");
     }
     let mut agree = 0;
-    let (mut non_empty, mut errors) = (0, 0);
+    let (mut non_empty, mut errors, mut same_message) = (0, 0, 0);
     let mut failures = Vec::new();
     for case in &cases {
         let r = ask(&roaster.human, Some(ADMIN_TOKEN), case);
         let p = ask(&prometheus.addr, None, case);
         if p.1["status"] == "error" {
             errors += 1;
+            same_message += usize::from(r.1["error"] == p.1["error"]);
         } else if p.1["data"]["result"].as_array().is_none_or(|a| !a.is_empty()) {
             non_empty += 1;
         }
@@ -1326,6 +1327,114 @@ fn roaster_agrees_with_prometheus_on_the_corpus() {
                 case.query,
                 truncate(&r.1.to_string()),
                 truncate(&p.1.to_string())
+            )),
+        }
+    }
+    // Parameter formats: RFC 3339 and fractional times, duration steps, bad parameters.
+    let params: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "/api/v1/query",
+            vec![("query", "up"), ("time", "2023-11-14T22:30:00Z")],
+        ),
+        (
+            "/api/v1/query",
+            vec![("query", "up"), ("time", "2023-11-14T23:30:00.5+01:00")],
+        ),
+        (
+            "/api/v1/query",
+            vec![("query", "jitter_gauge"), ("time", "1700001000.437")],
+        ),
+        (
+            "/api/v1/query",
+            vec![("query", "time()"), ("time", "1700001000.437")],
+        ),
+        ("/api/v1/query", vec![("query", "up"), ("time", "yesterday")]),
+        ("/api/v1/query", vec![("time", "1700001000")]),
+        (
+            "/api/v1/query",
+            vec![("query", "up"), ("time", "1700001000"), ("timeout", "1m")],
+        ),
+        (
+            "/api/v1/query",
+            vec![("query", "up"), ("time", "1700001000"), ("timeout", "soon")],
+        ),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "up"),
+                ("start", "2023-11-14T22:00:00Z"),
+                ("end", "2023-11-14T22:30:00Z"),
+                ("step", "90s"),
+            ],
+        ),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "rate(http_requests_total[5m])"),
+                ("start", "1699999500.5"),
+                ("end", "1700001000"),
+                ("step", "1m30s"),
+            ],
+        ),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "up"),
+                ("start", "1699999500"),
+                ("end", "1700001000"),
+                ("step", "37.5"),
+            ],
+        ),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "up"),
+                ("start", "1700001000"),
+                ("end", "1699999500"),
+                ("step", "60"),
+            ],
+        ),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "up"),
+                ("start", "1699999500"),
+                ("end", "1700001000"),
+                ("step", "0"),
+            ],
+        ),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "up"),
+                ("start", "1699999500"),
+                ("end", "1700001000"),
+                ("step", "-15"),
+            ],
+        ),
+        (
+            "/api/v1/query_range",
+            vec![("query", "up"), ("start", "1699999500"), ("end", "1700001000")],
+        ),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "up"),
+                ("start", "0"),
+                ("end", "1700001000"),
+                ("step", "1"),
+            ],
+        ),
+    ];
+    for (path, params) in &params {
+        let (rs, r) = get(&roaster.human, Some(ADMIN_TOKEN), path, params);
+        let (ps, p) = get(&prometheus.addr, None, path, params);
+        match compare("", &(rs, r.clone()), &(ps, p.clone())) {
+            Ok(()) => agree += 1,
+            Err(e) => failures.push(format!(
+                "{path} {params:?}: {e}\n    roaster:    {}\n    prometheus: {}",
+                truncate(&r.to_string()),
+                truncate(&p.to_string())
             )),
         }
     }
@@ -1396,9 +1505,9 @@ fn roaster_agrees_with_prometheus_on_the_corpus() {
             ));
         }
     }
-    let total_cases = cases.len() + metadata.len();
+    let total_cases = cases.len() + params.len() + metadata.len();
     eprintln!(
-        "promql differential: {} cases ({non_empty} non-empty query answers, {errors} errors), {agree} agree ({:.1} %), {} known differences, {} failures, {:.1} s",
+        "promql differential: {} cases ({non_empty} non-empty query answers, {errors} errors of which {same_message} word for word), {agree} agree ({:.1} %), {} known differences, {} failures, {:.1} s",
         total_cases,
         100.0 * agree as f64 / total_cases as f64,
         KNOWN_DIFFERENCES.len() + KNOWN_METADATA_DIFFERENCES.len(),
