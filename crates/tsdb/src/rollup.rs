@@ -4,8 +4,12 @@
 //! - Buckets are aligned to the Unix epoch: a point at `ts` belongs to the bucket starting at
 //!   `ts.div_euclid(step) * step` (also for negative timestamps). A rollup point's `ts` is
 //!   that bucket start.
-//! - **NaN samples are skipped**: Prometheus stale markers and other NaNs do not count and do
-//!   not poison `sum`, `min` or `max`; a bucket holding only NaNs yields no point. ±inf are
+//! - **Only stale markers are skipped** (the exact bit pattern [`STALE_NAN_BITS`], as
+//!   PromQL's `*_over_time` functions skip them): a bucket holding only stale markers yields
+//!   no point. Any other NaN is a sample, as in PromQL: it counts in `count`, makes `sum` NaN,
+//!   is `last` when it is the newest sample, and is ignored by `min`/`max` unless every
+//!   sample of the bucket is NaN (PromQL's `min_over_time`/`max_over_time` rule, which is
+//!   also what `f64::min`/`f64::max` do, so combining partial rollups keeps it). ±inf are
 //!   ordinary values (so `sum` may become inf, or NaN from `inf + -inf`).
 //! - `sum` adds decimals exactly ([`decimal_add`]): the sum of two-decimal samples is the
 //!   correctly rounded two-decimal number, without binary float noise, so it compresses.
@@ -17,6 +21,15 @@
 //!   resolves such duplicates (last write wins) before rollups are recomputed from it.
 
 use crate::codec::sealed::{from_mantissa, to_mantissa};
+
+/// The bit pattern of a Prometheus staleness marker (`StaleNaN`): a NaN that marks a series
+/// as gone, which rollups skip.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether `v` is a Prometheus staleness marker (exactly [`STALE_NAN_BITS`]).
+pub fn is_stale_marker(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
 
 /// The resolution of a block or a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,13 +92,13 @@ impl Resolution {
 pub struct RollupPoint {
     /// Bucket start (UTC ms).
     pub ts: i64,
-    /// Smallest non-NaN value.
+    /// Smallest value, ignoring NaN unless every value is NaN.
     pub min: f64,
-    /// Largest non-NaN value.
+    /// Largest value, ignoring NaN unless every value is NaN.
     pub max: f64,
-    /// Sum of the non-NaN values.
+    /// Sum of the values (NaN when any value is NaN).
     pub sum: f64,
-    /// Number of non-NaN values.
+    /// Number of samples, stale markers excepted.
     pub count: u64,
     /// The value with the greatest timestamp.
     pub last: f64,
@@ -150,7 +163,7 @@ pub fn decimal_add(a: f64, b: f64) -> f64 {
 pub fn rollup(ts: &[i64], vals: &[f64], res: Resolution, out: &mut Vec<RollupPoint>) {
     let start = out.len();
     for (&t, &v) in ts.iter().zip(vals) {
-        if v.is_nan() {
+        if is_stale_marker(v) {
             continue;
         }
         let b = res.bucket(t);
@@ -222,6 +235,24 @@ mod tests {
         }
     }
 
+    /// Points with every float as bits, so NaN compares equal to NaN.
+    fn bits(points: &[RollupPoint]) -> Vec<(i64, u64, u64, u64, u64, u64, i64)> {
+        points
+            .iter()
+            .map(|p| {
+                (
+                    p.ts,
+                    p.min.to_bits(),
+                    p.max.to_bits(),
+                    p.sum.to_bits(),
+                    p.count,
+                    p.last.to_bits(),
+                    p.last_ts,
+                )
+            })
+            .collect()
+    }
+
     /// (case, samples, resolution, expected points)
     type Case<'a> = (&'a str, &'a [(i64, f64)], Resolution, Vec<RollupPoint>);
 
@@ -235,9 +266,13 @@ mod tests {
                 vec![p(0, 1.0, 3.0, 6.0, 3, 2.0, 59_999)]),
             ("two buckets", &[(59_999, 1.0), (60_000, 5.0)], Resolution::Minute,
                 vec![p(0, 1.0, 1.0, 1.0, 1, 1.0, 59_999), p(60_000, 5.0, 5.0, 5.0, 1, 5.0, 60_000)]),
-            ("stale markers and NaN skipped", &[(0, 4.0), (1_000, stale), (2_000, f64::NAN)], Resolution::Minute,
-                vec![p(0, 4.0, 4.0, 4.0, 1, 4.0, 0)]),
-            ("only NaN: no point", &[(0, f64::NAN)], Resolution::Hour, vec![]),
+            ("stale markers skipped, other NaN counted and in sum and last", &[(0, 4.0), (1_000, stale), (2_000, f64::NAN)], Resolution::Minute,
+                vec![p(0, 4.0, 4.0, f64::NAN, 2, f64::NAN, 2_000)]),
+            ("NaN ignored by min and max", &[(0, f64::NAN), (1_000, 3.0), (2_000, 1.0)], Resolution::Minute,
+                vec![p(0, 1.0, 3.0, f64::NAN, 3, 1.0, 2_000)]),
+            ("only stale markers: no point", &[(0, stale)], Resolution::Hour, vec![]),
+            ("only NaN: a NaN point", &[(0, f64::NAN)], Resolution::Hour,
+                vec![p(0, f64::NAN, f64::NAN, f64::NAN, 1, f64::NAN, 0)]),
             ("negative timestamps align to the epoch", &[(-1, 7.0)], Resolution::Hour,
                 vec![p(-3_600_000, 7.0, 7.0, 7.0, 1, 7.0, -1)]),
             ("hour", &[(0, 1.0), (3_599_999, -1.0)], Resolution::Hour,
@@ -248,7 +283,7 @@ mod tests {
             let vals: Vec<f64> = samples.iter().map(|s| s.1).collect();
             let mut out = Vec::new();
             rollup(&ts, &vals, *res, &mut out);
-            assert_eq!(&out, want, "{name}");
+            assert_eq!(bits(&out), bits(want), "{name}");
         }
     }
 
