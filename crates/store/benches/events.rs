@@ -16,6 +16,16 @@
 //! The data is synthetic and deterministic (see [`Gen`]): 1,000 hosts, 40 services, 24 kinds,
 //! events spread evenly over 60 days, summaries of six words from a 4,000-word vocabulary,
 //! three labels, and a payload of package names on a third of the events.
+//!
+//! Last measured 2026-11-21 on the shared 2-core machine (CPU pressure 70-95 %, so wall
+//! times include waiting for a core; on-CPU time is the store's own cost):
+//! - insert 200 k: 22,800 events per CPU-second (wall 10,000/s); resend of 1,000 stored
+//!   events 4.3 ms against 115 ms for a fresh 1,000.
+//! - 5 M events (3.1 GB file, built in 222 s wall / 167 s CPU): 1 word + host p50 1.7 ms,
+//!   p99 7.7 ms; a common word (12 % of events) + host p50 19 ms, p99 65 ms; 24 h annotations
+//!   for one host p50 0.4 ms, p99 5.4 ms; paging 100 k events of one kind prefix 4.6 ms per
+//!   1,000-event page, first and last ten pages alike; paging 100 k full-text matches of a
+//!   common word 67-110 ms per page (the set of matching rowids is rebuilt per page).
 
 use std::time::{Duration, Instant};
 
