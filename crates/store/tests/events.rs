@@ -728,3 +728,99 @@ fn readers_see_whole_batches_while_a_writer_inserts() {
         }
     });
 }
+
+mod model_check {
+    //! Paging through any query, under every plan, gives exactly the events an in-memory
+    //! filter and sort give.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Spec {
+        time: i64,
+        host: Option<&'static str>,
+        kind: &'static str,
+        word: &'static str,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            0i64..20,
+            prop::sample::select(vec![None, Some("web1"), Some("web2")]),
+            prop::sample::select(vec!["deploy.finished", "deploy.started", "chef.run", "audit.api"]),
+            prop::sample::select(vec!["alpha", "beta", "gamma"]),
+        )
+            .prop_map(|(time, host, kind, word)| Spec {
+                time,
+                host,
+                kind,
+                word,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn pages_match_an_in_memory_model(
+            specs in prop::collection::vec(spec(), 0..60),
+            host in prop::sample::select(vec![None, Some("web1")]),
+            kind in prop::sample::select(vec![None, Some("deploy"), Some("audit.api")]),
+            word in prop::sample::select(vec![None, Some("beta")]),
+            page in 1usize..8,
+            drive_max_rows in prop::sample::select(vec![1usize, 10_000]),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = SqliteConfig::new(dir.path().join("db"));
+            config.drive_max_rows = drive_max_rows;
+            let store = SqliteStore::open(config).unwrap();
+            let events: Vec<Event> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let host = s.host.map(|h| format!(r#","host":"{h}""#)).unwrap_or_default();
+                    ev(&format!(
+                        r#"{{"id":"id{:02}","time":{},"kind":"{}","summary":"{} {i}"{host}}}"#,
+                        (i * 37) % 100,
+                        T0 + s.time,
+                        s.kind,
+                        s.word
+                    ))
+                })
+                .collect();
+            for batch in events.chunks(7) {
+                store.insert_batch(batch).unwrap();
+            }
+            let mut want: Vec<&Event> = events
+                .iter()
+                .filter(|e| host.is_none_or(|h| e.host.as_deref() == Some(h)))
+                .filter(|e| kind.is_none_or(|k| e.kind == k || e.kind.starts_with(&format!("{k}."))))
+                .filter(|e| word.is_none_or(|w| e.summary.starts_with(w)))
+                .collect();
+            want.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
+            let mut got = Vec::new();
+            let mut cursor = None;
+            loop {
+                let p = store
+                    .query(&EventQuery {
+                        host: host.map(Into::into),
+                        kind_prefix: kind.map(Into::into),
+                        q: word.map(Into::into),
+                        limit: Some(page),
+                        cursor: cursor.take(),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                prop_assert!(p.events.len() <= page);
+                got.extend(p.events);
+                match p.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            let got_ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+            let want_ids: Vec<&str> = want.iter().map(|e| e.id.as_str()).collect();
+            prop_assert_eq!(got_ids, want_ids);
+        }
+    }
+}
