@@ -139,34 +139,21 @@ pub(crate) fn apply(f: RangeFn, ts: &[i64], vals: &[f64], ctx: &WindowCtx) -> Op
     }
 }
 
-/// Sum in four interleaved lanes: vectorises, and its rounding error grows more slowly
-/// than a sequential sum's (Prometheus 2.42 uses Kahan summation; results agree within the
-/// documented 1e-6 relative tolerance of the differential test).
+/// Neumaier-compensated sum, exactly as Prometheus 2.42's `sum_over_time`, so results agree
+/// to the last bit (a faster lane-wise sum differed in the last bits, which `ceil` or a
+/// comparison can turn into a different answer).
 fn sum(vals: &[f64]) -> f64 {
-    let mut lanes = [0.0f64; 4];
-    let chunks = vals.chunks_exact(4);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += v;
-        }
+    let (mut sum, mut c) = (0.0, 0.0);
+    for v in vals {
+        (sum, c) = kahan_inc(*v, sum, c);
     }
-    let mut total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    for v in rest {
-        total += v;
-    }
-    total
+    if sum.is_infinite() { sum } else { sum + c }
 }
 
-/// The mean: the sum / count, falling back to Prometheus' overflow-safe incremental mean
-/// when the sum is not finite.
+/// The mean as Prometheus 2.42's `avg_over_time`: an incremental, compensated mean that
+/// cannot overflow, keeping an infinite mean when finite values follow.
 fn avg(vals: &[f64]) -> f64 {
-    let sum = sum(vals);
-    if sum.is_finite() {
-        return sum / vals.len() as f64;
-    }
-    let mut mean: f64 = 0.0;
-    let mut count = 0.0;
+    let (mut mean, mut c, mut count): (f64, f64, f64) = (0.0, 0.0, 0.0);
     for v in vals {
         count += 1.0;
         if mean.is_infinite() {
@@ -177,9 +164,9 @@ fn avg(vals: &[f64]) -> f64 {
                 continue;
             }
         }
-        mean += v / count - mean / count;
+        (mean, c) = kahan_inc(v / count - mean / count, mean, c);
     }
-    mean
+    if mean.is_infinite() { mean } else { mean + c }
 }
 
 /// Neumaier-compensated addition, as Prometheus' `kahanSumInc`.
@@ -1211,7 +1198,14 @@ pub(crate) fn vector_vector(
     // per step: the "one" side's series per signature, and the outputs made per signature
     let mut right: Vec<Option<usize>> = vec![None; nsig];
     let mut matched: Vec<Vec<usize>> = vec![Vec::new(); nsig];
+    let present =
+        |side: &[Series], i: usize| side.iter().any(|s| s.points.get(i).copied().flatten().is_some());
     for i in 0..n {
+        // Prometheus short-circuits a step where either side is empty: nothing can match, so
+        // duplicates on the other side are no error there
+        if !present(&many, i) || !present(&one, i) {
+            continue;
+        }
         right.iter_mut().for_each(|r| *r = None);
         matched.iter_mut().for_each(Vec::clear);
         for (oi, s) in one.iter().enumerate() {

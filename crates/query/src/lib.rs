@@ -57,9 +57,10 @@
 //! # Semantics pinned to Prometheus 2.42
 //! Range windows `[t - range, t]` and the lookback window `[t - 5m, t]` are closed at both
 //! ends; rate/increase/delta extrapolate as `extrapolatedRate`; subquery steps are aligned
-//! to multiples of the step; the default subquery step is 1 m. Sums use four interleaved
-//! lanes rather than Kahan summation, so `sum_over_time`/`avg_over_time` may differ from
-//! Prometheus in the last bits (the test tolerance is 1e-6 relative, as Prometheus' own).
+//! to multiples of the step; the default subquery step is 1 m. `sum_over_time` and
+//! `avg_over_time` use Prometheus' compensated (Neumaier) sums, so they agree to the bit;
+//! a vector binary operation skips a step where either side is empty (no matching error
+//! there), as Prometheus short-circuits.
 //!
 //! # Tests
 //! `tests/data/*.txt` are scripts in Prometheus' `promql/testdata/*.test` format run by

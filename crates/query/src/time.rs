@@ -145,7 +145,59 @@ pub fn format_value(v: f64) -> String {
         "-Inf".into()
     } else {
         // Rust's Display is the shortest round-tripping decimal without exponent, as 'f', -1
-        format!("{v}")
+        half_even(format!("{v}"), v)
+    }
+}
+
+/// Go and Rust both print the shortest decimal that reads back as `v`, but when the exact
+/// value lies halfway between two such decimals Go picks the even last digit and Rust the
+/// upper one (`108024881458523.625` is `…523.62` in Go, `…523.63` in Rust). Moves Rust's
+/// answer to Go's in that case; `text` is Rust's `{}` or `{:e}` of `v`.
+fn half_even(text: String, v: f64) -> String {
+    let mantissa_end = text.find('e').unwrap_or(text.len());
+    let Some(mantissa) = text.get(..mantissa_end) else {
+        return text;
+    };
+    // the last significant digit: the last non-zero one (an odd digit is never zero)
+    let Some(pos) = mantissa.rfind(|c: char| c.is_ascii_digit() && c != '0') else {
+        return text;
+    };
+    let Some(last) = mantissa[pos..].chars().next().and_then(|c| c.to_digit(10)) else {
+        return text;
+    };
+    let significant = mantissa
+        .trim_start_matches(['-', '0', '.'])
+        .get(..)
+        .map(|m| m.chars().filter(char::is_ascii_digit).count())
+        .unwrap_or(0);
+    // ties need (nearly) all 17 digits; and an even last digit is already Go's choice
+    if last % 2 == 0 || significant < 15 {
+        return text;
+    }
+    // exact expansion (a double has at most 767 significant digits): a tie is the digits
+    // after the shortest ones being exactly "5"
+    let exact = format!("{:.800e}", v.abs());
+    let digits: String = exact
+        .split('e')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let shortest_digits = mantissa.trim_start_matches(['-', '0', '.']);
+    let n = shortest_digits[..shortest_digits.len() - (mantissa.len() - pos - 1)]
+        .chars()
+        .filter(char::is_ascii_digit)
+        .count();
+    let tail = digits.get(n..).unwrap_or_default();
+    if !(tail.starts_with('5') && tail[1..].bytes().all(|b| b == b'0')) {
+        return text;
+    }
+    let mut fixed = text.clone();
+    fixed.replace_range(pos..=pos, &char::from(b'0' + last as u8 - 1).to_string());
+    match fixed.parse::<f64>() {
+        Ok(back) if back.to_bits() == v.to_bits() => fixed,
+        _ => text,
     }
 }
 
@@ -158,7 +210,7 @@ pub fn format_json_value(v: f64) -> String {
         return format_value(v);
     }
     // Rust's `{:e}` is the shortest round-tripping mantissa, like Go's precision -1
-    let text = format!("{v:e}");
+    let text = half_even(format!("{v:e}"), v);
     let Some((mantissa, exp)) = text.split_once('e') else {
         return text;
     };
@@ -237,6 +289,13 @@ mod tests {
             (f64::INFINITY, "+Inf"),
             (f64::NEG_INFINITY, "-Inf"),
             (-0.0, "-0"),
+            // halfway between two shortest decimals: Go takes the even digit
+            (108_024_881_458_523.0 + 0.625, "108024881458523.62"),
+            (-108_024_881_458_523.0 - 0.625, "-108024881458523.62"),
+            (132_817_882_329_340.0 + 0.625, "132817882329340.62"),
+            (108_024_881_458_523.64, "108024881458523.64"),
+            (0.1, "0.1"),
+            (123.456, "123.456"),
         ];
         for (v, want) in cases {
             assert_eq!(format_value(*v), *want);
