@@ -57,6 +57,9 @@ const SCRAPE: i64 = 15;
 /// The data set spans `[T0, T0 + SPAN]`, seconds.
 const SPAN: i64 = 3600;
 
+/// How many generated queries ([`generated_cases`]) run after the corpus.
+const GENERATED_CASES: usize = 1000;
+
 /// Values agree when `|a - b| <= REL_TOLERANCE * max(|a|, |b|)` …
 const REL_TOLERANCE: f64 = 1e-9;
 /// … or when `|a - b| <= ABS_TOLERANCE` (results that should be 0 but carry rounding noise).
@@ -923,6 +926,146 @@ fn ask(addr: &str, token: Option<&str>, case: &Case) -> (u16, Value) {
     }
 }
 
+/// Random but reproducible queries from a small grammar over the data set, to reach
+/// combinations nobody wrote down. Seeded, so a failure names a query that fails every run.
+fn generated_cases(n: usize) -> Vec<Case> {
+    const SELECTORS: &[&str] = &[
+        "up",
+        "http_requests_total",
+        r#"http_requests_total{code="200"}"#,
+        r#"http_requests_total{method=~"g.*"}"#,
+        "node_temperature_celsius",
+        "queue_depth",
+        "memory_bytes",
+        "errors_total",
+        "jitter_gauge",
+        "early_gauge",
+        "late_gauge",
+        "request_duration_seconds_count",
+        "deploy_info",
+        "stale_gauge",
+        "stale_total",
+    ];
+    const RANGE_FNS: &[&str] = &[
+        "rate",
+        "irate",
+        "increase",
+        "delta",
+        "idelta",
+        "deriv",
+        "changes",
+        "resets",
+        "avg_over_time",
+        "min_over_time",
+        "max_over_time",
+        "sum_over_time",
+        "count_over_time",
+        "last_over_time",
+        "stddev_over_time",
+        "stdvar_over_time",
+    ];
+    const RANGES: &[&str] = &["30s", "1m", "2m", "5m", "10m"];
+    const INSTANT_FNS: &[&str] = &[
+        "abs",
+        "ceil",
+        "floor",
+        "round",
+        "sqrt",
+        "ln",
+        "exp",
+        "timestamp",
+        "-",
+    ];
+    const AGGS: &[&str] = &["sum", "avg", "min", "max", "count", "group", "stddev", "stdvar"];
+    const GROUPINGS: &[&str] = &[
+        "",
+        " by (instance)",
+        " by (host)",
+        " without (code)",
+        " by (job, method)",
+        " without (instance)",
+    ];
+    const OPS: &[&str] = &[
+        "+", "-", "*", "/", ">", "<", "== bool", "> bool", "and", "or", "unless",
+    ];
+    const MATCHING: &[&str] = &[
+        "",
+        " on(instance)",
+        " ignoring(code, method)",
+        " on(host)",
+        " on()",
+    ];
+    fn pick<'a>(rng: &mut Rng, xs: &[&'a str]) -> &'a str {
+        xs[rng.below(xs.len() as u64) as usize]
+    }
+    fn expr(rng: &mut Rng, depth: u32) -> String {
+        let choice = if depth == 0 { rng.below(2) } else { rng.below(7) };
+        match choice {
+            0 => pick(rng, SELECTORS).to_string(),
+            1 => format!(
+                "{}({}[{}])",
+                pick(rng, RANGE_FNS),
+                pick(rng, SELECTORS),
+                pick(rng, RANGES)
+            ),
+            2 => {
+                let f = pick(rng, INSTANT_FNS);
+                format!("{f}({})", expr(rng, depth - 1))
+            }
+            3 => format!(
+                "{}{}({})",
+                pick(rng, AGGS),
+                pick(rng, GROUPINGS),
+                expr(rng, depth - 1)
+            ),
+            4 => format!(
+                "({}) {}{} ({})",
+                expr(rng, depth - 1),
+                pick(rng, OPS),
+                pick(rng, MATCHING),
+                expr(rng, depth - 1)
+            ),
+            5 => format!(
+                "({}) {} {}",
+                expr(rng, depth - 1),
+                pick(rng, &["+", "*", ">", "< bool", "/", "%"]),
+                rng.below(50)
+            ),
+            _ => format!(
+                "{}(({})[{}:{}])",
+                pick(
+                    rng,
+                    &["max_over_time", "avg_over_time", "rate", "count_over_time"]
+                ),
+                expr(rng, depth - 1),
+                pick(rng, &["5m", "10m"]),
+                pick(rng, &["30s", "1m", ""])
+            ),
+        }
+    }
+    let mut rng = Rng(0x5EED_F0D1_FF00);
+    (0..n)
+        .map(|i| {
+            let query = expr(&mut rng, 3);
+            let eval = if rng.below(2) == 0 {
+                Eval::Instant(rng.below(2 * SPAN as u64 / 15) as i64 * 15 + rng.below(15) as i64)
+            } else {
+                let from = rng.below(SPAN as u64) as i64;
+                Eval::Range {
+                    from,
+                    to: from + 600 + rng.below(SPAN as u64) as i64,
+                    step: 15 + rng.below(120) as i64,
+                }
+            };
+            Case {
+                line: 100_000 + i,
+                eval,
+                query,
+            }
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Comparison
 
@@ -1280,7 +1423,8 @@ fn roaster_agrees_with_prometheus_on_the_corpus() {
         Some(1),
         "only the unmarked series at 1 h 22 m: {v}"
     );
-    let cases = corpus();
+    let mut cases = corpus();
+    cases.extend(generated_cases(GENERATED_CASES));
     // Both hold the whole data set (else agreement on empty answers would prove nothing).
     let total: usize = data_set().iter().map(|s| s.samples.len()).sum();
     let all = Case {
