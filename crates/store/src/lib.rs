@@ -139,7 +139,8 @@ pub struct EventQuery {
     pub host: Option<String>,
     /// Exact service.
     pub service: Option<String>,
-    /// Label matchers; only `=` and `!=`. An absent label has the value `""`, as in PromQL.
+    /// Label matchers (`=`, `!=`, `=~`, `!~`; regexes anchored at both ends). An absent
+    /// label has the value `""`, as in PromQL.
     pub labels: Vec<Matcher>,
     /// Full-text words (see the crate doc).
     pub q: Option<String>,

@@ -260,6 +260,7 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
     );
     if read_only {
         pragmas.push_str(" PRAGMA query_only = 1;");
+        add_regexp(conn)?;
     } else {
         // journal_mode answers with a row, so it goes through pragma_update_and_check
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
@@ -269,6 +270,29 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
     conn.execute_batch(&pragmas).map_err(db_err("configure"))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
+}
+
+/// Registers `regexp(pattern, text)`, which SQLite calls for `text REGEXP pattern`, backed
+/// by the `regex` crate (linear time, size-limited compilation, so a hostile pattern cannot
+/// hang a reader). Each statement compiles its pattern once.
+fn add_regexp(conn: &Connection) -> Result<(), StoreError> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "regexp",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let re: std::sync::Arc<regex::Regex> = ctx.get_or_create_aux(
+                0,
+                |pattern| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                    Ok(regex::Regex::new(pattern.as_str()?)?)
+                },
+            )?;
+            let text = ctx.get_raw(1).as_str().unwrap_or("");
+            Ok(re.is_match(text))
+        },
+    )
+    .map_err(db_err("configure"))
 }
 
 /// The columns every event query selects, in [`read_event`]'s order.
@@ -566,22 +590,29 @@ impl EventStore for SqliteStore {
                     m.name
                 )));
             }
-            let op = match m.op {
-                MatchOp::Equal => "=",
-                MatchOp::NotEqual => "!=",
-                MatchOp::Regex | MatchOp::NotRegex => {
-                    return Err(StoreError::InvalidQuery(
-                        "event label matchers support only = and !=".into(),
-                    ));
-                }
+            // regexes are anchored at both ends, as model::Matcher and PromQL do
+            let (clause, value) = match m.op {
+                MatchOp::Equal => ("coalesce(json_extract(e.labels, ?), '') = ?", m.value.clone()),
+                MatchOp::NotEqual => ("coalesce(json_extract(e.labels, ?), '') != ?", m.value.clone()),
+                MatchOp::Regex => (
+                    "coalesce(json_extract(e.labels, ?), '') REGEXP ?",
+                    format!("^(?s:{})$", m.value),
+                ),
+                MatchOp::NotRegex => (
+                    "NOT (coalesce(json_extract(e.labels, ?), '') REGEXP ?)",
+                    format!("^(?s:{})$", m.value),
+                ),
             };
+            // a matcher's pattern was checked when it was built, but its fields are public:
+            // check again so a bad pattern is the caller's error, not a database failure
+            if matches!(m.op, MatchOp::Regex | MatchOp::NotRegex) {
+                regex::Regex::new(&value)
+                    .map_err(|e| StoreError::InvalidQuery(format!("label matcher {:?}: {e}", m.name)))?;
+            }
             // the name is validated above, so quoting it into a JSON path is safe
             filter.push(
-                &format!("coalesce(json_extract(e.labels, ?), '') {op} ?"),
-                [
-                    Value::Text(format!("$.\"{}\"", m.name)),
-                    Value::Text(m.value.clone()),
-                ],
+                clause,
+                [Value::Text(format!("$.\"{}\"", m.name)), Value::Text(value)],
             );
         }
         let words = match &query.q {

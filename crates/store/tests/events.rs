@@ -201,6 +201,29 @@ fn check_filters(store: &SqliteStore) {
             "aud,svc",
         ),
         (
+            "label =~ is anchored",
+            q(|q| {
+                q.labels = vec![Matcher::new(MatchOp::Regex, "parity", "od").unwrap()];
+            }),
+            "",
+        ),
+        (
+            "label =~",
+            q(|q| {
+                q.labels = vec![Matcher::new(MatchOp::Regex, "parity", "o.d|x").unwrap()];
+                q.host = Some("web0".into())
+            }),
+            "e00009,e00003",
+        ),
+        (
+            "label !~ includes unlabelled",
+            q(|q| {
+                q.labels = vec![Matcher::new(MatchOp::NotRegex, "parity", "e.*").unwrap()];
+                q.limit = Some(3)
+            }),
+            "aud,svc,e00011",
+        ),
+        (
             "full text summary word",
             q(|q| q.q = Some("number 7".into())),
             "e00007",
@@ -368,7 +391,18 @@ fn hostile_queries_are_rejected_or_harmless() {
         ),
         (
             EventQuery {
-                labels: vec![Matcher::new(MatchOp::Regex, "a", ".*").unwrap()],
+                labels: vec![Matcher::new(MatchOp::Regex, "a", "(a+)+$").unwrap()],
+                ..Default::default()
+            },
+            "ok",
+        ),
+        (
+            EventQuery {
+                labels: vec![{
+                    let mut m = Matcher::new(MatchOp::Regex, "a", "x").unwrap();
+                    m.value = "(unclosed".into();
+                    m
+                }],
                 ..Default::default()
             },
             "invalid",
