@@ -271,7 +271,7 @@ fn figures() {
     lat.sort();
     println!("one series full range (blocks): median {:?}", lat[lat.len() / 2]);
     println!("peak RSS {}", proc_status("VmHWM"));
-    compaction_figures(n / 10);
+    compaction_figures((n / 10).min(1_000));
 }
 
 /// Bytes per point of a day of the data set's shape (`n` series, 10 s apart) sealed into

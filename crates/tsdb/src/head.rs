@@ -61,7 +61,10 @@ impl MemSeries {
     }
 
     fn seal_open(&mut self) {
-        let mut open = std::mem::take(&mut self.open);
+        // the next chunk of a series is usually about as large as its last one: start at half
+        // of that (two growths by half reach it; open chunks keep little slack)
+        let next = HeadChunk::with_byte_capacity(self.open.byte_len() / 2);
+        let mut open = std::mem::replace(&mut self.open, next);
         if !open.is_empty() {
             // exact capacities: a closed chunk never grows again, and with 100k series the
             // growth slack of the chunk list and of the chunk's bytes is tens of MiB

@@ -37,7 +37,9 @@ impl Bits {
         while self.acc_bits >= 8 {
             self.acc_bits -= 8;
             if self.bytes.len() == self.bytes.capacity() {
-                self.bytes.reserve_exact((self.bytes.len() / 4).max(16));
+                // growth by half (not doubling: open chunks of 100k series would carry tens of
+                // MiB of slack; closed chunks are shrunk anyway)
+                self.bytes.reserve_exact((self.bytes.len() / 2).max(32));
             }
             self.bytes.push((self.acc >> self.acc_bits) as u8);
         }
@@ -193,6 +195,19 @@ impl HeadChunk {
         }
         self.bits.put(0b111_110, 6);
         self.bits.put64(v.to_bits());
+    }
+
+    /// An empty chunk with room for `bytes` bytes of encoded samples (e.g. the size of the
+    /// series' previous chunk), so that appends do not reallocate on the way.
+    pub fn with_byte_capacity(bytes: usize) -> HeadChunk {
+        let mut c = HeadChunk::default();
+        c.bits.bytes.reserve_exact(bytes);
+        c
+    }
+
+    /// Bytes of encoded samples held.
+    pub fn byte_len(&self) -> usize {
+        self.bits.bytes.len()
     }
 
     /// Drops spare capacity, for a chunk that will not grow again.
