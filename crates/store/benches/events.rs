@@ -22,11 +22,12 @@
 //! - insert 200 k: 22,800 events per CPU-second (wall 10,000/s); resend of 1,000 stored
 //!   events 4.3 ms against 115 ms for a fresh 1,000; retention deletes ~42,000 events
 //!   (with their full-text rows) per CPU-second.
-//! - 5 M events (3.1 GB file, built in 222 s wall / 167 s CPU): 1 word + host p50 1.7 ms,
-//!   p99 7.7 ms; a common word (12 % of events) + host p50 19 ms, p99 65 ms; 24 h annotations
-//!   for one host p50 0.4 ms, p99 5.4 ms; paging 100 k events of one kind prefix 4.6 ms per
-//!   1,000-event page, first and last ten pages alike; paging 100 k full-text matches of a
-//!   common word 67-110 ms per page (the set of matching rowids is rebuilt per page).
+//! - 5 M events (3.1 GB file, built in 222 s wall / 167 s CPU), CPU pressure ~60 %:
+//!   1 word + host p50 2.0 ms, p99 6.7 ms; a common word (12 % of events) + host p50 14 ms,
+//!   p99 25 ms; 24 h annotations for one host p50 0.3 ms, p99 3.8 ms; paging 100 k events
+//!   of one kind prefix 4.4 ms per 1,000-event page (first ten pages) and 4.1 ms (last
+//!   ten); paging 100 k full-text matches of a common word 61 ms and 58 ms per page (the
+//!   set of matching rowids is rebuilt for every page).
 
 use std::time::{Duration, Instant};
 
