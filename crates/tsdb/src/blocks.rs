@@ -120,7 +120,7 @@ pub(crate) fn open_all(
         }
     }
     out.blocks.sort_by_key(|b| b.seq());
-    drop_superseded(&mut out.blocks)?;
+    drop_superseded(&mut out.blocks, block_duration_ms)?;
     Ok(out)
 }
 
@@ -129,11 +129,17 @@ pub(crate) fn open_all(
 /// (seals and compactions write a block holding everything of the blocks within its span
 /// before deleting them; where a seal cannot, for a window whose raw data already left
 /// retention, it writes no rollup block, see `seal.rs`).
-pub(crate) fn drop_superseded(blocks: &mut Vec<Arc<Block>>) -> Result<(), DbError> {
+///
+/// Only for resolutions whose bucket divides the block duration: otherwise a bucket spans
+/// several windows, spans derived from bucket starts are not exact, and such rollup blocks
+/// are neither written at seal nor compacted, so nothing supersedes them.
+pub(crate) fn drop_superseded(blocks: &mut Vec<Arc<Block>>, block_duration_ms: i64) -> Result<(), DbError> {
+    let bd = block_duration_ms.max(1);
     let superseded = |b: &Block| {
-        blocks
-            .iter()
-            .any(|o| o.resolution() == b.resolution() && o.seq() > b.seq() && b.within(o.window, o.end))
+        bd % b.resolution().step_ms() == 0
+            && blocks
+                .iter()
+                .any(|o| o.resolution() == b.resolution() && o.seq() > b.seq() && b.within(o.window, o.end))
     };
     let gone: Vec<Arc<Block>> = blocks.iter().filter(|b| superseded(b)).cloned().collect();
     for b in &gone {

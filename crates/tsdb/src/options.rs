@@ -75,7 +75,8 @@ pub struct Options {
     /// `min(this, raw retention / 10)` (rounded down to a multiple of `block_duration_ms`;
     /// no compaction when that is under two block durations); default 24 h. Rollup blocks
     /// are merged into spans of up to a tenth of their own retention, at most
-    /// [`MAX_ROLLUP_COMPACT_MS`], once no raw block overlaps the span.
+    /// [`MAX_ROLLUP_COMPACT_MS`], once no raw block overlaps the span (only when their
+    /// bucket divides `block_duration_ms`).
     pub max_compacted_block_ms: i64,
 }
 
@@ -91,6 +92,8 @@ impl Options {
         let raw = (self.max_compacted_block_ms.min(self.retention.raw_ms / 10) / bd) * bd;
         let range = match res {
             Resolution::Raw => raw,
+            // buckets that straddle windows make spans inexact: no compaction
+            Resolution::Minute | Resolution::Hour if bd % res.step_ms() != 0 => 0,
             Resolution::Minute | Resolution::Hour => {
                 let own = if res == Resolution::Minute {
                     self.retention.minute_ms

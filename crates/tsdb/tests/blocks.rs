@@ -501,3 +501,39 @@ fn compaction_merges_adjacent_windows_and_a_crash_before_deleting_inputs_is_clea
         .sum();
     assert_eq!(minutes, 24 * 60, "the backfilled sample shares a minute bucket");
 }
+
+#[test]
+fn rollups_stay_exact_when_hours_straddle_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(NOW)));
+    // 90-minute blocks: hour buckets straddle blocks, so hour rollups wait for retention
+    let o = || Options {
+        block_duration_ms: 90 * 60_000,
+        ..opts()
+    };
+    let db = open_with(dir.path(), o(), clock.clone());
+    fill(&db, 2, 6);
+    db.compact_now().unwrap();
+    db.close().unwrap();
+    drop(db);
+    clock.advance(30 * 24 * HOUR); // raw (15 days) leaves retention, rollups stay
+    for round in 0..2 {
+        let db = open_with(dir.path(), o(), clock.clone());
+        db.compact_now().unwrap();
+        assert_eq!(block_dirs(dir.path(), ".raw").len(), 0);
+        // (resolution, points per series, samples per point)
+        for (res, points, count) in [(Resolution::Hour, 6, 60), (Resolution::Minute, 360, 1)] {
+            let got: Vec<_> = db
+                .select_rollup(&[Matcher::equal("__name__", "m")], NOW - 6 * HOUR, NOW, res)
+                .unwrap()
+                .map(|s| s.unwrap().points)
+                .collect();
+            assert_eq!(got.len(), 2, "{res:?} round {round}: both series");
+            for p in got {
+                assert_eq!(p.len(), points, "{res:?} round {round}");
+                assert!(p.iter().all(|p| p.count == count), "{res:?} round {round}");
+            }
+        }
+        db.close().unwrap();
+    }
+}
