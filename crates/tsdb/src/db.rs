@@ -609,7 +609,7 @@ impl Db {
         );
         out.counter(
             "roaster_tsdb_blocks_written_total",
-            "Raw blocks written by seals.",
+            "Blocks written by seals and compactions (raw and rollup).",
             self.metrics.blocks_written.get(),
         );
         out.counter(
