@@ -267,6 +267,16 @@ impl Db {
             let i = units.partition_point(|u| u.end <= t);
             units.get(i).filter(|u| u.start <= t).map(|_| i)
         };
+        // the old raw blocks of each unit, ascending by seq
+        let unit_blocks: Vec<Vec<&Arc<Block>>> = units
+            .iter()
+            .map(|u| {
+                old_blocks
+                    .iter()
+                    .filter(|b| b.resolution() == Resolution::Raw && b.within(u.start, u.end))
+                    .collect()
+            })
+            .collect();
         let mut units_of_series: Vec<usize> = Vec::new();
         for (id, s) in frozen.iter().enumerate() {
             let sid = SeriesId(id as u64);
@@ -274,24 +284,27 @@ impl Db {
             s.read_into(i64::MIN, i64::MAX, &mut pts);
             report.points_sealed += pts.len() as u64;
             units_of_series.clear();
-            for (i, u) in units.iter().enumerate() {
-                if old_blocks.iter().any(|b| {
-                    b.resolution() == Resolution::Raw && b.within(u.start, u.end) && b.reader.contains(sid)
-                }) {
+            for (i, blocks) in unit_blocks.iter().enumerate() {
+                if blocks.iter().any(|b| b.reader.contains(sid)) {
                     units_of_series.push(i);
                 }
             }
-            units_of_series.extend(pts.iter().filter_map(|(t, _)| unit_of(*t)));
+            let mut last_unit = None;
+            for (t, _) in &pts {
+                // points ascend, so their units do too: skip runs of the same unit
+                let u = unit_of(*t);
+                if u != last_unit {
+                    units_of_series.extend(u);
+                    last_unit = u;
+                }
+            }
             units_of_series.sort_unstable();
             units_of_series.dedup();
             for &ui in &units_of_series {
                 let Some(unit) = units.get(ui) else { continue };
                 merged.clear();
-                // old_blocks ascend by seq: later blocks overwrite earlier ones
-                for b in old_blocks
-                    .iter()
-                    .filter(|b| b.resolution() == Resolution::Raw && b.within(unit.start, unit.end))
-                {
+                // ascending by seq: later blocks overwrite earlier ones
+                for b in unit_blocks.get(ui).into_iter().flatten() {
                     bts.clear();
                     bvals.clear();
                     b.reader
