@@ -3,17 +3,29 @@
 
 use std::time::Duration;
 
-/// When the WAL is fsynced, and so when [`crate::Db::wait_durable`] returns.
+/// When the WAL is written and fsynced when nobody waits for durability.
+///
+/// Under both policies a single committer thread does group commit: as soon as a caller
+/// waits in [`crate::Db::wait_durable`], it writes and fsyncs everything pending at that
+/// moment; waiters that arrive during that fsync are covered together by the next one, which
+/// starts right after. A wait therefore lasts one or two fsyncs, never the interval, and a
+/// sample whose `wait_durable` returned survives both a process crash and a power loss.
+/// Pending bytes past `wal_flush_bytes` also start a commit early. The policies differ only
+/// in what happens to samples that nobody waits for:
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// The committer thread fsyncs as soon as any batch is pending (group commit: batches
-    /// arriving during one fsync share the next). Risk: none for acknowledged writes; the
-    /// cost is throughput bounded by fsync latency when callers wait for durability.
+    /// A commit starts after every append, whether or not anyone waits. Risk on a process
+    /// crash or a power loss: only the samples appended during the commit in flight (about
+    /// one fsync latency). Cost: one fsync per commit even when nobody needs it.
     EveryBatch,
-    /// The committer thread writes and fsyncs the pending WAL buffer every interval.
-    /// Risk: on a crash (process or power) the samples appended in the last interval that
-    /// nobody waited for are lost; samples whose `wait_durable` returned are never lost,
-    /// but waiting costs up to one interval of latency.
+    /// Without waiters, a commit starts when this long has passed since the last one ended.
+    /// Un-waited samples are held in process memory until then, so a process crash or a
+    /// power loss can lose the samples appended since the last commit (up to one interval's
+    /// worth, and about `wal_flush_bytes` at most, up to `max_wal_backlog_bytes` only while
+    /// the committer is behind) plus the commit in flight. The write and the fsync happen
+    /// together, so both kinds of crash lose the same samples, except that a process crash
+    /// keeps what the commit in flight had already written. Waiters are not delayed by the
+    /// interval.
     Interval(Duration),
 }
 

@@ -4,6 +4,15 @@
 //! sequence number, so a caller that needs durability is acknowledged only after the fsync
 //! that covers its batch.
 //!
+//! Group commit: a waiter raises the `requested` watermark; the committer starts a commit as
+//! soon as `requested` is above `taken` (the last sequence number it swapped out of the
+//! pending buffer), taking everything pending at that moment. While that write + fsync runs,
+//! appends go on into the other buffer (the append lock is released once the segment lock is
+//! held) and new waiters raise `requested` again, so the next commit starts right after and
+//! covers them all. A waiter whose sequence number is already in flight does not ask for
+//! another fsync. Without waiters the committer commits on the [`FsyncPolicy`] interval, when
+//! `flush_bytes` are pending, or (with `EveryBatch`) after every append.
+//!
 //! On-disk format (`<dir>/wal/<index:020>.seg`, indexes ascending, never reused):
 //! - segment header: magic `RWAL` + format version `u32` LE (currently 1), 8 bytes
 //! - records: `[len u32 LE][crc32 u32 LE][type u8][payload: len bytes]`; the CRC (IEEE,
@@ -14,7 +23,9 @@
 //!
 //! Invariants and recovery rules:
 //! - bytes reach a segment only through the committer (or a checkpoint cut), in sequence
-//!   order, under the `seg` lock taken while the pending buffer is swapped out
+//!   order, under the `seg` lock taken while the append lock is held to swap the pending
+//!   buffer out (lock order: `writer` → `seg` → `durable`; `ctl` is taken alone or last)
+//! - `durable.seq` only grows, and only after the fsync that covers it returned
 //! - a short or checksum-failing record in the LAST segment is a torn tail from a crash: the
 //!   segment is truncated there and replay keeps everything before it (a bad record in the
 //!   middle of the last segment also truncates the rest of it: nothing after a torn write can
@@ -29,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use model::telemetry::{Counter, Histogram};
 use parking_lot::{Condvar, Mutex};
@@ -259,8 +270,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), DbError> {
 pub(crate) struct Pending {
     /// Framed records waiting for the committer.
     pub buf: Vec<u8>,
-    /// A cleared buffer to swap in, so the append path does not allocate.
-    spare: Vec<u8>,
     /// The sequence number of the last record batch appended.
     pub seq: u64,
 }
@@ -272,6 +281,16 @@ struct Segment {
     size: u64,
 }
 
+/// The committer side, under the `seg` lock.
+#[derive(Debug, Default)]
+struct Committing {
+    /// The open segment; `None` once stopped.
+    seg: Option<Segment>,
+    /// The buffer being written; swapped with [`Pending::buf`] (then cleared), so neither
+    /// side allocates in the steady state.
+    buf: Vec<u8>,
+}
+
 #[derive(Debug, Default)]
 struct Durable {
     seq: u64,
@@ -281,8 +300,13 @@ struct Durable {
 
 #[derive(Debug, Default)]
 struct Ctl {
+    /// Commit now (EveryBatch, `flush_bytes` reached, backpressure).
     kick: bool,
     stop: bool,
+    /// The highest sequence number a waiter asked to be made durable.
+    requested: u64,
+    /// The highest sequence number swapped out of the pending buffer by a commit.
+    taken: u64,
 }
 
 /// Self-telemetry of the WAL.
@@ -313,8 +337,11 @@ pub(crate) struct Wal {
     /// The append side; `Db::append` holds this for the whole batch so that WAL order equals
     /// head apply order.
     pub writer: Mutex<Pending>,
+    /// [`Pending::seq`] as of the last [`Wal::after_append`], so that waiters need not take
+    /// the append lock.
+    appended_seq: AtomicU64,
     drained: Condvar,
-    seg: Mutex<Option<Segment>>,
+    seg: Mutex<Committing>,
     durable: Mutex<Durable>,
     durable_cv: Condvar,
     ctl: Mutex<Ctl>,
@@ -331,8 +358,9 @@ impl Wal {
             dir: dir.to_owned(),
             opts,
             writer: Mutex::new(Pending::default()),
+            appended_seq: AtomicU64::new(0),
             drained: Condvar::new(),
-            seg: Mutex::new(None),
+            seg: Mutex::new(Committing::default()),
             durable: Mutex::new(Durable::default()),
             durable_cv: Condvar::new(),
             ctl: Mutex::new(Ctl::default()),
@@ -341,7 +369,7 @@ impl Wal {
             metrics: WalMetrics::default(),
         });
         let seg = wal.create_segment(index)?;
-        *wal.seg.lock() = Some(seg);
+        wal.seg.lock().seg = Some(seg);
         let w = Arc::clone(&wal);
         let handle = std::thread::Builder::new()
             .name("tsdb-wal-commit".into())
@@ -383,8 +411,7 @@ impl Wal {
             && self.failure().is_none()
         {
             self.kick();
-            self.drained
-                .wait_for(&mut w, std::time::Duration::from_millis(50));
+            self.drained.wait_for(&mut w, Duration::from_millis(50));
         }
         self.metrics.append_lock_wait.observe(t.elapsed());
         w
@@ -395,6 +422,7 @@ impl Wal {
         self.metrics
             .pending_bytes
             .store(w.buf.len() as u64, Ordering::Relaxed);
+        self.appended_seq.fetch_max(w.seq, Ordering::Release);
         if self.opts.fsync == FsyncPolicy::EveryBatch || w.buf.len() as u64 >= self.opts.flush_bytes {
             self.kick();
         }
@@ -412,16 +440,34 @@ impl Wal {
         }
     }
 
+    /// Asks the committer for a commit covering `seq`, unless one already in flight does.
+    fn request(&self, seq: u64) {
+        let mut c = self.ctl.lock();
+        if seq > c.requested {
+            c.requested = seq;
+            if seq > c.taken {
+                self.ctl_cv.notify_one();
+            }
+        }
+    }
+
     fn run_committer(&self) {
         loop {
             {
                 let mut c = self.ctl.lock();
-                if !c.kick && !c.stop {
-                    match self.opts.fsync {
-                        FsyncPolicy::Interval(d) => {
-                            self.ctl_cv.wait_for(&mut c, d);
+                // the interval bounds how long data nobody waits for stays un-fsynced
+                let deadline = match self.opts.fsync {
+                    FsyncPolicy::Interval(d) => Instant::now().checked_add(d),
+                    FsyncPolicy::EveryBatch => None,
+                };
+                while !c.kick && !c.stop && c.requested <= c.taken {
+                    match deadline {
+                        Some(at) => {
+                            if self.ctl_cv.wait_until(&mut c, at).timed_out() {
+                                break;
+                            }
                         }
-                        FsyncPolicy::EveryBatch => self.ctl_cv.wait(&mut c),
+                        None => self.ctl_cv.wait(&mut c),
                     }
                 }
                 c.kick = false;
@@ -434,29 +480,50 @@ impl Wal {
         }
     }
 
-    /// Writes and fsyncs everything pending; with `rotate`, also starts a new segment and
-    /// returns its index (everything before it is then durable and may be checkpointed).
+    /// Writes and fsyncs everything pending, letting appends go on during the write and the
+    /// fsync.
     fn commit_once(&self, rotate: bool) -> Result<u64, DbError> {
         let mut w = self.writer.lock();
-        self.commit_locked(&mut w, rotate)
+        let (seg, seq) = self.take_pending(&mut w)?;
+        drop(w);
+        self.finish_commit(seg, seq, rotate)
     }
 
-    fn commit_locked(&self, w: &mut Pending, rotate: bool) -> Result<u64, DbError> {
+    /// Swaps the pending buffer out under the append guard `w` and returns the segment guard
+    /// (taken before `w` can be released, so commits reach the segment in sequence order)
+    /// with the sequence number the swapped bytes end at.
+    fn take_pending(
+        &self,
+        w: &mut Pending,
+    ) -> Result<(parking_lot::MutexGuard<'_, Committing>, u64), DbError> {
         if let Some(f) = &self.durable.lock().failed {
             return Err(DbError::WalFailed(f.clone()));
         }
+        let mut seg = self.seg.lock();
+        debug_assert!(seg.buf.is_empty());
+        std::mem::swap(&mut w.buf, &mut seg.buf);
         let seq = w.seq;
-        let mut data = std::mem::take(&mut w.buf);
-        w.buf = std::mem::take(&mut w.spare);
-        let mut seg_guard = self.seg.lock();
+        {
+            let mut c = self.ctl.lock();
+            c.taken = c.taken.max(seq);
+        }
         self.metrics.pending_bytes.store(0, Ordering::Relaxed);
         self.drained.notify_all();
-        let result = self.write_and_sync(&mut seg_guard, &data, seq, rotate);
-        drop(seg_guard);
-        data.clear();
-        if w.spare.capacity() < data.capacity() {
-            w.spare = data;
-        }
+        Ok((seg, seq))
+    }
+
+    /// Writes and fsyncs the swapped-out bytes, then publishes the durable sequence number
+    /// (or the failure) to the waiters.
+    fn finish_commit(
+        &self,
+        mut seg: parking_lot::MutexGuard<'_, Committing>,
+        seq: u64,
+        rotate: bool,
+    ) -> Result<u64, DbError> {
+        let Committing { seg: segment, buf } = &mut *seg;
+        let result = self.write_and_sync(segment, buf, seq, rotate);
+        buf.clear();
+        drop(seg);
         match result {
             Ok(index) => {
                 let mut d = self.durable.lock();
@@ -511,7 +578,8 @@ impl Wal {
     /// guard held by the caller (so nothing can slip in between). Returns the new segment's
     /// index: all older segments hold only data the caller is about to checkpoint.
     pub fn cut(&self, w: &mut Pending) -> Result<u64, DbError> {
-        self.commit_locked(w, true)
+        let (seg, seq) = self.take_pending(w)?;
+        self.finish_commit(seg, seq, true)
     }
 
     /// Deletes segments older than `index` (their content is checkpointed elsewhere).
@@ -530,11 +598,16 @@ impl Wal {
     }
 
     /// Blocks until an fsync covers `seq` (values above the last assigned sequence are
-    /// clamped to it).
+    /// clamped to it). Asks for that fsync at once: the wait lasts one or two fsyncs (the one
+    /// in flight, if it started before `seq` was appended, then the next), never the interval.
     pub fn wait_durable(&self, seq: u64) -> Result<(), DbError> {
-        let seq = seq.min(self.writer.lock().seq);
-        if self.opts.fsync == FsyncPolicy::EveryBatch {
-            self.kick();
+        let seq = if seq <= self.appended_seq.load(Ordering::Acquire) {
+            seq
+        } else {
+            seq.min(self.writer.lock().seq)
+        };
+        if self.durable.lock().seq < seq {
+            self.request(seq);
         }
         let mut d = self.durable.lock();
         loop {
@@ -580,7 +653,7 @@ impl Wal {
             // a crash: drop what was never handed to the OS
             self.writer.lock().buf.clear();
         }
-        *self.seg.lock() = None;
+        self.seg.lock().seg = None;
         let mut d = self.durable.lock();
         d.closed = true;
         self.durable_cv.notify_all();
