@@ -150,9 +150,14 @@ fn sum(vals: &[f64]) -> f64 {
     if sum.is_infinite() { sum } else { sum + c }
 }
 
-/// The mean as Prometheus 2.42's `avg_over_time`: an incremental, compensated mean that
-/// cannot overflow, keeping an infinite mean when finite values follow.
+/// The mean: the compensated sum / count — within an ulp or two of Prometheus 2.42's
+/// incremental compensated mean (which divides twice per sample, 2.5× slower here), and the
+/// same, as in Prometheus, when the sum overflows: then the overflow-safe incremental mean.
 fn avg(vals: &[f64]) -> f64 {
+    let total = sum(vals);
+    if total.is_finite() {
+        return total / vals.len() as f64;
+    }
     let (mut mean, mut c, mut count): (f64, f64, f64) = (0.0, 0.0, 0.0);
     for v in vals {
         count += 1.0;
