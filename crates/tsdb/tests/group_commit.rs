@@ -150,6 +150,46 @@ fn acknowledged_batches_survive_a_crash() {
     }
 }
 
+#[test]
+fn backpressure_drains_without_waiters_under_a_long_interval() {
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 200;
+    const POINTS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        fsync: FsyncPolicy::Interval(LONG),
+        maintenance_interval: None,
+        wal_flush_bytes: 1 << 10,
+        max_wal_backlog_bytes: 4 << 10,
+        ..Options::default()
+    };
+    let db = Db::open(
+        dir.path(),
+        opts.clone(),
+        Arc::new(ManualClock::new(Timestamp(NOW))),
+    )
+    .unwrap();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let db = Arc::clone(&db);
+            s.spawn(move || {
+                let id = series(&db, w);
+                for round in 0..ROUNDS {
+                    db.append(&batch(id, round, POINTS)).unwrap();
+                    assert!(db.stats().wal_pending_bytes <= (4 << 10) + 2 * POINTS as u64 * 28);
+                }
+            });
+        }
+    });
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(db.stats().wal_fsyncs >= 1);
+    db.close().unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), opts, Arc::new(ManualClock::new(Timestamp(NOW)))).unwrap();
+    assert_eq!(count(&db), WRITERS * ROUNDS * POINTS);
+}
+
 /// The figure behind the fix: 4 writers that wait for durability after every batch, under the
 /// default `Interval(100 ms)`. Before group commit reacted to waiters, each wait lasted up to
 /// one interval, so this did about 10 fsyncs/s.
