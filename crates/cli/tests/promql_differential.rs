@@ -1,16 +1,16 @@
 //! The PromQL differential test: the same data set is loaded into the real `roaster` binary and
-//! into the real Prometheus 2.42 (Debian package), every query of the corpus
-//! `tests/data/promql/corpus.txt` is asked of both over HTTP (`/api/v1/query`,
-//! `/api/v1/query_range`), and the answers are compared; so are a few metadata requests
+//! into the real Prometheus 2.42 (Debian package); every query of the corpus
+//! `tests/data/promql/corpus.txt`, then [`GENERATED_CASES`] seeded random queries
+//! ([`generated_cases`]), are asked of both over HTTP (`/api/v1/query`, `/api/v1/query_range`)
+//! and the answers compared; so are parameter-format cases and a few metadata requests
 //! (`/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`).
 //!
 //! - **Data** ([`data_set`]): 44 series over one hour (`T0` = 2023-11-14T22:00:00Z to `T0`+1h)
 //!   at 15 s — counters with resets, gauges with NaN and +Inf samples, classic histogram
 //!   `_bucket`/`_sum`/`_count` series, UTF-8 label values, a label value with a newline,
 //!   gaps longer and shorter than the 5 m lookback, series that start late or end early, and
-//!   one series with irregular,
-//!   sub-second timestamps (multiples of 125 ms, so `promtool`'s float seconds convert to the
-//!   same milliseconds). Prometheus gets it as OpenMetrics through
+//!   one series with irregular, sub-second timestamps (multiples of 125 ms, so `promtool`'s
+//!   float seconds convert to the same milliseconds). Prometheus gets it as OpenMetrics through
 //!   `promtool tsdb create-blocks-from openmetrics`; Roaster through its robot plane's JSON
 //!   ingest with an `ingest` token. Values are written in shortest round-trip form in both.
 //! - **Stale markers** ([`stale_set`]): OpenMetrics text cannot carry them, so three more series
@@ -23,23 +23,22 @@
 //! - **Corpus format**: a header `eval instant at <D>` or `eval range from <D> to <D> step <D>`
 //!   (`<D>` a duration after `T0` such as `0`, `30m`, `17m30s`) applies to the query lines after
 //!   it; `#` starts a comment line. Every non-empty query line is one case.
-//! - **Comparison**: same HTTP status, success/error status and `errorType`; same result type;
-//!   the same set of series label sets (order compared only under a top-level
-//!   `sort`/`sort_desc`, by value);
-//!   the same timestamps; values equal within [`REL_TOLERANCE`] relative or [`ABS_TOLERANCE`]
-//!   absolute, NaN equal to NaN, infinities equal by sign; values that are equal spelled the
-//!   same (`1e+21`).
-//! - **Run time**: about 2 s for the whole corpus once the binary is built (both servers start
-//!   in parallel; the data set is ~10,000 samples).
+//! - **Comparison** ([`compare`]): same HTTP status, success/error status and `errorType`; same
+//!   result type; the same set of series label sets (order compared only under a top-level
+//!   `sort`/`sort_desc`, by value); the same timestamps; values equal within
+//!   [`REL_TOLERANCE`] relative or [`ABS_TOLERANCE`] absolute, NaN equal to NaN, infinities
+//!   equal by sign; values that are equal spelled the same (`1e+21`). Error messages are
+//!   counted (word-for-word matches), not compared.
 //! - **Ties in `topk`/`bottomk`**: Prometheus breaks them by Go map order, which changes from
 //!   run to run; for a query that starts with `topk`/`bottomk`, when the chosen series differ,
 //!   the values at each step must still agree. The generated queries use `topk`/`bottomk`
 //!   only at the top for that reason, and no `exp` or `%` (Go's `math.Exp` and glibc's may
 //!   differ in the last bit, which `%` turns into a different answer).
-//! - **Known differences** ([`KNOWN_DIFFERENCES`], [`KNOWN_METADATA_DIFFERENCES`]): a query
-//!   listed there must still differ (the
-//!   test fails once it agrees, so the entry is removed), and each entry has its own test that
-//!   pins Roaster's exact answer (`known_difference_*`). Any other difference fails the test.
+//! - **Known differences** ([`KNOWN_DIFFERENCES`], [`KNOWN_METADATA_DIFFERENCES`]): an entry
+//!   must still differ (the test fails once it agrees, so the entry is removed), and each has
+//!   its own test pinning Roaster's answer (`known_difference_*`). Any other difference fails.
+//! - **Run time**: 3 to 6 s once the binary is built (both servers start in parallel; the
+//!   data set is ~10,000 samples).
 //!
 //! When Prometheus or promtool is missing, the test says so and passes — unless
 //! `ROASTER_REQUIRE_REAL_CLIENTS` is set (CI sets it), where that is a failure.
