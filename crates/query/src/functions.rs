@@ -150,14 +150,12 @@ fn sum(vals: &[f64]) -> f64 {
     if sum.is_infinite() { sum } else { sum + c }
 }
 
-/// The mean: the compensated sum / count — within an ulp or two of Prometheus 2.42's
-/// incremental compensated mean (which divides twice per sample, 2.5× slower here), and the
-/// same, as in Prometheus, when the sum overflows: then the overflow-safe incremental mean.
+/// The mean exactly as Prometheus 2.42's `avg_over_time`: an incremental, compensated mean
+/// that cannot overflow, keeping an infinite mean when finite values follow. Bit-for-bit
+/// agreement matters: a plain sum / count differs in the last bit, which `round`, or `rate`
+/// over a subquery of it (a tiny decrease reads as a counter reset), turns into a visibly
+/// different answer. It costs two divisions per sample (about 2× the sum / count).
 fn avg(vals: &[f64]) -> f64 {
-    let total = sum(vals);
-    if total.is_finite() {
-        return total / vals.len() as f64;
-    }
     let (mut mean, mut c, mut count): (f64, f64, f64) = (0.0, 0.0, 0.0);
     for v in vals {
         count += 1.0;

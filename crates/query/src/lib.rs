@@ -57,11 +57,9 @@
 //! # Semantics pinned to Prometheus 2.42
 //! Range windows `[t - range, t]` and the lookback window `[t - 5m, t]` are closed at both
 //! ends; rate/increase/delta extrapolate as `extrapolatedRate`; subquery steps are aligned
-//! to multiples of the step; the default subquery step is 1 m. `sum_over_time` is
-//! Prometheus' compensated (Neumaier) sum, to the bit; `avg_over_time` is that sum / count
-//! (as Prometheus 3), within an ulp or two of 2.42's slower incremental mean — a pinned known
-//! difference of the differential test, visible only through `round`/`ceil`/`floor` or a
-//! comparison at an exact boundary;
+//! to multiples of the step; the default subquery step is 1 m. `sum_over_time` and
+//! `avg_over_time` are Prometheus 2.42's compensated (Neumaier) sum and incremental mean, to
+//! the bit (a last-bit difference shows through `round` or `rate` over a subquery);
 //! a vector binary operation skips a step where either side is empty (no matching error
 //! there), as Prometheus short-circuits.
 //!
