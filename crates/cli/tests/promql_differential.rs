@@ -63,8 +63,7 @@ const SPAN: i64 = 3600;
 
 /// How many generated queries ([`generated_cases`]) run after the corpus. To hunt further:
 /// `PROMQL_DIFF_GENERATED=5000 PROMQL_DIFF_SEED=<u64> cargo test -p roaster --test
-/// promql_differential` (a failure prints the query; add it to the corpus when fixed). Other
-/// seeds can hit the pinned avg_over_time last-bit difference through `round`/`ceil`/`floor`.
+/// promql_differential` (a failure prints the query; add it to the corpus when fixed).
 const GENERATED_CASES: usize = 1000;
 
 /// Values agree when `|a - b| <= REL_TOLERANCE * max(|a|, |b|)` …
@@ -76,15 +75,6 @@ const ABS_TOLERANCE: f64 = 1e-12;
 /// reason. Each must still differ, and each has a `known_difference_*` test pinning Roaster's
 /// answer. Keep this list empty where possible: fix the evaluator instead.
 const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
-    // Performance over the last bit: Roaster's avg_over_time is the compensated sum / count
-    // (Prometheus 3's approach); 2.42 runs an incremental compensated mean with two divisions
-    // per sample, 2.5× slower. Both agree within an ulp or two (the unrounded query below
-    // agrees), but `round` at exactly .5 tips them apart. Pinned by
-    // `known_difference_avg_over_time_last_bits`.
-    (
-        "round(avg_over_time(stale_gauge[5m]))",
-        "avg_over_time sums then divides: last-bit difference, visible through round at .5",
-    ),
     // Deliberate (query crate doc, "Deliberate difference from Prometheus 2.x"): Roaster drops
     // the metric name lazily, as Prometheus 3 does, so an aggregation over a function of
     // several names works where 2.42 answers "vector cannot contain metrics with the same
@@ -1776,12 +1766,12 @@ fn known_difference_lazy_name_drop() {
     type Pin<'a> = (&'a str, &'a str, &'a [(&'a str, f64)]);
     let cases: &[Pin<'_>] = &[
         (
-            KNOWN_DIFFERENCES[1].0,
+            KNOWN_DIFFERENCES[0].0,
             "sum(rate(request_duration_seconds_sum[5m])) + sum(rate(request_duration_seconds_count[5m]))",
             &[("{}", 0.743_033_333_333_333_4)],
         ),
         (
-            KNOWN_DIFFERENCES[2].0,
+            KNOWN_DIFFERENCES[1].0,
             "sum by (instance) (avg_over_time(request_duration_seconds_sum[10m])) + sum by (instance) (avg_over_time(request_duration_seconds_count[10m]))",
             &[
                 (r#"{"instance":"a:9090"}"#, 598.788_536_585_365_8),
@@ -1809,23 +1799,6 @@ fn known_difference_lazy_name_drop() {
             assert!(values_agree(points[0].1, same.1[0].1), "{query} vs {per_name}");
         }
     }
-}
-
-/// Known difference: avg_over_time's last bits (see [`KNOWN_DIFFERENCES`]). The window holds
-/// 3.5 up to rounding; Prometheus 2.42's incremental mean lands just below (`round` → 3),
-/// Roaster's sum / count on it or just above (`round` → 4).
-#[test]
-fn known_difference_avg_over_time_last_bits() {
-    let roaster = Roaster::start();
-    roaster.load_stale_set();
-    let at = T0 + 3600 + 7 * 60 + 37;
-    let value = |q: &str| -> f64 {
-        let v = roaster.instant(q, at);
-        parse_value(&v["data"]["result"][0]["value"][1]).unwrap_or_else(|| panic!("{q}: {v}"))
-    };
-    assert_eq!(value(KNOWN_DIFFERENCES[0].0), 4.0);
-    let avg = value("avg_over_time(stale_gauge[5m])");
-    assert!((avg - 3.5).abs() < 1e-12, "{avg}");
 }
 
 /// Known difference: `/api/v1/series` lists a series that has no samples between `start` and
