@@ -59,8 +59,9 @@ pub struct IngestConfig {
     pub statsd_prefix_gauge: String,
     /// Prefix of flushed sets (Etsy `prefixSet`); empty: none.
     pub statsd_prefix_set: String,
-    /// Requested kernel receive buffer of UDP sockets (`SO_RCVBUF`), in bytes; the kernel caps
-    /// it at `net.core.rmem_max` and the effective size is logged.
+    /// Requested kernel receive buffer of UDP sockets, in bytes. `SO_RCVBUF` is capped by
+    /// `net.core.rmem_max`; when that is smaller, `SO_RCVBUFFORCE` is used if the process may
+    /// (`CAP_NET_ADMIN`, e.g. root). The effective size is logged and exported.
     pub udp_recv_buffer_bytes: usize,
     /// Most datagrams read by one `recvmmsg` call on a UDP socket (each gets a buffer of
     /// `max_udp_packet_bytes`); 1 to 1024.

@@ -326,6 +326,26 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_above_rmem_max_is_forced_when_allowed() {
+        let Some(rmem_max) = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+        else {
+            return;
+        };
+        // (requested, may force): within rmem_max SO_RCVBUF is enough
+        for (want, may_force) in [(rmem_max / 2, false), (rmem_max * 2, true)] {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+            let forced = force_recv_buffer(&s, want);
+            assert!(may_force || !forced, "{want}");
+            if forced {
+                // the kernel reports twice what was set
+                assert!(s.recv_buffer_size().unwrap() >= want, "{want}");
+            }
+        }
+    }
+
+    #[test]
     fn a_bound_socket_is_found_in_proc_net_udp() {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let ino = socket_inode(&s).unwrap();
