@@ -15,8 +15,8 @@
 //! Errors use the Prometheus API envelope: `{"status":"error","errorType":"…","error":"…"}`.
 //!
 //! Kill switches: `GET /api/v1/switches` lists the ingest sources and the `compaction` job.
-//! A paused `compaction` switch refuses `POST /api/v1/admin/compact` (409); the engine's own
-//! periodic sealing has no pause hook yet, so it keeps running (see the server's report).
+//! A paused `compaction` switch refuses `POST /api/v1/admin/compact` (409) and pauses the
+//! engine's background sealing, retention and compaction (`tsdb::Db::set_maintenance_paused`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -440,6 +440,13 @@ async fn set_switch(State(state): State<HumanState>, Path(name): Path<String>, b
     let result = tokio::task::spawn_blocking(move || sw.set(&n, new)).await;
     match result {
         Ok(Ok(previous)) => {
+            if name == crate::COMPACTION_SWITCH {
+                state
+                    .0
+                    .parts
+                    .db
+                    .set_maintenance_paused(new == ingest::SwitchState::Paused);
+            }
             Json(serde_json::json!({"name": name, "state": new.as_str(), "previous": previous.as_str()}))
                 .into_response()
         }

@@ -264,6 +264,8 @@ impl Server {
         let db_opts = adapters::tsdb_options(&config.storage);
         let db_clock = clock.clone();
         let db = off_runtime("storage-open", move || tsdb::Db::open(&db_dir, db_opts, db_clock)).await??;
+        // The `compaction` switch survives restarts like the others: apply it before any round runs.
+        db.set_maintenance_paused(switches.get(COMPACTION_SWITCH) == Some(ingest::SwitchState::Paused));
 
         let robot_rt = build_runtime("roaster-robot", config.server.robot_worker_threads, None)?;
         let human_rt = build_runtime(

@@ -320,6 +320,12 @@ fn switches_api_and_persistence_across_restart() {
     // Compaction paused: on-demand compaction says so.
     let (status, _) = http("POST", &t.url("/api/v1/admin/compact"), Some(ADMIN), None);
     assert_eq!(status, 409);
+    // ... and the engine's background maintenance stops too.
+    let (_, metrics) = http("GET", &t.url("/metrics"), Some(ADMIN), None);
+    assert!(
+        metrics.contains("roaster_tsdb_maintenance_paused 1\n"),
+        "{metrics}"
+    );
 
     t.restart();
     let (_, body) = http("GET", &t.url("/api/v1/switches"), Some(ADMIN), None);
@@ -338,6 +344,10 @@ fn switches_api_and_persistence_across_restart() {
     assert_eq!(state("compaction"), "paused");
     assert_eq!(state("json"), "open");
     let (_, metrics) = http("GET", &t.url("/metrics"), Some(ADMIN), None);
+    assert!(
+        metrics.contains("roaster_tsdb_maintenance_paused 1\n"),
+        "the paused compaction switch pauses maintenance again after a restart"
+    );
     assert!(
         metrics.contains("graphite-tcp"),
         "switches are visible in /metrics"

@@ -139,6 +139,9 @@ pub struct Db {
     closed: AtomicBool,
     /// Serialises seals, snapshots and retention.
     pub(crate) maintenance: Mutex<()>,
+    /// When set, the background maintenance thread skips its rounds (the server's
+    /// `compaction` kill switch); `compact_now` still runs when asked.
+    pub(crate) maintenance_paused: AtomicBool,
     /// The next block seq.
     pub(crate) next_seq: AtomicU64,
     pub(crate) metrics: DbMetrics,
@@ -278,6 +281,7 @@ impl Db {
             max_seen: AtomicI64::new(max_seen),
             closed: AtomicBool::new(false),
             maintenance: Mutex::new(()),
+            maintenance_paused: AtomicBool::new(false),
             next_seq: AtomicU64::new(next_seq),
             metrics,
             background: Mutex::new(None),
@@ -287,6 +291,18 @@ impl Db {
             *db.background.lock() = Some(crate::seal::Background::spawn(&db, interval)?);
         }
         Ok(db)
+    }
+
+    /// Pauses (`true`) or resumes the background maintenance thread: sealing, retention and
+    /// compaction rounds are skipped while paused, so the head and the WAL grow until it
+    /// resumes. Explicit calls such as [`Db::compact_now`] are not affected.
+    pub fn set_maintenance_paused(&self, paused: bool) {
+        self.maintenance_paused.store(paused, Ordering::Release);
+    }
+
+    /// Whether background maintenance is paused.
+    pub fn maintenance_paused(&self) -> bool {
+        self.maintenance_paused.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -548,6 +564,11 @@ impl Db {
 
     /// Renders the engine's self-metrics (Prometheus text).
     pub fn render_metrics(&self, out: &mut Exposition) {
+        out.gauge(
+            "roaster_tsdb_maintenance_paused",
+            "1 while background sealing, retention and compaction are paused (the compaction switch).",
+            if self.maintenance_paused() { 1.0 } else { 0.0 },
+        );
         let m = &self.wal.metrics;
         out.histogram(
             "roaster_tsdb_wal_fsync_seconds",

@@ -845,6 +845,9 @@ impl Background {
                         }
                     }
                     let Some(db) = weak.upgrade() else { return };
+                    if db.maintenance_paused() {
+                        continue;
+                    }
                     if let Err(e) = db.maintain() {
                         tracing::warn!(error = %e, "Background sealing or retention failed; will retry.");
                     }
