@@ -66,6 +66,10 @@ pub struct IngestConfig {
     /// Most datagrams read by one `recvmmsg` call on a UDP socket (each gets a buffer of
     /// `max_udp_packet_bytes`); 1 to 1024.
     pub udp_batch_datagrams: usize,
+    /// Nice value (0–19) every robot-plane thread runs at — the robot runtime, ingest writers
+    /// and UDP readers — so that on a saturated machine the human plane wins the CPU. 0 keeps
+    /// the process' priority.
+    pub robot_thread_nice: i32,
     /// Longest accepted plaintext line (Graphite, StatsD TCP), in bytes.
     pub max_line_bytes: usize,
     /// Largest UDP datagram read, in bytes; longer datagrams are truncated by the kernel and
@@ -136,6 +140,7 @@ impl Default for IngestConfig {
             statsd_prefix_set: etsy.prefix_set,
             udp_recv_buffer_bytes: 8 << 20,
             udp_batch_datagrams: 64,
+            robot_thread_nice: 10,
             max_line_bytes: 64 << 10,
             max_udp_packet_bytes: 65_535,
             max_http_body_bytes: 32 << 20,
@@ -205,6 +210,9 @@ impl IngestConfig {
         }
         if !(1..=1024).contains(&self.udp_batch_datagrams) {
             return err("udp_batch_datagrams", "must be between 1 and 1024");
+        }
+        if !(0..=19).contains(&self.robot_thread_nice) {
+            return err("robot_thread_nice", "must be between 0 and 19");
         }
         if self.writer_threads > 64 {
             return err("writer_threads", "must be at most 64");

@@ -480,7 +480,10 @@ pub(crate) fn start_udp(sh: Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr,
     let sh2 = Arc::clone(&sh);
     let t = std::thread::Builder::new()
         .name("roaster-graphite-udp".into())
-        .spawn(move || udp_loop(&sh2, socket))
+        .spawn(move || {
+            crate::priority::lower_current_thread(sh2.cfg.robot_thread_nice);
+            udp_loop(&sh2, socket)
+        })
         .map_err(IngestError::Spawn)?;
     sh.threads.lock().push(t);
     Ok(local)

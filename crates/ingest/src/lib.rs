@@ -60,6 +60,7 @@ mod graphite;
 mod http;
 
 mod limiter;
+pub mod priority;
 mod queue;
 pub mod sink;
 pub mod source;
@@ -213,6 +214,7 @@ impl Ingest {
             cfg.writer_threads,
             Arc::clone(&sink),
             Arc::clone(&metrics),
+            cfg.robot_thread_nice,
         )
         .map_err(IngestError::Spawn)?;
         let limits = wire::WireLimits {

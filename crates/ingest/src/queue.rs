@@ -64,6 +64,7 @@ impl Queue {
         writers: usize,
         sink: Arc<dyn SampleSink>,
         metrics: Arc<Metrics>,
+        thread_nice: i32,
     ) -> std::io::Result<Queue> {
         let permits = Arc::new(Semaphore::new(capacity));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -83,7 +84,10 @@ impl Queue {
             };
             std::thread::Builder::new()
                 .name(format!("roaster-ingest-writer-{i}"))
-                .spawn(move || w.run())?;
+                .spawn(move || {
+                    crate::priority::lower_current_thread(thread_nice);
+                    w.run()
+                })?;
         }
         Ok(Queue {
             capacity,

@@ -145,6 +145,7 @@ pub(crate) fn start_udp(sh: Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr,
     let t = std::thread::Builder::new()
         .name("roaster-statsd-udp".into())
         .spawn(move || {
+            crate::priority::lower_current_thread(sh2.cfg.robot_thread_nice);
             let mut reader = UdpReader::new(&sh2, socket, source);
             loop {
                 match reader.recv(&sh2) {

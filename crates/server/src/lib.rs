@@ -267,11 +267,18 @@ impl Server {
         // The `compaction` switch survives restarts like the others: apply it before any round runs.
         db.set_maintenance_paused(switches.get(COMPACTION_SWITCH) == Some(ingest::SwitchState::Paused));
 
-        let robot_rt = build_runtime("roaster-robot", config.server.robot_worker_threads, None)?;
+        // Robots yield the CPU to humans when both want it (ingest::priority).
+        let robot_rt = build_runtime(
+            "roaster-robot",
+            config.server.robot_worker_threads,
+            None,
+            config.ingest.robot_thread_nice,
+        )?;
         let human_rt = build_runtime(
             "roaster-human",
             config.server.human_worker_threads,
             Some(config.server.human_max_blocking_threads),
+            0,
         )?;
         let mut running = RunningServer {
             addrs: BoundAddrs::default(),
@@ -305,9 +312,13 @@ fn build_runtime(
     name: &'static str,
     workers: usize,
     max_blocking: Option<usize>,
+    thread_nice: i32,
 ) -> Result<Runtime, ServerError> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.worker_threads(workers).thread_name(name).enable_all();
+    if thread_nice != 0 {
+        b.on_thread_start(move || ingest::priority::lower_current_thread(thread_nice));
+    }
     if let Some(n) = max_blocking {
         b.max_blocking_threads(n);
     }
