@@ -262,21 +262,30 @@ impl LineSink {
 
 /// Binds the Graphite TCP listener and starts accepting.
 pub(crate) async fn start_tcp(sh: Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr, IngestError> {
-    let bind_err = |source| IngestError::Bind {
-        listener: Source::GraphiteTcp.as_str(),
+    listen_tcp(sh, addr, Source::GraphiteTcp, |sh, stream| {
+        Box::pin(serve_tcp(sh, stream))
+    })
+    .await
+}
+
+/// Binds a plaintext TCP listener for `source` and serves each accepted connection with
+/// `handler` (through [`accept_loop`]); returns the bound address.
+pub(crate) async fn listen_tcp(
+    sh: Arc<Shared>,
+    addr: SocketAddr,
+    source: Source,
+    handler: Handler,
+) -> Result<SocketAddr, IngestError> {
+    let bind_err = |e| IngestError::Bind {
+        listener: source.as_str(),
         addr,
-        source,
+        source: e,
     };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
-    tracing::info!(listener = "graphite-tcp", addr = %local, "listening");
+    tracing::info!(listener = source.as_str(), addr = %local, "listening");
     let sh2 = Arc::clone(&sh);
-    spawn_ingest(
-        &sh,
-        accept_loop(sh2, listener, Source::GraphiteTcp, |sh, stream| {
-            Box::pin(serve_tcp(sh, stream))
-        }),
-    );
+    spawn_ingest(&sh, accept_loop(sh2, listener, source, handler));
     Ok(local)
 }
 

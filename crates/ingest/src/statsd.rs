@@ -31,9 +31,8 @@ use std::time::Duration;
 use model::telemetry::{Counter, Exposition};
 use model::{Point, SeriesId, SeriesKey, Timestamp};
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
 
-use crate::graphite::{Lines, accept_loop, read_lines};
+use crate::graphite::{Lines, read_lines};
 use crate::queue::Batch;
 use crate::telemetry::reason;
 use crate::udp::{Recv, UdpReader, bind_udp};
@@ -162,22 +161,10 @@ pub(crate) fn start_udp(sh: Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr,
 
 /// Binds the StatsD TCP listener and starts accepting.
 pub(crate) async fn start_tcp(sh: Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr, IngestError> {
-    let bind_err = |source| IngestError::Bind {
-        listener: Source::StatsdTcp.as_str(),
-        addr,
-        source,
-    };
-    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
-    let local = listener.local_addr().map_err(bind_err)?;
-    tracing::info!(listener = "statsd-tcp", addr = %local, "listening");
-    let sh2 = Arc::clone(&sh);
-    spawn_ingest(
-        &sh,
-        accept_loop(sh2, listener, Source::StatsdTcp, |sh, stream| {
-            Box::pin(read_lines(sh, stream, Lines::Statsd))
-        }),
-    );
-    Ok(local)
+    crate::graphite::listen_tcp(sh, addr, Source::StatsdTcp, |sh, stream| {
+        Box::pin(read_lines(sh, stream, Lines::Statsd))
+    })
+    .await
 }
 
 /// Starts the flush timer.
