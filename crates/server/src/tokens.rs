@@ -147,6 +147,24 @@ struct TokenFile {
     tokens: Vec<TokenRecord>,
 }
 
+impl TokenFile {
+    /// Adds an admin token named `base` (or `base-2`, `base-3`, … when taken).
+    fn push_admin(&mut self, base: &str, hash: String, now_ms: i64) {
+        let mut name = base.to_owned();
+        let mut n = 1;
+        while self.tokens.iter().any(|t| t.name == name) {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        self.tokens.push(TokenRecord {
+            name,
+            scope: Scope::Admin,
+            hash,
+            created_at_ms: now_ms,
+        });
+    }
+}
+
 /// A parsed record ready for constant-time lookups.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -254,18 +272,7 @@ impl TokenStore {
                 t.scope = Scope::Admin;
                 return Ok(true);
             }
-            let mut name = ENV_ADMIN_NAME.to_owned();
-            let mut n = 1;
-            while file.tokens.iter().any(|t| t.name == name) {
-                n += 1;
-                name = format!("{ENV_ADMIN_NAME}-{n}");
-            }
-            file.tokens.push(TokenRecord {
-                name,
-                scope: Scope::Admin,
-                hash: hash.clone(),
-                created_at_ms: now_ms,
-            });
+            file.push_admin(ENV_ADMIN_NAME, hash.clone(), now_ms);
             Ok(true)
         })?;
         Ok(())
@@ -280,18 +287,7 @@ impl TokenStore {
             if file.tokens.iter().any(|t| t.scope == Scope::Admin) {
                 return Ok(false);
             }
-            let mut name = FIRST_ADMIN_NAME.to_owned();
-            let mut n = 1;
-            while file.tokens.iter().any(|t| t.name == name) {
-                n += 1;
-                name = format!("{FIRST_ADMIN_NAME}-{n}");
-            }
-            file.tokens.push(TokenRecord {
-                name,
-                scope: Scope::Admin,
-                hash: hash.clone(),
-                created_at_ms: now_ms,
-            });
+            file.push_admin(FIRST_ADMIN_NAME, hash.clone(), now_ms);
             Ok(true)
         })?;
         Ok(created.then_some(token))
