@@ -344,20 +344,23 @@ def compare(x, y):
     return True, "max relative difference %.3g" % worst
 
 
-def timed(fn, reps, budget):
-    """Warm-up (its answer is returned), then up to `reps` timed runs within `budget` seconds."""
+def timed(fn, reps, budget, pid):
+    """Warm-up (its answer is returned), then up to `reps` timed runs within `budget` seconds.
+    Also the server's CPU time (utime+stime of all its threads, 10 ms ticks) per run, averaged."""
     t = time.perf_counter()
     answer = fn()
     warm = time.perf_counter() - t
     n = max(3, min(reps, int(budget / max(warm, 1e-6))))
     ts = []
+    c0 = bench.proc_cpu(pid)
     for _ in range(n):
         t = time.perf_counter()
         fn()
         ts.append((time.perf_counter() - t) * 1000)
+    cpu_ms = (bench.proc_cpu(pid) - c0) * 1000 / n
     return answer, {"median_ms": round(statistics.median(ts), 3), "p90_ms": round(bench.pct(ts, 0.9), 3),
                     "min_ms": round(min(ts), 3), "max_ms": round(max(ts), 3), "reps": n,
-                    "warmup_ms": round(warm * 1000, 3)}
+                    "warmup_ms": round(warm * 1000, 3), "server_cpu_ms_mean": round(cpu_ms, 2)}
 
 
 def peak_extra_rss(pid, fn, times=3):
@@ -423,6 +426,7 @@ def run_server(key, a, man, lab_dir, deadline):
             rec["settle_seconds"] = round(time.time() - t, 1)
         rec["busy_cores_before_queries"] = bench.wait_quiet(max_wait=a.idle_wait, cores=a.idle_cores)
         rec["rss_before_queries_bytes"] = proc_status(pid, "VmRSS")
+        rec["peak_rss_load_bytes"] = proc_status(pid, "VmHWM")  # load + settle (clear_refs resets it below)
         agg = [f for q, _, f in queries_for(key, man) if q == "agg_all"][0]
         try:  # the first aggregate of this process, before any warm-up
             rec["agg_all_peak_extra_rss_cold_bytes"] = peak_extra_rss(pid, lambda: agg(srv, a.http_timeout), 1)[0]
@@ -434,10 +438,11 @@ def run_server(key, a, man, lab_dir, deadline):
                 rec["queries"][qid] = {"q": desc, "error": "skipped: --max-seconds reached"}
                 continue
             try:
-                ans, st = timed(lambda: fn(srv, a.http_timeout), a.reps, a.query_budget)
+                ans, st = timed(lambda: fn(srv, a.http_timeout), a.reps, a.query_budget, pid)
                 answers[qid] = ans
                 rec["queries"][qid] = dict(st, q=desc, series_returned=len(ans))
-                log("%s %-20s median %9.2f ms  p90 %9.2f ms  (%d reps)" % (key, qid, st["median_ms"], st["p90_ms"], st["reps"]))
+                log("%s %-20s median %9.2f ms  p90 %9.2f ms  server CPU %9.2f ms  (%d reps)" % (
+                    key, qid, st["median_ms"], st["p90_ms"], st["server_cpu_ms_mean"], st["reps"]))
             except Exception as e:  # noqa: BLE001 - one failing query must not end the run
                 rec["queries"][qid] = {"q": desc, "error": str(e)[:500]}
                 log("%s %s: ERROR %s" % (key, qid, e))
@@ -447,7 +452,7 @@ def run_server(key, a, man, lab_dir, deadline):
             log("%s: agg_all peak extra RSS %s MiB" % (key, [round(x / 2**20, 1) for x in extra]))
         except Exception as e:  # noqa: BLE001
             rec["agg_all_peak_extra_rss_error"] = str(e)[:300]
-        rec["peak_rss_bytes"] = proc_status(pid, "VmHWM")
+        rec["rss_after_queries_bytes"] = proc_status(pid, "VmRSS")
         return rec, answers
     finally:
         srv.stop()
@@ -495,15 +500,31 @@ def markdown(result):
         agree = result["agreement"].get(q, {})
         agree_s = "; ".join("%s %s" % (pair, "ok" if v["agree"] else "**differ**") for pair, v in agree.items()) or "—"
         lines.append("| `%s` | %s | %s | %s | %s | %s | %s |" % (q, fmt_ms(ro), fmt_ms(vm), fmt_ms(pr), cells[0], cells[1], agree_s))
+    lines += ["", "Answers: `ok` = same label sets (and timestamps), values within relative %g. The `*_1sel` rows are "
+              "compared with Prometheus' answer to the multi-term form (`by_host_all`, `rate_counters`), which it "
+              "can evaluate. VictoriaMetrics' `rate` does not extrapolate to the window edges (it uses the sample "
+              "before the window), so it differs from Prometheus and Roaster there by design." % REL_TOL]
+    lines += ["", "Server CPU time per query (utime+stime of the server process over the timed reps / reps; "
+              "10 ms ticks, so small figures are coarse). Wall-clock is the figure of record; CPU shows what a "
+              "query costs independently of other load and of how many cores a server spreads it over:", "",
+              "| query | Roaster CPU ms | VictoriaMetrics | Prometheus | Roaster / Prometheus | Roaster / VM |",
+              "|---|---|---|---|---|---|"]
+    for q in qids:
+        c = [recs.get(k, {}).get("queries", {}).get(q, {}).get("server_cpu_ms_mean") for k in ("roaster", "vm", "prom")]
+
+        def cr(x, y):
+            return "%.2f×" % (x / y) if x is not None and y else "—"
+        lines.append("| `%s` | %s | %s | %s | %s | %s |" % (
+            q, *("—" if v is None else num(v) for v in c), cr(c[0], c[2]), cr(c[0], c[1])))
     lines += ["", "Peak extra RSS during `agg_all` (VmHWM after `echo 5 > /proc/PID/clear_refs`, minus VmRSS just "
               "before): the process's first aggregate (cold, before any warm-up), then 3 runs after the timed reps:", ""]
     for r in result["servers"]:
         x = r.get("agg_all_peak_extra_rss_bytes")
         cold = r.get("agg_all_peak_extra_rss_cold_bytes")
-        lines.append("- %s: cold %s; after the reps %s (RSS before the queries %.0f MiB, process peak %.0f MiB)" % (
+        lines.append("- %s: cold %s; after the reps %s (RSS before the queries %.0f MiB, peak while loading %.0f MiB)" % (
             r["server"], "—" if cold is None else "%.1f MiB" % (cold / 2**20),
             ", ".join("%.1f MiB" % (v / 2**20) for v in x) if x else r.get("agg_all_peak_extra_rss_error", "—"),
-            r.get("rss_before_queries_bytes", 0) / 2**20, r.get("peak_rss_bytes", 0) / 2**20))
+            r.get("rss_before_queries_bytes", 0) / 2**20, r.get("peak_rss_load_bytes", 0) / 2**20))
     lines += ["", "Query texts:", ""]
     for r in result["servers"]:
         for q, st in r.get("queries", {}).items():
