@@ -105,6 +105,7 @@ EXAMPLE_METRIC = "usage_user"
 LABELLED_VERSION = 1  # bump when the labelled files' format changes
 REL_TOL, ABS_TOL = 1e-6, 1e-9
 ROASTER_TEMPLATE = "lab.* .host.cpu.measurement"
+RUNNING = []  # the server process started and not yet stopped (at most one)
 
 
 def log(*a):
@@ -382,7 +383,12 @@ def run_server(key, a, man, lab_dir, deadline):
     plain = sorted(glob.glob(os.path.join(a.data, "graphite.*.txt")))
     rec = {"server": LABEL[key], "version": srv.version()}
     srv.fresh()
-    pid = srv.start()
+    try:
+        pid = srv.start()
+    except BaseException:  # not ready in time, or a signal while waiting: stop what started
+        srv.stop()
+        raise
+    RUNNING.append(srv.proc)
     rec["flags"] = getattr(srv, "flags", None)
     if key == "roaster":
         rec["config"] = srv.config_text
@@ -455,7 +461,9 @@ def run_server(key, a, man, lab_dir, deadline):
         rec["rss_after_queries_bytes"] = proc_status(pid, "VmRSS")
         return rec, answers
     finally:
+        log("%s: stopping PID %d" % (key, pid))
         srv.stop()
+        RUNNING.remove(srv.proc)
 
 
 # ---------------------------------------------------------------- report
@@ -555,7 +563,14 @@ def main():
     ap.add_argument("--max-seconds", type=float, default=3600, help="whole run; later steps are skipped past it")
     ap.add_argument("--no-settle", action="store_true", help="skip compaction / force_merge before the queries")
     a = ap.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the finally blocks: servers stopped by PID
+    def on_term(signum, _frame):
+        log("signal %d: stopping the server that runs (by its PID) and exiting" % signum)
+        for proc in RUNNING:  # at once; the finally blocks then wait for it
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     t0 = time.time()
     deadline = t0 + a.max_seconds
     a.data = os.path.abspath(a.data)
