@@ -217,7 +217,10 @@ class Roaster(Mixin, bench.Roaster):
 
     def version(self):
         binary = os.path.abspath(os.environ.get("ROASTER_BIN", os.path.join(REPO, "target/release/roaster")))
-        return subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+        v = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(binary))) if os.path.exists(binary) else "?"
+        return "%s (%s, built %s; worktree HEAD %s)" % (v, binary, built, head or "?")
 
 
 class VM(Mixin, bench.VM):
