@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """End-to-end smoke figure: N series x P points of Graphite plaintext over 4 TCP connections into
-a running `roaster serve` (release build), timed until the query API counts them all. Prints
+a running `roaster serve` (release build), timed until the query API counts them all (with
+`sum(count_over_time(...))` over every name, which needs `[query] delayed_name_removal = true`:
+by default, as in Prometheus 2.42, that query is "vector cannot contain metrics with the same
+labelset"). Prints
 points/s and the server's CPU seconds per million points (its /proc stat, query polling included).
 Not the shared benchmark (../shared/bench/peers is); a quick check that needs no data set.
 
     ROASTER_ADMIN_TOKEN=smoke-admin-token-0123456789 target/release/roaster serve \
-        --config c.toml --data-dir /tmp/smoke/data &      # c.toml: listeners on 127.0.0.1:0
+        --config c.toml --data-dir /tmp/smoke/data &      # c.toml: listeners on 127.0.0.1:0,
+                                                          # [query] delayed_name_removal = true
     python3 crates/cli/scripts/graphite_smoke.py /tmp/smoke/data $! 100000 40
 """
 import socket, time, json, sys, threading, urllib.request, urllib.parse, os

@@ -34,8 +34,10 @@ fn main() {
         reader.add_sorted(&key, &ts, &vals);
     }
     let end = START_MS + (POINTS as i64 - 1) * STEP_MS;
+    // the queries aggregate over several metric names: Prometheus 3's lazy name drop
     let limits = QueryLimits {
         max_samples: 200_000_000,
+        delayed_name_removal: true,
         ..QueryLimits::default()
     };
     let total = (SERIES * POINTS) as f64;

@@ -10,7 +10,10 @@
 //! - every `Series::points` has exactly `Steps::len()` entries;
 //! - a series whose points are all `None` is not kept;
 //! - `Series::drop_name` means "remove `__name__` before these labels are looked at"
-//!   (delayed name removal, see the crate doc).
+//!   (delayed name removal, see the crate doc). Unless
+//!   [`QueryLimits::delayed_name_removal`] is set, every node that drops the name removes it
+//!   at once and checks its result as Prometheus 2.42 does (`check_same_labelset`), so a
+//!   node's output never carries a pending drop.
 
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
@@ -612,6 +615,7 @@ impl<'a> Evaluator<'a> {
                             *p = -*p;
                         }
                     }
+                    self.check_same_labelset(&mut series, false)?;
                     Ok(Value::Vector(series))
                 }
                 Value::Str(_) => Err(QueryError::BadData("unary minus on a string".into())),
@@ -620,9 +624,30 @@ impl<'a> Evaluator<'a> {
             Expr::MatrixSelector(_) | Expr::Subquery(_) => Err(QueryError::BadData(
                 "a range vector is only allowed as a function argument here".into(),
             )),
-            Expr::Call(c) => self.call(c, need_labels),
-            Expr::Aggregate(a) => self.aggregate(a),
-            Expr::Binary(b) => self.binary(b),
+            Expr::Call(c) => {
+                let mut v = self.call(c, need_labels)?;
+                // a range function checks its own output as it streams (`range_call`)
+                if RangeFn::from_name(c.func.name).is_none()
+                    && let Value::Vector(series) = &mut v
+                {
+                    self.check_same_labelset(series, true)?;
+                }
+                Ok(v)
+            }
+            Expr::Aggregate(a) => {
+                let mut v = self.aggregate(a)?;
+                if let Value::Vector(series) = &mut v {
+                    self.check_same_labelset(series, true)?;
+                }
+                Ok(v)
+            }
+            Expr::Binary(b) => {
+                let mut v = self.binary(b)?;
+                if let Value::Vector(series) = &mut v {
+                    self.check_same_labelset(series, true)?;
+                }
+                Ok(v)
+            }
             Expr::Extension(_) => Err(QueryError::NotSupported("extension expressions".into())),
         }
     }
@@ -990,6 +1015,16 @@ impl<'a> Evaluator<'a> {
         };
         let m = unwrap_parens(arg(args, matrix_idx)?);
         let keep_name = f == RangeFn::LastOverTime;
+        // Prometheus 2.42 drops the name here and refuses two outputs with the same labels
+        // anywhere in the result; a selector naming one metric cannot produce two
+        let check = !self.limits.delayed_name_removal
+            && match m {
+                Expr::MatrixSelector(ms) => !keep_name && !names_one_metric(&ms.vs),
+                _ => true,
+            };
+        let need_labels = need_labels || check;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let mut seen_labels: std::collections::HashSet<u64> = std::collections::HashSet::new();
         let steps = self.steps;
         let max_samples = self.limits.max_samples;
         let mut produced = 0usize;
@@ -1040,11 +1075,18 @@ impl<'a> Evaluator<'a> {
                     points.push(p);
                 }
                 if any && f != RangeFn::AbsentOverTime {
-                    let kept = sink(Series {
+                    let mut s = Series {
                         labels,
                         drop_name: drop || !keep_name,
                         points,
-                    })?;
+                    };
+                    if check {
+                        s.materialize();
+                        if !seen_labels.insert(std::hash::BuildHasher::hash_one(&hasher, &s.labels)) {
+                            return Err(same_labelset());
+                        }
+                    }
+                    let kept = sink(s)?;
                     produced = produced.saturating_add(kept);
                 }
                 if produced > budget {
@@ -1088,6 +1130,44 @@ impl<'a> Evaluator<'a> {
                     points,
                 })?;
                 self.account(kept)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Prometheus 2.42's name dropping and `ContainsSameLabelset` check for one node's result
+    /// (unless [`QueryLimits::delayed_name_removal`]): pending name drops are applied now, and
+    /// two series with the same labels are the error "vector cannot contain metrics with the
+    /// same labelset" — at any one step (`per_step`, what `rangeEval` checks after a function
+    /// call, an aggregation or an operator), or anywhere in the result (unary minus).
+    fn check_same_labelset(&self, series: &mut [Series], per_step: bool) -> Result<(), QueryError> {
+        if self.limits.delayed_name_removal {
+            return Ok(());
+        }
+        for s in series.iter_mut() {
+            s.materialize();
+        }
+        if series.len() < 2 {
+            return Ok(());
+        }
+        let mut groups: HashMap<&Labels, Vec<usize>> = HashMap::with_capacity(series.len());
+        for (i, s) in series.iter().enumerate() {
+            groups.entry(&s.labels).or_default().push(i);
+        }
+        for idx in groups.values().filter(|g| g.len() > 1) {
+            if !per_step {
+                return Err(same_labelset());
+            }
+            let mut taken = vec![false; self.steps.len()];
+            for s in idx.iter().filter_map(|i| series.get(*i)) {
+                for (slot, p) in taken.iter_mut().zip(&s.points) {
+                    if p.is_some() {
+                        if *slot {
+                            return Err(same_labelset());
+                        }
+                        *slot = true;
+                    }
+                }
             }
         }
         Ok(())
@@ -1189,6 +1269,15 @@ fn arg<'e>(args: &[&'e Expr], i: usize) -> Result<&'e Expr, QueryError> {
     args.get(i)
         .copied()
         .ok_or_else(|| QueryError::BadData("missing function argument".into()))
+}
+
+/// Whether a selector can only match series of one metric name (an equality matcher on
+/// `__name__`), so dropping the name cannot make two of them equal.
+fn names_one_metric(vs: &VectorSelector) -> bool {
+    vs.name.is_some()
+        || vs.matchers.matchers.iter().any(|m| {
+            m.name == model::METRIC_NAME_LABEL && matches!(m.op, promql_parser::label::MatchOp::Equal)
+        })
 }
 
 fn nonempty(v: Vec<Series>) -> Vec<Series> {

@@ -36,13 +36,19 @@
 //! Anything else (native histograms, `or` inside braces, other functions) is answered with a
 //! `not supported: <construct>` error, never with a wrong answer.
 //!
-//! # Deliberate difference from Prometheus 2.x
-//! The metric name is dropped *lazily* (as Prometheus 3 does with delayed name removal): a
-//! function such as `avg_over_time` marks its output "drop name" and the name is removed
-//! when labels are next looked at (aggregation, binary matching, output). So
-//! `sum(avg_over_time({__name__=~"host.+"}[1h]))` works, where Prometheus 2 answers
-//! "vector cannot contain metrics with the same labelset". A query whose *final* result
-//! has two series with the same labels at one step is still that error.
+//! # Metric-name dropping
+//! By default exactly as Prometheus 2.42: a function (all but `last_over_time`), an
+//! arithmetic operator, a comparison with `bool` and unary minus drop `__name__` at once, and
+//! a node whose result holds two series with the same labels is the error "vector cannot
+//! contain metrics with the same labelset" — for a range function or unary minus anywhere in
+//! its result, for an instant function, aggregation or operator at any one step (2.42's
+//! `rangeEval`). So `sum(avg_over_time({__name__=~"host.+"}[1h]))` is that error, as in
+//! 2.42. With [`QueryLimits::delayed_name_removal`] (config `[query]
+//! delayed_name_removal = true`) the name is dropped *lazily*, as Prometheus 3's
+//! `promql-delayed-name-removal` does: a node marks its output "drop name" and the name is
+//! removed when labels are next looked at (aggregation, binary matching, output), so that
+//! query sums; only a *final* result with two series of the same labels at one step is then
+//! the error.
 //!
 //! # Map
 //! - [`eval`]: the evaluator (steps, selectors, windows, subqueries, result shapes)
@@ -130,7 +136,7 @@ pub enum QueryError {
     TooManyQueries(usize),
 }
 
-/// Bounds on one query. Nested in the server config as `[query]`; every field is optional
+/// Bounds on one query (and the one semantic switch, [`QueryLimits::delayed_name_removal`]). Nested in the server config as `[query]`; every field is optional
 /// and defaults as [`QueryLimits::default`] says (Prometheus' defaults where it has one).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -155,6 +161,11 @@ pub struct QueryLimits {
     pub subquery_step_ms: i64,
     /// Most queries evaluated at once (see [`QueryGate`]); more are refused, not queued.
     pub max_concurrent_queries: usize,
+    /// Drop the metric name lazily, as Prometheus 3's `promql-delayed-name-removal` does, so
+    /// `sum(avg_over_time({__name__=~"host.+"}[1h]))` works. Off (the default), the name is
+    /// dropped at once as in Prometheus 2.42, where that query is the error "vector cannot
+    /// contain metrics with the same labelset".
+    pub delayed_name_removal: bool,
 }
 
 impl Default for QueryLimits {
@@ -167,6 +178,7 @@ impl Default for QueryLimits {
             max_points_per_series_in_range: 11_000,
             subquery_step_ms: 60_000,
             max_concurrent_queries: 20,
+            delayed_name_removal: false,
         }
     }
 }
@@ -278,7 +290,8 @@ pub trait SeriesReader: Send + Sync {
     ) -> Result<(), QueryError>;
 
     /// The series matching `matchers` (an empty slice matches every series) with samples in
-    /// `[start_ms, end_ms]`, at most `limit`.
+    /// `[start_ms, end_ms]`, at most `limit` (Prometheus 2.42 judges "with samples" per
+    /// chunk, which is the same unless a chunk's samples straddle the range).
     fn series(
         &self,
         matchers: &[Matcher],
@@ -288,7 +301,9 @@ pub trait SeriesReader: Send + Sync {
     ) -> Result<Vec<SeriesKey>, QueryError>;
 
     /// Sorted label names (`__name__` included) of the matching series (an empty slice
-    /// matches every series), at most `limit`.
+    /// matches every series) with samples in `[start_ms, end_ms]` (as [`SeriesReader::series`]
+    /// judges it), at most `limit`. Prometheus 2.42 is coarser here: it lists the names of
+    /// every series in any block overlapping the range.
     fn label_names(
         &self,
         matchers: &[Matcher],
@@ -298,7 +313,8 @@ pub trait SeriesReader: Send + Sync {
     ) -> Result<Vec<String>, QueryError>;
 
     /// Sorted values of label `name` over the matching series (an empty slice matches
-    /// every series), at most `limit`.
+    /// every series) with samples in `[start_ms, end_ms]` (as [`SeriesReader::series`] judges
+    /// it), at most `limit`; Prometheus 2.42 is block-coarse here too.
     fn label_values(
         &self,
         name: &str,

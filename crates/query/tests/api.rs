@@ -357,7 +357,7 @@ fn limits_config_round_trips_and_rejects_unknown_keys() {
     let json = serde_json::to_string(&l).unwrap();
     assert_eq!(
         json,
-        r#"{"max_samples":50000000,"max_series":1000000,"timeout_ms":120000,"lookback_delta_ms":300000,"max_points_per_series_in_range":11000,"subquery_step_ms":60000,"max_concurrent_queries":20}"#
+        r#"{"max_samples":50000000,"max_series":1000000,"timeout_ms":120000,"lookback_delta_ms":300000,"max_points_per_series_in_range":11000,"subquery_step_ms":60000,"max_concurrent_queries":20,"delayed_name_removal":false}"#
     );
     assert_eq!(serde_json::from_str::<QueryLimits>(&json).unwrap(), l);
     assert_eq!(serde_json::from_str::<QueryLimits>("{}").unwrap(), l);

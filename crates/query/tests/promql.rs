@@ -11,6 +11,7 @@
 //! eval_fail instant at 0 foo(
 //! eval_ordered instant at 1m sort(metric)
 //! clear
+//! delayed_name_removal on               # Prometheus 3's lazy name drop from here on (off: 2.42)
 //! ```
 //! Values compare with a relative tolerance of 1e-6 (Prometheus' `defaultEpsilon`), NaN
 //! equals NaN. Results are compared as sets unless the command is `eval_ordered`.
@@ -32,6 +33,8 @@ enum Cmd {
         series: Vec<(SeriesKey, Vec<Option<f64>>)>,
     },
     Clear,
+    /// `delayed_name_removal on|off`: [`QueryLimits::delayed_name_removal`] from here on.
+    DelayedNameRemoval(bool),
     Eval {
         line: usize,
         kind: Kind,
@@ -199,6 +202,12 @@ fn parse_command(line: &str, body: &[&str], lineno: usize) -> Cmd {
             Cmd::Load { interval, series }
         } else if line == "clear" {
             Cmd::Clear
+        } else if let Some(v) = line.strip_prefix("delayed_name_removal ") {
+            Cmd::DelayedNameRemoval(match v.trim() {
+                "on" => true,
+                "off" => false,
+                other => panic!("line {lineno}: delayed_name_removal {other:?}, want on or off"),
+            })
         } else if line.starts_with("eval") {
             let (head, rest) = line.split_once(' ').unwrap();
             let kind = match head {
@@ -279,11 +288,12 @@ fn show(v: &[Option<f64>]) -> String {
 
 fn run_file(name: &str, text: &str, strict: bool, failures: &mut Vec<String>) -> usize {
     let mut reader = MemReader::new();
-    let limits = QueryLimits::default();
+    let mut limits = QueryLimits::default();
     let mut evals = 0;
     for cmd in parse_script(text, strict) {
         match cmd {
             Cmd::Clear => reader.clear(),
+            Cmd::DelayedNameRemoval(on) => limits.delayed_name_removal = on,
             Cmd::Load { interval, series } => {
                 for (key, vals) in series {
                     for (i, v) in vals.into_iter().enumerate() {

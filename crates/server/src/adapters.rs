@@ -131,38 +131,59 @@ impl SeriesReader for TsdbReader {
         Ok(())
     }
 
-    /// Series whose keys match; the engine's index has no time dimension, so `start_ms` and
-    /// `end_ms` do not narrow the answer (Prometheus narrows by block, which is coarse too).
+    /// Series whose keys match and that hold a sample in `[start_ms, end_ms]`
+    /// ([`tsdb::Db::with_data_in`]: exact; Prometheus 2.42 judges per chunk). The API's
+    /// "all time" default range skips the time check, so series without any sample are
+    /// listed then.
     fn series(
         &self,
         matchers: &[Matcher],
-        _start_ms: i64,
-        _end_ms: i64,
+        start_ms: i64,
+        end_ms: i64,
         limit: usize,
     ) -> Result<Vec<SeriesKey>, QueryError> {
-        Ok(self.db.series(matchers, limit))
+        if all_time(start_ms, end_ms) {
+            return Ok(self.db.series(matchers, limit));
+        }
+        Ok(self.db.series_in_range(matchers, start_ms, end_ms, limit))
     }
 
+    /// Label names of the series [`TsdbReader::series`] would list.
     fn label_names(
         &self,
         matchers: &[Matcher],
-        _start_ms: i64,
-        _end_ms: i64,
+        start_ms: i64,
+        end_ms: i64,
         limit: usize,
     ) -> Result<Vec<String>, QueryError> {
-        Ok(self.db.label_names(matchers, limit))
+        if all_time(start_ms, end_ms) {
+            return Ok(self.db.label_names(matchers, limit));
+        }
+        Ok(self.db.label_names_in_range(matchers, start_ms, end_ms, limit))
     }
 
+    /// Values of `name` among the series [`TsdbReader::series`] would list.
     fn label_values(
         &self,
         name: &str,
         matchers: &[Matcher],
-        _start_ms: i64,
-        _end_ms: i64,
+        start_ms: i64,
+        end_ms: i64,
         limit: usize,
     ) -> Result<Vec<String>, QueryError> {
-        Ok(self.db.label_values(name, matchers, limit))
+        if all_time(start_ms, end_ms) {
+            return Ok(self.db.label_values(name, matchers, limit));
+        }
+        Ok(self
+            .db
+            .label_values_in_range(name, matchers, start_ms, end_ms, limit))
     }
+}
+
+/// Whether `[start_ms, end_ms]` is the API's "all time" (no `start`, no `end`), where the
+/// look-ups need no time check.
+fn all_time(start_ms: i64, end_ms: i64) -> bool {
+    start_ms <= query::api::MIN_TIME_MS && end_ms >= query::api::MAX_TIME_MS
 }
 
 /// The compaction report as JSON for `POST /api/v1/admin/compact`.
@@ -200,4 +221,57 @@ pub fn snapshot(db: &tsdb::Db, data_dir: &std::path::Path, dest: &std::path::Pat
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{Label, ManualClock, Timestamp};
+    use query::api::{MAX_TIME_MS, MIN_TIME_MS};
+
+    #[test]
+    fn series_and_labels_honour_start_and_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = tsdb::Options {
+            maintenance_interval: None,
+            ..tsdb::Options::default()
+        };
+        let db = tsdb::Db::open(dir.path(), opts, Arc::new(ManualClock::new(Timestamp(1_000_000)))).unwrap();
+        let key = |n: &str, kind: &str| SeriesKey::new(n, vec![Label::new("kind", kind)]).unwrap();
+        for (k, from) in [(key("early", "e"), 0), (key("late", "l"), 600_000)] {
+            let id = db.resolve(&k).unwrap();
+            let batch: Vec<Point> = (0..10)
+                .map(|i| Point {
+                    series: id,
+                    ts: from + i * 15_000,
+                    value: 1.0,
+                })
+                .collect();
+            db.append(&batch).unwrap();
+        }
+        db.resolve(&key("never", "n")).unwrap();
+        let r = TsdbReader::new(db);
+        let names = |start, end| -> Vec<String> {
+            r.series(&[], start, end, 100)
+                .unwrap()
+                .iter()
+                .map(|k| k.name().to_owned())
+                .collect()
+        };
+        // no range: every series, even one without samples (the index alone)
+        assert_eq!(names(MIN_TIME_MS, MAX_TIME_MS), ["early", "late", "never"]);
+        assert_eq!(names(0, 135_000), ["early"]);
+        assert_eq!(names(135_000, 600_000), ["early", "late"]);
+        assert_eq!(names(135_001, 599_999), Vec::<String>::new());
+        assert_eq!(names(MIN_TIME_MS, 0), ["early"]);
+        assert_eq!(
+            r.label_values("kind", &[], 600_000, MAX_TIME_MS, 100).unwrap(),
+            ["l"]
+        );
+        assert_eq!(
+            r.label_names(&[], 700_000, 800_000, 100).unwrap(),
+            ["__name__", "kind"]
+        );
+        assert!(r.label_names(&[], 900_000, 950_000, 100).unwrap().is_empty());
+    }
 }

@@ -527,6 +527,124 @@ impl Db {
         self.index.read().label_values(name, matchers, limit)
     }
 
+    /// Like [`Db::series`], but only series holding a sample in `[start_ms, end_ms]` (see
+    /// [`Db::with_data_in`]).
+    pub fn series_in_range(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Vec<SeriesKey> {
+        let ids = self.matching_ids(matchers);
+        let ids = self.with_data_in(ids, start_ms, end_ms);
+        let ix = self.index.read();
+        ids.into_iter()
+            .filter_map(|id| ix.key(SeriesId(id)).cloned())
+            .take(limit)
+            .collect()
+    }
+
+    /// Like [`Db::label_names`], over the matching series holding a sample in
+    /// `[start_ms, end_ms]` only (see [`Db::with_data_in`]).
+    pub fn label_names_in_range(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Vec<String> {
+        let ids = self.with_data_in(self.matching_ids(matchers), start_ms, end_ms);
+        self.index.read().label_names_of(&ids, limit)
+    }
+
+    /// Like [`Db::label_values`], over the matching series holding a sample in
+    /// `[start_ms, end_ms]` only (see [`Db::with_data_in`]).
+    pub fn label_values_in_range(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Vec<String> {
+        let ids = self.with_data_in(self.matching_ids(matchers), start_ms, end_ms);
+        self.index.read().label_values_of(name, &ids, limit)
+    }
+
+    /// Ids of the series matching `matchers` (all when empty), ascending.
+    fn matching_ids(&self, matchers: &[Matcher]) -> Vec<u64> {
+        self.index.read().select_ids(matchers, false).unwrap_or_default()
+    }
+
+    /// The `ids` (kept in order) whose series hold a sample in `[start_ms, end_ms]`
+    /// (inclusive; a stale marker counts), exactly, over the head, head data being sealed and
+    /// the raw blocks. Cheap where it can be: a unit (the head, a block) whose first-to-last
+    /// span for the series misses the range is skipped, and one whose first or last sample
+    /// lies in the range answers at once; samples are read only when the span strictly
+    /// contains the range (a gap may cover it). A block that fails to read counts as holding
+    /// data. Rollup blocks are not consulted, so data left only in rollups after raw
+    /// retention does not count.
+    pub fn with_data_in(&self, ids: Vec<u64>, start_ms: i64, end_ms: i64) -> Vec<u64> {
+        // None: no sample in range; Some(true): one for sure; Some(false): read to know
+        let span_says = |span: Option<(i64, i64)>| match span {
+            Some((lo, hi)) if lo <= end_ms && hi >= start_ms => Some(lo >= start_ms || hi <= end_ms),
+            _ => None,
+        };
+        let mut buf = Vec::new();
+        let mut mem_has = |s: &MemSeries| match span_says(s.min_t().zip(s.max_t())) {
+            None => false,
+            Some(true) => true,
+            Some(false) => {
+                buf.clear();
+                s.read_into(start_ms, end_ms, &mut buf);
+                !buf.is_empty()
+            }
+        };
+        let (in_head, blocks) = {
+            let head = self.head.read();
+            let sealed = self.sealed.read();
+            let frozen = sealed.frozen.as_deref();
+            let in_head: Vec<bool> = ids
+                .iter()
+                .map(|id| {
+                    let Ok(i) = usize::try_from(*id) else {
+                        return false;
+                    };
+                    head.series.get(i).is_some_and(&mut mem_has)
+                        || frozen.and_then(|f| f.get(i)).is_some_and(&mut mem_has)
+                })
+                .collect();
+            let blocks: Vec<Arc<Block>> = sealed
+                .blocks
+                .iter()
+                .filter(|b| {
+                    let m = b.reader.meta();
+                    m.resolution == Resolution::Raw && m.max_t >= start_ms && m.min_t <= end_ms
+                })
+                .cloned()
+                .collect();
+            (in_head, blocks)
+        };
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
+        let mut block_has = |b: &Block, id: SeriesId| match span_says(
+            b.reader.series_range(id).map(|(lo, hi, _)| (lo, hi)),
+        ) {
+            None => false,
+            Some(true) => true,
+            Some(false) => {
+                ts.clear();
+                vals.clear();
+                b.reader.read(id, start_ms, end_ms, &mut ts, &mut vals).is_err() || !ts.is_empty()
+            }
+        };
+        ids.into_iter()
+            .zip(in_head)
+            .filter(|(id, in_head)| *in_head || blocks.iter().any(|b| block_has(b, SeriesId(*id))))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// A point-in-time summary.
     pub fn stats(&self) -> DbStats {
         let series = self.index.read().len();

@@ -193,6 +193,31 @@ impl Index {
         values.into_iter().take(limit).map(str::to_owned).collect()
     }
 
+    /// Label names (`__name__` included) carried by the series `ids`, sorted, at most `limit`.
+    pub fn label_names_of(&self, ids: &[u64], limit: usize) -> Vec<String> {
+        let mut names = BTreeSet::new();
+        for id in ids {
+            if let Some(k) = self.key(SeriesId(*id)) {
+                names.insert(METRIC_NAME_LABEL);
+                for l in k.labels() {
+                    names.insert(l.name.as_str());
+                }
+            }
+        }
+        names.into_iter().take(limit).map(str::to_owned).collect()
+    }
+
+    /// Values of label `name` among the series `ids`, sorted, at most `limit`.
+    pub fn label_values_of(&self, name: &str, ids: &[u64], limit: usize) -> Vec<String> {
+        let mut values = BTreeSet::new();
+        for id in ids {
+            if let Some(v) = self.key(SeriesId(*id)).and_then(|k| k.get(name)) {
+                values.insert(v);
+            }
+        }
+        values.into_iter().take(limit).map(str::to_owned).collect()
+    }
+
     /// All keys in id order, for checkpointing.
     pub fn keys(&self) -> &[SeriesKey] {
         &self.keys
