@@ -519,6 +519,54 @@ impl<'a> Evaluator<'a> {
         self.check_deadline()
     }
 
+    /// Streams each matching series as clean buckets plus raw samples (see
+    /// [`SeriesReader::select_summaries`]), stale markers removed, with the same limits as
+    /// [`Evaluator::select_keys`].
+    fn select_summaries(
+        &mut self,
+        vs: &VectorSelector,
+        w: &Window,
+        visit: &mut crate::SummaryVisit<'_>,
+    ) -> Result<(), QueryError> {
+        let matchers: Vec<Matcher> = selector_matchers(vs)?;
+        let windows = crate::Windows::new(w.refs.clone(), w.range);
+        let max_series = self.limits.max_series;
+        let max_samples = self.limits.max_samples;
+        let deadline = self.deadline;
+        let mut n = 0usize;
+        let mut ts_buf = Vec::new();
+        let mut val_buf = Vec::new();
+        self.reader
+            .select_summaries(&matchers, &windows, &mut |key, buckets, ts, vals| {
+                n += 1;
+                if n > max_series {
+                    return Err(QueryError::TooManySeries(max_series));
+                }
+                if n.is_multiple_of(64) && Instant::now() > deadline {
+                    return Err(QueryError::Timeout);
+                }
+                if ts.len() > max_samples {
+                    return Err(QueryError::TooManySamples);
+                }
+                let len = ts.len().min(vals.len());
+                let (ts, vals) = (&ts[..len], &vals[..len]);
+                if has_stale(vals) {
+                    ts_buf.clear();
+                    val_buf.clear();
+                    for (t, v) in ts.iter().zip(vals) {
+                        if !is_stale(*v) {
+                            ts_buf.push(*t);
+                            val_buf.push(*v);
+                        }
+                    }
+                    visit(key, buckets, &ts_buf, &val_buf)
+                } else {
+                    visit(key, buckets, ts, vals)
+                }
+            })?;
+        self.check_deadline()
+    }
+
     /// Evaluates a subquery and streams its series as raw samples, the window for each
     /// outer step being `[ref - range, ref]`.
     fn subquery_raw(&mut self, sq: &SubqueryExpr, visit: &mut SubqueryVisit<'_>) -> Result<(), QueryError> {
@@ -995,79 +1043,108 @@ impl<'a> Evaluator<'a> {
         let mut produced = 0usize;
         let budget = self.limits.max_samples.saturating_sub(self.samples);
         let mut seen_any: Vec<bool> = vec![false; n];
-        let mut per_series =
-            |labels: Labels, drop: bool, ts: &[i64], vals: &[f64], w: &Window| -> Result<(), QueryError> {
-                let mut points = Vec::with_capacity(n);
-                let mut any = false;
-                let mut lo = 0usize;
-                let mut hi = 0usize;
-                let monotone = w.refs.windows(2).all(|p| p[0] <= p[1]);
-                for (i, r) in w.refs.iter().enumerate() {
-                    let from = r.saturating_sub(w.range);
-                    if monotone {
-                        // windows only move forward: gallop from the last edge
-                        lo = advance(ts, lo, |t| t < from);
-                        hi = advance(ts, hi.max(lo), |t| t <= *r);
-                    } else {
-                        lo = ts.partition_point(|t| *t < from);
-                        hi = ts.partition_point(|t| *t <= *r).max(lo);
-                    }
-                    if hi - lo > max_samples {
-                        return Err(QueryError::TooManySamples);
-                    }
-                    let (Some(wts), Some(wvals)) = (ts.get(lo..hi), vals.get(lo..hi)) else {
-                        points.push(None);
-                        continue;
-                    };
-                    if !wts.is_empty()
-                        && let Some(s) = seen_any.get_mut(i)
-                    {
-                        *s = true;
-                    }
-                    let ctx = functions::WindowCtx {
-                        range_start: from,
-                        range_end: *r,
-                        range_ms: w.range,
-                        step_time: steps.at(i),
-                        param: param.as_ref().and_then(|p| p.get(i).copied()).unwrap_or(f64::NAN),
-                    };
-                    let p = if wts.is_empty() {
-                        None
-                    } else {
-                        functions::apply(f, wts, wvals, &ctx)
-                    };
-                    any |= p.is_some();
-                    points.push(p);
+        let mut per_series = |labels: Labels,
+                              drop: bool,
+                              ts: &[i64],
+                              vals: &[f64],
+                              buckets: &[crate::Bucket],
+                              w: &Window|
+         -> Result<(), QueryError> {
+            let mut points = Vec::with_capacity(n);
+            let mut any = false;
+            let mut lo = 0usize;
+            let mut hi = 0usize;
+            let (mut blo, mut bhi) = (0usize, 0usize);
+            let monotone = w.refs.windows(2).all(|p| p[0] <= p[1]);
+            for (i, r) in w.refs.iter().enumerate() {
+                let from = r.saturating_sub(w.range);
+                if monotone {
+                    // windows only move forward: gallop from the last edge
+                    lo = advance(ts, lo, |t| t < from);
+                    hi = advance(ts, hi.max(lo), |t| t <= *r);
+                } else {
+                    lo = ts.partition_point(|t| *t < from);
+                    hi = ts.partition_point(|t| *t <= *r).max(lo);
                 }
-                if any && f != RangeFn::AbsentOverTime {
-                    let kept = sink(Series {
-                        labels,
-                        drop_name: drop || !keep_name,
-                        points,
-                    })?;
-                    produced = produced.saturating_add(kept);
+                if !buckets.is_empty() {
+                    // clean buckets: inside this window iff their start is
+                    blo = buckets.partition_point(|b| b.start < from);
+                    bhi = buckets.partition_point(|b| b.start <= *r).max(blo);
                 }
-                if produced > budget {
+                if hi - lo > max_samples {
                     return Err(QueryError::TooManySamples);
                 }
-                Ok(())
-            };
+                let (Some(wts), Some(wvals)) = (ts.get(lo..hi), vals.get(lo..hi)) else {
+                    points.push(None);
+                    continue;
+                };
+                let wbuckets = buckets.get(blo..bhi).unwrap_or(&[]);
+                if (!wts.is_empty() || !wbuckets.is_empty())
+                    && let Some(s) = seen_any.get_mut(i)
+                {
+                    *s = true;
+                }
+                if !wbuckets.is_empty() {
+                    let p = functions::apply_summarised(f, wts, wvals, wbuckets);
+                    any |= p.is_some();
+                    points.push(p);
+                    continue;
+                }
+                let ctx = functions::WindowCtx {
+                    range_start: from,
+                    range_end: *r,
+                    range_ms: w.range,
+                    step_time: steps.at(i),
+                    param: param.as_ref().and_then(|p| p.get(i).copied()).unwrap_or(f64::NAN),
+                };
+                let p = if wts.is_empty() {
+                    None
+                } else {
+                    functions::apply(f, wts, wvals, &ctx)
+                };
+                any |= p.is_some();
+                points.push(p);
+            }
+            if any && f != RangeFn::AbsentOverTime {
+                let kept = sink(Series {
+                    labels,
+                    drop_name: drop || !keep_name,
+                    points,
+                })?;
+                produced = produced.saturating_add(kept);
+            }
+            if produced > budget {
+                return Err(QueryError::TooManySamples);
+            }
+            Ok(())
+        };
         match m {
             Expr::MatrixSelector(ms) => {
                 let w = self.window(&ms.vs, millis(&ms.range), None)?;
-                self.select_keys(&ms.vs, &w, &mut |key, ts, vals| {
-                    let labels = if need_labels {
-                        Labels::from_key(key)
-                    } else {
-                        Labels::new()
-                    };
-                    per_series(labels, false, ts, vals, &w)
-                })?;
+                if self.limits.use_rollups && functions::summarisable(f) {
+                    self.select_summaries(&ms.vs, &w, &mut |key, buckets, ts, vals| {
+                        let labels = if need_labels {
+                            Labels::from_key(key)
+                        } else {
+                            Labels::new()
+                        };
+                        per_series(labels, false, ts, vals, buckets, &w)
+                    })?;
+                } else {
+                    self.select_keys(&ms.vs, &w, &mut |key, ts, vals| {
+                        let labels = if need_labels {
+                            Labels::from_key(key)
+                        } else {
+                            Labels::new()
+                        };
+                        per_series(labels, false, ts, vals, &[], &w)
+                    })?;
+                }
             }
             Expr::Subquery(sq) => {
                 let w = self.subquery_window(sq);
                 self.subquery_raw(sq, &mut |labels, drop, ts, vals| {
-                    per_series(labels.clone(), drop, ts, vals, &w)
+                    per_series(labels.clone(), drop, ts, vals, &[], &w)
                 })?;
             }
             _ => {
