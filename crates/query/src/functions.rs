@@ -889,6 +889,48 @@ impl<'g> StreamAgg<'g> {
         allocated
     }
 
+    /// Result slots held (groups × steps).
+    pub(crate) fn slots(&self) -> usize {
+        self.groups.len().saturating_mul(self.n)
+    }
+
+    /// Whether [`StreamAgg::merge`] supports this aggregation (not stddev/stdvar).
+    pub(crate) fn mergeable(op: &str) -> bool {
+        matches!(op, "sum" | "avg" | "count" | "min" | "max" | "group")
+    }
+
+    /// Folds in an aggregation of *later* series (a later shard in key order), as if its
+    /// series had been added here one by one: groups keep their first-seen order; min,
+    /// max, count and group are exact; sum adds partial sums and avg weights partial means,
+    /// so both differ from one sequential fold by float rounding only. Returns the result
+    /// slots newly allocated.
+    pub(crate) fn merge(&mut self, other: StreamAgg<'_>) -> usize {
+        let op = self.op;
+        let mut allocated = 0;
+        for (key, accs) in other.groups {
+            let gi = match self.index.get(&key) {
+                Some(gi) => *gi,
+                None => {
+                    self.index.insert(key.clone(), self.groups.len());
+                    self.groups.push((key, vec![None; self.n]));
+                    allocated += self.n;
+                    self.groups.len() - 1
+                }
+            };
+            let Some((_, mine)) = self.groups.get_mut(gi) else {
+                continue;
+            };
+            for (a, b) in mine.iter_mut().zip(accs) {
+                let Some(b) = b else { continue };
+                *a = Some(match *a {
+                    None => b,
+                    Some(a) => merge_acc(op, a, b),
+                });
+            }
+        }
+        allocated
+    }
+
     /// The aggregated series, groups without any value left out.
     pub(crate) fn finish(self) -> Vec<Series> {
         let op = self.op;
@@ -926,6 +968,43 @@ enum AggOp {
     Group,
     Stddev,
     Stdvar,
+}
+
+/// Combines the accumulators of two disjoint runs of series (`b` after `a`).
+fn merge_acc(op: AggOp, mut a: Acc, b: Acc) -> Acc {
+    match op {
+        AggOp::Sum | AggOp::Count => a.value += b.value,
+        AggOp::Group => {}
+        AggOp::Max => {
+            if a.value < b.value || a.value.is_nan() {
+                a.value = b.value;
+            }
+        }
+        AggOp::Min => {
+            if a.value > b.value || a.value.is_nan() {
+                a.value = b.value;
+            }
+        }
+        AggOp::Avg => {
+            let count = a.count + b.count;
+            a.mean = if a.mean.is_infinite() || b.mean.is_infinite() || a.mean.is_nan() || b.mean.is_nan() {
+                // inf + inf = inf, inf - inf = NaN, inf + finite = inf: as the sequential mean
+                a.mean + b.mean
+            } else {
+                a.mean + (b.mean - a.mean) * (b.count / count)
+            };
+            a.count = count;
+        }
+        AggOp::Stddev | AggOp::Stdvar => {
+            // Chan et al.'s pairwise update (not used by the parallel path, kept total)
+            let count = a.count + b.count;
+            let delta = b.mean - a.mean;
+            a.value += b.value + delta * delta * (a.count * b.count / count);
+            a.mean += delta * (b.count / count);
+            a.count = count;
+        }
+    }
+    a
 }
 
 fn accumulate(op: AggOp, mut a: Acc, v: f64) -> Acc {

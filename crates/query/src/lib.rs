@@ -54,6 +54,25 @@
 //! - [`mem`]: [`MemReader`], the in-memory reader the tests and the bench use
 //! - [`labels`]: [`Labels`], label sets with `__name__` as an ordinary label
 //!
+//! # Rollup reads and parallel aggregation
+//! `sum/count/min/max/last/avg_over_time` over a plain range selector ask the reader for
+//! [`SeriesReader::select_summaries`]: the storage may hand over [`Bucket`]s (rollup points)
+//! that lie wholly inside or wholly outside every window of the query ([`Windows::is_clean`];
+//! a bucket is inside `[t - r, t]` when its start is `>= t - r` and its last sample `<= t`),
+//! plus the raw samples outside them. A window with no bucket is computed from raw samples
+//! exactly as before (bit for bit); one with buckets combines them: min, max, count and last
+//! are exact, sum is a compensated sum of raw values and bucket sums and avg that over the
+//! count, so both differ from Prometheus' sequential sum / incremental mean by rounding
+//! only (the proptests allow 1e-12 relative; the differential test against Prometheus
+//! allows 1e-9). Stale markers are skipped on both paths. `[query] use_rollups = false`
+//! reads raw only.
+//!
+//! `sum avg count min max group` over one selector or one range function of a range
+//! selector run in [`QueryLimits::threads`] parts: each thread reads a contiguous run of the
+//! matching series ([`SeriesReader::select_shard`]) into its own partial aggregation, merged
+//! in key order. Series limits are summed over parts; each part may use the whole
+//! `max_samples` budget, so transient memory is at most threads × that.
+//!
 //! # Semantics pinned to Prometheus 2.42
 //! Range windows `[t - range, t]` and the lookback window `[t - 5m, t]` are closed at both
 //! ends; rate/increase/delta extrapolate as `extrapolatedRate`; subquery steps are aligned
@@ -81,6 +100,8 @@
 //! - a response shape or error message: `tests/api.rs` pins it byte for byte
 //! - [`QueryLimits`]: it is nested in the server config as `[query]`; tell the server
 //!   owner and keep `limits_config_round_trips_and_rejects_unknown_keys` in step
+//! - rollup reads or parallel aggregation: `tests/summaries.rs` (raw vs buckets, sequential
+//!   vs parallel, proptests) and `crates/server/tests/rollup_reads.rs` (over the engine)
 //!
 //! **Invariant:** evaluation never panics on input; every bound is in [`QueryLimits`].
 

@@ -5,8 +5,8 @@
 //! With [`MemReader::with_buckets`] it also answers
 //! [`SeriesReader::select_summaries`] with epoch-aligned buckets computed from its samples
 //! (as the storage's rollups are), so the evaluator's bucket path can be tested against the
-//! raw path without the storage engine. Shards ([`SeriesReader::select_shard`]) take every
-//! `shards`-th series.
+//! raw path without the storage engine. Shards ([`SeriesReader::select_shard`]) are
+//! contiguous runs of the matching series in key order, as the storage's are.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -183,6 +183,23 @@ fn summarise(
 }
 
 impl MemReader {
+    /// Part `shard` of `shards` of the matching series: a contiguous run in key order.
+    fn part<'a>(
+        &'a self,
+        matchers: &'a [Matcher],
+        start: i64,
+        end: i64,
+        shard: usize,
+        shards: usize,
+    ) -> Vec<(&'a SeriesKey, &'a [i64], &'a [f64])> {
+        let all: Vec<_> = self.matching(matchers, start, end).collect();
+        let shards = shards.max(1);
+        let at = |k: usize| all.len().saturating_mul(k.min(shards)) / shards;
+        all.get(at(shard)..at(shard.saturating_add(1)))
+            .unwrap_or_default()
+            .to_vec()
+    }
+
     fn summaries_of(
         &self,
         matchers: &[Matcher],
@@ -195,10 +212,7 @@ impl MemReader {
             return Ok(());
         };
         let (mut buckets, mut raw_ts, mut raw_vals) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (k, ts, vals)) in self.matching(matchers, start, end).enumerate() {
-            if i % shards.max(1) != shard {
-                continue;
-            }
+        for (k, ts, vals) in self.part(matchers, start, end, shard, shards) {
             if self.bucket_ms == 0 {
                 visit(k, &[], ts, vals)?;
                 continue;
@@ -248,10 +262,8 @@ impl SeriesReader for MemReader {
         shards: usize,
         visit: &mut crate::Visit<'_>,
     ) -> Result<(), QueryError> {
-        for (i, (k, ts, vals)) in self.matching(matchers, start_ms, end_ms).enumerate() {
-            if i % shards.max(1) == shard {
-                visit(k, ts, vals)?;
-            }
+        for (k, ts, vals) in self.part(matchers, start_ms, end_ms, shard, shards) {
+            visit(k, ts, vals)?;
         }
         Ok(())
     }

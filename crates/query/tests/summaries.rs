@@ -282,3 +282,89 @@ fn benchmark_shape_uses_one_bucket_per_series() {
         values_agree(&raw, &got, false).unwrap();
     }
 }
+
+const AGGS: [&str; 6] = ["sum", "avg", "count", "min", "max", "group"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Aggregations evaluated in 3 parts and merged agree with one sequential fold.
+    #[test]
+    fn parallel_aggregation_agrees_with_sequential(
+        data in data_strategy(),
+        agg in 0..AGGS.len(),
+        inner in 0..4usize,
+        by in any::<bool>(),
+        at_s in 0i64..5 * HOUR / 1000,
+        step in prop_oneof![Just(MIN), Just(5 * MIN)],
+    ) {
+        let inner = match inner {
+            0 => "m".to_owned(),
+            1 => "rate(m[10m])".to_owned(),
+            2 => "avg_over_time(m[1h])".to_owned(),
+            _ => "quantile_over_time(0.5, m[30m])".to_owned(),
+        };
+        let q = if by {
+            format!("{} by (i) ({inner})", AGGS[agg])
+        } else {
+            format!("{}({inner})", AGGS[agg])
+        };
+        let seq = QueryLimits { parallelism: 1, ..QueryLimits::default() };
+        let par = QueryLimits { parallelism: 3, ..QueryLimits::default() };
+        let r = reader(&data, HOUR);
+        let exact = !matches!(AGGS[agg], "sum" | "avg");
+        let t = at_s * 1000;
+        let want = evaluate_instant(&r, &q, t, &seq);
+        let got = evaluate_instant(&r, &q, t, &par);
+        match (&want, &got) {
+            (Ok(w), Ok(g)) => {
+                if let Err(e) = values_agree(w, g, exact) {
+                    return Err(TestCaseError::fail(format!("{q} at {t}: {e}")));
+                }
+            }
+            _ => prop_assert_eq!(want.is_ok(), got.is_ok(), "{}", q),
+        }
+        let steps = Steps { start: t, end: t + 2 * HOUR, step };
+        let want = evaluate_range(&r, &q, steps, &seq);
+        let got = evaluate_range(&r, &q, steps, &par);
+        match (want, got) {
+            (Ok(w), Ok(g)) => {
+                prop_assert_eq!(w.len(), g.len(), "{}", q);
+                for (a, b) in w.iter().zip(&g) {
+                    prop_assert_eq!(&a.labels, &b.labels);
+                    prop_assert_eq!(&a.ts, &b.ts, "{}", q);
+                    for (x, y) in a.vals.iter().zip(&b.vals) {
+                        prop_assert!(agree(*x, *y, exact), "{}: {} vs {}", q, x, y);
+                    }
+                }
+            }
+            (w, g) => prop_assert_eq!(w.is_ok(), g.is_ok(), "{}", q),
+        }
+    }
+}
+
+/// Limits hold across parts: series are counted over all parts.
+#[test]
+fn parallel_parts_share_the_series_limit() {
+    let data: Vec<Vec<(i64, f64)>> = (0..3).map(|_| vec![(0, 1.0)]).collect();
+    let r = reader(&data, 0);
+    for parallelism in [1, 2, 3] {
+        let limits = QueryLimits {
+            parallelism,
+            max_series: 2,
+            ..QueryLimits::default()
+        };
+        let err = evaluate_instant(&r, "sum(m)", 1000, &limits).unwrap_err();
+        assert_eq!(
+            err,
+            query::QueryError::TooManySeries(2),
+            "parallelism {parallelism}"
+        );
+        let err = evaluate_instant(&r, "sum(count_over_time(m[1m]))", 1000, &limits).unwrap_err();
+        assert_eq!(
+            err,
+            query::QueryError::TooManySeries(2),
+            "parallelism {parallelism}"
+        );
+    }
+}
