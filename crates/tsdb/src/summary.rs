@@ -75,6 +75,7 @@ impl Db {
             end_ms,
             res,
             keep,
+            scratch: Summary::default(),
         })
     }
 
@@ -144,7 +145,7 @@ impl Db {
             let mut points = Vec::new();
             for r in rollup_blocks.iter().filter(|r| r.within(b.window, b.end)) {
                 r.reader
-                    .read_rollup(sid, i64::MIN, i64::MAX, &mut points)
+                    .read_rollup_cached(sid, i64::MIN, i64::MAX, &mut points, &mut out.pages)
                     .map_err(block_err(r))?;
             }
             points.sort_by_key(|p| p.ts);
@@ -234,6 +235,8 @@ fn has_hole(kept: &[RollupPoint], step: i64, lo: i64, hi: i64) -> bool {
 
 #[derive(Default)]
 struct Summary {
+    /// Verified rollup pages, reused by the next series.
+    pages: crate::block::PageCache,
     buckets: Vec<RollupPoint>,
     samples: Vec<(i64, f64)>,
     scratch: Vec<(i64, f64)>,
@@ -268,6 +271,8 @@ pub struct SelectSummaries<'a> {
     end_ms: i64,
     res: Resolution,
     keep: &'a KeepBucket<'a>,
+    /// Buffers and the page cache, kept across series.
+    scratch: Summary,
 }
 
 impl<'a> SelectSummaries<'a> {
@@ -282,11 +287,19 @@ impl Iterator for SelectSummaries<'_> {
     type Item = Result<SummarySeries, DbError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut s = Summary::default();
+        let mut s = std::mem::take(&mut self.scratch);
+        let found = self.next_with(&mut s);
+        self.scratch = s;
+        found
+    }
+}
+
+impl SelectSummaries<'_> {
+    fn next_with(&mut self, s: &mut Summary) -> Option<Result<SummarySeries, DbError>> {
         for id in self.ids.by_ref() {
-            if let Err(e) =
-                self.db
-                    .summarise_series(id, self.start_ms, self.end_ms, self.res, self.keep, &mut s)
+            if let Err(e) = self
+                .db
+                .summarise_series(id, self.start_ms, self.end_ms, self.res, self.keep, s)
             {
                 return Some(Err(e));
             }
