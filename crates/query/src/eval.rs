@@ -1277,28 +1277,32 @@ impl<'a> Evaluator<'a> {
         let parts: Vec<Result<(functions::StreamAgg<'_>, usize), QueryError>> = std::thread::scope(|sc| {
             let handles: Vec<_> = (0..threads)
                 .map(|part| {
-                    sc.spawn(move || {
-                        let mut ev = Evaluator {
-                            reader,
-                            limits,
-                            deadline,
-                            query_steps,
-                            steps,
-                            samples,
-                            shard: (part, threads),
-                            series_read: 0,
-                        };
-                        let mut agg = functions::StreamAgg::new(op, grouping, n)?;
-                        ev.stream(inner, need_labels, &mut |s| Ok(agg.add(s)))?;
-                        Ok((agg, ev.series_read))
-                    })
+                    std::thread::Builder::new()
+                        .name("query-part".into())
+                        .spawn_scoped(sc, move || {
+                            let mut ev = Evaluator {
+                                reader,
+                                limits,
+                                deadline,
+                                query_steps,
+                                steps,
+                                samples,
+                                shard: (part, threads),
+                                series_read: 0,
+                            };
+                            let mut agg = functions::StreamAgg::new(op, grouping, n)?;
+                            ev.stream(inner, need_labels, &mut |s| Ok(agg.add(s)))?;
+                            Ok((agg, ev.series_read))
+                        })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(QueryError::Execution("a query thread panicked".into())))
+                .map(|h| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err(QueryError::Execution("a query thread panicked".into()))),
+                    Err(e) => Err(QueryError::Execution(format!("cannot start a query thread: {e}"))),
                 })
                 .collect()
         });
