@@ -416,6 +416,12 @@ pub(crate) struct Evaluator<'a> {
     /// Result slots (series × steps) held so far, for `max_samples`. Never decremented:
     /// a conservative bound on what the query holds at once.
     samples: usize,
+    /// (part, parts): selectors read only this part of their series (see
+    /// `Evaluator::aggregate_parallel`); (0, 1) reads all.
+    shard: (usize, usize),
+    /// Series handed over by the reader so far (all selectors), for `max_series` across
+    /// parts.
+    series_read: usize,
 }
 
 impl<'a> Evaluator<'a> {
@@ -427,6 +433,8 @@ impl<'a> Evaluator<'a> {
             query_steps: steps,
             steps,
             samples: 0,
+            shard: (0, 1),
+            series_read: 0,
         }
     }
 
@@ -492,33 +500,94 @@ impl<'a> Evaluator<'a> {
         let mut n = 0usize;
         let mut ts_buf = Vec::new();
         let mut val_buf = Vec::new();
-        self.reader.select(&matchers, start, end, &mut |key, ts, vals| {
-            n += 1;
-            if n > max_series {
-                return Err(QueryError::TooManySeries(max_series));
-            }
-            if n.is_multiple_of(64) && Instant::now() > deadline {
-                return Err(QueryError::Timeout);
-            }
-            if ts.len() > max_samples {
-                return Err(QueryError::TooManySamples);
-            }
-            let len = ts.len().min(vals.len());
-            let (ts, vals) = (&ts[..len], &vals[..len]);
-            if has_stale(vals) {
-                ts_buf.clear();
-                val_buf.clear();
-                for (t, v) in ts.iter().zip(vals) {
-                    if !is_stale(*v) {
-                        ts_buf.push(*t);
-                        val_buf.push(*v);
-                    }
+        let (part, parts) = self.shard;
+        let res = self
+            .reader
+            .select_shard(&matchers, start, end, part, parts, &mut |key, ts, vals| {
+                n += 1;
+                if n > max_series {
+                    return Err(QueryError::TooManySeries(max_series));
                 }
-                visit(key, &ts_buf, &val_buf)
-            } else {
-                visit(key, ts, vals)
-            }
-        })?;
+                if n.is_multiple_of(64) && Instant::now() > deadline {
+                    return Err(QueryError::Timeout);
+                }
+                if ts.len() > max_samples {
+                    return Err(QueryError::TooManySamples);
+                }
+                let len = ts.len().min(vals.len());
+                let (ts, vals) = (&ts[..len], &vals[..len]);
+                if has_stale(vals) {
+                    ts_buf.clear();
+                    val_buf.clear();
+                    for (t, v) in ts.iter().zip(vals) {
+                        if !is_stale(*v) {
+                            ts_buf.push(*t);
+                            val_buf.push(*v);
+                        }
+                    }
+                    visit(key, &ts_buf, &val_buf)
+                } else {
+                    visit(key, ts, vals)
+                }
+            });
+        self.series_read = self.series_read.saturating_add(n);
+        res?;
+        self.check_deadline()
+    }
+
+    /// Streams each matching series as clean buckets plus raw samples (see
+    /// [`SeriesReader::select_summaries`]), stale markers removed, with the same limits as
+    /// [`Evaluator::select_keys`].
+    fn select_summaries(
+        &mut self,
+        vs: &VectorSelector,
+        w: &Window,
+        visit: &mut crate::SummaryVisit<'_>,
+    ) -> Result<(), QueryError> {
+        let matchers: Vec<Matcher> = selector_matchers(vs)?;
+        let windows = crate::Windows::new(w.refs.clone(), w.range);
+        let max_series = self.limits.max_series;
+        let max_samples = self.limits.max_samples;
+        let deadline = self.deadline;
+        let mut n = 0usize;
+        let mut ts_buf = Vec::new();
+        let mut val_buf = Vec::new();
+        let (part, parts) = self.shard;
+        let res = self.reader.select_summaries_shard(
+            &matchers,
+            &windows,
+            part,
+            parts,
+            &mut |key, buckets, ts, vals| {
+                n += 1;
+                if n > max_series {
+                    return Err(QueryError::TooManySeries(max_series));
+                }
+                if n.is_multiple_of(64) && Instant::now() > deadline {
+                    return Err(QueryError::Timeout);
+                }
+                if ts.len() > max_samples {
+                    return Err(QueryError::TooManySamples);
+                }
+                let len = ts.len().min(vals.len());
+                let (ts, vals) = (&ts[..len], &vals[..len]);
+                if has_stale(vals) {
+                    ts_buf.clear();
+                    val_buf.clear();
+                    for (t, v) in ts.iter().zip(vals) {
+                        if !is_stale(*v) {
+                            ts_buf.push(*t);
+                            val_buf.push(*v);
+                        }
+                    }
+                    visit(key, buckets, &ts_buf, &val_buf)
+                } else {
+                    visit(key, buckets, ts, vals)
+                }
+            },
+        );
+        self.series_read = self.series_read.saturating_add(n);
+        res?;
         self.check_deadline()
     }
 
@@ -672,49 +741,54 @@ impl<'a> Evaluator<'a> {
         let max_series = self.limits.max_series;
         let deadline = self.deadline;
         let mut n = 0usize;
-        self.reader.select(&matchers, start, end, &mut |key, ts, vals| {
-            n += 1;
-            if n > max_series {
-                return Err(QueryError::TooManySeries(max_series));
-            }
-            if n.is_multiple_of(64) && Instant::now() > deadline {
-                return Err(QueryError::Timeout);
-            }
-            let mut points = Vec::with_capacity(w.refs.len());
-            let mut any = false;
-            for r in &w.refs {
-                let idx = ts.partition_point(|t| *t <= *r);
-                let p = match idx.checked_sub(1) {
-                    Some(i) => match (ts.get(i), vals.get(i)) {
-                        (Some(t), Some(v)) if *t >= r.saturating_sub(lookback) && !is_stale(*v) => {
-                            Some(if timestamps { *t as f64 / 1000.0 } else { *v })
-                        }
-                        _ => None,
-                    },
-                    None => None,
-                };
-                any |= p.is_some();
-                points.push(p);
-            }
-            if any {
-                // the sink reports the slots it keeps (a slot per step, present or not), so
-                // memory stays within max_samples even for sparse series over many steps
-                let kept = sink(Series {
-                    labels: if need_labels {
-                        Labels::from_key(key)
-                    } else {
-                        Labels::new()
-                    },
-                    drop_name: false,
-                    points,
-                })?;
-                produced = produced.saturating_add(kept);
-            }
-            if produced > budget {
-                return Err(QueryError::TooManySamples);
-            }
-            Ok(())
-        })?;
+        let (part, parts) = self.shard;
+        let res = self
+            .reader
+            .select_shard(&matchers, start, end, part, parts, &mut |key, ts, vals| {
+                n += 1;
+                if n > max_series {
+                    return Err(QueryError::TooManySeries(max_series));
+                }
+                if n.is_multiple_of(64) && Instant::now() > deadline {
+                    return Err(QueryError::Timeout);
+                }
+                let mut points = Vec::with_capacity(w.refs.len());
+                let mut any = false;
+                for r in &w.refs {
+                    let idx = ts.partition_point(|t| *t <= *r);
+                    let p = match idx.checked_sub(1) {
+                        Some(i) => match (ts.get(i), vals.get(i)) {
+                            (Some(t), Some(v)) if *t >= r.saturating_sub(lookback) && !is_stale(*v) => {
+                                Some(if timestamps { *t as f64 / 1000.0 } else { *v })
+                            }
+                            _ => None,
+                        },
+                        None => None,
+                    };
+                    any |= p.is_some();
+                    points.push(p);
+                }
+                if any {
+                    // the sink reports the slots it keeps (a slot per step, present or not), so
+                    // memory stays within max_samples even for sparse series over many steps
+                    let kept = sink(Series {
+                        labels: if need_labels {
+                            Labels::from_key(key)
+                        } else {
+                            Labels::new()
+                        },
+                        drop_name: false,
+                        points,
+                    })?;
+                    produced = produced.saturating_add(kept);
+                }
+                if produced > budget {
+                    return Err(QueryError::TooManySamples);
+                }
+                Ok(())
+            });
+        self.series_read = self.series_read.saturating_add(n);
+        res?;
         self.account(produced)
     }
 
@@ -1030,86 +1104,115 @@ impl<'a> Evaluator<'a> {
         let mut produced = 0usize;
         let budget = self.limits.max_samples.saturating_sub(self.samples);
         let mut seen_any: Vec<bool> = vec![false; n];
-        let mut per_series =
-            |labels: Labels, drop: bool, ts: &[i64], vals: &[f64], w: &Window| -> Result<(), QueryError> {
-                let mut points = Vec::with_capacity(n);
-                let mut any = false;
-                let mut lo = 0usize;
-                let mut hi = 0usize;
-                let monotone = w.refs.windows(2).all(|p| p[0] <= p[1]);
-                for (i, r) in w.refs.iter().enumerate() {
-                    let from = r.saturating_sub(w.range);
-                    if monotone {
-                        // windows only move forward: gallop from the last edge
-                        lo = advance(ts, lo, |t| t < from);
-                        hi = advance(ts, hi.max(lo), |t| t <= *r);
-                    } else {
-                        lo = ts.partition_point(|t| *t < from);
-                        hi = ts.partition_point(|t| *t <= *r).max(lo);
-                    }
-                    if hi - lo > max_samples {
-                        return Err(QueryError::TooManySamples);
-                    }
-                    let (Some(wts), Some(wvals)) = (ts.get(lo..hi), vals.get(lo..hi)) else {
-                        points.push(None);
-                        continue;
-                    };
-                    if !wts.is_empty()
-                        && let Some(s) = seen_any.get_mut(i)
-                    {
-                        *s = true;
-                    }
-                    let ctx = functions::WindowCtx {
-                        range_start: from,
-                        range_end: *r,
-                        range_ms: w.range,
-                        step_time: steps.at(i),
-                        param: param.as_ref().and_then(|p| p.get(i).copied()).unwrap_or(f64::NAN),
-                    };
-                    let p = if wts.is_empty() {
-                        None
-                    } else {
-                        functions::apply(f, wts, wvals, &ctx)
-                    };
-                    any |= p.is_some();
-                    points.push(p);
+        let mut per_series = |labels: Labels,
+                              drop: bool,
+                              ts: &[i64],
+                              vals: &[f64],
+                              buckets: &[crate::Bucket],
+                              w: &Window|
+         -> Result<(), QueryError> {
+            let mut points = Vec::with_capacity(n);
+            let mut any = false;
+            let mut lo = 0usize;
+            let mut hi = 0usize;
+            let (mut blo, mut bhi) = (0usize, 0usize);
+            let monotone = w.refs.windows(2).all(|p| p[0] <= p[1]);
+            for (i, r) in w.refs.iter().enumerate() {
+                let from = r.saturating_sub(w.range);
+                if monotone {
+                    // windows only move forward: gallop from the last edge
+                    lo = advance(ts, lo, |t| t < from);
+                    hi = advance(ts, hi.max(lo), |t| t <= *r);
+                } else {
+                    lo = ts.partition_point(|t| *t < from);
+                    hi = ts.partition_point(|t| *t <= *r).max(lo);
                 }
-                if any && f != RangeFn::AbsentOverTime {
-                    let mut s = Series {
-                        labels,
-                        drop_name: drop || !keep_name,
-                        points,
-                    };
-                    if check {
-                        s.materialize();
-                        if !seen_labels.insert(std::hash::BuildHasher::hash_one(&hasher, &s.labels)) {
-                            return Err(same_labelset());
-                        }
-                    }
-                    let kept = sink(s)?;
-                    produced = produced.saturating_add(kept);
+                if !buckets.is_empty() {
+                    // clean buckets: inside this window iff their start is
+                    blo = buckets.partition_point(|b| b.start < from);
+                    bhi = buckets.partition_point(|b| b.start <= *r).max(blo);
                 }
-                if produced > budget {
+                if hi - lo > max_samples {
                     return Err(QueryError::TooManySamples);
                 }
-                Ok(())
-            };
+                let (Some(wts), Some(wvals)) = (ts.get(lo..hi), vals.get(lo..hi)) else {
+                    points.push(None);
+                    continue;
+                };
+                let wbuckets = buckets.get(blo..bhi).unwrap_or(&[]);
+                if (!wts.is_empty() || !wbuckets.is_empty())
+                    && let Some(s) = seen_any.get_mut(i)
+                {
+                    *s = true;
+                }
+                if !wbuckets.is_empty() {
+                    let p = functions::apply_summarised(f, wts, wvals, wbuckets);
+                    any |= p.is_some();
+                    points.push(p);
+                    continue;
+                }
+                let ctx = functions::WindowCtx {
+                    range_start: from,
+                    range_end: *r,
+                    range_ms: w.range,
+                    step_time: steps.at(i),
+                    param: param.as_ref().and_then(|p| p.get(i).copied()).unwrap_or(f64::NAN),
+                };
+                let p = if wts.is_empty() {
+                    None
+                } else {
+                    functions::apply(f, wts, wvals, &ctx)
+                };
+                any |= p.is_some();
+                points.push(p);
+            }
+            if any && f != RangeFn::AbsentOverTime {
+                let mut s = Series {
+                    labels,
+                    drop_name: drop || !keep_name,
+                    points,
+                };
+                if check {
+                    s.materialize();
+                    if !seen_labels.insert(std::hash::BuildHasher::hash_one(&hasher, &s.labels)) {
+                        return Err(same_labelset());
+                    }
+                }
+                let kept = sink(s)?;
+                produced = produced.saturating_add(kept);
+            }
+            if produced > budget {
+                return Err(QueryError::TooManySamples);
+            }
+            Ok(())
+        };
         match m {
             Expr::MatrixSelector(ms) => {
                 let w = self.window(&ms.vs, millis(&ms.range), None)?;
-                self.select_keys(&ms.vs, &w, &mut |key, ts, vals| {
-                    let labels = if need_labels {
-                        Labels::from_key(key)
-                    } else {
-                        Labels::new()
-                    };
-                    per_series(labels, false, ts, vals, &w)
-                })?;
+                if self.limits.use_rollups && functions::summarisable(f) {
+                    self.select_summaries(&ms.vs, &w, &mut |key, buckets, ts, vals| {
+                        let labels = if need_labels {
+                            Labels::from_key(key)
+                        } else {
+                            Labels::new()
+                        };
+                        per_series(labels, false, ts, vals, buckets, &w)
+                    })?;
+                } else {
+                    self.select_keys(&ms.vs, &w, &mut |key, ts, vals| {
+                        let labels = if need_labels {
+                            Labels::from_key(key)
+                        } else {
+                            Labels::new()
+                        };
+                        per_series(labels, false, ts, vals, &[], &w)
+                    })?;
+                }
             }
             Expr::Subquery(sq) => {
                 let w = self.subquery_window(sq);
                 self.subquery_raw(sq, &mut |labels, drop, ts, vals| {
-                    per_series(labels.clone(), drop, ts, vals, &w)
+                    per_series(labels.clone(), drop, ts, vals, &[], &w)
                 })?;
             }
             _ => {
@@ -1188,6 +1291,9 @@ impl<'a> Evaluator<'a> {
             Some(LabelModifier::Include(l)) => functions::Grouping::By(l.labels.clone()),
             Some(LabelModifier::Exclude(l)) => functions::Grouping::Without(l.labels.clone()),
         };
+        if let Some(out) = self.aggregate_parallel(&op, &a.expr, &grouping, need_labels)? {
+            return Ok(Value::Vector(out));
+        }
         if functions::streamable(&op) {
             // fold series in as the reader hands them over: memory is groups × steps
             let mut agg = functions::StreamAgg::new(&op, &grouping, n)?;
@@ -1208,6 +1314,117 @@ impl<'a> Evaluator<'a> {
         };
         let out = functions::aggregate(&op, &grouping, &param, series, n)?;
         Ok(Value::Vector(out))
+    }
+
+    /// `sum/avg/count/min/max/group` over one selector or one range function of a range
+    /// selector, evaluated in [`QueryLimits::threads`] parts at once: each thread reads its
+    /// own contiguous run of the matching series (`SeriesReader::select_shard`) into its
+    /// own partial aggregation, and the partials are merged in key order (so groups keep
+    /// their first-seen order). `None` when the expression does not qualify or one thread
+    /// is configured. Limits: every part checks the deadline and the whole `max_samples`
+    /// budget (so transient memory is at most threads × that), series are summed over the
+    /// parts against `max_series`, and the merged result is accounted once.
+    fn aggregate_parallel(
+        &mut self,
+        op: &str,
+        expr: &Expr,
+        grouping: &functions::Grouping,
+        need_labels: bool,
+    ) -> Result<Option<Vec<Series>>, QueryError> {
+        let threads = self.limits.threads();
+        let inner = unwrap_parens(expr);
+        let qualifies = match inner {
+            Expr::VectorSelector(_) => true,
+            Expr::Call(c) => {
+                RangeFn::from_name(c.func.name).is_some_and(|f| f != RangeFn::AbsentOverTime)
+                    && c.args
+                        .args
+                        .iter()
+                        .any(|a| matches!(unwrap_parens(a), Expr::MatrixSelector(_)))
+                    && c.args
+                        .args
+                        .iter()
+                        .all(|a| matches!(unwrap_parens(a), Expr::MatrixSelector(_) | Expr::NumberLiteral(_)))
+            }
+            _ => false,
+        };
+        // With 2.42's eager name drop, a range function over a selector that may match several
+        // names must refuse duplicate label sets across the WHOLE result, which parts that each
+        // see a share of the series cannot check: such queries stay on one thread.
+        let needs_whole_result_check = !self.limits.delayed_name_removal
+            && match inner {
+                Expr::Call(c) => {
+                    RangeFn::from_name(c.func.name).is_some_and(|f| f != RangeFn::LastOverTime)
+                        && c.args.args.iter().any(|a| match unwrap_parens(a) {
+                            Expr::MatrixSelector(ms) => !names_one_metric(&ms.vs),
+                            _ => false,
+                        })
+                }
+                _ => false,
+            };
+        if threads < 2
+            || !qualifies
+            || needs_whole_result_check
+            || !functions::StreamAgg::mergeable(op)
+            || self.shard.1 > 1
+        {
+            return Ok(None);
+        }
+        let n = self.steps.len();
+        let (reader, limits, deadline) = (self.reader, self.limits, self.deadline);
+        let (query_steps, steps, samples) = (self.query_steps, self.steps, self.samples);
+        let parts: Vec<Result<(functions::StreamAgg<'_>, usize), QueryError>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..threads)
+                .map(|part| {
+                    std::thread::Builder::new()
+                        .name("query-part".into())
+                        .spawn_scoped(sc, move || {
+                            let mut ev = Evaluator {
+                                reader,
+                                limits,
+                                deadline,
+                                query_steps,
+                                steps,
+                                samples,
+                                shard: (part, threads),
+                                series_read: 0,
+                            };
+                            let mut agg = functions::StreamAgg::new(op, grouping, n)?;
+                            ev.stream(inner, need_labels, &mut |s| Ok(agg.add(s)))?;
+                            Ok((agg, ev.series_read))
+                        })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err(QueryError::Execution("a query thread panicked".into()))),
+                    Err(e) => Err(QueryError::Execution(format!("cannot start a query thread: {e}"))),
+                })
+                .collect()
+        });
+        let mut merged: Option<functions::StreamAgg<'_>> = None;
+        let mut series = 0usize;
+        let mut slots = 0usize;
+        for part in parts {
+            let (agg, read) = part?;
+            series = series.saturating_add(read);
+            match merged.as_mut() {
+                None => {
+                    slots = agg.slots();
+                    merged = Some(agg);
+                }
+                Some(m) => slots = slots.saturating_add(m.merge(agg)),
+            }
+        }
+        if series > self.limits.max_series {
+            return Err(QueryError::TooManySeries(self.limits.max_series));
+        }
+        self.series_read = self.series_read.saturating_add(series);
+        self.account(slots)?;
+        Ok(Some(merged.map(functions::StreamAgg::finish).unwrap_or_default()))
     }
 
     fn binary(&mut self, b: &BinaryExpr) -> Result<Value, QueryError> {

@@ -139,6 +139,70 @@ pub(crate) fn apply(f: RangeFn, ts: &[i64], vals: &[f64], ctx: &WindowCtx) -> Op
     }
 }
 
+/// Whether `f` can be computed from [`crate::Bucket`] summaries plus raw samples.
+pub(crate) fn summarisable(f: RangeFn) -> bool {
+    matches!(
+        f,
+        RangeFn::SumOverTime
+            | RangeFn::CountOverTime
+            | RangeFn::MinOverTime
+            | RangeFn::MaxOverTime
+            | RangeFn::LastOverTime
+            | RangeFn::AvgOverTime
+    )
+}
+
+/// `f` (one of [`summarisable`]) over a window made of raw samples and clean buckets.
+/// min, max, count and last equal the raw computation exactly (the buckets keep PromQL's
+/// NaN rule for min and max); sum is a compensated sum of the raw values and the bucket
+/// sums, and avg that sum over the count, so both differ from Prometheus' sequential
+/// Neumaier sum and incremental mean by float rounding only; a sum that overflows to ±inf
+/// from finite samples is not rescued as the incremental mean would (known limit).
+pub(crate) fn apply_summarised(
+    f: RangeFn,
+    ts: &[i64],
+    vals: &[f64],
+    buckets: &[crate::Bucket],
+) -> Option<f64> {
+    let count = buckets.iter().fold(vals.len() as f64, |c, b| c + b.count as f64);
+    if count == 0.0 {
+        return None;
+    }
+    // PromQL's rule: NaN only when every value is NaN (a bucket's min/max keeps it)
+    let min_max = |max: bool| {
+        let parts = buckets.iter().map(|b| if max { b.max } else { b.min });
+        vals.iter().copied().chain(parts).reduce(|m, v| {
+            let better = if max { v > m } else { v < m };
+            if better || m.is_nan() { v } else { m }
+        })
+    };
+    let total = || {
+        let (mut s, mut c) = (0.0, 0.0);
+        for v in vals.iter().copied().chain(buckets.iter().map(|b| b.sum)) {
+            (s, c) = kahan_inc(v, s, c);
+        }
+        if s.is_infinite() { s } else { s + c }
+    };
+    match f {
+        RangeFn::CountOverTime => Some(count),
+        RangeFn::SumOverTime => Some(total()),
+        RangeFn::AvgOverTime => Some(total() / count),
+        RangeFn::MinOverTime => min_max(false),
+        RangeFn::MaxOverTime => min_max(true),
+        RangeFn::LastOverTime => {
+            let raw = ts.last().copied().zip(vals.last().copied());
+            let bucket = buckets.iter().map(|b| (b.last_ts, b.last)).max_by_key(|p| p.0);
+            match (raw, bucket) {
+                (Some(r), Some(b)) => Some(if b.0 > r.0 { b.1 } else { r.1 }),
+                (Some(r), None) => Some(r.1),
+                (None, Some(b)) => Some(b.1),
+                (None, None) => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Neumaier-compensated sum, exactly as Prometheus 2.42's `sum_over_time`, so results agree
 /// to the last bit (a faster lane-wise sum differed in the last bits, which `ceil` or a
 /// comparison can turn into a different answer).
@@ -825,6 +889,48 @@ impl<'g> StreamAgg<'g> {
         allocated
     }
 
+    /// Result slots held (groups × steps).
+    pub(crate) fn slots(&self) -> usize {
+        self.groups.len().saturating_mul(self.n)
+    }
+
+    /// Whether [`StreamAgg::merge`] supports this aggregation (not stddev/stdvar).
+    pub(crate) fn mergeable(op: &str) -> bool {
+        matches!(op, "sum" | "avg" | "count" | "min" | "max" | "group")
+    }
+
+    /// Folds in an aggregation of *later* series (a later shard in key order), as if its
+    /// series had been added here one by one: groups keep their first-seen order; min,
+    /// max, count and group are exact; sum adds partial sums and avg weights partial means,
+    /// so both differ from one sequential fold by float rounding only. Returns the result
+    /// slots newly allocated.
+    pub(crate) fn merge(&mut self, other: StreamAgg<'_>) -> usize {
+        let op = self.op;
+        let mut allocated = 0;
+        for (key, accs) in other.groups {
+            let gi = match self.index.get(&key) {
+                Some(gi) => *gi,
+                None => {
+                    self.index.insert(key.clone(), self.groups.len());
+                    self.groups.push((key, vec![None; self.n]));
+                    allocated += self.n;
+                    self.groups.len() - 1
+                }
+            };
+            let Some((_, mine)) = self.groups.get_mut(gi) else {
+                continue;
+            };
+            for (a, b) in mine.iter_mut().zip(accs) {
+                let Some(b) = b else { continue };
+                *a = Some(match *a {
+                    None => b,
+                    Some(a) => merge_acc(op, a, b),
+                });
+            }
+        }
+        allocated
+    }
+
     /// The aggregated series, groups without any value left out.
     pub(crate) fn finish(self) -> Vec<Series> {
         let op = self.op;
@@ -862,6 +968,43 @@ enum AggOp {
     Group,
     Stddev,
     Stdvar,
+}
+
+/// Combines the accumulators of two disjoint runs of series (`b` after `a`).
+fn merge_acc(op: AggOp, mut a: Acc, b: Acc) -> Acc {
+    match op {
+        AggOp::Sum | AggOp::Count => a.value += b.value,
+        AggOp::Group => {}
+        AggOp::Max => {
+            if a.value < b.value || a.value.is_nan() {
+                a.value = b.value;
+            }
+        }
+        AggOp::Min => {
+            if a.value > b.value || a.value.is_nan() {
+                a.value = b.value;
+            }
+        }
+        AggOp::Avg => {
+            let count = a.count + b.count;
+            a.mean = if a.mean.is_infinite() || b.mean.is_infinite() || a.mean.is_nan() || b.mean.is_nan() {
+                // inf + inf = inf, inf - inf = NaN, inf + finite = inf: as the sequential mean
+                a.mean + b.mean
+            } else {
+                a.mean + (b.mean - a.mean) * (b.count / count)
+            };
+            a.count = count;
+        }
+        AggOp::Stddev | AggOp::Stdvar => {
+            // Chan et al.'s pairwise update (not used by the parallel path, kept total)
+            let count = a.count + b.count;
+            let delta = b.mean - a.mean;
+            a.value += b.value + delta * delta * (a.count * b.count / count);
+            a.mean += delta * (b.count / count);
+            a.count = count;
+        }
+    }
+    a
 }
 
 fn accumulate(op: AggOp, mut a: Acc, v: f64) -> Acc {

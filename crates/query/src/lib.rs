@@ -60,6 +60,25 @@
 //! - [`mem`]: [`MemReader`], the in-memory reader the tests and the bench use
 //! - [`labels`]: [`Labels`], label sets with `__name__` as an ordinary label
 //!
+//! # Rollup reads and parallel aggregation
+//! `sum/count/min/max/last/avg_over_time` over a plain range selector ask the reader for
+//! [`SeriesReader::select_summaries`]: the storage may hand over [`Bucket`]s (rollup points)
+//! that lie wholly inside or wholly outside every window of the query ([`Windows::is_clean`];
+//! a bucket is inside `[t - r, t]` when its start is `>= t - r` and its last sample `<= t`),
+//! plus the raw samples outside them. A window with no bucket is computed from raw samples
+//! exactly as before (bit for bit); one with buckets combines them: min, max, count and last
+//! are exact, sum is a compensated sum of raw values and bucket sums and avg that over the
+//! count, so both differ from Prometheus' sequential sum / incremental mean by rounding
+//! only (the proptests allow 1e-12 relative; the differential test against Prometheus
+//! allows 1e-9). Stale markers are skipped on both paths. `[query] use_rollups = false`
+//! reads raw only.
+//!
+//! `sum avg count min max group` over one selector or one range function of a range
+//! selector run in [`QueryLimits::threads`] parts: each thread reads a contiguous run of the
+//! matching series ([`SeriesReader::select_shard`]) into its own partial aggregation, merged
+//! in key order. Series limits are summed over parts; each part may use the whole
+//! `max_samples` budget, so transient memory is at most threads × that.
+//!
 //! # Semantics pinned to Prometheus 2.42
 //! Range windows `[t - range, t]` and the lookback window `[t - 5m, t]` are closed at both
 //! ends; rate/increase/delta extrapolate as `extrapolatedRate`; subquery steps are aligned
@@ -87,6 +106,8 @@
 //! - a response shape or error message: `tests/api.rs` pins it byte for byte
 //! - [`QueryLimits`]: it is nested in the server config as `[query]`; tell the server
 //!   owner and keep `limits_config_round_trips_and_rejects_unknown_keys` in step
+//! - rollup reads or parallel aggregation: `tests/summaries.rs` (raw vs buckets, sequential
+//!   vs parallel, proptests) and `crates/server/tests/rollup_reads.rs` (over the engine)
 //!
 //! **Invariant:** evaluation never panics on input; every bound is in [`QueryLimits`].
 
@@ -166,7 +187,20 @@ pub struct QueryLimits {
     /// dropped at once as in Prometheus 2.42, where that query is the error "vector cannot
     /// contain metrics with the same labelset".
     pub delayed_name_removal: bool,
+    /// Serve `sum/count/min/max/last/avg_over_time` over a plain range selector from the
+    /// storage's rollup buckets where a bucket lies wholly inside or wholly outside every
+    /// window of the query (see [`SeriesReader::select_summaries`]); `false` reads raw
+    /// samples only. min/max/count/last are exact either way; sum and avg differ from the
+    /// raw path by float rounding only (relative 1e-12 on realistic data).
+    pub use_rollups: bool,
+    /// Threads one query may use to evaluate a range function per series under a `sum`,
+    /// `count`, `min`, `max`, `avg` or `group` aggregation (0 = the machine's cores; at
+    /// most [`MAX_PARALLELISM`]).
+    pub parallelism: usize,
 }
+
+/// Upper bound of [`QueryLimits::parallelism`].
+pub const MAX_PARALLELISM: usize = 64;
 
 impl Default for QueryLimits {
     fn default() -> QueryLimits {
@@ -179,6 +213,8 @@ impl Default for QueryLimits {
             subquery_step_ms: 60_000,
             max_concurrent_queries: 20,
             delayed_name_removal: false,
+            use_rollups: true,
+            parallelism: 0,
         }
     }
 }
@@ -189,6 +225,9 @@ pub enum LimitsError {
     /// A limit that must be positive is zero or negative.
     #[error("query.{0} must be greater than zero")]
     NotPositive(&'static str),
+    /// A limit is above its upper bound.
+    #[error("query.{0} must be at most {1}")]
+    TooLarge(&'static str, usize),
 }
 
 impl QueryLimits {
@@ -209,8 +248,21 @@ impl QueryLimits {
         ];
         match checks.iter().find(|(_, ok)| !ok) {
             Some((key, _)) => Err(LimitsError::NotPositive(key)),
+            None if self.parallelism > MAX_PARALLELISM => {
+                Err(LimitsError::TooLarge("parallelism", MAX_PARALLELISM))
+            }
             None => Ok(()),
         }
+    }
+
+    /// Threads a query may use: [`QueryLimits::parallelism`], or the machine's cores when 0,
+    /// bounded by [`MAX_PARALLELISM`].
+    pub fn threads(&self) -> usize {
+        let n = match self.parallelism {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        };
+        n.clamp(1, MAX_PARALLELISM)
     }
 }
 
@@ -230,6 +282,91 @@ mod duration_ms {
 
 /// The callback of [`SeriesReader::select`]: one series' key, sample times and values.
 pub type Visit<'a> = dyn FnMut(&SeriesKey, &[i64], &[f64]) -> Result<(), QueryError> + 'a;
+
+/// The summary of the samples of one series inside one storage bucket (a rollup point):
+/// every sample of the series with `start <= t <= last_ts`, stale markers excepted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    /// Bucket start (UTC ms); no summarised sample is earlier.
+    pub start: i64,
+    /// Time of the newest summarised sample.
+    pub last_ts: i64,
+    /// Smallest value, NaN ignored unless every value is NaN.
+    pub min: f64,
+    /// Largest value, NaN ignored unless every value is NaN.
+    pub max: f64,
+    /// Sum of the values.
+    pub sum: f64,
+    /// Number of samples summarised (at least 1).
+    pub count: u64,
+    /// The value at `last_ts`.
+    pub last: f64,
+}
+
+/// The windows `[to - range, to]` (closed, as in Prometheus 2.x) of one range selector over
+/// all steps of a query. A [`Bucket`] may stand in for its samples only when it is *clean*:
+/// wholly inside or wholly outside every window, and inside at least one
+/// ([`Windows::is_clean`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Windows {
+    /// Window ends, ascending.
+    tos: Vec<i64>,
+    range: i64,
+}
+
+impl Windows {
+    /// The windows ending at `tos` (any order) reaching `range` ms back.
+    pub fn new(mut tos: Vec<i64>, range: i64) -> Windows {
+        tos.sort_unstable();
+        tos.dedup();
+        Windows {
+            tos,
+            range: range.max(0),
+        }
+    }
+
+    /// The window range in milliseconds.
+    pub fn range(&self) -> i64 {
+        self.range
+    }
+
+    /// The earliest and latest time any window holds (inclusive), `None` without windows.
+    pub fn span(&self) -> Option<(i64, i64)> {
+        Some((self.tos.first()?.saturating_sub(self.range), *self.tos.last()?))
+    }
+
+    /// Window ends in `[a, b]`.
+    fn count_in(&self, a: i64, b: i64) -> usize {
+        if b < a {
+            return 0;
+        }
+        let lo = self.tos.partition_point(|t| *t < a);
+        let hi = self.tos.partition_point(|t| *t <= b);
+        hi.saturating_sub(lo)
+    }
+
+    /// Whether a bucket whose samples lie in `[start, last_ts]` is, for every window,
+    /// either wholly inside (`start >= to - range` and `last_ts <= to`) or wholly outside,
+    /// and wholly inside at least one. A window intersects it iff `to` is in
+    /// `[start, last_ts + range]` and holds it iff `to` is in `[last_ts, start + range]`.
+    pub fn is_clean(&self, start: i64, last_ts: i64) -> bool {
+        if last_ts < start {
+            return false;
+        }
+        let inside_hi = start.saturating_add(self.range);
+        if inside_hi < last_ts {
+            return false;
+        }
+        self.count_in(last_ts, inside_hi) > 0
+            && self.count_in(start, last_ts.saturating_sub(1)) == 0
+            && self.count_in(inside_hi.saturating_add(1), last_ts.saturating_add(self.range)) == 0
+    }
+}
+
+/// The callback of [`SeriesReader::select_summaries`]: one series' key, its clean buckets
+/// (ascending by start, disjoint) and its remaining raw samples (ascending, none inside a
+/// bucket's `[start, last_ts]`).
+pub type SummaryVisit<'a> = dyn FnMut(&SeriesKey, &[Bucket], &[i64], &[f64]) -> Result<(), QueryError> + 'a;
 
 /// Admission for concurrent queries: at most `max` evaluations hold a permit at once. The
 /// server keeps one gate for the human plane and takes a permit around each query call.
@@ -288,6 +425,65 @@ pub trait SeriesReader: Send + Sync {
         end_ms: i64,
         visit: &mut Visit<'_>,
     ) -> Result<(), QueryError>;
+
+    /// Like [`SeriesReader::select`] over the span of `windows`, but a reader may hand over
+    /// some samples as [`Bucket`] summaries: each bucket must be clean for `windows`
+    /// ([`Windows::is_clean`]) and summarise *every* sample of the series in its
+    /// `[start, last_ts]` (last write wins, stale markers skipped as `select` would return
+    /// them); the raw samples are all others in the span. Series without any sample or
+    /// bucket in the span are skipped. The default hands everything over raw.
+    fn select_summaries(
+        &self,
+        matchers: &[Matcher],
+        windows: &Windows,
+        visit: &mut SummaryVisit<'_>,
+    ) -> Result<(), QueryError> {
+        let Some((start, end)) = windows.span() else {
+            return Ok(());
+        };
+        self.select(matchers, start, end, &mut |key, ts, vals| {
+            visit(key, &[], ts, vals)
+        })
+    }
+
+    /// Splits the work of [`SeriesReader::select`] into `shards` parts: calls `visit` for
+    /// the matching series of part `shard` only (`shard < shards`); the parts are disjoint
+    /// and together are what `select` returns. Shards may run on different threads. The
+    /// default puts every series in shard 0.
+    fn select_shard(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        shard: usize,
+        shards: usize,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), QueryError> {
+        let _ = shards;
+        if shard == 0 {
+            self.select(matchers, start_ms, end_ms, visit)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`SeriesReader::select_summaries`] split into shards as
+    /// [`SeriesReader::select_shard`] does. The default puts every series in shard 0.
+    fn select_summaries_shard(
+        &self,
+        matchers: &[Matcher],
+        windows: &Windows,
+        shard: usize,
+        shards: usize,
+        visit: &mut SummaryVisit<'_>,
+    ) -> Result<(), QueryError> {
+        let _ = shards;
+        if shard == 0 {
+            self.select_summaries(matchers, windows, visit)
+        } else {
+            Ok(())
+        }
+    }
 
     /// The series matching `matchers` (an empty slice matches every series) with samples in
     /// `[start_ms, end_ms]`, at most `limit` (Prometheus 2.42 judges "with samples" per

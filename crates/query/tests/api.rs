@@ -357,7 +357,7 @@ fn limits_config_round_trips_and_rejects_unknown_keys() {
     let json = serde_json::to_string(&l).unwrap();
     assert_eq!(
         json,
-        r#"{"max_samples":50000000,"max_series":1000000,"timeout_ms":120000,"lookback_delta_ms":300000,"max_points_per_series_in_range":11000,"subquery_step_ms":60000,"max_concurrent_queries":20,"delayed_name_removal":false}"#
+        r#"{"max_samples":50000000,"max_series":1000000,"timeout_ms":120000,"lookback_delta_ms":300000,"max_points_per_series_in_range":11000,"subquery_step_ms":60000,"max_concurrent_queries":20,"delayed_name_removal":false,"use_rollups":true,"parallelism":0}"#
     );
     assert_eq!(serde_json::from_str::<QueryLimits>(&json).unwrap(), l);
     assert_eq!(serde_json::from_str::<QueryLimits>("{}").unwrap(), l);
@@ -370,5 +370,13 @@ fn limits_config_round_trips_and_rejects_unknown_keys() {
     assert_eq!(
         zero_step.validate().unwrap_err().to_string(),
         "query.subquery_step_ms must be greater than zero"
+    );
+    let too_parallel = QueryLimits {
+        parallelism: query::MAX_PARALLELISM + 1,
+        ..QueryLimits::default()
+    };
+    assert_eq!(
+        too_parallel.validate().unwrap_err().to_string(),
+        "query.parallelism must be at most 64"
     );
 }

@@ -109,6 +109,57 @@ fn storage_error(e: tsdb::DbError) -> QueryError {
     QueryError::Storage(e.to_string())
 }
 
+impl TsdbReader {
+    /// The rollup resolution worth reading for windows of `range_ms`: the coarsest whose
+    /// bucket fits in a window (hour buckets for `[1h]` and longer), none below a minute.
+    fn summary_resolution(range_ms: i64) -> Option<tsdb::rollup::Resolution> {
+        use tsdb::rollup::Resolution;
+        [Resolution::Hour, Resolution::Minute]
+            .into_iter()
+            .find(|r| range_ms >= r.step_ms())
+    }
+
+    fn summaries(
+        &self,
+        matchers: &[Matcher],
+        windows: &query::Windows,
+        shard: usize,
+        shards: usize,
+        visit: &mut query::SummaryVisit<'_>,
+    ) -> Result<(), QueryError> {
+        let Some((start, end)) = windows.span() else {
+            return Ok(());
+        };
+        let Some(res) = TsdbReader::summary_resolution(windows.range()) else {
+            return self.select_shard(matchers, start, end, shard, shards, &mut |k, ts, vals| {
+                visit(k, &[], ts, vals)
+            });
+        };
+        let keep = |bucket: i64, last_ts: i64| windows.is_clean(bucket, last_ts);
+        let mut buckets = Vec::new();
+        for series in self
+            .db
+            .select_summaries(matchers, start, end, res, &keep)
+            .map_err(storage_error)?
+            .shard(shard, shards)
+        {
+            let s = series.map_err(storage_error)?;
+            buckets.clear();
+            buckets.extend(s.buckets.iter().map(|p| query::Bucket {
+                start: p.ts,
+                last_ts: p.last_ts,
+                min: p.min,
+                max: p.max,
+                sum: p.sum,
+                count: p.count,
+                last: p.last,
+            }));
+            visit(&s.key, &buckets, &s.timestamps, &s.values)?;
+        }
+        Ok(())
+    }
+}
+
 impl SeriesReader for TsdbReader {
     fn select(
         &self,
@@ -117,10 +168,45 @@ impl SeriesReader for TsdbReader {
         end_ms: i64,
         visit: &mut query::Visit<'_>,
     ) -> Result<(), QueryError> {
+        self.select_shard(matchers, start_ms, end_ms, 0, 1, visit)
+    }
+
+    /// Storage rollups where they are exact (see `tsdb::summary`); hour buckets for windows
+    /// of an hour or more, minute buckets for shorter ones.
+    fn select_summaries(
+        &self,
+        matchers: &[Matcher],
+        windows: &query::Windows,
+        visit: &mut query::SummaryVisit<'_>,
+    ) -> Result<(), QueryError> {
+        self.summaries(matchers, windows, 0, 1, visit)
+    }
+
+    fn select_summaries_shard(
+        &self,
+        matchers: &[Matcher],
+        windows: &query::Windows,
+        shard: usize,
+        shards: usize,
+        visit: &mut query::SummaryVisit<'_>,
+    ) -> Result<(), QueryError> {
+        self.summaries(matchers, windows, shard, shards, visit)
+    }
+
+    fn select_shard(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        shard: usize,
+        shards: usize,
+        visit: &mut query::Visit<'_>,
+    ) -> Result<(), QueryError> {
         for series in self
             .db
             .select(matchers, start_ms, end_ms)
             .map_err(storage_error)?
+            .shard(shard, shards)
         {
             let s = series.map_err(storage_error)?;
             if s.timestamps.is_empty() {

@@ -410,6 +410,12 @@ impl Config {
         if q.subquery_step_ms <= 0 {
             return Err(invalid("query.subquery_step_ms", "must be greater than 0"));
         }
+        if q.parallelism > query::MAX_PARALLELISM {
+            return Err(invalid(
+                "query.parallelism",
+                &format!("must be at most {}", query::MAX_PARALLELISM),
+            ));
+        }
         Ok(Settings {
             human_listen,
             robot_listen,

@@ -868,6 +868,24 @@ fn decode_samples(payload: &[u8], mut f: impl FnMut(u64, i64, f64)) -> Result<()
     Ok(())
 }
 
+/// Part `shard` of `shards` of `ids`: a contiguous run, parts disjoint and covering all.
+pub(crate) fn shard_ids(
+    ids: std::vec::IntoIter<u64>,
+    shard: usize,
+    shards: usize,
+) -> std::vec::IntoIter<u64> {
+    if shards <= 1 {
+        return ids;
+    }
+    let ids: Vec<u64> = ids.collect();
+    let n = ids.len();
+    let at = |k: usize| n.saturating_mul(k.min(shards)) / shards;
+    ids.get(at(shard)..at(shard.saturating_add(1)))
+        .unwrap_or_default()
+        .to_vec()
+        .into_iter()
+}
+
 /// The streaming result of [`Db::select`]: one [`SeriesData`] at a time, in series-key order.
 /// Memory is bounded by one series, not by the result.
 pub struct Select<'a> {
@@ -890,6 +908,19 @@ impl<'a> Select<'a> {
     pub(crate) fn yield_empty(mut self) -> Select<'a> {
         self.yield_empty = true;
         self
+    }
+
+    /// Keeps only part `shard` of `shards` (0-based) of the matching series: a contiguous
+    /// run in key order, so parts are disjoint, cover all and can be read on different
+    /// threads. `shards <= 1` keeps everything; `shard >= shards` keeps nothing.
+    pub fn shard(mut self, shard: usize, shards: usize) -> Select<'a> {
+        self.ids = shard_ids(std::mem::take(&mut self.ids), shard, shards);
+        self
+    }
+
+    /// The ids still to visit, in key order.
+    pub(crate) fn into_ids(self) -> std::vec::IntoIter<u64> {
+        self.ids
     }
 }
 

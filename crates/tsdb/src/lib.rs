@@ -35,9 +35,11 @@ pub mod options;
 pub mod rollup;
 mod seal;
 mod series_log;
+pub mod summary;
 mod wal;
 
 pub use db::{AppendReceipt, Db, DbStats, Select, SeriesData};
 pub use error::{DbError, NotReady};
 pub use options::{FsyncPolicy, Options, Retention};
 pub use seal::{CompactReport, RollupSeries, SelectRollup};
+pub use summary::{KeepBucket, SelectSummaries, SummarySeries};
