@@ -21,16 +21,22 @@ const DIRECT_CHUNK: u32 = 16;
 /// Slowest adaptation: the update divides by at most this.
 const RATE_LIMIT: u16 = 64;
 
-/// Reciprocals `65536 / (n + 2)` for the count-based adaptation rate.
-const RECIP: [u32; RATE_LIMIT as usize - 1] = {
-    let mut t = [0u32; RATE_LIMIT as usize - 1];
+/// Reciprocals `65536 / (min(n, RATE_LIMIT - 2) + 2)` for the count-based adaptation rate,
+/// padded to a power of two so that indexing with `n & (len - 1)` needs no bounds check.
+const RECIP: [u32; RECIP_LEN] = {
+    let mut t = [0u32; RECIP_LEN];
     let mut i = 0;
     while i < t.len() {
-        t[i] = 65536 / (i as u32 + 2);
+        let n = if i < N_MAX as usize { i } else { N_MAX as usize };
+        t[i] = 65536 / (n as u32 + 2);
         i += 1;
     }
     t
 };
+/// Length of [`RECIP`] (a power of two above [`N_MAX`]).
+const RECIP_LEN: usize = 64;
+/// Saturation point of the update count `n` (the rate then stays at `1 / RATE_LIMIT`).
+const N_MAX: u16 = RATE_LIMIT - 2;
 
 /// An adaptive estimate of the probability that the next bit is 0.
 #[derive(Debug, Clone, Copy)]
@@ -48,21 +54,25 @@ impl Default for Prob {
 }
 
 impl Prob {
-    #[inline]
+    /// The probability of a 0 at coding precision, in `1..2^PROB_BITS`.
+    #[inline(always)]
     fn coding(self) -> u32 {
-        (u32::from(self.p) >> (16 - PROB_BITS)).clamp(1, (1 << PROB_BITS) - 1)
+        // p <= 65535, so the upper clamp of `1..=4095` never binds.
+        (u32::from(self.p) >> (16 - PROB_BITS)).max(1)
     }
 
-    #[inline]
+    /// Moves the probability towards the bit just seen at rate `1/(n+2)`, branch-free.
+    /// Bit-exact with `p + ((target - p) * recip) >> 16` clamped to `1..=65535`: the product
+    /// fits an i32 (|target - p| < 2^16, recip <= 2^15), a 0 pushes p at most to 65535 and a
+    /// 1 at least to 0 (only from p = 1), hence the single `max(1)`.
+    #[inline(always)]
     fn update(&mut self, bit: bool) {
-        let recip = RECIP[usize::from(self.n).min(RECIP.len() - 1)];
-        let p = i64::from(self.p);
-        let target: i64 = if bit { 0 } else { 65535 };
-        let np = p + (((target - p) * i64::from(recip)) >> 16);
-        self.p = np.clamp(1, 65535) as u16;
-        if usize::from(self.n) < RECIP.len() - 1 {
-            self.n += 1;
-        }
+        let recip = RECIP[usize::from(self.n) & (RECIP_LEN - 1)] as i32;
+        let p = i32::from(self.p);
+        let target = i32::from(!bit) * 65535;
+        let np = p + (((target - p) * recip) >> 16);
+        self.p = np.max(1) as u16;
+        self.n += u16::from(self.n < N_MAX);
     }
 }
 
@@ -177,6 +187,10 @@ impl<'a> Encoder<'a> {
 }
 
 /// Range decoder over a byte slice; reads zeros past its end.
+///
+/// It is `Copy` so that hot loops can work on a local copy (range and code then live in
+/// registers for a whole column) and store it back once at the end.
+#[derive(Clone, Copy)]
 pub struct Decoder<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -193,17 +207,28 @@ impl<'a> Decoder<'a> {
             range: u32::MAX,
             code: 0,
         };
-        for _ in 0..4 {
-            d.code = (d.code << 8) | u32::from(d.next_byte());
-        }
+        d.code = d.peek4();
+        d.pos = 4;
         d
     }
 
-    #[inline]
-    fn next_byte(&mut self) -> u8 {
-        let b = self.buf.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
+    /// The next four bytes big-endian, zeros past the end (without consuming them).
+    #[inline(always)]
+    fn peek4(&self) -> u32 {
+        match self.buf.get(self.pos..).and_then(|s| s.first_chunk::<4>()) {
+            Some(b) => u32::from_be_bytes(*b),
+            None => self.peek4_tail(),
+        }
+    }
+
+    /// [`Self::peek4`] within four bytes of the end.
+    #[cold]
+    #[inline(never)]
+    fn peek4_tail(&self) -> u32 {
+        (0..4).fold(0u32, |acc, i| {
+            let b = self.buf.get(self.pos.saturating_add(i)).copied().unwrap_or(0);
+            (acc << 8) | u32::from(b)
+        })
     }
 
     /// How many bytes past the end of the input have been consumed. A well-formed stream
@@ -212,32 +237,36 @@ impl<'a> Decoder<'a> {
         self.pos.saturating_sub(self.buf.len())
     }
 
-    #[inline]
+    /// Brings the range back to at least [`TOP`] in one step: the byte-wise loop
+    /// `while range < TOP { range <<= 8; code = code << 8 | next }` shifts in exactly
+    /// `leading_zeros(range) / 8` bytes (0 to 3, as every operation leaves range >= 2^8).
+    #[inline(always)]
     fn normalize(&mut self) {
-        while self.range < TOP {
-            self.range <<= 8;
-            self.code = (self.code << 8) | u32::from(self.next_byte());
-        }
+        let nb = self.range.leading_zeros() / 8;
+        let bits = nb * 8;
+        let next = u64::from(self.peek4());
+        self.code = ((u64::from(self.code) << bits) | (next >> (32 - bits))) as u32;
+        self.range = (u64::from(self.range) << bits) as u32;
+        self.pos += nb as usize;
     }
 
-    /// Decodes one bit with an adaptive probability.
-    #[inline]
+    /// Decodes one bit with an adaptive probability (branch-free: the bit is data, and
+    /// mispredicting it costs more than the selects).
+    #[inline(always)]
     pub fn bit(&mut self, p: &mut Prob) -> bool {
         let bound = (self.range >> PROB_BITS) * p.coding();
-        let bit = if self.code < bound {
-            self.range = bound;
-            false
-        } else {
-            self.code = self.code.wrapping_sub(bound);
-            self.range -= bound;
-            true
-        };
+        let bit = self.code >= bound;
+        let mask = u32::from(bit).wrapping_neg();
+        // bound < range, so range - bound never wraps.
+        self.range = bound ^ ((bound ^ self.range.wrapping_sub(bound)) & mask);
+        self.code = self.code.wrapping_sub(bound & mask);
         p.update(bit);
         self.normalize();
         bit
     }
 
     /// Decodes `n` bits written by [`Encoder::direct`].
+    #[inline(always)]
     pub fn direct(&mut self, n: u32) -> u64 {
         let mut v = 0u64;
         let mut left = n;
@@ -318,12 +347,13 @@ impl UintModel {
         }
     }
 
-    /// Decodes one value.
-    #[inline]
+    /// Decodes one value. Indexes are masked to their tables' sizes (they are in range by
+    /// construction) so that the hot path has no bounds checks.
+    #[inline(always)]
     pub fn decode(&mut self, dec: &mut Decoder<'_>) -> u64 {
         let mut node = 1usize;
         for _ in 0..self.len_bits {
-            let bit = dec.bit(&mut self.len_tree[node]);
+            let bit = dec.bit(&mut self.len_tree[node & 127]);
             node = (node << 1) | usize::from(bit);
         }
         let n = (node - (1 << self.len_bits)) as u32;
@@ -334,16 +364,15 @@ impl UintModel {
             _ => {
                 let rest = n - 1;
                 let k = rest.min(CONTEXT_BITS);
-                let probs = &mut self.top[n as usize];
+                let probs = &mut self.top[(n as usize).min(64)];
                 let mut node = 1usize;
-                let mut v = 1u64;
                 for _ in 0..k {
-                    let bit = dec.bit(&mut probs[node]);
+                    let bit = dec.bit(&mut probs[node & 3]);
                     node = (node << 1) | usize::from(bit);
-                    v = (v << 1) | u64::from(bit);
                 }
+                // node is 1 followed by the k context bits: the value's top k + 1 bits.
                 let low_n = rest - k;
-                (v << low_n) | dec.direct(low_n)
+                ((node as u64) << low_n) | dec.direct(low_n)
             }
         }
     }
@@ -378,6 +407,7 @@ impl XorModel {
     }
 
     /// Decodes one value; corrupt counts are clamped so that it never panics.
+    #[inline(always)]
     pub fn decode(&mut self, dec: &mut Decoder<'_>) -> u64 {
         if dec.bit(&mut self.zero) {
             return 0;
