@@ -186,6 +186,16 @@ impl<'a> Encoder<'a> {
     }
 }
 
+/// [`Decoder::peek4`] within four bytes of the end of `buf`.
+#[cold]
+#[inline(never)]
+fn peek4_tail(buf: &[u8], pos: usize) -> u32 {
+    (0..4).fold(0u32, |acc, i| {
+        let b = buf.get(pos.saturating_add(i)).copied().unwrap_or(0);
+        (acc << 8) | u32::from(b)
+    })
+}
+
 /// Range decoder over a byte slice; reads zeros past its end.
 ///
 /// It is `Copy` so that hot loops can work on a local copy (range and code then live in
@@ -215,20 +225,12 @@ impl<'a> Decoder<'a> {
     /// The next four bytes big-endian, zeros past the end (without consuming them).
     #[inline(always)]
     fn peek4(&self) -> u32 {
-        match self.buf.get(self.pos..).and_then(|s| s.first_chunk::<4>()) {
-            Some(b) => u32::from_be_bytes(*b),
-            None => self.peek4_tail(),
+        let end = self.pos.wrapping_add(4);
+        match self.buf.get(end.wrapping_sub(4)..end) {
+            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+            // By value, not `&self`: a reference would force the decoder out of registers.
+            _ => peek4_tail(self.buf, self.pos),
         }
-    }
-
-    /// [`Self::peek4`] within four bytes of the end.
-    #[cold]
-    #[inline(never)]
-    fn peek4_tail(&self) -> u32 {
-        (0..4).fold(0u32, |acc, i| {
-            let b = self.buf.get(self.pos.saturating_add(i)).copied().unwrap_or(0);
-            (acc << 8) | u32::from(b)
-        })
     }
 
     /// How many bytes past the end of the input have been consumed. A well-formed stream
@@ -237,12 +239,14 @@ impl<'a> Decoder<'a> {
         self.pos.saturating_sub(self.buf.len())
     }
 
-    /// Brings the range back to at least [`TOP`] in one step: the byte-wise loop
-    /// `while range < TOP { range <<= 8; code = code << 8 | next }` shifts in exactly
+    /// Brings the range back to at least [`TOP`] in one branch-free step (whether a byte is
+    /// due is data, and mispredicting it costs more than always shifting): the byte-wise
+    /// loop `while range < TOP { range <<= 8; code = code << 8 | next }` shifts in exactly
     /// `leading_zeros(range) / 8` bytes (0 to 3, as every operation leaves range >= 2^8).
     #[inline(always)]
     fn normalize(&mut self) {
-        let nb = self.range.leading_zeros() / 8;
+        // `| 1`: range is never zero; saying so spares the zero case of `leading_zeros`.
+        let nb = (self.range | 1).leading_zeros() / 8;
         let bits = nb * 8;
         let next = u64::from(self.peek4());
         self.code = ((u64::from(self.code) << bits) | (next >> (32 - bits))) as u32;
@@ -482,6 +486,119 @@ mod tests {
             assert_eq!(m.decode(&mut dec), v);
         }
         assert!(dec.overrun() <= MAX_TRIM, "overrun {}", dec.overrun());
+    }
+
+    /// The decoder as first written (byte-wise renormalisation, branching bit, i64 update
+    /// with a clamp): the fast one must match it bit for bit, on corrupt input too.
+    struct RefDecoder<'a> {
+        buf: &'a [u8],
+        pos: usize,
+        range: u32,
+        code: u32,
+    }
+
+    impl RefDecoder<'_> {
+        fn new(buf: &[u8]) -> RefDecoder<'_> {
+            let mut d = RefDecoder {
+                buf,
+                pos: 0,
+                range: u32::MAX,
+                code: 0,
+            };
+            for _ in 0..4 {
+                d.code = (d.code << 8) | u32::from(d.next_byte());
+            }
+            d
+        }
+        fn next_byte(&mut self) -> u8 {
+            let b = self.buf.get(self.pos).copied().unwrap_or(0);
+            self.pos += 1;
+            b
+        }
+        fn normalize(&mut self) {
+            while self.range < TOP {
+                self.range <<= 8;
+                self.code = (self.code << 8) | u32::from(self.next_byte());
+            }
+        }
+        fn bit(&mut self, p: &mut (u16, u16)) -> bool {
+            let coding = (u32::from(p.0) >> (16 - PROB_BITS)).clamp(1, (1 << PROB_BITS) - 1);
+            let bound = (self.range >> PROB_BITS) * coding;
+            let bit = if self.code < bound {
+                self.range = bound;
+                false
+            } else {
+                self.code = self.code.wrapping_sub(bound);
+                self.range -= bound;
+                true
+            };
+            let recip = 65536 / (i64::from(p.1.min(62)) + 2);
+            let target: i64 = if bit { 0 } else { 65535 };
+            let old = i64::from(p.0);
+            p.0 = (old + (((target - old) * recip) >> 16)).clamp(1, 65535) as u16;
+            if p.1 < 62 {
+                p.1 += 1;
+            }
+            self.normalize();
+            bit
+        }
+        fn direct(&mut self, n: u32) -> u64 {
+            let mut v = 0u64;
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(DIRECT_CHUNK);
+                left -= k;
+                let r = self.range >> k;
+                let q = (self.code / r.max(1)).min((1 << k) - 1);
+                self.code = self.code.wrapping_sub(q * r);
+                self.range = r;
+                v = (v << k) | u64::from(q);
+                self.normalize();
+            }
+            v
+        }
+    }
+
+    #[test]
+    fn fast_decoder_matches_the_reference_on_any_bytes() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..300 {
+            // Arbitrary bytes (a corrupt stream) and a real one, of varied lengths.
+            let len = (rand() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| rand() as u8).collect();
+            if round % 2 == 0 {
+                bytes.clear();
+                let mut enc = Encoder::new(&mut bytes);
+                let mut m = UintModel::default();
+                for _ in 0..(rand() % 50) {
+                    m.encode(&mut enc, rand() >> (rand() % 64));
+                }
+                enc.finish();
+            }
+            let (mut fast, mut slow) = (Decoder::new(&bytes), RefDecoder::new(&bytes));
+            let mut probs = [Prob::default(); 8];
+            let mut ref_probs = [(32768u16, 0u16); 8];
+            for step in 0..400 {
+                let op = rand();
+                let i = (op % 8) as usize;
+                if op % 5 == 0 {
+                    let n = ((op >> 8) % 65) as u32;
+                    assert_eq!(fast.direct(n), slow.direct(n), "round {round} step {step}");
+                } else {
+                    let got = fast.bit(&mut probs[i]);
+                    assert_eq!(got, slow.bit(&mut ref_probs[i]), "round {round} step {step}");
+                    assert_eq!((probs[i].p, probs[i].n), ref_probs[i]);
+                }
+                assert_eq!((fast.range, fast.code), (slow.range, slow.code));
+                assert_eq!(fast.overrun(), slow.pos.saturating_sub(bytes.len()));
+            }
+        }
     }
 
     #[test]
