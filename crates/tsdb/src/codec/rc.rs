@@ -69,7 +69,7 @@ impl Prob {
     fn update(&mut self, bit: bool) {
         let recip = RECIP[usize::from(self.n) & (RECIP_LEN - 1)] as i32;
         let p = i32::from(self.p);
-        let target = i32::from(!bit) * 65535;
+        let target = (i32::from(bit) - 1) & 65535;
         let np = p + (((target - p) * recip) >> 16);
         self.p = np.max(1) as u16;
         self.n += u16::from(self.n < N_MAX);
@@ -245,8 +245,10 @@ impl<'a> Decoder<'a> {
     /// `leading_zeros(range) / 8` bytes (0 to 3, as every operation leaves range >= 2^8).
     #[inline(always)]
     fn normalize(&mut self) {
-        // `| 1`: range is never zero; saying so spares the zero case of `leading_zeros`.
-        let nb = (self.range | 1).leading_zeros() / 8;
+        // Three independent compares rather than `leading_zeros / 8`: shorter latency on
+        // the range -> next bit dependency chain.
+        let r = self.range;
+        let nb = u32::from(r < 1 << 24) + u32::from(r < 1 << 16) + u32::from(r < 1 << 8);
         let bits = nb * 8;
         let next = u64::from(self.peek4());
         self.code = ((u64::from(self.code) << bits) | (next >> (32 - bits))) as u32;
