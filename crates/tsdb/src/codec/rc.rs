@@ -357,10 +357,18 @@ impl UintModel {
     /// construction) so that the hot path has no bounds checks.
     #[inline(always)]
     pub fn decode(&mut self, dec: &mut Decoder<'_>) -> u64 {
+        // Both children's probabilities are loaded before the bit that picks one is known,
+        // which takes the table load off the bit-to-bit dependency chain (the bits are data:
+        // the CPU cannot speculate the walk).
         let mut node = 1usize;
+        let mut cur = self.len_tree[1];
         for _ in 0..self.len_bits {
-            let bit = dec.bit(&mut self.len_tree[node & 127]);
+            let left = self.len_tree[(node << 1) & 127];
+            let right = self.len_tree[((node << 1) | 1) & 127];
+            let bit = dec.bit(&mut cur);
+            self.len_tree[node & 127] = cur;
             node = (node << 1) | usize::from(bit);
+            cur = if bit { right } else { left };
         }
         let n = (node - (1 << self.len_bits)) as u32;
         match n {
