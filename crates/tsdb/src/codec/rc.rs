@@ -9,6 +9,10 @@
 //!   while n is small, settling at [`RATE_LIMIT`]), so a 360-point series pays little to learn.
 //! - The decoder never panics: it reads zeros past the end and reports how far it overran, so
 //!   the caller can reject corrupt input.
+//! - Decoding is latency-bound (every bit depends on the previous one), so the decoder's hot
+//!   path is branch-free on data (bits, renormalisation) and loads the next probability
+//!   before the bit that picks it is known. It must stay bit-exact with the plain byte-wise
+//!   LZMA-style decoder, including on corrupt input: a test pins the two together.
 
 /// Probability precision used for coding (the stored probability has 16 bits).
 const PROB_BITS: u32 = 12;
