@@ -5,8 +5,19 @@
 //! the timings it prints bytes/point of the sealed encoding and of head chunks, the figure the
 //! issue compares with VictoriaMetrics (1.58 B/pt on disk; goal <= 1.26 including the index).
 //!
+//! `sealed_decode_xor` decodes full-precision random walks instead (the XOR float path, which
+//! gen.py's shape never takes); its size is printed too.
+//!
 //! Run: `CARGO_TARGET_DIR=/work/target-tsdb cargo bench -p tsdb --bench codec`
 //! (1,000 series x 360 points; set `CODEC_BENCH_SERIES` for another size).
+//!
+//! On a loaded machine timings swing by 2x; instruction counts do not. Per decoded point
+//! (36,000 points, one iteration, only time inside `decode_series` counted):
+//! `CODEC_BENCH_SERIES=100 valgrind --tool=callgrind --branch-sim=yes
+//! --toggle-collect='*decode_series*' <bench binary> --bench sealed_decode --sample-count 1
+//! --sample-size 1` and divide the `summary:` line of `callgrind.out.*` by 36,000 (Ir,
+//! conditional branches, simulated mispredictions; the simulator's predictor has no history,
+//! so it counts every loop exit as a miss).
 
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
@@ -78,6 +89,30 @@ fn data() -> Vec<Series> {
         .collect()
 }
 
+/// Full-precision random walks (no decimal structure): the XOR float column.
+fn xor_data() -> Vec<Series> {
+    let n: usize = std::env::var("CODEC_BENCH_SERIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let mut g = Gen(7);
+    (0..n)
+        .map(|_| {
+            let ts = (0..POINTS as i64)
+                .map(|p| 1_700_000_000_000 + p * 10_000)
+                .collect();
+            let mut v = g.uniform() * 100.0;
+            let vals = (0..POINTS)
+                .map(|_| {
+                    v += g.gauss(1.5);
+                    v
+                })
+                .collect();
+            Series { ts, vals }
+        })
+        .collect()
+}
+
 fn points(d: &[Series]) -> usize {
     d.iter().map(|s| s.ts.len()).sum()
 }
@@ -109,10 +144,13 @@ fn main() {
     let n = points(&d) as f64;
     let sealed: usize = encoded(&d).iter().map(Vec::len).sum();
     let head: usize = heads(&d).iter().map(HeadChunk::heap_bytes).sum();
+    let x = xor_data();
+    let xor: usize = encoded(&x).iter().map(Vec::len).sum();
     println!(
-        "sealed: {:.4} B/pt; head chunks: {:.3} B/pt (heap capacity)",
+        "sealed: {:.4} B/pt; head chunks: {:.3} B/pt (heap capacity); sealed XOR walks: {:.3} B/pt",
         sealed as f64 / n,
-        head as f64 / n
+        head as f64 / n,
+        xor as f64 / points(&x) as f64
     );
     divan::main();
 }
@@ -133,6 +171,21 @@ fn sealed_encode(b: Bencher) {
 #[divan::bench]
 fn sealed_decode(b: Bencher) {
     let d = data();
+    let enc = encoded(&d);
+    let (mut ts, mut vals) = (Vec::new(), Vec::new());
+    b.counter(ItemsCount::new(points(&d))).bench_local(|| {
+        for e in &enc {
+            ts.clear();
+            vals.clear();
+            codec::decode_series(e, &mut ts, &mut vals).expect("valid");
+            black_box((&ts, &vals));
+        }
+    });
+}
+
+#[divan::bench]
+fn sealed_decode_xor(b: Bencher) {
+    let d = xor_data();
     let enc = encoded(&d);
     let (mut ts, mut vals) = (Vec::new(), Vec::new());
     b.counter(ItemsCount::new(points(&d))).bench_local(|| {

@@ -356,24 +356,27 @@ fn near_decimal_plan(vals: &[f64]) -> Option<DecimalPlan> {
     })
 }
 
+/// The header of an integer column.
+struct IntCol {
+    n: usize,
+    order: u8,
+    xf: u8,
+    len_bits: u32,
+    head: Vec<i64>,
+    min: i64,
+    /// Common factor of the differences (1 when none was divided out).
+    factor: i64,
+}
+
 /// A column header parsed before the stream is decoded.
 enum Column {
-    Ints {
-        n: usize,
-        order: u8,
-        xf: u8,
-        len_bits: u32,
-        head: Vec<i64>,
-        min: i64,
-        /// Common factor of the differences (1 when none was divided out).
-        factor: i64,
-    },
+    Ints(IntCol),
     Decimal {
         /// Per-value ULP corrections (near-decimal columns only).
-        corrections: Option<Box<Column>>,
+        corrections: Option<IntCol>,
         scale: u8,
         exceptions: Vec<(usize, u64)>,
-        ints: Box<Column>,
+        ints: IntCol,
     },
     Xor {
         n: usize,
@@ -390,7 +393,7 @@ fn corrupt(what: &'static str) -> CodecError {
     CodecError::Corrupt(what)
 }
 
-fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<Column, CodecError> {
+fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<IntCol, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated column header"))?;
     let (order, xf, len_bits) = (b & 3, (b >> 2) & 3, u32::from((b >> 4) & 7));
     if order > 2 || xf > XF_ZERO {
@@ -411,7 +414,7 @@ fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<Column, CodecEr
     } else {
         1
     };
-    Ok(Column::Ints {
+    Ok(IntCol {
         n,
         order,
         xf,
@@ -450,9 +453,9 @@ fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
                 let bits = r.u64_le().ok_or(corrupt("truncated exceptions"))?;
                 exceptions.push((at as usize, bits));
             }
-            let ints = Box::new(parse_ints(r, n, 0)?);
+            let ints = parse_ints(r, n, 0)?;
             let corrections = if b & 3 == VALUES_NEAR_DECIMAL {
-                Some(Box::new(parse_ints(r, n, 0)?))
+                Some(parse_ints(r, n, 0)?)
             } else {
                 None
             };
@@ -468,37 +471,113 @@ fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
     }
 }
 
-fn decode_ints(col: &Column, dec: &mut Decoder<'_>, out: &mut Vec<i64>) {
-    let Column::Ints {
-        n,
-        order,
-        xf,
-        len_bits,
-        head,
-        min,
-        factor,
-    } = col
-    else {
-        return;
-    };
-    let start = out.len();
-    out.extend_from_slice(head);
-    let mut model = UintModel::with_len_bits(*len_bits);
-    for _ in head.len()..*n {
-        let d = match *xf {
-            XF_ZERO => 0,
-            XF_OFFSET => (model.decode(dec) as i64).wrapping_add(*min),
-            _ => unzigzag(model.decode(dec)),
-        };
-        out.push(d.wrapping_mul(*factor));
+/// One stream symbol of an integer column turned back into a (scaled) difference; `XF` is
+/// the column transform, a constant so that each transform gets its own loop.
+#[inline(always)]
+fn symbol<const XF: u8>(model: &mut UintModel, dec: &mut Decoder<'_>, min: i64) -> i64 {
+    match XF {
+        XF_ZERO => 0,
+        XF_OFFSET => (model.decode(dec) as i64).wrapping_add(min),
+        _ => unzigzag(model.decode(dec)),
     }
-    // Undo differencing, innermost first.
-    let xs = out.get_mut(start..).unwrap_or(&mut []);
-    for k in (1..=usize::from(*order)).rev() {
-        for i in k..xs.len() {
-            xs[i] = xs[i].wrapping_add(xs[i - 1]);
+}
+
+/// Decodes an integer column and undoes its differencing in the same pass, handing each
+/// value to `sink` in order. `XF` and `ORDER` are constants so that the per-value loop has
+/// no branches on the column header. Works on a local copy of the decoder (registers) and
+/// stores it back at the end.
+#[inline(always)]
+fn ints_loop<const XF: u8, const ORDER: u8>(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i64)) {
+    let mut d = *dec;
+    let mut model = UintModel::with_len_bits(col.len_bits);
+    let (min, factor) = (col.min, col.factor);
+    // x: the last value; dx: the last first difference (order 2).
+    let (mut x, mut dx) = (0i64, 0i64);
+    let mut head = col.head.iter().copied();
+    if ORDER >= 1
+        && let Some(h0) = head.next()
+    {
+        x = h0;
+        sink(x);
+    }
+    if ORDER >= 2
+        && let Some(h1) = head.next()
+    {
+        dx = h1;
+        x = x.wrapping_add(dx);
+        sink(x);
+    }
+    for _ in col.head.len()..col.n {
+        let s = symbol::<XF>(&mut model, &mut d, min).wrapping_mul(factor);
+        match ORDER {
+            0 => x = s,
+            1 => x = x.wrapping_add(s),
+            _ => {
+                dx = dx.wrapping_add(s);
+                x = x.wrapping_add(dx);
+            }
+        }
+        sink(x);
+    }
+    *dec = d;
+}
+
+/// Decodes an integer column, handing its values to `sink` in order.
+fn decode_ints_with(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i64)) {
+    match (col.xf, col.order) {
+        (XF_ZERO, 0) => ints_loop::<XF_ZERO, 0>(col, dec, sink),
+        (XF_ZERO, 1) => ints_loop::<XF_ZERO, 1>(col, dec, sink),
+        (XF_ZERO, _) => ints_loop::<XF_ZERO, 2>(col, dec, sink),
+        (XF_OFFSET, 0) => ints_loop::<XF_OFFSET, 0>(col, dec, sink),
+        (XF_OFFSET, 1) => ints_loop::<XF_OFFSET, 1>(col, dec, sink),
+        (XF_OFFSET, _) => ints_loop::<XF_OFFSET, 2>(col, dec, sink),
+        (_, 0) => ints_loop::<XF_ZIGZAG, 0>(col, dec, sink),
+        (_, 1) => ints_loop::<XF_ZIGZAG, 1>(col, dec, sink),
+        (_, _) => ints_loop::<XF_ZIGZAG, 2>(col, dec, sink),
+    }
+}
+
+/// Decodes a decimal (or near-decimal) float column into `out`.
+fn decode_decimal(
+    ints: &IntCol,
+    corrections: Option<&IntCol>,
+    scale: u8,
+    exceptions: &[(usize, u64)],
+    dec: &mut Decoder<'_>,
+    out: &mut Vec<f64>,
+) {
+    let start = out.len();
+    out.reserve(ints.n);
+    // Same result as `from_mantissa` (dividing an integer-valued float by 1.0 is exact).
+    let p = POW10.get(usize::from(scale)).copied().unwrap_or(1.0);
+    decode_ints_with(ints, dec, &mut |m| out.push(m as f64 / p));
+    if let Some(c) = corrections {
+        let mut i = start;
+        decode_ints_with(c, dec, &mut |d| {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = f64::from_bits(slot.to_bits().wrapping_add(d as u64));
+            }
+            i += 1;
+        });
+    }
+    for &(i, bits) in exceptions {
+        if let Some(slot) = out.get_mut(start + i) {
+            *slot = f64::from_bits(bits);
         }
     }
+}
+
+/// Decodes an XOR float column of `n` values into `out`.
+fn decode_xor(n: usize, dec: &mut Decoder<'_>, out: &mut Vec<f64>) {
+    out.reserve(n);
+    let mut d = *dec;
+    let mut model = XorModel::default();
+    let mut prev = 0u64;
+    for _ in 0..n {
+        prev ^= model.decode(&mut d);
+        out.push(f64::from_bits(prev));
+    }
+    *dec = d;
 }
 
 impl ColumnReader {
@@ -509,7 +588,7 @@ impl ColumnReader {
 
     /// Parses the header of an integer column of `n` values.
     pub fn ints(&mut self, r: &mut Reader<'_>, n: usize, base: i64) -> Result<(), CodecError> {
-        self.columns.push(parse_ints(r, n, base)?);
+        self.columns.push(Column::Ints(parse_ints(r, n, base)?));
         Ok(())
     }
 
@@ -529,13 +608,13 @@ impl ColumnReader {
     ) -> Result<(), CodecError> {
         let mut dec = Decoder::new(rest);
         let (mut ii, mut fi) = (0usize, 0usize);
-        let mut scratch = Vec::new();
         for col in &self.columns {
             match col {
-                Column::Ints { .. } => {
+                Column::Ints(c) => {
                     let out = ints.get_mut(ii).ok_or(corrupt("column mismatch"))?;
                     ii += 1;
-                    decode_ints(col, &mut dec, out);
+                    out.reserve(c.n);
+                    decode_ints_with(c, &mut dec, &mut |v| out.push(v));
                 }
                 Column::Decimal {
                     scale,
@@ -545,34 +624,12 @@ impl ColumnReader {
                 } => {
                     let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
                     fi += 1;
-                    scratch.clear();
-                    decode_ints(inner, &mut dec, &mut scratch);
-                    let start = out.len();
-                    if let Some(c) = corrections {
-                        let mut fix = Vec::with_capacity(scratch.len());
-                        decode_ints(c, &mut dec, &mut fix);
-                        out.extend(scratch.iter().enumerate().map(|(i, &m)| {
-                            let d = fix.get(i).copied().unwrap_or(0);
-                            f64::from_bits(from_mantissa(m, *scale).to_bits().wrapping_add(d as u64))
-                        }));
-                    } else {
-                        out.extend(scratch.iter().map(|&m| from_mantissa(m, *scale)));
-                    }
-                    for &(i, bits) in exceptions {
-                        if let Some(slot) = out.get_mut(start + i) {
-                            *slot = f64::from_bits(bits);
-                        }
-                    }
+                    decode_decimal(inner, corrections.as_ref(), *scale, exceptions, &mut dec, out);
                 }
                 Column::Xor { n } => {
                     let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
                     fi += 1;
-                    let mut model = XorModel::default();
-                    let mut prev = 0u64;
-                    for _ in 0..*n {
-                        prev ^= model.decode(&mut dec);
-                        out.push(f64::from_bits(prev));
-                    }
+                    decode_xor(*n, &mut dec, out);
                 }
             }
             if dec.overrun() > MAX_OVERRUN {
