@@ -13,7 +13,8 @@
 //! `CARGO_TARGET_DIR=... cargo bench -p tsdb --bench flood`
 //! Knobs: `FLOOD_SERIES` (100000), `FLOOD_SECS` (10), `FLOOD_WRITERS` (2), `FLOOD_BATCH`
 //! (16384), `FLOOD_HOGS` (1), `FLOOD_READ_INTERVAL_MS` (5), `FLOOD_BLOCK_MINUTES` (5);
-//! `FLOOD_LOCK_WAITS=1` also prints the lock-wait histograms' sums and counts.
+//! `FLOOD_LOCK_WAITS=1` also prints the lock-wait histograms' sums and counts (and the
+//! buckets of the head shard read lock).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -178,8 +179,8 @@ fn main() {
     );
     if std::env::var_os("FLOOD_LOCK_WAITS").is_some() {
         for l in metrics.lines().filter(|l| {
-            (l.starts_with("roaster_storage_lock_wait_seconds") || l.starts_with("roaster_tsdb_append_lock"))
-                && !l.contains("_bucket")
+            l.starts_with("roaster_storage_lock_wait_seconds")
+                && (!l.contains("_bucket") || l.contains("lock=\"head\",op=\"read\""))
         }) {
             println!("{l}");
         }

@@ -328,13 +328,16 @@ impl Db {
             return Ok(id);
         }
         let id = ix.insert(key.clone());
+        // readers of the index wait only for the insert; the WAL guard (still held) keeps
+        // appends and seals out until the head has the series too, and a reader that finds
+        // the id before that finds no samples for it
+        drop(ix);
         let start = begin_record(&mut w.buf, REC_SERIES);
         put_uvarint(&mut w.buf, id.0);
         key.encode(&mut w.buf);
         end_record(&mut w.buf, start);
         w.seq += 1;
         self.head.push_series();
-        drop(ix);
         self.metrics.series_created.inc();
         self.wal.after_append(&w);
         Ok(id)

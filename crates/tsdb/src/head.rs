@@ -32,7 +32,7 @@ use crate::codec::HeadChunk;
 /// Number of head shards (a power of two). More shards mean shorter lock holds per append
 /// batch and fewer readers behind any one of them, at one lock acquisition per touched
 /// shard per batch.
-pub(crate) const HEAD_SHARDS: usize = 64;
+pub(crate) const HEAD_SHARDS: usize = 256;
 
 /// One head shard: the series whose `id % HEAD_SHARDS` is this shard's number, by position
 /// `id / HEAD_SHARDS`.

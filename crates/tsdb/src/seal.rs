@@ -952,7 +952,7 @@ mod tests {
 
     const NOW: i64 = 1_700_000_000_000;
     /// More series than head shards, so every shard holds several.
-    const SERIES: usize = 150;
+    const SERIES: usize = HEAD_SHARDS * 2 + 44;
 
     fn open(dir: &Path) -> (Arc<Db>, Vec<SeriesId>) {
         let opts = Options {
