@@ -314,6 +314,19 @@ impl MemSeries {
         old
     }
 
+    /// `older` and `newer` as one series; on equal timestamps `newer` wins.
+    pub fn merged(older: &MemSeries, newer: &MemSeries, limits: HeadLimits) -> MemSeries {
+        let (mut a, mut b, mut all) = (Vec::new(), Vec::new(), Vec::new());
+        older.read_into(i64::MIN, i64::MAX, &mut a);
+        newer.read_into(i64::MIN, i64::MAX, &mut b);
+        merge_last_wins(&a, &b, &mut all);
+        let mut out = MemSeries::default();
+        for (t, v) in all {
+            out.push(t, v, limits);
+        }
+        out
+    }
+
     /// [`MemSeries::split_before`] by decoding everything and pushing it again.
     fn split_by_repush(&mut self, cutoff: i64, limits: HeadLimits) -> MemSeries {
         let mut old = MemSeries::default();

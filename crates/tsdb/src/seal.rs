@@ -179,10 +179,20 @@ impl Db {
             // before the re-logged state, appends after it come after
             let mut w = self.wal.lock_observed(&self.lock_waits.wal_seal);
             let mut guard = locks::write(shard, &self.lock_waits.head_seal);
+            // a frozen set still here was left by a seal that failed after this step: its
+            // data is in no block yet, so it goes into this seal's (head data is newer)
+            let stale = guard.frozen.take();
             let part: Vec<MemSeries> = guard
                 .series
                 .iter_mut()
-                .map(|s| s.split_before(cutoff, limits))
+                .enumerate()
+                .map(|(pos, s)| {
+                    let old = s.split_before(cutoff, limits);
+                    match stale.as_ref().and_then(|f| f.get(pos)).filter(|p| !p.is_empty()) {
+                        Some(prev) => MemSeries::merged(prev, &old, limits),
+                        None => old,
+                    }
+                })
                 .collect();
             let part = Arc::new(part);
             guard.frozen = Some(Arc::clone(&part));
@@ -1004,6 +1014,47 @@ mod tests {
                 value: (b * 1_000) as f64 + id.0 as f64,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_seal_after_a_failed_one_seals_the_data_that_one_froze() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ids) = open(dir.path());
+        let mut model = Model::new();
+        let append = |db: &Db, model: &mut Model, b| {
+            let pts = batch(&ids, b);
+            for p in &pts {
+                model.insert((p.series.0, p.ts), p.value);
+            }
+            db.append(&pts).unwrap().wal_seq
+        };
+        for b in 0..40 {
+            append(&db, &mut model, b);
+        }
+        // what a seal that failed after step 1 leaves behind: frozen sets in the shards
+        let limits = head_limits(&db.opts);
+        for shard in db.head.shards() {
+            let mut g = shard.write();
+            let part = g
+                .series
+                .iter_mut()
+                .map(|s| s.split_before(NOW + 20_000, limits))
+                .collect();
+            g.frozen = Some(Arc::new(part));
+        }
+        assert_eq!(read_all(&db), model);
+        // rewrites of frozen timestamps are newer than the frozen data
+        let mut last = 0;
+        for b in 40..60 {
+            last = append(&db, &mut model, b);
+        }
+        db.seal(NOW + 30_000).unwrap();
+        assert_eq!(read_all(&db), model, "after the next seal");
+        db.wait_durable(last).unwrap();
+        db.crash_for_test();
+        drop(db);
+        let (db, _) = open(dir.path());
+        assert_eq!(read_all(&db), model, "after a crash");
     }
 
     #[test]
