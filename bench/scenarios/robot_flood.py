@@ -30,7 +30,8 @@ What it does (loopback only, bounded in time, stops everything it started by PID
      any non-200 answer, timeout or connection failure.
 4. Reads /metrics before and after the flood: points absorbed per source
    (`roaster_ingest_points_total`), `roaster_ingest_dropped_total` by source and reason, queue
-   depth, time ingest spent blocked on a full queue; server CPU seconds (from /proc).
+   depth, time ingest spent blocked on a full queue, the engine's storage-lock waits by lock and
+   operation (`roaster_storage_lock_wait_seconds`); server CPU seconds (from /proc).
 5. Stops the senders, then the server (SIGTERM, 60 s grace), and prints ONE JSON line:
    human-plane p50/p90/p99/max latency and errors (per endpoint and all together, baseline and
    flood), absorbed points/s, remote-write status counts, drop counters, and `pass` = (flood
@@ -278,6 +279,32 @@ SERVER_HISTOGRAMS = [  # server-side timings whose change over the flood is repo
 ]
 
 
+LOCK_WAITS = "roaster_storage_lock_wait_seconds"
+
+
+def lock_waits(after, before):
+    """hist_delta of each (lock, op) of the engine's storage-lock wait histograms, keyed "lock=..,op=.."."""
+    out = {}
+    for k in after:
+        if not k.startswith(LOCK_WAITS + "_count{"):
+            continue
+        inner = k[len(LOCK_WAITS + "_count{") : -1]
+
+        def one(m):
+            r = {}
+            for kk, v in m.items():
+                if kk.startswith(LOCK_WAITS + "_bucket{" + inner + ","):
+                    r[LOCK_WAITS + "_bucket{" + kk[len(LOCK_WAITS + "_bucket{" + inner + ",") :]] = v
+                elif kk in (LOCK_WAITS + "_count{" + inner + "}", LOCK_WAITS + "_sum{" + inner + "}"):
+                    r[kk.split("{")[0]] = v
+            return r
+
+        h = hist_delta(one(after), one(before), LOCK_WAITS)
+        if h:
+            out[inner.replace('"', "")] = h
+    return out
+
+
 def hist_delta(after, before, name):
     """count, mean and bucket-bound p50/p99 (upper `le` bound reached) of a histogram over all its labels."""
     buckets = {}
@@ -433,6 +460,7 @@ def main():
             "queue_capacity": family(m1, "roaster_ingest_queue_capacity_points"),
             "queue_blocked_seconds": delta(m1, m0, "roaster_ingest_queue_blocked_seconds_total"),
             "server_timings": {n: hist_delta(m1, m0, n) for n in SERVER_HISTOGRAMS},
+            "storage_lock_waits": lock_waits(m1, m0),
             "server_cpu_s": round(c1 - c0, 2),
             "server_busy_cores": round((c1 - c0) / secs, 2),
             # The machine is shared: cores busy with anything (ours, the server, other people's builds).

@@ -1,10 +1,16 @@
 //! [`Db`]: open and recover, resolve series, append, wait for durability, select, close.
 //!
 //! Locks, always taken in this order (never the reverse): the WAL append guard
-//! (`wal.writer`) → `index` → `head`. `append` holds the WAL guard and the head write lock
-//! for one whole batch, so WAL order equals head apply order and replay rebuilds exactly the
-//! same head (last write wins depends on order). Readers take the index lock once per query
-//! and the head read lock once per series.
+//! (`wal.writer`) → `index` → one head shard (`crate::head::Head`) → `sealed`; at most one
+//! head shard at a time. `append` holds the WAL guard for one whole batch and, inside it,
+//! takes the write lock of each head shard the batch touches once (samples grouped by shard,
+//! batch order kept within a shard), so per series WAL order equals head apply order and
+//! replay rebuilds exactly the same head (last write wins depends on order); a concurrent
+//! reader may see a batch half applied (some shards done), never a series half applied.
+//! Readers take the index lock once per query, then per series one shard read lock and the
+//! `sealed` read lock, one after the other (see `Db::read_series` for why that is
+//! consistent with seals). No lock a reader needs is held for O(head): the waits are
+//! exported as `roaster_storage_lock_wait_seconds` (`crate::locks`).
 //!
 //! Directory layout under `dir`: `LOCK` (held with an exclusive file lock while open, so
 //! two processes never share a WAL), `wal/` (segments, see `wal.rs`), `series.log` (the
@@ -21,8 +27,9 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::blocks::{self, Block};
 use crate::error::{DbError, NotReady};
-use crate::head::{HeadLimits, MemSeries, merge_last_wins};
+use crate::head::{HEAD_SHARDS, Head, HeadLimits, merge_last_wins};
 use crate::index::Index;
+use crate::locks::{self, LockWaits};
 use crate::options::Options;
 use crate::rollup::Resolution;
 use crate::series_log;
@@ -108,19 +115,12 @@ pub(crate) struct DbMetrics {
     wal_truncated_bytes: Counter,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Head {
-    pub(crate) series: Vec<MemSeries>,
-}
-
-/// Blocks on disk plus head data being sealed into blocks: what readers see besides the head.
+/// Blocks on disk: what readers see besides the head (and the head shards' frozen data,
+/// `crate::head::Shard::frozen`).
 #[derive(Debug, Default)]
 pub(crate) struct Sealed {
     /// Live blocks, ascending by seq.
     pub blocks: Vec<Arc<Block>>,
-    /// Head data taken out by a seal in progress, by series id; readable until its blocks
-    /// are published.
-    pub frozen: Option<Arc<Vec<MemSeries>>>,
 }
 
 /// The engine. Shared as `Arc<Db>`; every method takes `&self`.
@@ -130,9 +130,11 @@ pub struct Db {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) wal: Arc<Wal>,
     pub(crate) index: RwLock<Index>,
-    pub(crate) head: RwLock<Head>,
-    /// Lock order: `head` before `sealed` when both are held.
+    pub(crate) head: Head,
+    /// Lock order: a head shard before `sealed` when both are held.
     pub(crate) sealed: RwLock<Sealed>,
+    /// Storage lock waits, by lock and operation.
+    pub(crate) lock_waits: LockWaits,
     /// Newest sample timestamp accepted (or replayed); the out-of-order window is measured
     /// back from `max(now, max_seen)`.
     pub(crate) max_seen: AtomicI64,
@@ -188,7 +190,7 @@ impl Db {
         let mut index = Index::default();
         series_log::load(&dir.join(SERIES_LOG), &mut index)?;
         let mut head = Head::default();
-        head.series.resize_with(index.len(), MemSeries::default);
+        head.grow_to(index.len());
         let limits = head_limits(&opts);
         let mut max_seen = i64::MIN;
         let mut unknown = 0u64;
@@ -212,19 +214,15 @@ impl Db {
                             offset: 0,
                             reason,
                         })?;
-                    if head.series.len() < index.len() {
-                        head.series.resize_with(index.len(), MemSeries::default);
-                    }
+                    head.grow_to(index.len());
                 }
                 REC_SAMPLES => {
-                    decode_samples(payload, |id, ts, v| {
-                        match usize::try_from(id).ok().and_then(|i| head.series.get_mut(i)) {
-                            Some(s) => {
-                                s.push(ts, v, limits);
-                                max_seen = max_seen.max(ts);
-                            }
-                            None => unknown += 1,
+                    decode_samples(payload, |id, ts, v| match head.series_mut(id) {
+                        Some(s) => {
+                            s.push(ts, v, limits);
+                            max_seen = max_seen.max(ts);
                         }
+                        None => unknown += 1,
                     })
                     .map_err(|()| DbError::WalCorrupt {
                         path: wal_dir.clone(),
@@ -273,11 +271,11 @@ impl Db {
             clock,
             wal,
             index: RwLock::new(index),
-            head: RwLock::new(head),
+            head,
             sealed: RwLock::new(Sealed {
                 blocks: opened.blocks,
-                frozen: None,
             }),
+            lock_waits: LockWaits::default(),
             max_seen: AtomicI64::new(max_seen),
             closed: AtomicBool::new(false),
             maintenance: Mutex::new(()),
@@ -325,18 +323,21 @@ impl Db {
         }
         self.check_open()?;
         let mut w = self.wal.lock_for_append();
-        let mut ix = self.index.write();
+        let mut ix = locks::write(&self.index, &self.lock_waits.index_create);
         if let Some(id) = ix.lookup(key) {
             return Ok(id);
         }
         let id = ix.insert(key.clone());
+        // readers of the index wait only for the insert; the WAL guard (still held) keeps
+        // appends and seals out until the head has the series too, and a reader that finds
+        // the id before that finds no samples for it
+        drop(ix);
         let start = begin_record(&mut w.buf, REC_SERIES);
         put_uvarint(&mut w.buf, id.0);
         key.encode(&mut w.buf);
         end_record(&mut w.buf, start);
         w.seq += 1;
-        self.head.write().series.push(MemSeries::default());
-        drop(ix);
+        self.head.push_series();
         self.metrics.series_created.inc();
         self.wal.after_append(&w);
         Ok(id)
@@ -376,26 +377,29 @@ impl Db {
             .max(self.max_seen.load(Ordering::Relaxed));
         let cutoff = reference.saturating_sub(self.opts.ooo_window_ms);
         let mut newest = i64::MIN;
+        // exact: series are only added under the WAL guard, which this holds
+        let known = self.head.len() as u64;
+        let accept = |p: &Point| p.series.0 < known && p.ts >= cutoff;
+        let shard_of = |p: &Point| (p.series.0 % HEAD_SHARDS as u64) as usize;
+        let mut per_shard = [0usize; HEAD_SHARDS];
         {
-            let mut head = self.head.write();
-            let buf = &mut w.buf;
+            let crate::wal::Pending { buf, seq, order } = &mut *w;
             // at most 10 + 10 + 8 bytes per sample: one reservation per batch
             buf.reserve(points.len().saturating_mul(28).saturating_add(16));
             let start = begin_record(buf, REC_SAMPLES);
             let mut prev_ts = 0i64;
             for p in points {
-                let Some(s) = usize::try_from(p.series.0)
-                    .ok()
-                    .and_then(|i| head.series.get_mut(i))
-                else {
+                if p.series.0 >= known {
                     receipt.unknown_series += 1;
                     continue;
-                };
+                }
                 if p.ts < cutoff {
                     receipt.too_old += 1;
                     continue;
                 }
-                s.push(p.ts, p.value, limits);
+                if let Some(n) = per_shard.get_mut(shard_of(p)) {
+                    *n += 1;
+                }
                 put_uvarint(buf, p.series.0);
                 put_uvarint(buf, zigzag(p.ts.wrapping_sub(prev_ts)));
                 buf.extend_from_slice(&p.value.to_bits().to_le_bytes());
@@ -407,7 +411,46 @@ impl Db {
                 buf.truncate(start);
             } else {
                 end_record(buf, start);
-                w.seq += 1;
+                *seq += 1;
+                // group by shard (a counting sort, stable: batch order within a shard), then
+                // apply shard by shard, each under its own lock held for its samples only
+                let mut next = [0usize; HEAD_SHARDS];
+                let mut at = 0;
+                for (n, c) in next.iter_mut().zip(per_shard.iter()) {
+                    *n = at;
+                    at += c;
+                }
+                order.clear();
+                order.resize(receipt.accepted, 0);
+                for (i, p) in points.iter().enumerate() {
+                    if accept(p)
+                        && let Some(n) = next.get_mut(shard_of(p))
+                    {
+                        if let Some(slot) = order.get_mut(*n) {
+                            *slot = i;
+                        }
+                        *n += 1;
+                    }
+                }
+                let mut from = 0;
+                for (shard, count) in self.head.shards().iter().zip(per_shard.iter()) {
+                    let to = from + count;
+                    if to > from {
+                        let mut shard = locks::write(shard, &self.lock_waits.head_append);
+                        for p in order
+                            .get(from..to)
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|&i| points.get(i))
+                        {
+                            let pos = (p.series.0 / HEAD_SHARDS as u64) as usize;
+                            if let Some(s) = shard.series.get_mut(pos) {
+                                s.push(p.ts, p.value, limits);
+                            }
+                        }
+                    }
+                    from = to;
+                }
             }
         }
         receipt.wal_seq = w.seq;
@@ -432,7 +475,7 @@ impl Db {
     /// [`DbError::EmptySelector`].
     pub fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Select<'_>, DbError> {
         let ids = {
-            let ix = self.index.read();
+            let ix = locks::read(&self.index, &self.lock_waits.index_read);
             let mut ids = ix.select_ids(matchers, true)?;
             ix.sort_by_key(&mut ids);
             ids
@@ -456,13 +499,23 @@ impl Db {
     ) -> Result<(), DbError> {
         out.clear();
         let mut head_part = Vec::new();
-        let (blocks, frozen) = {
-            let head = self.head.read();
-            let sealed = self.sealed.read();
-            if let Some(s) = usize::try_from(id).ok().and_then(|i| head.series.get(i)) {
-                s.read_into(start, end, &mut head_part);
+        // The shard first, then the block list, never both at once. Consistent with a seal:
+        // it moves data from a shard's head to the shard's frozen set in one step under the
+        // shard's write lock, and clears the frozen sets only after it published the blocks
+        // holding that data; so a read that finds the frozen set gone finds the blocks.
+        let frozen = match self.head.shard_of(id) {
+            Some((shard, pos)) => {
+                let shard = locks::read(shard, &self.lock_waits.head_read);
+                if let Some(s) = shard.series.get(pos) {
+                    s.read_into(start, end, &mut head_part);
+                }
+                shard.frozen.clone().map(|f| (f, pos))
             }
-            let blocks: Vec<Arc<Block>> = sealed
+            None => None,
+        };
+        let blocks: Vec<Arc<Block>> = {
+            let sealed = locks::read(&self.sealed, &self.lock_waits.blocks_read);
+            sealed
                 .blocks
                 .iter()
                 .filter(|b| {
@@ -473,8 +526,7 @@ impl Db {
                         && b.reader.contains(SeriesId(id))
                 })
                 .cloned()
-                .collect();
-            (blocks, sealed.frozen.clone())
+                .collect()
         };
         let (mut ts, mut vals, mut part, mut merged) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for b in &blocks {
@@ -490,10 +542,7 @@ impl Db {
             part.extend(ts.iter().copied().zip(vals.iter().copied()));
             merge_into(out, &part, &mut merged);
         }
-        if let Some(s) = frozen
-            .as_ref()
-            .and_then(|f| usize::try_from(id).ok().and_then(|i| f.get(i)))
-        {
+        if let Some(s) = frozen.as_ref().and_then(|(f, pos)| f.get(*pos)) {
             part.clear();
             s.read_into(start, end, &mut part);
             merge_into(out, &part, &mut merged);
@@ -592,7 +641,7 @@ impl Db {
             _ => None,
         };
         let mut buf = Vec::new();
-        let mut mem_has = |s: &MemSeries| match span_says(s.min_t().zip(s.max_t())) {
+        let mut mem_has = |s: &crate::head::MemSeries| match span_says(s.min_t().zip(s.max_t())) {
             None => false,
             Some(true) => true,
             Some(false) => {
@@ -601,21 +650,25 @@ impl Db {
                 !buf.is_empty()
             }
         };
-        let (in_head, blocks) = {
-            let head = self.head.read();
-            let sealed = self.sealed.read();
-            let frozen = sealed.frozen.as_deref();
-            let in_head: Vec<bool> = ids
-                .iter()
-                .map(|id| {
-                    let Ok(i) = usize::try_from(*id) else {
-                        return false;
-                    };
-                    head.series.get(i).is_some_and(&mut mem_has)
-                        || frozen.and_then(|f| f.get(i)).is_some_and(&mut mem_has)
-                })
-                .collect();
-            let blocks: Vec<Arc<Block>> = sealed
+        // one shard at a time, then the block list (the lock order of `Db::read_series`)
+        let in_head: Vec<bool> = ids
+            .iter()
+            .map(|id| match self.head.shard_of(*id) {
+                Some((shard, pos)) => {
+                    let shard = locks::read(shard, &self.lock_waits.head_read);
+                    shard.series.get(pos).is_some_and(&mut mem_has)
+                        || shard
+                            .frozen
+                            .as_ref()
+                            .and_then(|f| f.get(pos))
+                            .is_some_and(&mut mem_has)
+                }
+                None => false,
+            })
+            .collect();
+        let blocks = {
+            let sealed = locks::read(&self.sealed, &self.lock_waits.blocks_read);
+            sealed
                 .blocks
                 .iter()
                 .filter(|b| {
@@ -623,8 +676,7 @@ impl Db {
                     m.resolution == Resolution::Raw && m.max_t >= start_ms && m.min_t <= end_ms
                 })
                 .cloned()
-                .collect();
-            (in_head, blocks)
+                .collect::<Vec<Arc<Block>>>()
         };
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         let mut block_has = |b: &Block, id: SeriesId| match span_says(
@@ -648,12 +700,11 @@ impl Db {
     /// A point-in-time summary.
     pub fn stats(&self) -> DbStats {
         let series = self.index.read().len();
-        let (head_points, head_bytes) = {
-            let head = self.head.read();
-            head.series.iter().fold((0u64, 0u64), |(p, b), s| {
+        let (head_points, head_bytes) = self.head.shards().iter().fold((0u64, 0u64), |acc, shard| {
+            shard.read().series.iter().fold(acc, |(p, b), s| {
                 (p + s.points() as u64, b + s.heap_bytes() as u64)
             })
-        };
+        });
         let sealed = self.sealed.read();
         DbStats {
             series,
@@ -700,6 +751,7 @@ impl Db {
             &[],
             &m.append_lock_wait,
         );
+        self.lock_waits.render(out, &m.append_lock_wait);
         out.counter("roaster_tsdb_wal_fsyncs_total", "WAL fsyncs.", m.fsyncs.get());
         out.counter(
             "roaster_tsdb_wal_bytes_written_total",

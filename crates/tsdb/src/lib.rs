@@ -31,6 +31,7 @@ pub mod db;
 pub mod error;
 mod head;
 mod index;
+mod locks;
 pub mod options;
 pub mod rollup;
 mod seal;

@@ -9,16 +9,22 @@
 //! inputs are unpublished and deleted.
 //!
 //! A seal of everything older than `cutoff`:
-//! 1. under the WAL append guard and the head write lock: split the old data off every
-//!    series into a *frozen* set (still readable), cut the WAL (fsync + new segment `N`),
-//!    and re-log the data that stays in the head into segment `N` (so segments before `N`
-//!    hold nothing that is not about to be in a block)
+//! 1. under the WAL append guard: cut the WAL (fsync + new segment `N`) and take the
+//!    series keys; then one head shard at a time, under the WAL guard and that shard's
+//!    write lock: split the old data off each of its series into the shard's *frozen* set
+//!    (still readable; `MemSeries::split_before` moves whole chunks, so this is O(chunks)),
+//!    downgrade to a read lock and re-log the data that stays into segment `>= N` (so
+//!    segments before `N` hold nothing that is not about to be in a block or re-logged).
+//!    Appends to a shard between the cut and its split are in segment `N` before its
+//!    re-logged state and already part of it; appends after it come after it. No lock is
+//!    held for more than one shard's share of the head.
 //! 2. without locks: for every *unit* touched (a window, widened to the span of a
 //!    compacted raw block holding it: backfill into a compacted block rewrites it whole),
 //!    merge the unit's existing raw blocks (by `seq`) with the frozen data (frozen wins: it
 //!    is newer) and write a new raw block with a new `seq`, and its rollup blocks
-//! 3. publish: swap the unit's old blocks for the new ones and drop the frozen set, in one
-//!    step under the `sealed` write lock; delete the old block directories (a crash part way
+//! 3. publish: swap the unit's old blocks for the new ones in one step under the `sealed`
+//!    write lock, THEN drop the shards' frozen sets (a reader that finds a frozen set gone
+//!    finds the blocks holding its data); delete the old block directories (a crash part way
 //!    leaves old blocks within the span of newer ones, which opening deletes)
 //! 4. write `series.log`, wait until the re-logged data is durable, delete WAL segments `< N`
 //!
@@ -54,7 +60,8 @@ use crate::block::{BlockOptions, BlockReader, BlockWriter};
 use crate::blocks::{Block, block_dir};
 use crate::db::{Db, SERIES_LOG, head_limits};
 use crate::error::DbError;
-use crate::head::MemSeries;
+use crate::head::{HEAD_SHARDS, MemSeries, frozen_series};
+use crate::locks;
 use crate::rollup::{self, Resolution, RollupPoint};
 use crate::series_log;
 use crate::wal::{REC_SAMPLES, begin_record, end_record, put_uvarint, zigzag};
@@ -155,29 +162,53 @@ impl Db {
         let bd = self.opts.block_duration_ms.max(1);
         let mut report = CompactReport::default();
 
-        // 1. freeze, cut, re-log
-        let (frozen, keys, next_segment, relog_seq) = {
-            let mut w = self.wal.lock_for_append();
+        // 1. cut, then freeze and re-log one head shard at a time
+        let (keys, next_segment) = {
+            let mut w = self.wal.lock_observed(&self.lock_waits.wal_seal);
+            // every series created before the cut; later ones are logged in segment >= N
             let keys: Vec<SeriesKey> = self.index.read().keys().to_vec();
-            let mut head = self.head.write();
-            let frozen: Vec<MemSeries> = head
+            let next_segment = self.wal.cut(&mut w)?;
+            (keys, next_segment)
+        };
+        let mut frozen: Vec<Option<Arc<Vec<MemSeries>>>> = Vec::with_capacity(HEAD_SHARDS);
+        let mut relog_seq = 0;
+        let mut pts = Vec::new();
+        for (shard_no, shard) in self.head.shards().iter().enumerate() {
+            // the WAL guard around the shard's split and re-log keeps WAL order equal to head
+            // apply order per series: appends to this shard since the cut are in segment N
+            // before the re-logged state, appends after it come after
+            let mut w = self.wal.lock_observed(&self.lock_waits.wal_seal);
+            let mut guard = locks::write(shard, &self.lock_waits.head_seal);
+            // a frozen set still here was left by a seal that failed after this step: its
+            // data is in no block yet, so it goes into this seal's (head data is newer)
+            let stale = guard.frozen.take();
+            let part: Vec<MemSeries> = guard
                 .series
                 .iter_mut()
-                .map(|s| s.split_before(cutoff, limits))
+                .enumerate()
+                .map(|(pos, s)| {
+                    let old = s.split_before(cutoff, limits);
+                    match stale.as_ref().and_then(|f| f.get(pos)).filter(|p| !p.is_empty()) {
+                        Some(prev) => MemSeries::merged(prev, &old, limits),
+                        None => old,
+                    }
+                })
                 .collect();
-            let frozen = Arc::new(frozen);
-            self.sealed.write().frozen = Some(Arc::clone(&frozen));
-            let next_segment = self.wal.cut(&mut w)?;
+            let part = Arc::new(part);
+            guard.frozen = Some(Arc::clone(&part));
+            frozen.push(Some(part));
+            // readers may go on while the rest of the shard is re-logged
+            let guard = parking_lot::RwLockWriteGuard::downgrade(guard);
             if cutoff != i64::MAX {
-                let mut pts = Vec::new();
-                for (id, s) in head.series.iter().enumerate() {
+                for (pos, s) in guard.series.iter().enumerate() {
+                    let id = (pos * HEAD_SHARDS + shard_no) as u64;
                     pts.clear();
                     s.read_into(i64::MIN, i64::MAX, &mut pts);
                     for part in pts.chunks(RELOG_RECORD_POINTS) {
                         let start = begin_record(&mut w.buf, REC_SAMPLES);
                         let mut prev = 0i64;
                         for (t, v) in part {
-                            put_uvarint(&mut w.buf, id as u64);
+                            put_uvarint(&mut w.buf, id);
                             put_uvarint(&mut w.buf, zigzag(t.wrapping_sub(prev)));
                             w.buf.extend_from_slice(&v.to_bits().to_le_bytes());
                             prev = *t;
@@ -187,11 +218,23 @@ impl Db {
                     }
                 }
             }
-            let relog_seq = w.seq;
-            drop(head);
+            drop(guard);
+            relog_seq = w.seq;
             self.wal.after_append(&w);
-            (frozen, keys, next_segment, relog_seq)
-        };
+        }
+        let frozen_len = frozen
+            .iter()
+            .enumerate()
+            .map(|(shard_no, f)| {
+                f.as_ref().map_or(0, |f| {
+                    f.len()
+                        .checked_sub(1)
+                        .map_or(0, |last| last * HEAD_SHARDS + shard_no + 1)
+                })
+            })
+            .max()
+            .unwrap_or(0);
+        let frozen_of = |id: usize| frozen_series(&frozen, id as u64);
 
         // 2. write the touched windows
         let old_blocks: Vec<Arc<Block>> = self.sealed.read().blocks.clone();
@@ -204,7 +247,7 @@ impl Db {
         // windows touched by any frozen data, found first so that every block of a touched
         // window is rewritten, including series absent from the frozen data
         let mut touched = std::collections::BTreeSet::new();
-        for s in frozen.iter() {
+        for s in frozen.iter().flatten().flat_map(|f| f.iter()) {
             let (Some(lo), Some(hi)) = (s.min_t(), s.max_t()) else {
                 continue;
             };
@@ -278,7 +321,8 @@ impl Db {
             })
             .collect();
         let mut units_of_series: Vec<usize> = Vec::new();
-        for (id, s) in frozen.iter().enumerate() {
+        for id in 0..frozen_len {
+            let Some(s) = frozen_of(id) else { continue };
             let sid = SeriesId(id as u64);
             pts.clear();
             s.read_into(i64::MIN, i64::MAX, &mut pts);
@@ -409,7 +453,7 @@ impl Db {
 
         // 3. publish
         let replaced: Vec<Arc<Block>> = {
-            let mut sealed = self.sealed.write();
+            let mut sealed = locks::write(&self.sealed, &self.lock_waits.blocks_publish);
             // a unit's raw blocks are replaced; its rollup blocks too where rollups were
             // written (otherwise they hold data of raw blocks that retention dropped)
             let (gone, keep): (Vec<_>, Vec<_>) = sealed.blocks.drain(..).partition(|b| {
@@ -424,9 +468,12 @@ impl Db {
             sealed.blocks = keep;
             sealed.blocks.extend(new_blocks);
             sealed.blocks.sort_by_key(|b| b.seq());
-            sealed.frozen = None;
             gone
         };
+        // only now: a reader that finds a frozen set gone finds the blocks holding its data
+        for shard in self.head.shards() {
+            locks::write(shard, &self.lock_waits.head_seal).frozen = None;
+        }
         report.blocks_replaced = replaced.len();
         self.remove_blocks(replaced)?;
         crate::wal::sync_dir(&blocks_dir)?;
@@ -482,7 +529,7 @@ impl Db {
                 }
             }
             {
-                let mut sealed = self.sealed.write();
+                let mut sealed = locks::write(&self.sealed, &self.lock_waits.blocks_publish);
                 sealed.blocks.retain(|b| !Arc::ptr_eq(b, &victim));
                 sealed.blocks.extend(added);
                 sealed.blocks.sort_by_key(|b| b.seq());
@@ -614,7 +661,7 @@ impl Db {
                 let reader = BlockReader::open(&path).map_err(block_err(&path))?;
                 let merged = Arc::new(Block::new(reader, path, bd));
                 {
-                    let mut sealed = self.sealed.write();
+                    let mut sealed = locks::write(&self.sealed, &self.lock_waits.blocks_publish);
                     sealed.blocks.retain(|b| !group.iter().any(|g| Arc::ptr_eq(g, b)));
                     sealed.blocks.push(merged);
                     sealed.blocks.sort_by_key(|b| b.seq());
@@ -884,7 +931,12 @@ impl Db {
             .millis()
             .max(self.max_seen.load(Ordering::Relaxed));
         let cutoff = reference.saturating_sub(bd / 2).div_euclid(bd) * bd;
-        let oldest = self.head.read().series.iter().filter_map(MemSeries::min_t).min();
+        let oldest = self
+            .head
+            .shards()
+            .iter()
+            .filter_map(|shard| shard.read().series.iter().filter_map(MemSeries::min_t).min())
+            .min();
         if oldest.is_some_and(|t| t < cutoff) {
             self.seal(cutoff)?;
         }
@@ -892,5 +944,170 @@ impl Db {
         // only ranges no in-order data will be sealed into any more
         self.compact_blocks(cutoff)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Partial seals (`seal(cutoff)`, what the maintenance thread runs): the head is split
+    //! shard by shard and what stays is re-logged, while appends go on.
+
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicBool;
+
+    use model::{Label, ManualClock, Matcher, Point, SeriesId, Timestamp};
+
+    use super::*;
+    use crate::{FsyncPolicy, Options};
+
+    const NOW: i64 = 1_700_000_000_000;
+    /// More series than head shards, so every shard holds several.
+    const SERIES: usize = HEAD_SHARDS * 2 + 44;
+
+    fn open(dir: &Path) -> (Arc<Db>, Vec<SeriesId>) {
+        let opts = Options {
+            fsync: FsyncPolicy::Interval(Duration::from_millis(1)),
+            maintenance_interval: None,
+            block_duration_ms: 10_000,
+            head_chunk_points: 4,
+            max_ooo_points_per_series: 3,
+            ..Options::default()
+        };
+        let db = Db::open(dir, opts, Arc::new(ManualClock::new(Timestamp(NOW)))).unwrap();
+        let ids = (0..SERIES)
+            .map(|i| {
+                db.resolve(&SeriesKey::new("m", vec![Label::new("i", i.to_string())]).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        (db, ids)
+    }
+
+    type Model = BTreeMap<(u64, i64), f64>;
+
+    fn read_all(db: &Db) -> Model {
+        let mut out = Model::new();
+        for s in db
+            .select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
+            .unwrap()
+        {
+            let s = s.unwrap();
+            for (t, v) in s.timestamps.iter().zip(s.values.iter()) {
+                out.insert((s.id.0, *t), *v);
+            }
+        }
+        out
+    }
+
+    /// Batch `b`: every series at one timestamp, going forward, with every 5th batch
+    /// rewriting an older timestamp (out of order, sometimes before the seal cutoff).
+    fn batch(ids: &[SeriesId], b: i64) -> Vec<Point> {
+        let ts = if b % 5 == 4 {
+            NOW + 1_000 * (b / 3)
+        } else {
+            NOW + 1_000 * b
+        };
+        ids.iter()
+            .map(|id| Point {
+                series: *id,
+                ts,
+                value: (b * 1_000) as f64 + id.0 as f64,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_seal_after_a_failed_one_seals_the_data_that_one_froze() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ids) = open(dir.path());
+        let mut model = Model::new();
+        let append = |db: &Db, model: &mut Model, b| {
+            let pts = batch(&ids, b);
+            for p in &pts {
+                model.insert((p.series.0, p.ts), p.value);
+            }
+            db.append(&pts).unwrap().wal_seq
+        };
+        for b in 0..40 {
+            append(&db, &mut model, b);
+        }
+        // what a seal that failed after step 1 leaves behind: frozen sets in the shards
+        let limits = head_limits(&db.opts);
+        for shard in db.head.shards() {
+            let mut g = shard.write();
+            let part = g
+                .series
+                .iter_mut()
+                .map(|s| s.split_before(NOW + 20_000, limits))
+                .collect();
+            g.frozen = Some(Arc::new(part));
+        }
+        assert_eq!(read_all(&db), model);
+        // rewrites of frozen timestamps are newer than the frozen data
+        let mut last = 0;
+        for b in 40..60 {
+            last = append(&db, &mut model, b);
+        }
+        db.seal(NOW + 30_000).unwrap();
+        assert_eq!(read_all(&db), model, "after the next seal");
+        db.wait_durable(last).unwrap();
+        db.crash_for_test();
+        drop(db);
+        let (db, _) = open(dir.path());
+        assert_eq!(read_all(&db), model, "after a crash");
+    }
+
+    #[test]
+    fn partial_seals_during_appends_keep_every_last_write_through_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ids) = open(dir.path());
+        let mut model = Model::new();
+        for b in 0..40 {
+            for p in batch(&ids, b) {
+                model.insert((p.series.0, p.ts), p.value);
+            }
+            db.append(&batch(&ids, b)).unwrap();
+        }
+        db.seal(NOW + 20_000).unwrap();
+        assert_eq!(read_all(&db), model, "after a partial seal");
+        assert!(db.stats().blocks > 0);
+
+        // appends (rewrites on both sides of the cutoff) while partial seals run
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (db, ids, done) = (Arc::clone(&db), ids.clone(), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut model = Model::new();
+                let mut last = 0;
+                for b in 40..400 {
+                    let pts = batch(&ids, b);
+                    for p in &pts {
+                        model.insert((p.series.0, p.ts), p.value);
+                    }
+                    last = db.append(&pts).unwrap().wal_seq;
+                }
+                done.store(true, Ordering::SeqCst);
+                (model, last)
+            })
+        };
+        let mut cutoff = NOW + 30_000;
+        let mut seals = 0;
+        let mut seen = 0;
+        while !done.load(Ordering::SeqCst) || seals < 3 {
+            db.seal(cutoff).unwrap();
+            seals += 1;
+            cutoff += 10_000;
+            let n = read_all(&db).len();
+            assert!(n >= seen, "a sample once visible stays visible ({n} < {seen})");
+            seen = n;
+        }
+        let (later, last) = writer.join().unwrap();
+        model.extend(later);
+        assert_eq!(read_all(&db), model, "after {seals} partial seals during appends");
+        db.wait_durable(last).unwrap();
+        db.crash_for_test();
+        drop(db);
+        let (db, _) = open(dir.path());
+        assert_eq!(read_all(&db), model, "after a crash");
     }
 }

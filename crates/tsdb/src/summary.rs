@@ -26,6 +26,7 @@ use crate::blocks::Block;
 use crate::db::Db;
 use crate::error::DbError;
 use crate::head::merge_last_wins;
+use crate::locks;
 use crate::rollup::{Resolution, RollupPoint};
 
 /// One series of [`Db::select_summaries`]: kept rollup points and the other raw samples.
@@ -95,19 +96,22 @@ impl Db {
         let (lo_b, hi_b) = (res.bucket(start), res.bucket(end).saturating_add(step - 1));
         let mut volatile = Vec::new();
         let mut head_part = Vec::new();
+        // the shard first, then the block list, never both at once (as `Db::read_series`)
+        let frozen = match self.head.shard_of(id) {
+            Some((shard, pos)) => {
+                let shard = locks::read(shard, &self.lock_waits.head_read);
+                if let Some(s) = shard.series.get(pos) {
+                    s.read_into(lo_b, hi_b, &mut head_part);
+                }
+                shard.frozen.clone().map(|f| (f, pos))
+            }
+            None => None,
+        };
+        if let Some(s) = frozen.as_ref().and_then(|(f, pos)| f.get(*pos)) {
+            s.read_into(lo_b, hi_b, &mut volatile);
+        }
         let (raw_blocks, rollup_blocks) = {
-            let head = self.head.read();
-            let sealed = self.sealed.read();
-            if let Some(s) = usize::try_from(id).ok().and_then(|i| head.series.get(i)) {
-                s.read_into(lo_b, hi_b, &mut head_part);
-            }
-            if let Some(s) = sealed
-                .frozen
-                .as_ref()
-                .and_then(|f| usize::try_from(id).ok().and_then(|i| f.get(i)))
-            {
-                s.read_into(lo_b, hi_b, &mut volatile);
-            }
+            let sealed = locks::read(&self.sealed, &self.lock_waits.blocks_read);
             let raw: Vec<Arc<Block>> = sealed
                 .blocks
                 .iter()

@@ -272,6 +272,9 @@ pub(crate) struct Pending {
     pub buf: Vec<u8>,
     /// The sequence number of the last record batch appended.
     pub seq: u64,
+    /// Scratch of `Db::append`: the batch's accepted sample indexes grouped by head shard
+    /// (kept here so that the append path does not allocate per batch).
+    pub order: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -404,6 +407,12 @@ impl Wal {
     /// Blocks while the pending buffer is over the backlog limit (backpressure), then returns
     /// the append guard. Records the lock wait.
     pub fn lock_for_append(&self) -> parking_lot::MutexGuard<'_, Pending> {
+        self.lock_observed(&self.metrics.append_lock_wait)
+    }
+
+    /// [`Wal::lock_for_append`], recording the wait in `h` instead (a seal's waits are
+    /// told apart from appends').
+    pub fn lock_observed(&self, h: &Histogram) -> parking_lot::MutexGuard<'_, Pending> {
         let t = Instant::now();
         let mut w = self.writer.lock();
         while w.buf.len() as u64 > self.opts.max_backlog_bytes
@@ -413,7 +422,7 @@ impl Wal {
             self.kick();
             self.drained.wait_for(&mut w, Duration::from_millis(50));
         }
-        self.metrics.append_lock_wait.observe(t.elapsed());
+        h.observe(t.elapsed());
         w
     }
 
