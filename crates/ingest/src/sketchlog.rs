@@ -497,8 +497,13 @@ impl SketchLog {
         for seg in &segments {
             let file = match File::open(&seg.path) {
                 Ok(f) => f,
-                // deleted by retention meanwhile
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // closed (renamed) since the snapshot, or deleted by retention
+                    match self.current_path(seg.seq).map(File::open) {
+                        Some(Ok(f)) => f,
+                        _ => continue,
+                    }
+                }
                 Err(e) => return Err(io_err(&seg.path)(e)),
             };
             let mut reader = BufReader::with_capacity(1 << 16, file.take(seg.len));
@@ -578,6 +583,17 @@ impl SketchLog {
             sketches_merged: merged,
             relative_accuracy: SKETCH_RELATIVE_ACCURACY,
         })
+    }
+
+    /// Where segment `seq` is now (it may have been renamed closed), if it still exists.
+    fn current_path(&self, seq: u64) -> Option<PathBuf> {
+        let inner = self.inner.lock();
+        inner
+            .closed
+            .iter()
+            .chain(inner.active.as_ref().map(|a| &a.seg))
+            .find(|s| s.seq == seq)
+            .map(|s| s.path.clone())
     }
 
     /// Writes the log's counters in the Prometheus text format.
@@ -1011,6 +1027,20 @@ mod tests {
         let mut q = query("api.latency", None, 0, 0);
         q.quantiles = vec![1.5];
         assert!(matches!(log.query(&q), Err(SketchLogError::BadQuantile(_))));
+    }
+
+    #[test]
+    fn a_segment_closed_during_a_query_is_found_under_its_new_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SketchLog::open(dir.path(), cfg(), 0).unwrap();
+        log.append(10, &[(key("t", "a"), sketch_of(&[1.0]))]);
+        let open = log.segment_paths()[0].clone();
+        log.close();
+        assert!(!open.exists());
+        let seq = parse_name(open.file_name().unwrap().to_str().unwrap()).unwrap().0;
+        let now = log.current_path(seq).unwrap();
+        assert!(now.to_string_lossy().ends_with("-10-10.skl"), "{}", now.display());
+        assert_eq!(log.query(&query("t", None, 0, 100)).unwrap().sketches_merged, 1);
     }
 
     #[test]
