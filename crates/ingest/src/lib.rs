@@ -48,7 +48,7 @@
 //! Modules: [`config`] (knobs), [`sink`] (traits consumed), [`switch`] (kill switches),
 //! [`source`] (source names), [`telemetry`] (metric names, rejections), `queue` (bounded
 //! queue + writer threads), `limiter` (cardinality), `udp` (batched UDP receives),
-//! `graphite`, [`statsd`], `http`
+//! `graphite`, [`statsd`], [`sketchlog`] (StatsD timer sketches on disk), `http`
 //! (remote-write, Influx, JSON), `cidr` (allow-list).
 
 #![warn(missing_docs)]
@@ -63,6 +63,7 @@ mod limiter;
 pub mod priority;
 mod queue;
 pub mod sink;
+pub mod sketchlog;
 pub mod source;
 pub mod statsd;
 pub mod switch;
@@ -315,8 +316,22 @@ impl Ingest {
         })
         .await;
         statsd::flush_now(sh).await;
+        if let Some(log) = sh.statsd.sketch_log.get() {
+            log.close();
+        }
         sh.queue.wait_empty().await;
         tracing::info!("ingest drained");
+    }
+
+    /// Stores each flush's timer sketches in `log` from now on (the server opens it in the
+    /// data directory); `false` when a log was already attached.
+    pub fn attach_sketch_log(&self, log: Arc<sketchlog::SketchLog>) -> bool {
+        self.shared.statsd.sketch_log.set(log).is_ok()
+    }
+
+    /// The attached sketch log, for quantile queries.
+    pub fn sketch_log(&self) -> Option<Arc<sketchlog::SketchLog>> {
+        self.shared.statsd.sketch_log.get().cloned()
     }
 
     /// Flushes the StatsD aggregator now (as the interval timer does) and queues its output.
@@ -357,6 +372,9 @@ impl Ingest {
             .set(i64::try_from(sh.statsd.key_count()).unwrap_or(i64::MAX));
         sh.metrics.render(out, sh.queue.depth(), sh.queue.capacity());
         sh.statsd.render_metrics(out);
+        if let Some(log) = sh.statsd.sketch_log.get() {
+            log.render_metrics(out);
+        }
     }
 
     /// `Ok` when ingest can take more data; otherwise a reason code:

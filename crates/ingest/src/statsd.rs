@@ -19,7 +19,9 @@
 //! Both transports feed one aggregator, so a key sent over UDP and TCP is one series. Flushed
 //! points are therefore counted under `roaster_ingest_points_total{source="statsd-udp"}`;
 //! metrics received are counted per transport in `roaster_ingest_statsd_metrics_total`.
-//! The per-timer sketches the aggregator returns are not stored yet.
+//! The per-timer sketches of each flush go to the sketch log ([`crate::sketchlog`]) when
+//! the server attached one ([`crate::Ingest::attach_sketch_log`]), written in the same
+//! blocking job that resolves the flushed series.
 
 pub mod aggregator;
 
@@ -58,6 +60,8 @@ pub(crate) struct StatsdState {
     /// Flushed key → series id; cleared when it reaches `cache_cap`.
     cache: Mutex<HashMap<SeriesKey, SeriesId, Hasher>>,
     cache_cap: usize,
+    /// Where each flush's timer sketches are stored (attached once by the server).
+    pub(crate) sketch_log: std::sync::OnceLock<Arc<crate::sketchlog::SketchLog>>,
 }
 
 impl StatsdState {
@@ -71,6 +75,7 @@ impl StatsdState {
             cache: Mutex::new(HashMap::with_hasher(Hasher::default())),
             // every key yields a handful of series (count/rate, timer statistics)
             cache_cap: cfg.statsd_max_keys.saturating_mul(16),
+            sketch_log: std::sync::OnceLock::new(),
         }
     }
 
@@ -191,7 +196,13 @@ pub(crate) async fn flush_now(sh: &Arc<Shared>) {
     let pending = sh.statsd.agg.lock().take_interval(now);
     sh.statsd.flushes.inc();
     let sh2 = Arc::clone(sh);
-    let job = tokio::task::spawn_blocking(move || resolve_flushed(&sh2, pending.finish().samples, now));
+    let job = tokio::task::spawn_blocking(move || {
+        let out = pending.finish();
+        if let Some(log) = sh2.statsd.sketch_log.get() {
+            log.append(now.millis(), &out.sketches);
+        }
+        resolve_flushed(&sh2, out.samples, now)
+    });
     let Ok(points) = job.await else {
         return;
     };

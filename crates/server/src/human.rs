@@ -1,5 +1,6 @@
 //! The human plane's HTTP API: health, readiness, self-metrics, kill switches, rejections,
-//! export, admin actions and the Prometheus query API.
+//! export, admin actions, the Prometheus query API and StatsD timer quantiles merged from the
+//! sketch log (`GET /api/v1/statsd/quantile`, in `human/statsd_quantile.rs`).
 //!
 //! Auth: `Authorization: Bearer <token>`. `/healthz` and `/readyz` need no token (load
 //! balancers probe them); every other route needs a `read` or `admin` token, and state
@@ -37,6 +38,8 @@ use crate::adapters::TsdbReader;
 use crate::config::Config;
 use crate::readiness::{self, Readiness};
 use crate::tokens::{Scope, TokenStore};
+
+mod statsd_quantile;
 
 /// Everything the human plane needs, handed over by [`crate::Server`].
 pub struct HumanParts {
@@ -194,6 +197,7 @@ pub fn router(state: HumanState) -> Router {
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/status/buildinfo", get(prom_api))
         .route("/api/v1/metadata", get(prom_api))
+        .route("/api/v1/statsd/quantile", get(statsd_quantile::quantile))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let admin = Router::new()
         .route("/api/v1/switches/{name}", put(set_switch))

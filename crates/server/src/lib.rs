@@ -63,6 +63,8 @@ pub const LISTENERS_FILE: &str = "listeners.json";
 pub const SWITCHES_FILE: &str = "switches.json";
 /// The engine's subdirectory of the data directory.
 pub const TSDB_DIR: &str = "tsdb";
+/// The StatsD sketch log's subdirectory of the data directory (`ingest::sketchlog`).
+pub const SKETCHES_DIR: &str = "sketches";
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,9 @@ pub enum ServerError {
     /// Ingest failed to start.
     #[error("ingest: {0}")]
     Ingest(#[from] ingest::IngestError),
+    /// The StatsD sketch log could not be opened.
+    #[error("statsd sketches: {0}")]
+    SketchLog(#[from] ingest::sketchlog::SketchLogError),
     /// A listener could not bind.
     #[error("cannot listen for {listener} on {addr}: {source}")]
     Bind {
@@ -371,6 +376,11 @@ impl RunningServer {
             switches.clone(),
             clock.clone(),
         )?);
+        if let Some(cfg) = config.ingest.sketch_log_config() {
+            let dir = self.settings.data_dir.join(SKETCHES_DIR);
+            let log = ingest::sketchlog::SketchLog::open(dir, cfg, clock.now().millis())?;
+            ingest.attach_sketch_log(Arc::new(log));
+        }
         self.ingest = Some(ingest.clone());
 
         // Robot plane: plaintext listeners, then the robot HTTP listener.

@@ -41,8 +41,8 @@
 //! accuracy [`SKETCH_RELATIVE_ACCURACY`], every sketch built with [`sketch_config`] so any
 //! two merge), keyed by `<p>` and the key's labels, in [`FlushOutput::sketches`]. Merging
 //! the sketches of many flushes or hosts gives percentiles of the union without averaging
-//! percentiles. Sample rates are not applied to sketches. Storing sketches is not done yet:
-//! the caller receives them and may drop them.
+//! percentiles. Sample rates are not applied to sketches. The server stores them in the
+//! sketch log ([`crate::sketchlog`]), queried through `/api/v1/statsd/quantile`.
 //!
 //! # Bounds
 //!
