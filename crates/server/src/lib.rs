@@ -32,8 +32,10 @@
 #![warn(missing_docs)]
 
 pub mod adapters;
+pub mod audit;
 pub mod config;
 pub mod export;
+pub mod heartbeat;
 pub mod human;
 pub mod logging;
 pub mod process;

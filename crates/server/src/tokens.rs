@@ -170,6 +170,7 @@ impl TokenFile {
 struct Entry {
     digest: [u8; 32],
     scope: Scope,
+    name: String,
 }
 
 /// File identity used to notice changes made by another process.
@@ -228,6 +229,24 @@ impl TokenStore {
             }
         }
         found
+    }
+
+    /// The name and scope of `token` (for the audit trail), or `None` when it is unknown. Like
+    /// [`TokenStore::authenticate`], it compares against every entry; when several entries
+    /// share the digest, the highest scope wins and its first name is reported.
+    pub fn identify(&self, token: &str) -> Option<(String, Scope)> {
+        if let Err(e) = self.refresh() {
+            tracing::warn!(error = %e, "token file reload failed; using the previous contents");
+        }
+        let entries = self.cache.lock().1.clone();
+        let digest = digest(token);
+        let mut found: Option<(&str, Scope)> = None;
+        for e in entries.iter() {
+            if bool::from(e.digest.ct_eq(&digest)) && found.is_none_or(|(_, s)| e.scope > s) {
+                found = Some((e.name.as_str(), e.scope));
+            }
+        }
+        found.map(|(n, s)| (n.to_owned(), s))
     }
 
     /// The stored records (no secrets), in file order.
@@ -323,6 +342,7 @@ impl TokenStore {
                 Some(Entry {
                     digest: d,
                     scope: t.scope,
+                    name: t.name.clone(),
                 })
             })
             .collect();
