@@ -43,6 +43,14 @@ pub struct Config {
     pub ingest: ingest::IngestConfig,
     /// Query limits for the Prometheus-compatible API (see the `query` crate).
     pub query: query::QueryLimits,
+    /// Limits of the heartbeat registry (see [`crate::heartbeat`]).
+    pub heartbeat: crate::heartbeat::HeartbeatConfig,
+    /// Heartbeats defined in the config file (`[[heartbeats]]`); absent from the TOML tree
+    /// when there are none, so the example documents them as comments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub heartbeats: Vec<crate::heartbeat::HeartbeatDef>,
+    /// The audit trail's queue and bounds (see [`crate::audit`]).
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[server]`: listeners, data directory and the human plane.
@@ -409,6 +417,22 @@ impl Config {
         }
         if q.subquery_step_ms <= 0 {
             return Err(invalid("query.subquery_step_ms", "must be greater than 0"));
+        }
+        crate::heartbeat::validate_config(&self.heartbeats, &self.heartbeat)
+            .map_err(|e| invalid("heartbeats", &e.to_string()))?;
+        for (key, v) in [
+            ("heartbeat.max_definitions", self.heartbeat.max_definitions),
+            (
+                "heartbeat.max_ping_body_bytes",
+                self.heartbeat.max_ping_body_bytes,
+            ),
+            ("audit.queue_capacity", self.audit.queue_capacity),
+            ("audit.batch_max", self.audit.batch_max),
+            ("audit.max_field_bytes", self.audit.max_field_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         Ok(Settings {
             human_listen,

@@ -1505,4 +1505,17 @@ mod tests {
             Err(HeartbeatError::BadField { field: "message", .. })
         ));
     }
+
+    #[test]
+    fn config_entries_parse_and_validate() {
+        let text = "[[heartbeats]]\nname = \"nightly-backup\"\nperiod = \"1d\"\ngrace = \"1h\"\n\n[[heartbeats]]\nname = \"hourly\"\nperiod = \"3600\"\n";
+        let c = crate::config::Config::from_toml_str(text).unwrap();
+        assert_eq!(c.heartbeats.len(), 2);
+        assert_eq!(c.heartbeats[1].grace, "0s");
+        c.validate().unwrap();
+        let bad = crate::config::Config::from_toml_str("[[heartbeats]]\nname = \"a b\"\nperiod = \"1h\"\n")
+            .unwrap();
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("heartbeats") && e.contains("a b"), "{e}");
+    }
 }
