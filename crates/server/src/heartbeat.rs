@@ -955,6 +955,24 @@ fn check_config_defs(
     Ok(out)
 }
 
+/// Writes the lateness series every `interval_ms` until `cancel` fires (runs on the human
+/// runtime; the write itself goes to the blocking pool).
+pub async fn series_loop(hb: Arc<Heartbeats>, interval_ms: u64, cancel: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                let hb = hb.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || hb.write_lateness_series()).await {
+                    tracing::error!(error = %e, "heartbeat series job failed");
+                }
+            }
+        }
+    }
+}
+
 /// Checks the `[[heartbeats]]` entries of a config (used by config validation).
 pub fn validate_config(defs: &[HeartbeatDef], config: &HeartbeatConfig) -> Result<(), HeartbeatError> {
     check_config_defs(defs, config).map(|_| ())

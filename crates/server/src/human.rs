@@ -35,6 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::adapters::TsdbReader;
 use crate::config::Config;
+use crate::heartbeat::{self, Heartbeats};
 use crate::readiness::{self, Readiness};
 use crate::tokens::{Scope, TokenStore};
 
@@ -54,6 +55,8 @@ pub struct HumanParts {
     pub clock: Arc<dyn Clock>,
     /// Readiness state shared with shutdown.
     pub readiness: Arc<Readiness>,
+    /// The heartbeat registry (definitions API and `/metrics` gauges).
+    pub heartbeats: Arc<Heartbeats>,
 }
 
 /// Self-telemetry of the human plane.
@@ -177,6 +180,12 @@ impl HumanState {
     }
 }
 
+impl axum::extract::FromRef<HumanState> for Arc<Heartbeats> {
+    fn from_ref(state: &HumanState) -> Arc<Heartbeats> {
+        state.0.parts.heartbeats.clone()
+    }
+}
+
 /// The human plane's router.
 pub fn router(state: HumanState) -> Router {
     let limits = &state.0.parts.config.server;
@@ -194,11 +203,17 @@ pub fn router(state: HumanState) -> Router {
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/status/buildinfo", get(prom_api))
         .route("/api/v1/metadata", get(prom_api))
+        .route("/api/v1/heartbeats", get(heartbeat::list_handler))
+        .route("/api/v1/heartbeats/{name}", get(heartbeat::get_handler))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let admin = Router::new()
         .route("/api/v1/switches/{name}", put(set_switch))
         .route("/api/v1/admin/compact", post(compact))
         .route("/api/v1/admin/snapshot", post(snapshot))
+        .route(
+            "/api/v1/heartbeats/{name}",
+            put(heartbeat::put_handler).delete(heartbeat::delete_handler),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -361,6 +376,7 @@ async fn metrics(State(state): State<HumanState>) -> Response {
         inner.parts.ingest.render_metrics(&mut out);
         inner.parts.switches.render_metrics(&mut out);
         inner.parts.db.render_metrics(&mut out);
+        inner.parts.heartbeats.render_metrics(&mut out);
         inner.metrics.render(&mut out);
         crate::process::render(&mut out);
         out.finish()

@@ -83,6 +83,9 @@ pub enum ServerError {
     /// The token file could not be used.
     #[error(transparent)]
     Tokens(#[from] TokenError),
+    /// The heartbeat registry could not be opened.
+    #[error("heartbeats: {0}")]
+    Heartbeats(#[from] heartbeat::HeartbeatError),
     /// The kill-switch file could not be used.
     #[error("kill switches: {0}")]
     Switches(#[from] ingest::SwitchError),
@@ -366,6 +369,21 @@ impl RunningServer {
     ) -> Result<(), ServerError> {
         let (robot, human) = self.handles()?;
         let sink = Arc::new(adapters::TsdbSink::new(self.db.clone()));
+        let (dir, hb_config, hb_defs) = (
+            self.settings.data_dir.clone(),
+            config.heartbeat.clone(),
+            config.heartbeats.clone(),
+        );
+        let hb_sinks = heartbeat::HeartbeatSinks {
+            samples: Some(sink.clone()),
+            events: None,
+        };
+        let hb_clock = clock.clone();
+        let heartbeats = off_runtime("heartbeats", move || {
+            heartbeat::Heartbeats::open(&dir, &hb_config, &hb_defs, hb_clock, hb_sinks)
+        })
+        .await??;
+        let heartbeats = Arc::new(heartbeats);
         let ingest = Arc::new(ingest::Ingest::new(
             config.ingest.clone(),
             sink,
@@ -393,7 +411,13 @@ impl RunningServer {
             }
         }
         if let Some(addr) = self.settings.robot_listen {
-            let router = ingest.robot_router();
+            // Heartbeat pings come from jobs, which are robots: same plane, ingest tokens.
+            let router = ingest
+                .robot_router()
+                .merge(heartbeat::robot_router(heartbeat::PingState {
+                    heartbeats: heartbeats.clone(),
+                    tokens: tokens.clone(),
+                }));
             let cancel = self.robot_cancel.clone();
             let (bound, task) = spawn_ingest(&robot, serve_http("robot-http", addr, router, cancel))
                 .await
@@ -411,8 +435,16 @@ impl RunningServer {
             tokens,
             clock,
             readiness: self.readiness.clone(),
+            heartbeats: heartbeats.clone(),
         });
         let router = human::router(state);
+        let interval = config.heartbeat.series_interval_ms;
+        if interval > 0 {
+            let cancel = self.human_cancel.clone();
+            let hb = heartbeats.clone();
+            let task = spawn_human(&human, heartbeat::series_loop(hb, interval, cancel));
+            self.tasks.push(("heartbeat-series", task));
+        }
         let cancel = self.human_cancel.clone();
         let addr = self.settings.human_listen;
         let (bound, task) = spawn_human(&human, serve_http("human-http", addr, router, cancel))
@@ -569,7 +601,9 @@ async fn serve_http(
         source,
     })?;
     let task = tokio::spawn(async move {
-        let serve = axum::serve(tcp, router).with_graceful_shutdown(cancel.cancelled_owned());
+        // Connect info gives handlers (the audit trail) the peer address.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(tcp, service).with_graceful_shutdown(cancel.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(listener, error = %e, "http server stopped with an error");
         }

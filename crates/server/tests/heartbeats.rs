@@ -1,0 +1,394 @@
+//! Heartbeats and the audit trail end to end: a real server on port 0 with a manual clock,
+//! real HTTP on both planes, the real events.db and time-series storage underneath.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use model::{Clock as _, ManualClock, Timestamp};
+use server::config::Config;
+use server::tokens::{Scope, TokenStore};
+use server::{RunningServer, Server, StartOptions};
+
+const ADMIN: &str = "test-admin-token-0123456789abcdef";
+
+struct TestServer {
+    rt: tokio::runtime::Runtime,
+    server: Option<RunningServer>,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+}
+
+fn config(data_dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.human_listen = "127.0.0.1:0".into();
+    c.server.robot_listen = "127.0.0.1:0".into();
+    c.server.data_dir = data_dir.to_string_lossy().into_owned();
+    c.server.shutdown_timeout_ms = 10_000;
+    c.ingest.graphite_tcp_listen = "off".into();
+    c.ingest.graphite_udp_listen = "off".into();
+    c.ingest.statsd_udp_listen = "off".into();
+    c.ingest.statsd_tcp_listen = "off".into();
+    c.heartbeats = vec![server::heartbeat::HeartbeatDef {
+        name: "from-config".into(),
+        period: "1d".into(),
+        grace: "1h".into(),
+    }];
+    c
+}
+
+impl TestServer {
+    fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let now = model::SystemClock.now();
+        let mut t = TestServer {
+            rt,
+            server: None,
+            clock: Arc::new(ManualClock::new(Timestamp(now.millis() - 3_600_000))),
+            data: dir.path().join("data"),
+            _dir: dir,
+        };
+        t.restart();
+        t
+    }
+
+    fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown()).unwrap();
+        }
+        let opts = StartOptions {
+            admin_token: Some(ADMIN.into()),
+            clock: self.clock.clone(),
+        };
+        let s = self
+            .rt
+            .block_on(Server::start_with(config(&self.data), opts))
+            .unwrap();
+        self.server = Some(s);
+    }
+
+    fn human(&self, path: &str) -> String {
+        let a = self.server.as_ref().unwrap().addrs.get("human-http").unwrap();
+        format!("http://{a}{path}")
+    }
+
+    fn robot(&self, path: &str) -> String {
+        let a = self.server.as_ref().unwrap().addrs.get("robot-http").unwrap();
+        format!("http://{a}{path}")
+    }
+
+    fn token(&self, name: &str, scope: Scope) -> String {
+        let store = TokenStore::open(&self.data).unwrap();
+        store.create(name, scope, 0).unwrap().token
+    }
+
+    fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown()).unwrap();
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+struct Resp {
+    status: u16,
+    body: String,
+    #[allow(dead_code, reason = "read by the audit tests")]
+    request_id: Option<String>,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// One request with an optional bearer token and JSON body.
+fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Resp {
+    let a = agent();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let resp = match method {
+        "GET" | "DELETE" => {
+            let mut r = if method == "GET" {
+                a.get(url)
+            } else {
+                a.delete(url)
+            };
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        "PUT" | "POST" => {
+            let mut r = if method == "PUT" { a.put(url) } else { a.post(url) };
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            match body {
+                Some(b) => r.content_type("application/json").send(b),
+                None => r.send_empty(),
+            }
+        }
+        other => panic!("{other}"),
+    };
+    let mut resp = resp.unwrap();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Resp {
+        status: resp.status().as_u16(),
+        body: resp.body_mut().read_to_string().unwrap_or_default(),
+        request_id,
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The values of the series matching `selector`, via the export API (all series, in order).
+fn export_values(t: &TestServer, selector: &str) -> Vec<f64> {
+    let r = http(
+        "GET",
+        &t.human(&format!("/api/v1/export?match[]={}", urlencode(selector))),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+        .lines()
+        .filter(|l| !l.is_empty())
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn heartbeat_lifecycle_over_http() {
+    let mut t = TestServer::start();
+    let ingest = t.token("backup-job", Scope::Ingest);
+    let read = t.token("viewer", Scope::Read);
+
+    // Definitions live on the human plane; changing them needs admin.
+    let put = |t: &TestServer, token: &str, body: &str| {
+        http(
+            "PUT",
+            &t.human("/api/v1/heartbeats/backup"),
+            Some(token),
+            Some(body),
+        )
+    };
+    assert_eq!(put(&t, &read, r#"{"period":"1h"}"#).status, 403);
+    let r = put(&t, ADMIN, r#"{"period":"1h","grace":"10m"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["data"]["status"], "never_seen");
+    assert_eq!(put(&t, ADMIN, r#"{"period":"2h","grace":"10m"}"#).status, 200);
+    assert_eq!(put(&t, ADMIN, r#"{"period":"1h","grace":"10m"}"#).status, 200);
+    assert_eq!(put(&t, ADMIN, r#"{"period":"soon"}"#).status, 400);
+    let r = http(
+        "PUT",
+        &t.human("/api/v1/heartbeats/from-config"),
+        Some(ADMIN),
+        Some(r#"{"period":"1h"}"#),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = http(
+        "PUT",
+        &t.human("/api/v1/heartbeats/bad%20name"),
+        Some(ADMIN),
+        Some(r#"{"period":"1h"}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Pings live on the robot plane with an ingest token.
+    let ping = |t: &TestServer, token: Option<&str>, path: &str, body: Option<&str>| {
+        http(
+            "POST",
+            &t.robot(&format!("/api/v1/heartbeats/{path}")),
+            token,
+            body,
+        )
+    };
+    assert_eq!(ping(&t, None, "backup/start", None).status, 401);
+    assert_eq!(ping(&t, Some(&read), "backup/start", None).status, 403);
+    let r = ping(&t, Some(&ingest), "nope/start", None);
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("no heartbeat named \\\"nope\\\""), "{}", r.body);
+    assert_eq!(ping(&t, Some(&ingest), "backup/finish", None).status, 404);
+    assert_eq!(
+        ping(&t, Some(&ingest), "backup/success?duration=abc", None).status,
+        400
+    );
+    let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(2000));
+    assert_eq!(ping(&t, Some(&ingest), "backup/fail", Some(&long)).status, 400);
+
+    let r = ping(&t, Some(&ingest), "backup/start?host=db1", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    t.clock.advance(12_500);
+    let r = ping(&t, Some(&ingest), "backup/success?exit_code=0", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["data"]["last_duration_seconds"], 12.5);
+    assert_eq!(r.json()["data"]["status"], "on_time");
+    t.clock.advance(60_000);
+    let r = ping(
+        &t,
+        Some(&ingest),
+        "backup/fail",
+        Some(r#"{"duration":3,"exit_code":2,"message":"disk full","host":"db1"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["data"]["status"], "failing");
+    assert_eq!(v["data"]["last_exit_code"], 2);
+    assert_eq!(v["data"]["last_message"], "disk full");
+    t.clock.advance(60_000);
+    assert_eq!(ping(&t, Some(&ingest), "backup/success", None).status, 200);
+
+    // Lateness: on time until period + grace, then late by the overrun.
+    t.clock.advance(70 * 60_000 + 5_000);
+    let r = http("GET", &t.human("/api/v1/heartbeats/backup"), Some(&read), None);
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["data"]["status"], "late");
+    assert_eq!(v["data"]["late_seconds"], 5.0);
+    assert_eq!(v["data"]["up"], 0);
+    assert_eq!(
+        (v["data"]["successes"].as_u64(), v["data"]["failures"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    // The list is paginated, ordered by name.
+    let r = http("GET", &t.human("/api/v1/heartbeats?limit=1"), Some(&read), None);
+    let v = r.json();
+    assert_eq!(v["data"]["heartbeats"][0]["name"], "backup");
+    let cursor = v["data"]["next_cursor"].as_str().unwrap().to_owned();
+    let r = http(
+        "GET",
+        &t.human(&format!("/api/v1/heartbeats?limit=1&cursor={cursor}")),
+        Some(&read),
+        None,
+    );
+    let v = r.json();
+    assert_eq!(v["data"]["heartbeats"][0]["name"], "from-config");
+    assert_eq!(v["data"]["heartbeats"][0]["origin"], "config");
+    assert!(v["data"]["next_cursor"].is_null());
+    assert_eq!(
+        http("GET", &t.human("/api/v1/heartbeats?limit=0"), Some(&read), None).status,
+        400
+    );
+
+    // Gauges on /metrics.
+    let m = http("GET", &t.human("/metrics"), Some(&read), None).body;
+    assert!(
+        m.contains("roaster_heartbeat_late_seconds{heartbeat=\"backup\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("roaster_heartbeat_up{heartbeat=\"from-config\"} 0"),
+        "{m}"
+    );
+
+    // Series, through the same storage as ingest.
+    let durations = export_values(&t, r#"roaster_heartbeat_duration_seconds{heartbeat="backup"}"#);
+    // The last success had no start ping and no duration: no point.
+    assert_eq!(durations, vec![12.5, 3.0]);
+    let fails = export_values(
+        &t,
+        r#"roaster_heartbeat_runs_total{heartbeat="backup",result="fail"}"#,
+    );
+    assert_eq!(fails.last(), Some(&1.0));
+    let up = export_values(&t, r#"roaster_heartbeat_up{heartbeat="backup"}"#);
+    assert!(!up.is_empty());
+
+    // State and API definitions survive a restart.
+    t.restart();
+    let r = http("GET", &t.human("/api/v1/heartbeats/backup"), Some(&read), None);
+    let v = r.json();
+    assert_eq!(v["data"]["status"], "late");
+    assert_eq!(v["data"]["successes"], 2);
+    let fails = {
+        let r = http(
+            "POST",
+            &t.robot("/api/v1/heartbeats/backup/fail"),
+            Some(&ingest),
+            None,
+        );
+        assert_eq!(r.status, 200);
+        r.json()["data"]["failures"].as_u64()
+    };
+    assert_eq!(fails, Some(2), "the runs counter continues across restarts");
+
+    // Only API definitions can be deleted.
+    assert_eq!(
+        http("DELETE", &t.human("/api/v1/heartbeats/backup"), Some(&read), None).status,
+        403
+    );
+    assert_eq!(
+        http(
+            "DELETE",
+            &t.human("/api/v1/heartbeats/from-config"),
+            Some(ADMIN),
+            None
+        )
+        .status,
+        409
+    );
+    assert_eq!(
+        http("DELETE", &t.human("/api/v1/heartbeats/backup"), Some(ADMIN), None).status,
+        200
+    );
+    assert_eq!(
+        http("GET", &t.human("/api/v1/heartbeats/backup"), Some(&read), None).status,
+        404
+    );
+    assert_eq!(
+        http(
+            "POST",
+            &t.robot("/api/v1/heartbeats/backup/start"),
+            Some(&ingest),
+            None
+        )
+        .status,
+        404
+    );
+    t.shutdown();
+}
+
+/// Polls until `f` returns `Some`, or panics after 10 s.
+#[allow(dead_code)]
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
