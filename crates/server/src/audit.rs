@@ -497,30 +497,54 @@ pub async fn record(State(audit): State<Arc<AuditLog>>, req: Request, next: Next
 }
 
 /// Builds an `audit.token` event for an offline token action (`roaster token create`):
-/// `actor` is the local user running the command, `subject` the token's name.
-pub fn token_event(action: &str, name: &str, scope: Scope, actor: &str, at: Timestamp) -> Event {
-    let payload = serde_json::json!({"action": action, "token": name, "scope": scope.as_str()});
+/// `actor` is the local user running the command, `subject` the token's name, `error` the
+/// reason the action failed (`None` when it succeeded).
+pub fn token_event(
+    action: &str,
+    name: &str,
+    scope: Scope,
+    actor: &str,
+    error: Option<&str>,
+    at: Timestamp,
+) -> Event {
+    let (name, actor) = (cut(name, 256), cut(actor, 256));
+    let result = if error.is_some() { "error" } else { "ok" };
+    let payload = serde_json::json!({
+        "action": action,
+        "token": name,
+        "scope": scope.as_str(),
+        "result": result,
+        "error": error.map(|e| cut(e, 512)),
+    });
     let mut labels = BTreeMap::new();
     labels.insert("action".to_owned(), action.to_owned());
     labels.insert("scope".to_owned(), scope.as_str().to_owned());
+    labels.insert("result".to_owned(), result.to_owned());
+    let summary = match error {
+        None => format!("token {name} ({}) {action} by {actor}", scope.as_str()),
+        Some(e) => format!(
+            "token {name} ({}) {action} by {actor} failed: {}",
+            scope.as_str(),
+            cut(e, 256)
+        ),
+    };
     Event {
         id: EventId::generate(at, random_u128()),
         time: at,
         received_at: at,
         source: "roaster-cli".to_owned(),
         kind: "audit.token".to_owned(),
-        subject: Some(cut(name, 256)),
-        actor: Some(cut(actor, 256)),
+        subject: Some(name),
+        actor: Some(actor),
         host: None,
         service: None,
         labels,
-        severity: Severity::Info,
-        summary: format!(
-            "token {} {action} with scope {} by {}",
-            cut(name, 256),
-            scope.as_str(),
-            cut(actor, 256)
-        ),
+        severity: if error.is_some() {
+            Severity::Warning
+        } else {
+            Severity::Info
+        },
+        summary,
         payload: serde_json::value::to_raw_value(&payload).ok(),
     }
 }
