@@ -9,7 +9,7 @@
 //!   sync (the example parses to `Config::default()`, and every key of the default appears in it);
 //! - the environment overlay is generic: the config is serialized to a [`toml::Value`] tree, each
 //!   `ROASTER_*` variable whose name starts with a section (`ROASTER_SERVER_`, `ROASTER_STORAGE_`,
-//!   `ROASTER_INGEST_`, `ROASTER_QUERY_`) must name a key of that section (nested tables are
+//!   `ROASTER_INGEST_`, `ROASTER_QUERY_`, `ROASTER_EVENTS_`) must name a key of that section (nested tables are
 //!   joined with `_`), and its value replaces that key before the tree is deserialized again.
 //!   A string key takes the variable verbatim; any other key parses it as a TOML value
 //!   (`8`, `true`, `["a", "b"]`), falling back to a string so the error names the key.
@@ -43,6 +43,8 @@ pub struct Config {
     pub ingest: ingest::IngestConfig,
     /// Query limits for the Prometheus-compatible API (see the `query` crate).
     pub query: query::QueryLimits,
+    /// The event store: limits, pages and retention (see [`crate::events`]).
+    pub events: crate::events::EventsConfig,
     /// Limits of the heartbeat registry (see [`crate::heartbeat`]).
     pub heartbeat: crate::heartbeat::HeartbeatConfig,
     /// Heartbeats defined in the config file (`[[heartbeats]]`); absent from the TOML tree
@@ -418,6 +420,9 @@ impl Config {
         if q.subquery_step_ms <= 0 {
             return Err(invalid("query.subquery_step_ms", "must be greater than 0"));
         }
+        self.events
+            .validate()
+            .map_err(|(key, reason)| invalid(&format!("events.{key}"), &reason))?;
         crate::heartbeat::validate_config(&self.heartbeats, &self.heartbeat)
             .map_err(|e| invalid("heartbeats", &e.to_string()))?;
         for (key, v) in [
@@ -613,6 +618,12 @@ mod tests {
                 !c.ingest.http_durable_ack
             }),
             (&[("ROASTER_QUERY_MAX_SERIES", "7")], |c| c.query.max_series == 7),
+            (&[("ROASTER_EVENTS_RETENTION_DAYS", "30")], |c| {
+                c.events.retention_days == 30
+            }),
+            (&[("ROASTER_EVENTS_SQLITE_SYNCHRONOUS", "full")], |c| {
+                c.events.sqlite_synchronous == crate::events::EventsSync::Full
+            }),
             // A string key takes the value verbatim, even when it looks like a number.
             (&[("ROASTER_SERVER_LOG_LEVEL", "123")], |c| {
                 c.server.log_level == "123"
@@ -691,6 +702,8 @@ mod tests {
                 "ingest.queue_capacity_points",
             ),
             (|c| c.query.max_series = 0, "query.max_series"),
+            (|c| c.events.max_page = 0, "events.max_page"),
+            (|c| c.events.default_page = 5000, "events.default_page"),
         ];
         for (edit, key) in cases {
             let mut c = Config::default();

@@ -45,6 +45,8 @@ pub struct HumanParts {
     pub config: Config,
     /// Storage.
     pub db: Arc<tsdb::Db>,
+    /// The event store's handle (search, annotations, recording audit events).
+    pub events: crate::events::Events,
     /// Ingest (switch metrics, rejections, readiness, metrics).
     pub ingest: Arc<ingest::Ingest>,
     /// Kill switches.
@@ -376,6 +378,7 @@ async fn metrics(State(state): State<HumanState>) -> Response {
         inner.parts.ingest.render_metrics(&mut out);
         inner.parts.switches.render_metrics(&mut out);
         inner.parts.db.render_metrics(&mut out);
+        inner.parts.events.render_metrics(&mut out);
         inner.parts.heartbeats.render_metrics(&mut out);
         inner.metrics.render(&mut out);
         crate::process::render(&mut out);

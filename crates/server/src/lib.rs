@@ -14,7 +14,8 @@
 //! [`Server::start`] → [`RunningServer`] (bound addresses, the generated admin token,
 //! [`RunningServer::shutdown`]); [`tokens::TokenStore`] (hashed tokens in `tokens.json`).
 //!
-//! Data directory layout: `tsdb/` (the engine's files), `tokens.json`, `switches.json`
+//! Data directory layout: `tsdb/` (the engine's files), `events.db` (+ `-wal`, `-shm`: the
+//! event store, see [`events`]), `tokens.json`, `switches.json`
 //! (kill-switch states), `listeners.json` (bound addresses by listener name; removed at start,
 //! written once every listener is bound, removed again at shutdown).
 //!
@@ -26,7 +27,7 @@
 //!   inside async code;
 //! - shutdown order: mark not ready → stop accepting robots (plaintext listeners, robot HTTP)
 //!   → `Ingest::drain` (flush StatsD, empty queues into storage) → stop the human plane →
-//!   `Db::close` (fsync the WAL) → stop the runtimes. A drain that outlives
+//!   `Db::close` (fsync the WAL) → `Events::close` (checkpoint `events.db`) → stop the runtimes. A drain that outlives
 //!   `shutdown_timeout_ms` is abandoned, but storage is still closed.
 
 #![warn(missing_docs)]
@@ -34,6 +35,7 @@
 pub mod adapters;
 pub mod audit;
 pub mod config;
+pub mod events;
 pub mod export;
 pub mod heartbeat;
 pub mod human;
@@ -92,6 +94,9 @@ pub enum ServerError {
     /// Storage failed to open or close.
     #[error("storage: {0}")]
     Storage(#[from] tsdb::DbError),
+    /// The event store failed to open or close.
+    #[error("event store: {0}")]
+    Events(#[from] store::StoreError),
     /// Ingest failed to start.
     #[error("ingest: {0}")]
     Ingest(#[from] ingest::IngestError),
@@ -153,6 +158,11 @@ impl BoundAddrs {
     /// The address of a listener, if it runs.
     pub fn get(&self, listener: &str) -> Option<SocketAddr> {
         self.0.get(listener).copied()
+    }
+
+    /// The robot plane's HTTP address, when it runs.
+    pub fn robot(&self) -> Option<SocketAddr> {
+        self.get("robot-http")
     }
 
     /// The human plane's address (always present).
@@ -259,6 +269,7 @@ impl Server {
 
         let mut switch_names: Vec<&'static str> = ingest::SOURCE_NAMES.to_vec();
         switch_names.push(COMPACTION_SWITCH);
+        switch_names.push(events::EVENTS_SWITCH);
         let switches_path = data_dir.join(SWITCHES_FILE);
         let switches = off_runtime("switches", move || {
             ingest::Switches::open(&switches_path, &switch_names)
@@ -271,6 +282,23 @@ impl Server {
         let db = off_runtime("storage-open", move || tsdb::Db::open(&db_dir, db_opts, db_clock)).await??;
         // The `compaction` switch survives restarts like the others: apply it before any round runs.
         db.set_maintenance_paused(switches.get(COMPACTION_SWITCH) == Some(ingest::SwitchState::Paused));
+
+        let (dir, ev_config, ev_clock) = (data_dir.clone(), config.events.clone(), clock.clone());
+        let events = match off_runtime("events-open", move || {
+            events::Events::open(&dir, &ev_config, ev_clock)
+        })
+        .await
+        {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(e)) => {
+                let _ = db.close();
+                return Err(e.into());
+            }
+            Err(e) => {
+                let _ = db.close();
+                return Err(e);
+            }
+        };
 
         // Robots yield the CPU to humans when both want it (ingest::priority).
         let robot_rt = build_runtime(
@@ -290,6 +318,7 @@ impl Server {
             admin_token,
             settings: settings.clone(),
             db: db.clone(),
+            events: events.clone(),
             ingest: None,
             readiness: Arc::new(readiness::Readiness::new(
                 &data_dir,
@@ -340,6 +369,7 @@ pub struct RunningServer {
     pub admin_token: Option<String>,
     settings: Settings,
     db: Arc<tsdb::Db>,
+    events: events::Events,
     ingest: Option<Arc<ingest::Ingest>>,
     readiness: Arc<readiness::Readiness>,
     robot_cancel: CancellationToken,
@@ -350,6 +380,11 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// The event store's handle (what the planes record events through).
+    pub fn events(&self) -> &events::Events {
+        &self.events
+    }
+
     fn handles(&self) -> Result<(Handle, Handle), ServerError> {
         match (&self.robot_rt, &self.human_rt) {
             (Some(r), Some(h)) => Ok((r.handle().clone(), h.handle().clone())),
@@ -430,6 +465,7 @@ impl RunningServer {
         let state = human::HumanState::new(human::HumanParts {
             config: config.clone(),
             db: self.db.clone(),
+            events: self.events.clone(),
             ingest: ingest.clone(),
             switches,
             tokens,
@@ -438,6 +474,9 @@ impl RunningServer {
             heartbeats: heartbeats.clone(),
         });
         let router = human::router(state);
+        let retention = self.events.clone().retention_loop(self.human_cancel.clone());
+        self.tasks
+            .push(("event-retention", spawn_human(&human, retention)));
         let interval = config.heartbeat.series_interval_ms;
         if interval > 0 {
             let cancel = self.human_cancel.clone();
@@ -514,6 +553,21 @@ impl RunningServer {
             }
             Err(e) => result = Err(e),
         }
+        let events = self.events.clone();
+        match off_runtime("events-close", move || events.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "closing the event store failed");
+                if result.is_ok() {
+                    result = Err(ServerError::Events(e));
+                }
+            }
+            Err(e) => {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
         // Stop the planes and wait for them, so every task and thread holding storage lets
         // go of it: the engine keeps its directory lock until its last handle drops, and a
         // restart in the same process must find it free.
@@ -574,6 +628,9 @@ impl Drop for RunningServer {
             self.human_cancel.cancel();
             if let Err(e) = self.db.close() {
                 tracing::error!(error = %e, "closing storage on drop failed");
+            }
+            if let Err(e) = self.events.close() {
+                tracing::error!(error = %e, "closing the event store on drop failed");
             }
             self.stop_runtimes();
         }
