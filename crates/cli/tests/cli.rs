@@ -250,3 +250,92 @@ fn ctl_commands_and_graceful_sigterm() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains(r#""msg":"stopped""#), "{stderr}");
 }
+
+/// The `audit.*` events of a data directory's events.db, newest first, read by a second
+/// SQLite connection (possibly beside a running server).
+fn audit_events(data: &Path) -> Vec<model::event::Event> {
+    use store::EventStore as _;
+    let db = store::SqliteStore::open(store::SqliteConfig::new(data.join("events.db"))).unwrap();
+    let q = store::EventQuery {
+        kind_prefix: Some("audit".into()),
+        limit: Some(1000),
+        ..store::EventQuery::default()
+    };
+    db.query(&q).unwrap().events
+}
+
+#[test]
+fn token_create_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let create = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_roaster"))
+            .args([
+                "token",
+                "create",
+                "--scope",
+                "ingest",
+                "--name",
+                name,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .env("USER", "ops-alice")
+            .output()
+            .unwrap()
+    };
+    let out = create("collectd");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !create("collectd").status.success(),
+        "duplicate names are refused"
+    );
+    let events = audit_events(&data);
+    assert_eq!(events.len(), 2, "both attempts are audited");
+    let (failed, ok) = (&events[0], &events[1]);
+    assert_eq!(ok.kind, "audit.token");
+    assert_eq!(ok.subject.as_deref(), Some("collectd"));
+    assert_eq!(ok.actor.as_deref(), Some("local:ops-alice"));
+    assert_eq!(ok.labels["result"], "ok");
+    assert_eq!(ok.labels["scope"], "ingest");
+    assert_eq!(failed.labels["result"], "error");
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(
+        !all.contains(token.trim()),
+        "the secret is never in the audit trail"
+    );
+}
+
+#[test]
+fn ctl_goes_through_the_audited_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path());
+    let out = s.ctl(&["switch", "statsd-udp", "paused"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.ctl(&["switches"]);
+    assert!(out.status.success());
+    let data = dir.path().join("data");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let e = audit_events(&data);
+        if !e.is_empty() || Instant::now() > deadline {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(events.len(), 1, "the switch change, not the listing: {events:?}");
+    let e = &events[0];
+    assert_eq!(e.kind, "audit.api");
+    assert_eq!(e.actor.as_deref(), Some("admin-from-env"));
+    assert_eq!(e.subject.as_deref(), Some("/api/v1/switches/statsd-udp"));
+    assert_eq!(e.labels["status"], "200");
+    let p: serde_json::Value = serde_json::from_str(e.payload.as_ref().unwrap().get()).unwrap();
+    assert!(
+        p["user_agent"].as_str().unwrap().starts_with("roaster-ctl/"),
+        "{p}"
+    );
+    assert_eq!(p["peer"], "127.0.0.1");
+    let (status, _, _) = s.terminate("-TERM");
+    assert!(status.success());
+}

@@ -12,6 +12,12 @@
 //! label listings, compaction, snapshots) runs in `spawn_blocking` under a semaphore of
 //! `human_max_concurrent_queries` permits, held until the blocking work ends.
 //!
+//! Heartbeat definitions: `GET /api/v1/heartbeats[/{name}]` (read), `PUT`/`DELETE
+//! /api/v1/heartbeats/{name}` (admin); see [`crate::heartbeat`] (pings are on the robot plane).
+//!
+//! Audit: [`crate::audit::record`] wraps the whole router, so every response carries an
+//! `X-Request-Id` and every mutation (refused ones included) becomes an `audit.api` event.
+//!
 //! Errors use the Prometheus API envelope: `{"status":"error","errorType":"…","error":"…"}`.
 //!
 //! Kill switches: `GET /api/v1/switches` lists the ingest sources and the `compaction` job.
@@ -59,6 +65,8 @@ pub struct HumanParts {
     pub readiness: Arc<Readiness>,
     /// The heartbeat registry (definitions API and `/metrics` gauges).
     pub heartbeats: Arc<Heartbeats>,
+    /// The audit trail (its middleware wraps every route).
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
 /// Self-telemetry of the human plane.
@@ -224,6 +232,11 @@ pub fn router(state: HumanState) -> Router {
         .merge(admin)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
+        // Every route, present and future: request ids, and an audit event per mutation.
+        .layer(middleware::from_fn_with_state(
+            state.0.parts.audit.clone(),
+            crate::audit::record,
+        ))
         // Outermost first: the latency histogram includes time spent waiting for a request slot.
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_requests))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -380,6 +393,7 @@ async fn metrics(State(state): State<HumanState>) -> Response {
         inner.parts.db.render_metrics(&mut out);
         inner.parts.events.render_metrics(&mut out);
         inner.parts.heartbeats.render_metrics(&mut out);
+        inner.parts.audit.render_metrics(&mut out);
         inner.metrics.render(&mut out);
         crate::process::render(&mut out);
         out.finish()

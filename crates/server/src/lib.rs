@@ -27,7 +27,7 @@
 //!   inside async code;
 //! - shutdown order: mark not ready → stop accepting robots (plaintext listeners, robot HTTP)
 //!   → `Ingest::drain` (flush StatsD, empty queues into storage) → stop the human plane →
-//!   `Db::close` (fsync the WAL) → `Events::close` (checkpoint `events.db`) → stop the runtimes. A drain that outlives
+//!   `AuditLog::close` (store the queued audit events) → `Db::close` (fsync the WAL) → `Events::close` (checkpoint `events.db`) → stop the runtimes. A drain that outlives
 //!   `shutdown_timeout_ms` is abandoned, but storage is still closed.
 
 #![warn(missing_docs)]
@@ -85,6 +85,9 @@ pub enum ServerError {
     /// The token file could not be used.
     #[error(transparent)]
     Tokens(#[from] TokenError),
+    /// The audit trail could not start.
+    #[error("audit: {0}")]
+    Audit(#[from] audit::AuditError),
     /// The heartbeat registry could not be opened.
     #[error("heartbeats: {0}")]
     Heartbeats(#[from] heartbeat::HeartbeatError),
@@ -319,6 +322,7 @@ impl Server {
             settings: settings.clone(),
             db: db.clone(),
             events: events.clone(),
+            audit: None,
             ingest: None,
             readiness: Arc::new(readiness::Readiness::new(
                 &data_dir,
@@ -370,6 +374,7 @@ pub struct RunningServer {
     settings: Settings,
     db: Arc<tsdb::Db>,
     events: events::Events,
+    audit: Option<Arc<audit::AuditLog>>,
     ingest: Option<Arc<ingest::Ingest>>,
     readiness: Arc<readiness::Readiness>,
     robot_cancel: CancellationToken,
@@ -411,7 +416,7 @@ impl RunningServer {
         );
         let hb_sinks = heartbeat::HeartbeatSinks {
             samples: Some(sink.clone()),
-            events: None,
+            events: Some(self.events.store().clone()),
         };
         let hb_clock = clock.clone();
         let heartbeats = off_runtime("heartbeats", move || {
@@ -419,6 +424,14 @@ impl RunningServer {
         })
         .await??;
         let heartbeats = Arc::new(heartbeats);
+        let audit = Arc::new(audit::AuditLog::start(
+            config.audit.clone(),
+            self.events.store().clone(),
+            tokens.clone(),
+            clock.clone(),
+            config.server.human_max_body_bytes,
+        )?);
+        self.audit = Some(audit.clone());
         let ingest = Arc::new(ingest::Ingest::new(
             config.ingest.clone(),
             sink,
@@ -472,6 +485,7 @@ impl RunningServer {
             clock,
             readiness: self.readiness.clone(),
             heartbeats: heartbeats.clone(),
+            audit,
         });
         let router = human::router(state);
         let retention = self.events.clone().retention_loop(self.human_cancel.clone());
@@ -542,6 +556,20 @@ impl RunningServer {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(listener = name, error = %e, "listener task failed"),
                 Err(_) => tracing::warn!(listener = name, "listener still had open connections at shutdown"),
+            }
+        }
+        // The human plane is stopped: store what the audit queue still holds before the event
+        // store closes.
+        if let Some(audit) = self.audit.take() {
+            let left = timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(2));
+            match tokio::time::timeout(left, off_runtime("audit-close", move || audit.close())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "closing the audit trail failed"),
+                Err(_) => {
+                    tracing::error!("the audit queue did not drain in time; some audit events may be lost")
+                }
             }
         }
         let db = self.db.clone();
@@ -628,6 +656,9 @@ impl Drop for RunningServer {
             self.human_cancel.cancel();
             if let Err(e) = self.db.close() {
                 tracing::error!(error = %e, "closing storage on drop failed");
+            }
+            if let Some(audit) = self.audit.take() {
+                audit.close();
             }
             if let Err(e) = self.events.close() {
                 tracing::error!(error = %e, "closing the event store on drop failed");

@@ -105,7 +105,6 @@ fn agent() -> ureq::Agent {
 struct Resp {
     status: u16,
     body: String,
-    #[allow(dead_code, reason = "read by the audit tests")]
     request_id: Option<String>,
 }
 
@@ -326,6 +325,34 @@ fn heartbeat_lifecycle_over_http() {
     let up = export_values(&t, r#"roaster_heartbeat_up{heartbeat="backup"}"#);
     assert!(!up.is_empty());
 
+    // Each ping is an event.
+    let store = t.server.as_ref().unwrap().events().store().clone();
+    let q = store::EventQuery {
+        kind_prefix: Some("heartbeat".into()),
+        ..store::EventQuery::default()
+    };
+    let events = store.query(&q).unwrap().events;
+    let kinds: Vec<&str> = events.iter().rev().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "heartbeat.start",
+            "heartbeat.success",
+            "heartbeat.fail",
+            "heartbeat.success"
+        ]
+    );
+    let fail = &events[1];
+    assert_eq!(fail.subject.as_deref(), Some("backup"));
+    assert_eq!(fail.host.as_deref(), Some("db1"));
+    assert_eq!(fail.source, "backup-job");
+    assert_eq!(fail.severity, model::event::Severity::Warning);
+    let p: serde_json::Value = serde_json::from_str(fail.payload.as_ref().unwrap().get()).unwrap();
+    assert_eq!(
+        p,
+        serde_json::json!({"duration_seconds": 3.0, "exit_code": 2, "message": "disk full"})
+    );
+
     // State and API definitions survive a restart.
     t.restart();
     let r = http("GET", &t.human("/api/v1/heartbeats/backup"), Some(&read), None);
@@ -381,7 +408,6 @@ fn heartbeat_lifecycle_over_http() {
 }
 
 /// Polls until `f` returns `Some`, or panics after 10 s.
-#[allow(dead_code)]
 fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -391,4 +417,163 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Every stored `audit.*` event, newest first.
+fn audit_events(t: &TestServer) -> Vec<model::event::Event> {
+    let store = t.server.as_ref().unwrap().events().store().clone();
+    let q = store::EventQuery {
+        kind_prefix: Some("audit".into()),
+        limit: Some(1000),
+        ..store::EventQuery::default()
+    };
+    store.query(&q).unwrap().events
+}
+
+/// Waits for the audit event of `request_id` (the recorder stores asynchronously).
+fn audit_of(t: &TestServer, request_id: &str) -> (model::event::Event, serde_json::Value) {
+    let e = eventually(&format!("audit event {request_id}"), || {
+        audit_events(t).into_iter().find(|e| e.id.as_str() == request_id)
+    });
+    let payload: serde_json::Value = serde_json::from_str(e.payload.as_ref().unwrap().get()).unwrap();
+    (e, payload)
+}
+
+#[test]
+fn audit_trail_records_mutations_with_who_where_and_result() {
+    let t = TestServer::start();
+    let alice = t.token("alice", Scope::Admin);
+    let viewer = t.token("viewer", Scope::Read);
+    let switch = t.human("/api/v1/switches/graphite-tcp");
+
+    // A successful change: who, scope, from where, what, result, request id.
+    let r = http("PUT", &switch, Some(&alice), Some(r#"{"state":"paused"}"#));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.request_id.clone().expect("X-Request-Id");
+    let (ev, p) = audit_of(&t, &id);
+    assert_eq!(ev.kind, "audit.api");
+    assert_eq!(ev.actor.as_deref(), Some("alice"));
+    assert_eq!(ev.subject.as_deref(), Some("/api/v1/switches/graphite-tcp"));
+    assert_eq!(ev.labels["method"], "PUT");
+    assert_eq!(ev.labels["status"], "200");
+    assert_eq!(ev.labels["scope"], "admin");
+    assert_eq!(p["request_id"], id.as_str());
+    assert_eq!(p["peer"], "127.0.0.1");
+    assert_eq!(p["status"], 200);
+    assert_eq!(p["fields"]["state"], "paused");
+    assert!(
+        ev.summary
+            .contains("PUT /api/v1/switches/graphite-tcp by alice (admin)"),
+        "{}",
+        ev.summary
+    );
+
+    // Refused mutations are audited too: forbidden, bad body, no token.
+    let r = http("PUT", &switch, Some(&viewer), Some(r#"{"state":"open"}"#));
+    assert_eq!(r.status, 403);
+    let (ev, _) = audit_of(&t, r.request_id.as_deref().unwrap());
+    assert_eq!(
+        (ev.actor.as_deref(), ev.labels["status"].as_str()),
+        (Some("viewer"), "403")
+    );
+    assert_eq!(ev.severity, model::event::Severity::Warning);
+    let r = http("PUT", &switch, Some(&alice), Some(r#"{"state":"sideways"}"#));
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        audit_of(&t, r.request_id.as_deref().unwrap()).0.labels["status"],
+        "400"
+    );
+    let r = http("POST", &t.human("/api/v1/admin/compact"), None, None);
+    assert_eq!(r.status, 401);
+    let (ev, p) = audit_of(&t, r.request_id.as_deref().unwrap());
+    assert_eq!(
+        (ev.actor.as_deref(), p["scope"].as_str()),
+        (Some("anonymous"), Some("none"))
+    );
+
+    // Secrets in a body are never stored, only named.
+    let r = http(
+        "PUT",
+        &switch,
+        Some(&alice),
+        Some(r#"{"state":"open","token":"rst_admin_supersecret","password":"hunter2"}"#),
+    );
+    assert_eq!(r.status, 400, "unknown fields are refused: {}", r.body);
+    let (ev, p) = audit_of(&t, r.request_id.as_deref().unwrap());
+    assert_eq!(p["redacted"], serde_json::json!(["password", "token"]));
+    let all = serde_json::to_string(&ev).unwrap();
+    assert!(!all.contains("supersecret") && !all.contains("hunter2"), "{all}");
+
+    // Reads are not audited (but still get a request id): GET, and the query API's form POST.
+    let get = http("GET", &t.human("/api/v1/switches"), Some(&viewer), None);
+    assert_eq!(get.status, 200);
+    let get_id = get.request_id.expect("X-Request-Id on reads too");
+    let a = agent();
+    let mut q = a
+        .post(&t.human("/api/v1/query"))
+        .header("Authorization", &format!("Bearer {viewer}"))
+        .send_form([("query", "1+1")])
+        .unwrap();
+    assert_eq!(q.status().as_u16(), 200);
+    let query_id = q
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = q.body_mut().read_to_string();
+    // A later mutation is stored after them (one FIFO recorder): once it is there, they would be.
+    let r = http(
+        "PUT",
+        &t.human("/api/v1/heartbeats/audited"),
+        Some(&alice),
+        Some(r#"{"period":"1h"}"#),
+    );
+    assert_eq!(r.status, 201);
+    let (ev, p) = audit_of(&t, r.request_id.as_deref().unwrap());
+    assert_eq!(ev.subject.as_deref(), Some("/api/v1/heartbeats/audited"));
+    assert_eq!(p["fields"]["period"], "1h");
+    let ids: Vec<String> = audit_events(&t)
+        .iter()
+        .map(|e| e.id.as_str().to_owned())
+        .collect();
+    assert!(
+        !ids.contains(&get_id) && !ids.contains(&query_id),
+        "reads were audited"
+    );
+    assert_eq!(ids.len(), 6);
+
+    // Append-only: no API edits or deletes audit events, and retention of ordinary events
+    // does not touch them.
+    for (method, path) in [
+        ("DELETE", format!("/api/v1/events/{id}")),
+        ("PUT", format!("/api/v1/events/{id}")),
+        ("DELETE", "/api/v1/events".to_owned()),
+    ] {
+        let r = http(method, &t.human(&path), Some(&alice), Some("{}"));
+        assert!(
+            r.status == 404 || r.status == 405,
+            "{method} {path}: {}",
+            r.status
+        );
+    }
+    let store = t.server.as_ref().unwrap().events().store().clone();
+    let report = store
+        .delete_older_than(&store::Retention {
+            events_before: Timestamp(i64::MAX),
+            audit_before: None,
+        })
+        .unwrap();
+    assert_eq!(report.audit_deleted, 0);
+    let (ev, _) = audit_of(&t, &id);
+    assert_eq!(
+        ev.labels["status"], "200",
+        "the first audit event is still there, unchanged"
+    );
+
+    let m = http("GET", &t.human("/metrics"), Some(&viewer), None).body;
+    assert!(m.contains("roaster_audit_events_dropped_total 0"), "{m}");
+    assert!(m.contains("roaster_audit_events_recorded_total"), "{m}");
+    t.shutdown();
 }
