@@ -216,11 +216,12 @@ pub enum AuditError {
 }
 
 impl AuditLog {
-    /// Starts the recorder thread storing into `store`. `max_body_bytes` bounds how much of a
+    /// Starts the recorder thread storing through `store` (so the event store's own counters
+    /// see audit events too). `max_body_bytes` bounds how much of a
     /// request body the middleware reads (the human plane's body limit).
     pub fn start(
         config: AuditConfig,
-        store: Arc<dyn store::EventStore>,
+        store: crate::events::Events,
         tokens: Arc<TokenStore>,
         clock: Arc<dyn Clock>,
         max_body_bytes: usize,
@@ -370,7 +371,7 @@ impl AuditLog {
 /// Stores queued events in batches until every sender is gone and the queue is empty.
 fn recorder(
     mut rx: mpsc::Receiver<Event>,
-    store: Arc<dyn store::EventStore>,
+    store: crate::events::Events,
     metrics: Arc<AuditMetrics>,
     batch_max: usize,
 ) {
@@ -386,12 +387,13 @@ fn recorder(
         // A busy database is retried briefly; anything else is logged and counted.
         let mut attempt = 0;
         loop {
-            match store.insert_batch(&batch) {
+            match store.record_batch(&batch) {
                 Ok(_) => {
                     metrics.recorded.fetch_add(n, Ordering::Relaxed);
                     break;
                 }
-                Err(e) if e.is_retryable() && attempt < 5 => {
+                Err(crate::events::EventsError::Store(e)) if e.is_retryable() && attempt < 5 => {
+                    tracing::warn!(error = %e, attempt, "audit store busy; retrying");
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(50 * attempt));
                 }

@@ -423,6 +423,15 @@ impl Config {
         self.events
             .validate()
             .map_err(|(key, reason)| invalid(&format!("events.{key}"), &reason))?;
+        if self.heartbeat.max_message_bytes > crate::heartbeat::MAX_MESSAGE_BYTES {
+            return Err(invalid(
+                "heartbeat.max_message_bytes",
+                &format!(
+                    "must be at most {} so a ping fits in an event payload",
+                    crate::heartbeat::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
         crate::heartbeat::validate_config(&self.heartbeats, &self.heartbeat)
             .map_err(|e| invalid("heartbeats", &e.to_string()))?;
         for (key, v) in [

@@ -55,6 +55,9 @@ use crate::tokens::TokenStore;
 pub const HEARTBEATS_FILE: &str = "heartbeats.json";
 /// Longest heartbeat name, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
+/// The largest `[heartbeat] max_message_bytes` allowed: a ping's event payload must stay
+/// well inside the event envelope's 64 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
 /// Default page size of `GET /api/v1/heartbeats`.
 pub const DEFAULT_PAGE: usize = 100;
 /// Largest page of `GET /api/v1/heartbeats`.
@@ -66,7 +69,8 @@ pub const MAX_PAGE: usize = 1000;
 pub struct HeartbeatConfig {
     /// Most heartbeats (config and API together); a PUT past it is refused (409).
     pub max_definitions: usize,
-    /// Longest `message` a ping may carry, in bytes (a longer one is refused, 400).
+    /// Longest `message` a ping may carry, in bytes (a longer one is refused, 400); at most
+    /// 32768.
     pub max_message_bytes: usize,
     /// Largest JSON body of a ping, in bytes.
     pub max_ping_body_bytes: usize,
@@ -133,7 +137,7 @@ pub enum HeartbeatError {
     TooMany(usize),
     /// The event could not be stored (503 when retryable, else 500).
     #[error("storing the event failed: {0}")]
-    Store(#[from] store::StoreError),
+    Events(#[from] crate::events::EventsError),
     /// `heartbeats.json` could not be read or written (500).
     #[error("heartbeat file {path}: {reason}")]
     File {
@@ -151,8 +155,10 @@ impl HeartbeatError {
             HeartbeatError::BadName(_) | HeartbeatError::BadField { .. } => StatusCode::BAD_REQUEST,
             HeartbeatError::Unknown(_) => StatusCode::NOT_FOUND,
             HeartbeatError::ConfigDefined(_) | HeartbeatError::TooMany(_) => StatusCode::CONFLICT,
-            HeartbeatError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            HeartbeatError::Store(_) | HeartbeatError::File { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            HeartbeatError::Events(crate::events::EventsError::Store(e)) if e.is_retryable() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            HeartbeatError::Events(_) | HeartbeatError::File { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -523,7 +529,7 @@ pub struct Heartbeats {
     entries: Mutex<BTreeMap<String, Entry>>,
     clock: Arc<dyn Clock>,
     sink: Option<Arc<dyn SampleSink>>,
-    events: Option<Arc<dyn store::EventStore>>,
+    events: Option<crate::events::Events>,
     counters: Counters,
 }
 
@@ -539,8 +545,8 @@ impl std::fmt::Debug for Heartbeats {
 pub struct HeartbeatSinks {
     /// Where series go (the server's `TsdbSink`); `None` writes no series.
     pub samples: Option<Arc<dyn SampleSink>>,
-    /// Where ping events go; `None` records none.
-    pub events: Option<Arc<dyn store::EventStore>>,
+    /// Where ping events go (the server's event-store handle); `None` records none.
+    pub events: Option<crate::events::Events>,
 }
 
 impl Heartbeats {
@@ -770,9 +776,9 @@ impl Heartbeats {
         let mut state = entry.state.clone();
         let run_duration = state.apply(kind, &details, now);
         let def = entry.def.clone();
-        if let Some(store) = &self.events {
+        if let Some(events) = &self.events {
             let event = ping_event(&def, kind, &details, run_duration, source, now)?;
-            store.insert_batch(std::slice::from_ref(&event))?;
+            events.record_event(event)?;
         }
         let mut next = entries.clone();
         if let Some(e) = next.get_mut(name) {

@@ -416,7 +416,7 @@ impl RunningServer {
         );
         let hb_sinks = heartbeat::HeartbeatSinks {
             samples: Some(sink.clone()),
-            events: Some(self.events.store().clone()),
+            events: Some(self.events.clone()),
         };
         let hb_clock = clock.clone();
         let heartbeats = off_runtime("heartbeats", move || {
@@ -426,7 +426,7 @@ impl RunningServer {
         let heartbeats = Arc::new(heartbeats);
         let audit = Arc::new(audit::AuditLog::start(
             config.audit.clone(),
-            self.events.store().clone(),
+            self.events.clone(),
             tokens.clone(),
             clock.clone(),
             config.server.human_max_body_bytes,
