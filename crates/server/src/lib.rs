@@ -426,7 +426,20 @@ impl RunningServer {
             }
         }
         if let Some(addr) = self.settings.robot_listen {
-            let router = ingest.robot_router();
+            let events_switch = switches
+                .handle(events::EVENTS_SWITCH)
+                .ok_or_else(|| ServerError::Task {
+                    task: "robot listener",
+                    reason: "the events switch is not registered".into(),
+                })?;
+            let router = ingest
+                .robot_router()
+                .merge(events::robot_router(events::RobotEvents {
+                    events: self.events.clone(),
+                    tokens: tokens.clone(),
+                    switch: events_switch,
+                    retry_after_seconds: config.ingest.retry_after_seconds,
+                }));
             let cancel = self.robot_cancel.clone();
             let (bound, task) = spawn_ingest(&robot, serve_http("robot-http", addr, router, cancel))
                 .await
