@@ -23,6 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use model::Clock;
 use model::event::{Arrival, Event, EventError, EventInput, EventLimits};
 use model::telemetry::{Counter, Exposition, Histogram};
@@ -558,6 +562,480 @@ impl Events {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Robot plane: POST /api/v1/events
+// ---------------------------------------------------------------------------------------
+
+/// What the robot endpoint needs besides the [`Events`] handle.
+#[derive(Clone)]
+pub struct RobotEvents {
+    /// The event store's handle.
+    pub events: Events,
+    /// Tokens (the `ingest` scope is required; the token's name becomes `source`).
+    pub tokens: Arc<crate::tokens::TokenStore>,
+    /// The `events` kill switch.
+    pub switch: ingest::SwitchHandle,
+    /// `Retry-After` seconds sent with 503 answers.
+    pub retry_after_seconds: u64,
+}
+
+/// The robot-plane route `POST /api/v1/events`; merge it into the robot router.
+///
+/// Body: one event object or an array of at most `[events] max_batch_items`, each in the
+/// envelope of [`model::event::EventInput`]. Answers (JSON):
+/// - 200 `{"stored":N,"duplicates":N,"rejected":N,"blackholed":false,"results":[{"index":0,
+///   "id":"…","status":"stored"|"duplicate"},{"index":1,"status":"rejected","reason":"bad_kind",
+///   "error":"…"}]}` — a bad item is rejected alone, the others are stored in one transaction;
+///   with the switch blackholed, valid items answer `"status":"blackholed"` and nothing is stored;
+/// - 400 body not UTF-8 / not JSON / not an object or array; 401 no `ingest` token;
+///   413 body over `max_body_bytes` or more items than `max_batch_items`; 415 a
+///   `Content-Encoding`; 503 (+`Retry-After`) switch paused, store busy or closing; 500 store failure.
+pub fn robot_router(state: RobotEvents) -> axum::Router {
+    axum::Router::new()
+        .route("/api/v1/events", axum::routing::post(post_events))
+        .with_state(state)
+}
+
+fn robot_error(status: StatusCode, msg: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+fn retry_later(retry_after: u64, msg: &str) -> Response {
+    let mut r = robot_error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")).then(|| token.trim())
+}
+
+/// One item's outcome in the answer.
+#[derive(Serialize)]
+struct ItemAnswer {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The whole answer of `POST /api/v1/events`.
+#[derive(Serialize)]
+struct BatchAnswer {
+    stored: usize,
+    duplicates: usize,
+    rejected: usize,
+    blackholed: bool,
+    results: Vec<ItemAnswer>,
+}
+
+/// Decodes, validates and stores one request body (blocking: JSON parsing and the store
+/// call run here, off the async workers).
+fn ingest_body(
+    events: &Events,
+    body: &[u8],
+    source: &str,
+    blackholed: bool,
+) -> Result<BatchAnswer, Result<StoreError, EventError>> {
+    let m = events.metrics();
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if std::str::from_utf8(body).is_ok() && !matches!(first, Some(b'{' | b'[')) {
+        let e = EventError::Json("the body must be an event object or an array of them".into());
+        m.reject(&e);
+        return Err(Err(e));
+    }
+    let items = model::event::decode_batch(body, events.limits()).map_err(|e| {
+        m.reject(&e);
+        Err(e)
+    })?;
+    let mut answers = Vec::with_capacity(items.len());
+    let mut valid: Vec<Event> = Vec::with_capacity(items.len());
+    let mut slots: Vec<usize> = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let checked = item
+            .inspect_err(|e| m.reject(e))
+            .and_then(|input| events.validate(input, source));
+        match checked {
+            Ok(ev) => {
+                answers.push(ItemAnswer {
+                    index,
+                    id: Some(ev.id.as_str().to_owned()),
+                    status: "blackholed",
+                    reason: None,
+                    error: None,
+                });
+                slots.push(index);
+                valid.push(ev);
+            }
+            Err(e) => answers.push(ItemAnswer {
+                index,
+                id: None,
+                status: "rejected",
+                reason: Some(reject_reason(&e)),
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+    let rejected = answers.len() - valid.len();
+    let (mut stored, mut duplicates) = (0, 0);
+    if blackholed {
+        m.blackholed.add(valid.len() as u64);
+    } else if !valid.is_empty() {
+        let results = events.record_batch(&valid).map_err(|e| match e {
+            EventsError::Store(s) => Ok(s),
+            EventsError::Invalid(e) => Err(e),
+            EventsError::Task(t) => Ok(StoreError::Backend {
+                op: "insert events",
+                source: t.into(),
+            }),
+        })?;
+        for (slot, r) in slots.iter().zip(results) {
+            if let Some(a) = answers.get_mut(*slot) {
+                a.status = match r {
+                    ItemResult::Stored => {
+                        stored += 1;
+                        "stored"
+                    }
+                    ItemResult::Duplicate => {
+                        duplicates += 1;
+                        "duplicate"
+                    }
+                };
+            }
+        }
+    }
+    Ok(BatchAnswer {
+        stored,
+        duplicates,
+        rejected,
+        blackholed,
+        results: answers,
+    })
+}
+
+async fn post_events(State(st): State<RobotEvents>, headers: HeaderMap, body: Body) -> Response {
+    let identity = bearer(&headers).and_then(|t| st.tokens.identify(t));
+    let source = match identity {
+        Some((name, scope)) if scope.can_ingest() => name,
+        _ => {
+            return robot_error(
+                StatusCode::UNAUTHORIZED,
+                "a token with the ingest scope is required",
+            );
+        }
+    };
+    let m = st.events.metrics();
+    let switch = st.switch.state();
+    if switch == ingest::SwitchState::Paused {
+        m.paused.inc();
+        return retry_later(st.retry_after_seconds, "ingest source events is paused");
+    }
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
+        let enc = enc.to_str().unwrap_or("?").trim();
+        if !enc.is_empty() && !enc.eq_ignore_ascii_case("identity") {
+            return robot_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("unsupported content-encoding {enc:?}"),
+            );
+        }
+    }
+    let limit = st.events.config().max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        robot_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body exceeds [events] max_body_bytes ({limit})"),
+        )
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return too_large();
+    };
+    let events = st.events.clone();
+    let blackholed = switch == ingest::SwitchState::Blackholed;
+    let job = tokio::task::spawn_blocking(move || ingest_body(&events, &bytes, &source, blackholed)).await;
+    match job {
+        Ok(Ok(answer)) => (StatusCode::OK, axum::Json(answer)).into_response(),
+        Ok(Err(Err(e @ EventError::BatchTooLarge { .. }))) => {
+            robot_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
+        Ok(Err(Err(e))) => robot_error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Ok(Err(Ok(e))) => match e {
+            StoreError::Busy { .. } | StoreError::Closed => {
+                retry_later(st.retry_after_seconds, &e.to_string())
+            }
+            StoreError::BatchTooLarge { .. } => robot_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+            other => {
+                tracing::error!(error = %other, "storing events failed");
+                robot_error(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string())
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "event ingest task failed");
+            robot_error(StatusCode::INTERNAL_SERVER_ERROR, "event ingest task failed")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Human plane: GET /api/v1/events, GET /api/v1/annotations
+// ---------------------------------------------------------------------------------------
+
+/// A `400 bad_data` in the human plane's envelope.
+fn bad(msg: impl Into<String>) -> crate::human::ApiError {
+    crate::human::refuse(StatusCode::BAD_REQUEST, "bad_data", &msg.into())
+}
+
+fn store_refusal(e: StoreError) -> crate::human::ApiError {
+    match e {
+        StoreError::InvalidQuery(_) | StoreError::InvalidCursor => bad(e.to_string()),
+        StoreError::Busy { .. } | StoreError::Closed => {
+            crate::human::refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string())
+        }
+        other => {
+            tracing::error!(error = %other, "event query failed");
+            crate::human::refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", &other.to_string())
+        }
+    }
+}
+
+fn parse_ts(key: &str, v: &str) -> Result<model::Timestamp, crate::human::ApiError> {
+    query::time::parse_time(v)
+        .map(model::Timestamp)
+        .ok_or_else(|| bad(format!("{key}: {v:?} is neither RFC 3339 nor unix seconds")))
+}
+
+fn non_empty(key: &str, v: &str) -> Result<Option<String>, crate::human::ApiError> {
+    if v.is_empty() {
+        return Err(bad(format!("{key} must not be empty")));
+    }
+    Ok(Some(v.to_owned()))
+}
+
+/// Parses a label matcher parameter: `NAME OP VALUE` with `OP` one of `=`, `!=`, `=~`, `!~`
+/// and `VALUE` a double-quoted string (JSON escapes) or bare text to the end, e.g.
+/// `team="db"`, `env=~"prod|staging"`, `owner!=alice`. Names are event label names
+/// (`[A-Za-z_][A-Za-z0-9_.-]*`).
+pub fn parse_label_matcher(s: &str) -> Result<model::Matcher, String> {
+    let s = s.trim();
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        .unwrap_or(s.len());
+    let (name, rest) = s.split_at(end);
+    if !model::event::is_label_name(name) {
+        return Err(format!(
+            "label matcher {s:?}: expected NAME=\"VALUE\" (or !=, =~, !~) with NAME matching [A-Za-z_][A-Za-z0-9_.-]*"
+        ));
+    }
+    let rest = rest.trim_start();
+    let (op, value) = if let Some(v) = rest.strip_prefix("=~") {
+        (model::MatchOp::Regex, v)
+    } else if let Some(v) = rest.strip_prefix("!~") {
+        (model::MatchOp::NotRegex, v)
+    } else if let Some(v) = rest.strip_prefix("!=") {
+        (model::MatchOp::NotEqual, v)
+    } else if let Some(v) = rest.strip_prefix('=') {
+        (model::MatchOp::Equal, v)
+    } else {
+        return Err(format!(
+            "label matcher {s:?}: expected an operator =, !=, =~ or !~ after {name:?}"
+        ));
+    };
+    let value = value.trim();
+    let value = if value.starts_with('"') {
+        serde_json::from_str::<String>(value)
+            .map_err(|e| format!("label matcher {s:?}: bad quoted value: {e}"))?
+    } else {
+        value.to_owned()
+    };
+    model::Matcher::new(op, name, value).map_err(|e| format!("label matcher {s:?}: {e}"))
+}
+
+/// Builds an [`store::EventQuery`] from `GET /api/v1/events` parameters.
+///
+/// `from`, `to` (RFC 3339 or unix seconds, as the query API), `kind` (prefix on dot
+/// boundaries), `host`, `service`, `label` (repeatable, see [`parse_label_matcher`]; `label[]`
+/// is accepted too), `q` (full-text words, all must match; `word*` is a prefix), `limit`
+/// (1..=`max_page`, default `default_page`), `cursor` (the previous page's `next_cursor`).
+/// Unknown or repeated single-valued parameters are refused.
+pub fn parse_event_query(
+    params: &[(String, String)],
+    config: &EventsConfig,
+) -> Result<store::EventQuery, crate::human::ApiError> {
+    let mut q = store::EventQuery::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, v) in params {
+        let key = k.as_str();
+        if !matches!(key, "label" | "label[]") {
+            if seen.contains(&key) {
+                return Err(bad(format!("parameter {key} given twice")));
+            }
+            seen.push(key);
+        }
+        match key {
+            "from" => q.from = Some(parse_ts(key, v)?),
+            "to" => q.to = Some(parse_ts(key, v)?),
+            "kind" => q.kind_prefix = non_empty(key, v)?,
+            "host" => q.host = non_empty(key, v)?,
+            "service" => q.service = non_empty(key, v)?,
+            "q" => q.q = (!v.trim().is_empty()).then(|| v.clone()),
+            "cursor" => q.cursor = non_empty(key, v)?,
+            "limit" => {
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| bad(format!("limit: {v:?} is not a whole number")))?;
+                if n == 0 || n > config.max_page {
+                    return Err(bad(format!("limit must be between 1 and {}", config.max_page)));
+                }
+                q.limit = Some(n);
+            }
+            "label" | "label[]" => {
+                if q.labels.len() >= config.max_label_matchers {
+                    return Err(bad(format!(
+                        "more than {} label matchers",
+                        config.max_label_matchers
+                    )));
+                }
+                q.labels.push(parse_label_matcher(v).map_err(bad)?);
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown parameter {other:?} (expected from, to, kind, host, service, label, q, limit, cursor)"
+                )));
+            }
+        }
+    }
+    if let (Some(from), Some(to)) = (q.from, q.to)
+        && from >= to
+    {
+        return Err(bad("from must be before to"));
+    }
+    Ok(q)
+}
+
+/// `GET /api/v1/events` (read scope): one page of matching events, newest first.
+/// Answer: `{"status":"success","data":{"events":[EVENT…],"next_cursor":"…"|null}}`.
+pub(crate) async fn search(State(state): State<crate::human::HumanState>, req: Request) -> Response {
+    let params = match crate::human::params(req, 0).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let query = match parse_event_query(&params, state.events().config()) {
+        Ok(q) => q,
+        Err(r) => return r.into_response(),
+    };
+    let page = state
+        .blocking_events(move |events| events.store().query(&query))
+        .await;
+    match page {
+        Ok(Ok(page)) => {
+            let body = serde_json::json!({
+                "status": "success",
+                "data": {"events": page.events, "next_cursor": page.next_cursor},
+            });
+            axum::Json(body).into_response()
+        }
+        Ok(Err(e)) => store_refusal(e).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// Most a default annotation range spans back from `to`: one day.
+const DEFAULT_ANNOTATION_SPAN_MS: i64 = DAY_MS;
+
+/// `GET /api/v1/annotations` (read scope): `from` (default `to` − 24 h), `to` (default now),
+/// `host`, `service`, `kind` (prefix). Oldest first, compact:
+/// `{"status":"success","data":{"annotations":[{"id","time" (unix ms),"kind","severity",
+/// "host"?,"service"?,"summary"}…],"truncated":false}}`.
+pub(crate) async fn annotations(State(state): State<crate::human::HumanState>, req: Request) -> Response {
+    let params = match crate::human::params(req, 0).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let now = state.now();
+    let mut from = None;
+    let mut q = store::AnnotationQuery {
+        to: now,
+        ..store::AnnotationQuery::default()
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, v) in &params {
+        let key = k.as_str();
+        if seen.contains(&key) {
+            return bad(format!("parameter {key} given twice")).into_response();
+        }
+        seen.push(key);
+        let r = match key {
+            "from" => parse_ts(key, v).map(|t| from = Some(t)),
+            "to" => parse_ts(key, v).map(|t| q.to = t),
+            "host" => non_empty(key, v).map(|h| q.host = h),
+            "service" => non_empty(key, v).map(|h| q.service = h),
+            "kind" => non_empty(key, v).map(|h| q.kind_prefix = h),
+            other => Err(bad(format!(
+                "unknown parameter {other:?} (expected from, to, host, service, kind)"
+            ))),
+        };
+        if let Err(e) = r {
+            return e.into_response();
+        }
+    }
+    q.from = from.unwrap_or(model::Timestamp(
+        q.to.0.saturating_sub(DEFAULT_ANNOTATION_SPAN_MS),
+    ));
+    if q.from >= q.to {
+        return bad("from must be before to").into_response();
+    }
+    let result = state
+        .blocking_events(move |events| events.store().annotations(&q))
+        .await;
+    match result {
+        Ok(Ok(a)) => {
+            let rows: Vec<serde_json::Value> = a
+                .rows
+                .into_iter()
+                .map(|r| {
+                    let mut o = serde_json::json!({
+                        "id": r.id.as_str(),
+                        "time": r.time.0,
+                        "kind": r.kind,
+                        "severity": r.severity,
+                        "summary": r.summary,
+                    });
+                    if let Some(map) = o.as_object_mut() {
+                        if let Some(h) = r.host {
+                            map.insert("host".into(), h.into());
+                        }
+                        if let Some(s) = r.service {
+                            map.insert("service".into(), s.into());
+                        }
+                    }
+                    o
+                })
+                .collect();
+            let body = serde_json::json!({
+                "status": "success",
+                "data": {"annotations": rows, "truncated": a.truncated},
+            });
+            axum::Json(body).into_response()
+        }
+        Ok(Err(e)) => store_refusal(e).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,5 +1077,88 @@ mod tests {
         assert_eq!(cut.audit_before, None);
         ev.close().unwrap();
         ev.close().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn label_matcher_syntax_table() {
+        // (input, name, op, value) or an error
+        let ok: &[(&str, &str, model::MatchOp, &str)] = &[
+            (r#"team="db""#, "team", model::MatchOp::Equal, "db"),
+            ("team=db", "team", model::MatchOp::Equal, "db"),
+            (
+                r#"env=~"prod|staging""#,
+                "env",
+                model::MatchOp::Regex,
+                "prod|staging",
+            ),
+            (r#"owner!="alice""#, "owner", model::MatchOp::NotEqual, "alice"),
+            (r#"app.name!~"x.*""#, "app.name", model::MatchOp::NotRegex, "x.*"),
+            (r#"q = "a \"b\"""#, "q", model::MatchOp::Equal, "a \"b\""),
+            ("empty=", "empty", model::MatchOp::Equal, ""),
+        ];
+        for (input, name, op, value) in ok {
+            let m = parse_label_matcher(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(
+                (m.name.as_str(), m.op, m.value.as_str()),
+                (*name, *op, *value),
+                "{input}"
+            );
+        }
+        for bad in [
+            "",
+            "=x",
+            "9team=x",
+            "team",
+            "team<x",
+            r#"team="unterminated"#,
+            "env=~\"(\"",
+        ] {
+            assert!(parse_label_matcher(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn event_query_params_table() {
+        let c = EventsConfig::default();
+        let p = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        };
+        let q = parse_event_query(
+            &p(&[
+                ("from", "2026-11-21T00:00:00Z"),
+                ("to", "1795300000"),
+                ("kind", "deploy"),
+                ("host", "web1"),
+                ("label", r#"team="db""#),
+                ("label[]", "env=~prod.*"),
+                ("q", "nginx restart"),
+                ("limit", "5"),
+            ]),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(q.from, Some(model::Timestamp(1_795_219_200_000)));
+        assert_eq!(q.to, Some(model::Timestamp(1_795_300_000_000)));
+        assert_eq!(q.kind_prefix.as_deref(), Some("deploy"));
+        assert_eq!(q.labels.len(), 2);
+        assert_eq!(q.limit, Some(5));
+        for bad in [
+            vec![("limit", "0")],
+            vec![("limit", "1001")],
+            vec![("limit", "ten")],
+            vec![("from", "yesterday")],
+            vec![("from", "20"), ("to", "10")],
+            vec![("host", "")],
+            vec![("host", "a"), ("host", "b")],
+            vec![("nope", "1")],
+            vec![("label", "9=x")],
+        ] {
+            assert!(parse_event_query(&p(&bad), &c).is_err(), "{bad:?} should fail");
+        }
     }
 }

@@ -20,6 +20,9 @@
 //!
 //! Errors use the Prometheus API envelope: `{"status":"error","errorType":"…","error":"…"}`.
 //!
+//! Events: `GET /api/v1/events` (search, cursor pages) and `GET /api/v1/annotations` (compact,
+//! for graphs) need `read`; see [`crate::events`] for parameters and answers.
+//!
 //! Kill switches: `GET /api/v1/switches` lists the ingest sources and the `compaction` job.
 //! A paused `compaction` switch refuses `POST /api/v1/admin/compact` (409) and pauses the
 //! engine's background sealing, retention and compaction (`tsdb::Db::set_maintenance_paused`).
@@ -166,6 +169,24 @@ impl HumanState {
         Ok(p)
     }
 
+    /// The event store's handle.
+    pub(crate) fn events(&self) -> &crate::events::Events {
+        &self.0.parts.events
+    }
+
+    /// The current time from the server's clock.
+    pub(crate) fn now(&self) -> model::Timestamp {
+        self.0.parts.clock.now()
+    }
+
+    /// Runs event-store work on the blocking pool under a query permit.
+    pub(crate) async fn blocking_events<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&crate::events::Events) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.blocking(move |inner| work(&inner.parts.events)).await
+    }
+
     /// Runs storage work on the blocking pool under a query permit.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -213,6 +234,8 @@ pub fn router(state: HumanState) -> Router {
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/status/buildinfo", get(prom_api))
         .route("/api/v1/metadata", get(prom_api))
+        .route("/api/v1/events", get(crate::events::search))
+        .route("/api/v1/annotations", get(crate::events::annotations))
         .route("/api/v1/heartbeats", get(heartbeat::list_handler))
         .route("/api/v1/heartbeats/{name}", get(heartbeat::get_handler))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
@@ -265,7 +288,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn refuse(status: StatusCode, kind: &'static str, message: &str) -> ApiError {
+/// Builds an [`ApiError`].
+pub(crate) fn refuse(status: StatusCode, kind: &'static str, message: &str) -> ApiError {
     ApiError {
         status,
         kind,
@@ -508,7 +532,7 @@ async fn rejections(State(state): State<HumanState>) -> Response {
 }
 
 /// Collects parameters the Prometheus way: the query string, plus a form body on POST.
-async fn params(req: Request, max_body: usize) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) async fn params(req: Request, max_body: usize) -> Result<Vec<(String, String)>, ApiError> {
     let mut out: Vec<(String, String)> = match req.uri().query() {
         Some(q) => serde_urlencoded_pairs(q.as_bytes())?,
         None => Vec::new(),

@@ -459,9 +459,21 @@ impl RunningServer {
             }
         }
         if let Some(addr) = self.settings.robot_listen {
-            // Heartbeat pings come from jobs, which are robots: same plane, ingest tokens.
+            let events_switch = switches
+                .handle(events::EVENTS_SWITCH)
+                .ok_or_else(|| ServerError::Task {
+                    task: "robot listener",
+                    reason: "the events switch is not registered".into(),
+                })?;
             let router = ingest
                 .robot_router()
+                .merge(events::robot_router(events::RobotEvents {
+                    events: self.events.clone(),
+                    tokens: tokens.clone(),
+                    switch: events_switch,
+                    retry_after_seconds: config.ingest.retry_after_seconds,
+                }))
+                // Heartbeat pings come from jobs, which are robots: same plane, ingest tokens.
                 .merge(heartbeat::robot_router(heartbeat::PingState {
                     heartbeats: heartbeats.clone(),
                     tokens: tokens.clone(),

@@ -231,22 +231,22 @@ impl TokenStore {
         found
     }
 
-    /// The name and scope of `token` (for the audit trail), or `None` when it is unknown. Like
-    /// [`TokenStore::authenticate`], it compares against every entry; when several entries
-    /// share the digest, the highest scope wins and its first name is reported.
+    /// The name and scope of `token` (for who-did-it fields such as an event's `source`), or
+    /// `None` when it is unknown. When two records share a digest, the broadest scope wins
+    /// and the name is that record's. Reloads the file like [`TokenStore::authenticate`].
     pub fn identify(&self, token: &str) -> Option<(String, Scope)> {
         if let Err(e) = self.refresh() {
             tracing::warn!(error = %e, "token file reload failed; using the previous contents");
         }
         let entries = self.cache.lock().1.clone();
         let digest = digest(token);
-        let mut found: Option<(&str, Scope)> = None;
+        let mut found: Option<&Entry> = None;
         for e in entries.iter() {
-            if bool::from(e.digest.ct_eq(&digest)) && found.is_none_or(|(_, s)| e.scope > s) {
-                found = Some((e.name.as_str(), e.scope));
+            if bool::from(e.digest.ct_eq(&digest)) && found.is_none_or(|f| e.scope > f.scope) {
+                found = Some(e);
             }
         }
-        found.map(|(n, s)| (n.to_owned(), s))
+        found.map(|e| (e.name.clone(), e.scope))
     }
 
     /// The stored records (no secrets), in file order.
