@@ -16,7 +16,8 @@
 //!
 //! Data directory layout: `tsdb/` (the engine's files), `events.db` (+ `-wal`, `-shm`: the
 //! event store, see [`events`]), `tokens.json`, `switches.json`
-//! (kill-switch states), `listeners.json` (bound addresses by listener name; removed at start,
+//! (kill-switch states), `heartbeats.json` (API heartbeat definitions and every heartbeat's
+//! state, see [`heartbeat`]), `listeners.json` (bound addresses by listener name; removed at start,
 //! written once every listener is bound, removed again at shutdown).
 //!
 //! Invariants:
