@@ -594,4 +594,113 @@ mod tests {
         assert!(!all.contains("rst_admin"));
         assert_eq!(cut("ééé", 3), "é…");
     }
+
+    /// The real SQLite store behind a gate the test holds shut, so the recorder thread stays
+    /// busy and the queue fills as it would behind a stalled disk.
+    struct GatedStore {
+        inner: store::SqliteStore,
+        gate: Arc<parking_lot::Mutex<()>>,
+    }
+
+    impl store::EventStore for GatedStore {
+        fn insert_batch(&self, events: &[Event]) -> Result<Vec<store::ItemResult>, store::StoreError> {
+            let _open = self.gate.lock();
+            self.inner.insert_batch(events)
+        }
+        fn query(&self, q: &store::EventQuery) -> Result<store::Page, store::StoreError> {
+            self.inner.query(q)
+        }
+        fn annotations(&self, q: &store::AnnotationQuery) -> Result<store::Annotations, store::StoreError> {
+            self.inner.annotations(q)
+        }
+        fn delete_older_than(
+            &self,
+            r: &store::Retention,
+        ) -> Result<store::RetentionReport, store::StoreError> {
+            self.inner.delete_older_than(r)
+        }
+        fn count(&self) -> Result<u64, store::StoreError> {
+            self.inner.count()
+        }
+        fn close(&self) -> Result<(), store::StoreError> {
+            self.inner.close()
+        }
+    }
+
+    #[test]
+    fn a_full_queue_waits_then_drops_loudly_and_close_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(parking_lot::Mutex::new(()));
+        let sqlite =
+            store::SqliteStore::open(store::SqliteConfig::new(dir.path().join("events.db"))).unwrap();
+        let gated: Arc<dyn store::EventStore> = Arc::new(GatedStore {
+            inner: sqlite,
+            gate: gate.clone(),
+        });
+        let clock: Arc<dyn Clock> = Arc::new(model::ManualClock::new(Timestamp(1_700_000_000_000)));
+        let events = crate::events::Events::with_store(
+            gated.clone(),
+            &crate::events::EventsConfig::default(),
+            clock.clone(),
+        );
+        let tokens = Arc::new(TokenStore::open(dir.path()).unwrap());
+        let cfg = AuditConfig {
+            queue_capacity: 2,
+            enqueue_timeout_ms: 50,
+            ..AuditConfig::default()
+        };
+        let audit = AuditLog::start(cfg, events, tokens, clock, 1024).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let shut = gate.lock();
+        let ev = |i: u32| {
+            token_event(
+                "create",
+                &format!("t{i}"),
+                Scope::Read,
+                "test",
+                None,
+                Timestamp(i64::from(i)),
+            )
+        };
+        rt.block_on(async {
+            // One is taken by the recorder (stuck at the gate), two fill the queue; the rest
+            // wait enqueue_timeout_ms each and are dropped.
+            audit.submit(ev(0)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for i in 1..=4 {
+                let started = Instant::now();
+                audit.submit(ev(i)).await;
+                if i > 2 {
+                    assert!(
+                        started.elapsed() >= Duration::from_millis(50),
+                        "a full queue waits first"
+                    );
+                }
+            }
+        });
+        let mut out = Exposition::new();
+        audit.render_metrics(&mut out);
+        let text = out.finish();
+        assert!(text.contains("roaster_audit_events_dropped_total 2"), "{text}");
+        drop(shut);
+        audit.close();
+        assert_eq!(
+            gated.count().unwrap(),
+            3,
+            "close stores everything that was queued"
+        );
+        let mut out = Exposition::new();
+        audit.render_metrics(&mut out);
+        let text = out.finish();
+        assert!(text.contains("roaster_audit_events_recorded_total 3"), "{text}");
+        assert!(text.contains("roaster_audit_queue_depth 0"), "{text}");
+        // Closed: a late event is dropped and counted, never silently lost.
+        rt.block_on(audit.submit(ev(9)));
+        let mut out = Exposition::new();
+        audit.render_metrics(&mut out);
+        assert!(out.finish().contains("roaster_audit_events_dropped_total 3"));
+    }
 }
