@@ -437,6 +437,10 @@ impl Config {
         for (key, v) in [
             ("heartbeat.max_definitions", self.heartbeat.max_definitions),
             (
+                "heartbeat.max_concurrent_pings",
+                self.heartbeat.max_concurrent_pings,
+            ),
+            (
                 "heartbeat.max_ping_body_bytes",
                 self.heartbeat.max_ping_body_bytes,
             ),

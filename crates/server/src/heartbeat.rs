@@ -74,6 +74,9 @@ pub struct HeartbeatConfig {
     pub max_message_bytes: usize,
     /// Largest JSON body of a ping, in bytes.
     pub max_ping_body_bytes: usize,
+    /// Most pings handled at once on the robot plane; more wait in line (pings of all
+    /// heartbeats are serialised anyway, this bounds the threads waiting for their turn).
+    pub max_concurrent_pings: usize,
     /// Longest period or grace a heartbeat may have.
     pub max_period_ms: u64,
     /// How often `roaster_heartbeat_late_seconds` and `roaster_heartbeat_up` are written as
@@ -87,6 +90,7 @@ impl Default for HeartbeatConfig {
             max_definitions: 1000,
             max_message_bytes: 1024,
             max_ping_body_bytes: 16 * 1024,
+            max_concurrent_pings: 16,
             max_period_ms: 366 * 86_400_000,
             series_interval_ms: 60_000,
         }
@@ -1055,8 +1059,16 @@ pub struct PingState {
 /// The robot plane's heartbeat routes: `POST /api/v1/heartbeats/{name}/{start|success|fail}`,
 /// bearer token with `ingest` scope (admin also allowed, as everywhere on the robot plane).
 pub fn robot_router(state: PingState) -> Router {
+    let config = &state.heartbeats.config;
+    // The body limit lets a larger body fail in the handler with a clear message.
+    let (max_body, max_pings) = (
+        config.max_ping_body_bytes.saturating_add(1),
+        config.max_concurrent_pings.max(1),
+    );
     Router::new()
         .route("/api/v1/heartbeats/{name}/{kind}", post(ping_handler))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_pings))
         .with_state(state)
 }
 

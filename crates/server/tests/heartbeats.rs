@@ -246,6 +246,8 @@ fn heartbeat_lifecycle_over_http() {
     );
     let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(2000));
     assert_eq!(ping(&t, Some(&ingest), "backup/fail", Some(&long)).status, 400);
+    let huge = format!(r#"{{"message":"{}"}}"#, "x".repeat(20_000));
+    assert_eq!(ping(&t, Some(&ingest), "backup/fail", Some(&huge)).status, 413);
 
     let r = ping(&t, Some(&ingest), "backup/start?host=db1", None);
     assert_eq!(r.status, 200, "{}", r.body);
