@@ -250,3 +250,128 @@ fn ctl_commands_and_graceful_sigterm() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains(r#""msg":"stopped""#), "{stderr}");
 }
+
+#[test]
+fn event_and_events_search_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path());
+    let data = dir.path().join("data");
+    let token = |scope: &str, name: &str| {
+        let out = roaster(&[
+            "token",
+            "create",
+            "--scope",
+            scope,
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let ingest = token("ingest", "ansible");
+    let read = token("read", "operator");
+    let robot = format!("http://{}", s.addr("robot-http"));
+    let human = format!("http://{}", s.addr("human-http"));
+    let event = |args: &[&str]| {
+        let mut all = vec!["event"];
+        all.extend_from_slice(args);
+        Command::new(env!("CARGO_BIN_EXE_roaster"))
+            .args(&all)
+            .env("ROASTER_URL", &robot)
+            .env("ROASTER_TOKEN", &ingest)
+            .output()
+            .unwrap()
+    };
+    // (args, succeeds, stdout starts with)
+    let cases: &[(&[&str], bool, &str)] = &[
+        (
+            &[
+                "--kind",
+                "ansible.start",
+                "--host",
+                "web1",
+                "Ansible playbook started",
+            ],
+            true,
+            "stored ",
+        ),
+        (
+            &[
+                "--kind",
+                "deploy.finished",
+                "--host",
+                "web1",
+                "--service",
+                "shop",
+                "--label",
+                "team=web",
+                "--severity",
+                "warning",
+                "--id",
+                "deploy-42",
+                "--time",
+                "2026-11-20T10:00:00Z",
+                "--payload",
+                r#"{"version":"1.2.3"}"#,
+                "shop 1.2.3 deployed",
+            ],
+            true,
+            "stored deploy-42",
+        ),
+        (
+            &["--kind", "deploy.finished", "--id", "deploy-42", "again"],
+            true,
+            "duplicate deploy-42",
+        ),
+        (&["--kind", "NotAVerb", "x"], false, ""),
+        (&["--kind", "a.b", "--payload", "{oops", "x"], false, ""),
+    ];
+    for (args, ok, prefix) in cases {
+        let out = event(args);
+        assert_eq!(
+            out.status.success(),
+            *ok,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(prefix),
+            "{args:?}"
+        );
+    }
+    let search = |args: &[&str]| {
+        let mut all = vec!["events", "search", "--url", &human, "--token", &read];
+        all.extend_from_slice(args);
+        let out = roaster(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = search(&["--host", "web1"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.lines().next().unwrap().contains("ansible.start"),
+        "newest first: {out}"
+    );
+    let out = search(&["--kind", "deploy", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["id"], "deploy-42");
+    assert_eq!(v["source"], "ansible");
+    assert_eq!(v["payload"]["version"], "1.2.3");
+    assert_eq!(v["time"], "2026-11-20T10:00:00.000Z");
+    let out = search(&["--q", "playbook", "--label", "team!=web"]);
+    assert!(out.contains("Ansible playbook started"), "{out}");
+    let out = search(&["--limit", "1", "--all"]);
+    assert_eq!(out.lines().count(), 2, "--all follows the cursor: {out}");
+    let out = roaster(&[
+        "events", "search", "--url", &human, "--token", &read, "--from", "soon",
+    ]);
+    assert!(!out.status.success(), "a bad --from is the server's 400");
+    let (status, _, stderr) = s.terminate("-TERM");
+    assert!(status.success(), "{stderr}");
+}
