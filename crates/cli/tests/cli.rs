@@ -375,3 +375,63 @@ fn event_and_events_search_round_trip() {
     let (status, _, stderr) = s.terminate("-TERM");
     assert!(status.success(), "{stderr}");
 }
+
+#[test]
+fn acknowledged_events_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path());
+    let data = dir.path().join("data");
+    let out = roaster(&[
+        "token",
+        "create",
+        "--scope",
+        "ingest",
+        "--name",
+        "robot",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let ingest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let now = model::Clock::now(&model::SystemClock).millis();
+    let robot = format!("http://{}/api/v1/events", s.addr("robot-http"));
+    for round in 0..5 {
+        let batch: Vec<serde_json::Value> = (0..200)
+            .map(|i| {
+                serde_json::json!({"id": format!("k9-{round}-{i}"), "time": now - i, "kind": "crash.test",
+                                   "host": "web1", "summary": "acknowledged before the kill"})
+            })
+            .collect();
+        let mut resp = ureq::post(&robot)
+            .header("Authorization", &format!("Bearer {ingest}"))
+            .send_json(serde_json::Value::Array(batch))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(v["stored"], 200, "{v}");
+    }
+    // SIGKILL right after the last acknowledgement: no shutdown, no checkpoint.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let s = serve(dir.path());
+    let url = format!("http://{}/api/v1/events", s.addr("human-http"));
+    let mut cursor: Option<String> = None;
+    let mut seen = 0;
+    loop {
+        let mut req = ureq::get(&url)
+            .query("kind", "crash")
+            .query("limit", "1000")
+            .header("Authorization", &format!("Bearer {ADMIN}"));
+        if let Some(c) = &cursor {
+            req = req.query("cursor", c);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&req.call().unwrap().body_mut().read_to_string().unwrap()).unwrap();
+        seen += v["data"]["events"].as_array().unwrap().len();
+        match v["data"]["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 1000, "every acknowledged event survived kill -9");
+    let (status, _, stderr) = s.terminate("-TERM");
+    assert!(status.success(), "{stderr}");
+}
