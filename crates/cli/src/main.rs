@@ -10,11 +10,15 @@
 //! - `roaster ctl switch SOURCE STATE`, `ctl switches`, `ctl compact`, `ctl snapshot DEST`: talk
 //!   to a running server's human plane (`--url`, `--token` or `ROASTER_TOKEN`).
 //!
+//! - `roaster event …` / `roaster events search …`: record or search events (see [`events_cmd`]).
+//!
 //! `anyhow` and exit codes live only here: 0 success, 1 failure, 2 usage or invalid config.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+mod events_cmd;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -60,6 +64,13 @@ enum Command {
         token: Option<String>,
         #[command(subcommand)]
         command: CtlCommand,
+    },
+    /// Record one event (robot plane; an ingest token).
+    Event(events_cmd::EventArgs),
+    /// Search events (human plane; a read token).
+    Events {
+        #[command(subcommand)]
+        command: events_cmd::EventsCommand,
     },
 }
 
@@ -133,6 +144,8 @@ fn main() -> ExitCode {
                 },
         } => token_create(&scope, &name, &data_dir),
         Command::Ctl { url, token, command } => ctl(&url, token, command),
+        Command::Event(args) => events_cmd::event(args),
+        Command::Events { command } => events_cmd::events(command),
     };
     match result {
         Ok(code) => code,
