@@ -26,7 +26,9 @@
 //! `roaster_heartbeat_runs_total{result="success|fail"}` (a counter that survives restarts),
 //! `roaster_heartbeat_last_success_timestamp_seconds`, and every `series_interval_ms` plus on
 //! every ping `roaster_heartbeat_late_seconds` and `roaster_heartbeat_up`, so alert rules can
-//! query lateness like any metric. `/metrics` shows the same two gauges live.
+//! query lateness like any metric. `/metrics` shows the same two gauges live. The periodic
+//! write runs on the human runtime's blocking pool without a query permit (two points per
+//! heartbeat); ping handling runs on the robot runtime's blocking pool.
 //!
 //! Bounds: `[heartbeat] max_definitions`, `max_message_bytes`, `max_ping_body_bytes`,
 //! `max_period_ms`; list pages are at most 1,000 (default 100).
