@@ -30,6 +30,7 @@ fn config(data_dir: &Path) -> Config {
     c.ingest.graphite_udp_listen = "off".into();
     c.ingest.statsd_udp_listen = "off".into();
     c.ingest.statsd_tcp_listen = "off".into();
+    c.heartbeat.series_interval_ms = 100;
     c.heartbeats = vec![server::heartbeat::HeartbeatDef {
         name: "from-config".into(),
         period: "1d".into(),
@@ -326,6 +327,12 @@ fn heartbeat_lifecycle_over_http() {
     assert_eq!(fails.last(), Some(&1.0));
     let up = export_values(&t, r#"roaster_heartbeat_up{heartbeat="backup"}"#);
     assert!(!up.is_empty());
+    // Never pinged: only the periodic job writes its lateness series, for rules to query.
+    let never = eventually("periodic lateness series", || {
+        let v = export_values(&t, r#"roaster_heartbeat_up{heartbeat="from-config"}"#);
+        (!v.is_empty()).then_some(v)
+    });
+    assert!(never.iter().all(|v| *v == 0.0), "{never:?}");
 
     // Each ping is an event.
     let store = t.server.as_ref().unwrap().events().store().clone();
