@@ -5,14 +5,20 @@
 //! - `roaster token create --scope ingest|read|admin --name NAME [--data-dir DIR]`: make a token
 //!   offline, straight in the data directory's token file (safe beside a running server: the
 //!   file is locked while written and replaced atomically, and the server notices the change).
+//!   Every attempt is recorded as an `audit.token` event straight into the data directory's
+//!   `events.db` (no token is made when the audit trail cannot be opened).
 //! - `roaster ctl switch SOURCE STATE`, `ctl switches`, `ctl compact`, `ctl snapshot DEST`: talk
 //!   to a running server's human plane (`--url`, `--token` or `ROASTER_TOKEN`).
+//!
+//! - `roaster event …` / `roaster events search …`: record or search events (see [`events_cmd`]).
 //!
 //! `anyhow` and exit codes live only here: 0 success, 1 failure, 2 usage or invalid config.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+mod events_cmd;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -58,6 +64,13 @@ enum Command {
         token: Option<String>,
         #[command(subcommand)]
         command: CtlCommand,
+    },
+    /// Record one event (robot plane; an ingest token).
+    Event(events_cmd::EventArgs),
+    /// Search events (human plane; a read token).
+    Events {
+        #[command(subcommand)]
+        command: events_cmd::EventsCommand,
     },
 }
 
@@ -131,6 +144,8 @@ fn main() -> ExitCode {
                 },
         } => token_create(&scope, &name, &data_dir),
         Command::Ctl { url, token, command } => ctl(&url, token, command),
+        Command::Event(args) => events_cmd::event(args),
+        Command::Events { command } => events_cmd::events(command),
     };
     match result {
         Ok(code) => code,
@@ -207,15 +222,36 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 fn token_create(scope: &str, name: &str, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let scope: Scope = scope.parse()?;
     let store = TokenStore::open(data_dir)?;
-    let now = model::SystemClock.now().millis();
-    let t = store.create(name, scope, now)?;
+    // Open the audit trail first: a token must not be made when its creation cannot be recorded.
+    // SQLite lets this process write beside a running server.
+    let events_db = data_dir.join(server::events::EVENTS_DB_FILE);
+    let events = store::SqliteStore::open(store::SqliteConfig::new(&events_db))
+        .with_context(|| format!("cannot open the audit trail in {}", events_db.display()))?;
+    let now = model::SystemClock.now();
+    let created = store.create(name, scope, now.millis());
+    let error = created.as_ref().err().map(ToString::to_string);
+    let event = server::audit::token_event("create", name, scope, &local_actor(), error.as_deref(), now);
+    let recorded = store::EventStore::insert_batch(&events, std::slice::from_ref(&event));
+    let t = created?;
     println!("{}", t.token);
     eprintln!(
         "roaster: created {} token {:?}; it is shown only once",
         scope.as_str(),
         t.record.name
     );
+    if let Err(e) = recorded {
+        eprintln!("roaster: the token was created but its audit event could not be stored: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs an offline command, for the audit trail: `local:USER`.
+fn local_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("local:{user}")
 }
 
 fn ctl(url: &str, token: Option<String>, command: CtlCommand) -> anyhow::Result<ExitCode> {
@@ -225,6 +261,8 @@ fn ctl(url: &str, token: Option<String>, command: CtlCommand) -> anyhow::Result<
         .with_context(|| format!("no token: pass --token or set {CLIENT_TOKEN_ENV}"))?;
     let base = url.trim_end_matches('/');
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        // The server's audit trail records the User-Agent: say that this was `roaster ctl`.
+        .user_agent(concat!("roaster-ctl/", env!("CARGO_PKG_VERSION")))
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(3600)))
         .build()

@@ -250,3 +250,278 @@ fn ctl_commands_and_graceful_sigterm() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains(r#""msg":"stopped""#), "{stderr}");
 }
+
+/// The `audit.*` events of a data directory's events.db, newest first, read by a second
+/// SQLite connection (possibly beside a running server).
+fn audit_events(data: &Path) -> Vec<model::event::Event> {
+    use store::EventStore as _;
+    let db = store::SqliteStore::open(store::SqliteConfig::new(data.join("events.db"))).unwrap();
+    let q = store::EventQuery {
+        kind_prefix: Some("audit".into()),
+        limit: Some(1000),
+        ..store::EventQuery::default()
+    };
+    db.query(&q).unwrap().events
+}
+
+#[test]
+fn token_create_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let create = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_roaster"))
+            .args([
+                "token",
+                "create",
+                "--scope",
+                "ingest",
+                "--name",
+                name,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .env("USER", "ops-alice")
+            .output()
+            .unwrap()
+    };
+    let out = create("collectd");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !create("collectd").status.success(),
+        "duplicate names are refused"
+    );
+    let events = audit_events(&data);
+    assert_eq!(events.len(), 2, "both attempts are audited");
+    let (failed, ok) = (&events[0], &events[1]);
+    assert_eq!(ok.kind, "audit.token");
+    assert_eq!(ok.subject.as_deref(), Some("collectd"));
+    assert_eq!(ok.actor.as_deref(), Some("local:ops-alice"));
+    assert_eq!(ok.labels["result"], "ok");
+    assert_eq!(ok.labels["scope"], "ingest");
+    assert_eq!(failed.labels["result"], "error");
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(
+        !all.contains(token.trim()),
+        "the secret is never in the audit trail"
+    );
+}
+
+#[test]
+fn ctl_goes_through_the_audited_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path());
+    let out = s.ctl(&["switch", "statsd-udp", "paused"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.ctl(&["switches"]);
+    assert!(out.status.success());
+    let data = dir.path().join("data");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let e = audit_events(&data);
+        if !e.is_empty() || Instant::now() > deadline {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(events.len(), 1, "the switch change, not the listing: {events:?}");
+    let e = &events[0];
+    assert_eq!(e.kind, "audit.api");
+    assert_eq!(e.actor.as_deref(), Some("admin-from-env"));
+    assert_eq!(e.subject.as_deref(), Some("/api/v1/switches/statsd-udp"));
+    assert_eq!(e.labels["status"], "200");
+    let p: serde_json::Value = serde_json::from_str(e.payload.as_ref().unwrap().get()).unwrap();
+    assert!(
+        p["user_agent"].as_str().unwrap().starts_with("roaster-ctl/"),
+        "{p}"
+    );
+    assert_eq!(p["peer"], "127.0.0.1");
+    let (status, _, _) = s.terminate("-TERM");
+    assert!(status.success());
+}
+
+#[test]
+fn event_and_events_search_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path());
+    let data = dir.path().join("data");
+    let token = |scope: &str, name: &str| {
+        let out = roaster(&[
+            "token",
+            "create",
+            "--scope",
+            scope,
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let ingest = token("ingest", "ansible");
+    let read = token("read", "operator");
+    let robot = format!("http://{}", s.addr("robot-http"));
+    let human = format!("http://{}", s.addr("human-http"));
+    let event = |args: &[&str]| {
+        let mut all = vec!["event"];
+        all.extend_from_slice(args);
+        Command::new(env!("CARGO_BIN_EXE_roaster"))
+            .args(&all)
+            .env("ROASTER_URL", &robot)
+            .env("ROASTER_TOKEN", &ingest)
+            .output()
+            .unwrap()
+    };
+    // (args, succeeds, stdout starts with)
+    let cases: &[(&[&str], bool, &str)] = &[
+        (
+            &[
+                "--kind",
+                "ansible.start",
+                "--host",
+                "web1",
+                "Ansible playbook started",
+            ],
+            true,
+            "stored ",
+        ),
+        (
+            &[
+                "--kind",
+                "deploy.finished",
+                "--host",
+                "web1",
+                "--service",
+                "shop",
+                "--label",
+                "team=web",
+                "--severity",
+                "warning",
+                "--id",
+                "deploy-42",
+                "--time",
+                "2026-11-20T10:00:00Z",
+                "--payload",
+                r#"{"version":"1.2.3"}"#,
+                "shop 1.2.3 deployed",
+            ],
+            true,
+            "stored deploy-42",
+        ),
+        (
+            &["--kind", "deploy.finished", "--id", "deploy-42", "again"],
+            true,
+            "duplicate deploy-42",
+        ),
+        (&["--kind", "NotAVerb", "x"], false, ""),
+        (&["--kind", "a.b", "--payload", "{oops", "x"], false, ""),
+    ];
+    for (args, ok, prefix) in cases {
+        let out = event(args);
+        assert_eq!(
+            out.status.success(),
+            *ok,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(prefix),
+            "{args:?}"
+        );
+    }
+    let search = |args: &[&str]| {
+        let mut all = vec!["events", "search", "--url", &human, "--token", &read];
+        all.extend_from_slice(args);
+        let out = roaster(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = search(&["--host", "web1"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.lines().next().unwrap().contains("ansible.start"),
+        "newest first: {out}"
+    );
+    let out = search(&["--kind", "deploy", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["id"], "deploy-42");
+    assert_eq!(v["source"], "ansible");
+    assert_eq!(v["payload"]["version"], "1.2.3");
+    assert_eq!(v["time"], "2026-11-20T10:00:00.000Z");
+    let out = search(&["--q", "playbook", "--label", "team!=web"]);
+    assert!(out.contains("Ansible playbook started"), "{out}");
+    // (--host: `token create` above also recorded audit.token events.)
+    let out = search(&["--host", "web1", "--limit", "1", "--all"]);
+    assert_eq!(out.lines().count(), 2, "--all follows the cursor: {out}");
+    let out = roaster(&[
+        "events", "search", "--url", &human, "--token", &read, "--from", "soon",
+    ]);
+    assert!(!out.status.success(), "a bad --from is the server's 400");
+    let (status, _, stderr) = s.terminate("-TERM");
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn acknowledged_events_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path());
+    let data = dir.path().join("data");
+    let out = roaster(&[
+        "token",
+        "create",
+        "--scope",
+        "ingest",
+        "--name",
+        "robot",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let ingest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let now = model::Clock::now(&model::SystemClock).millis();
+    let robot = format!("http://{}/api/v1/events", s.addr("robot-http"));
+    for round in 0..5 {
+        let batch: Vec<serde_json::Value> = (0..200)
+            .map(|i| {
+                serde_json::json!({"id": format!("k9-{round}-{i}"), "time": now - i, "kind": "crash.test",
+                                   "host": "web1", "summary": "acknowledged before the kill"})
+            })
+            .collect();
+        let mut resp = ureq::post(&robot)
+            .header("Authorization", &format!("Bearer {ingest}"))
+            .send_json(serde_json::Value::Array(batch))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(v["stored"], 200, "{v}");
+    }
+    // SIGKILL right after the last acknowledgement: no shutdown, no checkpoint.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let s = serve(dir.path());
+    let url = format!("http://{}/api/v1/events", s.addr("human-http"));
+    let mut cursor: Option<String> = None;
+    let mut seen = 0;
+    loop {
+        let mut req = ureq::get(&url)
+            .query("kind", "crash")
+            .query("limit", "1000")
+            .header("Authorization", &format!("Bearer {ADMIN}"));
+        if let Some(c) = &cursor {
+            req = req.query("cursor", c);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&req.call().unwrap().body_mut().read_to_string().unwrap()).unwrap();
+        seen += v["data"]["events"].as_array().unwrap().len();
+        match v["data"]["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 1000, "every acknowledged event survived kill -9");
+    let (status, _, stderr) = s.terminate("-TERM");
+    assert!(status.success(), "{stderr}");
+}

@@ -284,7 +284,7 @@ pub fn compact_report_json(report: &tsdb::CompactReport) -> serde_json::Value {
 }
 
 /// A consistent copy of the data directory at `dest` (which must not exist yet or be empty):
-/// the engine's own snapshot into `dest/tsdb`, plus the token and switch files, so a restore
+/// the engine's own snapshot into `dest/tsdb`, plus the token, switch and heartbeat files, so a restore
 /// is "point `--data-dir` at the copy".
 pub fn snapshot(db: &tsdb::Db, data_dir: &std::path::Path, dest: &std::path::Path) -> Result<(), String> {
     if dest.exists()
@@ -298,7 +298,11 @@ pub fn snapshot(db: &tsdb::Db, data_dir: &std::path::Path, dest: &std::path::Pat
     std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
     db.snapshot(&dest.join(crate::TSDB_DIR))
         .map_err(|e| e.to_string())?;
-    for name in [crate::tokens::TOKENS_FILE, crate::SWITCHES_FILE] {
+    for name in [
+        crate::tokens::TOKENS_FILE,
+        crate::SWITCHES_FILE,
+        crate::heartbeat::HEARTBEATS_FILE,
+    ] {
         let from = data_dir.join(name);
         if from.exists() {
             let bytes = std::fs::read(&from).map_err(|e| format!("{}: {e}", from.display()))?;

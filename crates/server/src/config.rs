@@ -9,7 +9,7 @@
 //!   sync (the example parses to `Config::default()`, and every key of the default appears in it);
 //! - the environment overlay is generic: the config is serialized to a [`toml::Value`] tree, each
 //!   `ROASTER_*` variable whose name starts with a section (`ROASTER_SERVER_`, `ROASTER_STORAGE_`,
-//!   `ROASTER_INGEST_`, `ROASTER_QUERY_`) must name a key of that section (nested tables are
+//!   `ROASTER_INGEST_`, `ROASTER_QUERY_`, `ROASTER_EVENTS_`) must name a key of that section (nested tables are
 //!   joined with `_`), and its value replaces that key before the tree is deserialized again.
 //!   A string key takes the variable verbatim; any other key parses it as a TOML value
 //!   (`8`, `true`, `["a", "b"]`), falling back to a string so the error names the key.
@@ -43,6 +43,16 @@ pub struct Config {
     pub ingest: ingest::IngestConfig,
     /// Query limits for the Prometheus-compatible API (see the `query` crate).
     pub query: query::QueryLimits,
+    /// The event store: limits, pages and retention (see [`crate::events`]).
+    pub events: crate::events::EventsConfig,
+    /// Limits of the heartbeat registry (see [`crate::heartbeat`]).
+    pub heartbeat: crate::heartbeat::HeartbeatConfig,
+    /// Heartbeats defined in the config file (`[[heartbeats]]`); absent from the TOML tree
+    /// when there are none, so the example documents them as comments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub heartbeats: Vec<crate::heartbeat::HeartbeatDef>,
+    /// The audit trail's queue and bounds (see [`crate::audit`]).
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[server]`: listeners, data directory and the human plane.
@@ -416,6 +426,38 @@ impl Config {
                 &format!("must be at most {}", query::MAX_PARALLELISM),
             ));
         }
+        self.events
+            .validate()
+            .map_err(|(key, reason)| invalid(&format!("events.{key}"), &reason))?;
+        if self.heartbeat.max_message_bytes > crate::heartbeat::MAX_MESSAGE_BYTES {
+            return Err(invalid(
+                "heartbeat.max_message_bytes",
+                &format!(
+                    "must be at most {} so a ping fits in an event payload",
+                    crate::heartbeat::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
+        crate::heartbeat::validate_config(&self.heartbeats, &self.heartbeat)
+            .map_err(|e| invalid("heartbeats", &e.to_string()))?;
+        for (key, v) in [
+            ("heartbeat.max_definitions", self.heartbeat.max_definitions),
+            (
+                "heartbeat.max_concurrent_pings",
+                self.heartbeat.max_concurrent_pings,
+            ),
+            (
+                "heartbeat.max_ping_body_bytes",
+                self.heartbeat.max_ping_body_bytes,
+            ),
+            ("audit.queue_capacity", self.audit.queue_capacity),
+            ("audit.batch_max", self.audit.batch_max),
+            ("audit.max_field_bytes", self.audit.max_field_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         Ok(Settings {
             human_listen,
             robot_listen,
@@ -595,6 +637,12 @@ mod tests {
                 !c.ingest.http_durable_ack
             }),
             (&[("ROASTER_QUERY_MAX_SERIES", "7")], |c| c.query.max_series == 7),
+            (&[("ROASTER_EVENTS_RETENTION_DAYS", "30")], |c| {
+                c.events.retention_days == 30
+            }),
+            (&[("ROASTER_EVENTS_SQLITE_SYNCHRONOUS", "full")], |c| {
+                c.events.sqlite_synchronous == crate::events::EventsSync::Full
+            }),
             // A string key takes the value verbatim, even when it looks like a number.
             (&[("ROASTER_SERVER_LOG_LEVEL", "123")], |c| {
                 c.server.log_level == "123"
@@ -673,6 +721,8 @@ mod tests {
                 "ingest.queue_capacity_points",
             ),
             (|c| c.query.max_series = 0, "query.max_series"),
+            (|c| c.events.max_page = 0, "events.max_page"),
+            (|c| c.events.default_page = 5000, "events.default_page"),
         ];
         for (edit, key) in cases {
             let mut c = Config::default();

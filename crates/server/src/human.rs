@@ -13,7 +13,16 @@
 //! label listings, compaction, snapshots) runs in `spawn_blocking` under a semaphore of
 //! `human_max_concurrent_queries` permits, held until the blocking work ends.
 //!
+//! Heartbeat definitions: `GET /api/v1/heartbeats[/{name}]` (read), `PUT`/`DELETE
+//! /api/v1/heartbeats/{name}` (admin); see [`crate::heartbeat`] (pings are on the robot plane).
+//!
+//! Audit: [`crate::audit::record`] wraps the whole router, so every response carries an
+//! `X-Request-Id` and every mutation (refused ones included) becomes an `audit.api` event.
+//!
 //! Errors use the Prometheus API envelope: `{"status":"error","errorType":"…","error":"…"}`.
+//!
+//! Events: `GET /api/v1/events` (search, cursor pages) and `GET /api/v1/annotations` (compact,
+//! for graphs) need `read`; see [`crate::events`] for parameters and answers.
 //!
 //! Kill switches: `GET /api/v1/switches` lists the ingest sources and the `compaction` job.
 //! A paused `compaction` switch refuses `POST /api/v1/admin/compact` (409) and pauses the
@@ -36,6 +45,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::adapters::TsdbReader;
 use crate::config::Config;
+use crate::heartbeat::{self, Heartbeats};
 use crate::readiness::{self, Readiness};
 use crate::tokens::{Scope, TokenStore};
 
@@ -47,6 +57,8 @@ pub struct HumanParts {
     pub config: Config,
     /// Storage.
     pub db: Arc<tsdb::Db>,
+    /// The event store's handle (search, annotations, recording audit events).
+    pub events: crate::events::Events,
     /// Ingest (switch metrics, rejections, readiness, metrics).
     pub ingest: Arc<ingest::Ingest>,
     /// Kill switches.
@@ -57,6 +69,10 @@ pub struct HumanParts {
     pub clock: Arc<dyn Clock>,
     /// Readiness state shared with shutdown.
     pub readiness: Arc<Readiness>,
+    /// The heartbeat registry (definitions API and `/metrics` gauges).
+    pub heartbeats: Arc<Heartbeats>,
+    /// The audit trail (its middleware wraps every route).
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
 /// Self-telemetry of the human plane.
@@ -156,6 +172,24 @@ impl HumanState {
         Ok(p)
     }
 
+    /// The event store's handle.
+    pub(crate) fn events(&self) -> &crate::events::Events {
+        &self.0.parts.events
+    }
+
+    /// The current time from the server's clock.
+    pub(crate) fn now(&self) -> model::Timestamp {
+        self.0.parts.clock.now()
+    }
+
+    /// Runs event-store work on the blocking pool under a query permit.
+    pub(crate) async fn blocking_events<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&crate::events::Events) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.blocking(move |inner| work(&inner.parts.events)).await
+    }
+
     /// Runs storage work on the blocking pool under a query permit.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -180,6 +214,12 @@ impl HumanState {
     }
 }
 
+impl axum::extract::FromRef<HumanState> for Arc<Heartbeats> {
+    fn from_ref(state: &HumanState) -> Arc<Heartbeats> {
+        state.0.parts.heartbeats.clone()
+    }
+}
+
 /// The human plane's router.
 pub fn router(state: HumanState) -> Router {
     let limits = &state.0.parts.config.server;
@@ -198,11 +238,19 @@ pub fn router(state: HumanState) -> Router {
         .route("/api/v1/status/buildinfo", get(prom_api))
         .route("/api/v1/metadata", get(prom_api))
         .route("/api/v1/statsd/quantile", get(statsd_quantile::quantile))
+        .route("/api/v1/events", get(crate::events::search))
+        .route("/api/v1/annotations", get(crate::events::annotations))
+        .route("/api/v1/heartbeats", get(heartbeat::list_handler))
+        .route("/api/v1/heartbeats/{name}", get(heartbeat::get_handler))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let admin = Router::new()
         .route("/api/v1/switches/{name}", put(set_switch))
         .route("/api/v1/admin/compact", post(compact))
         .route("/api/v1/admin/snapshot", post(snapshot))
+        .route(
+            "/api/v1/heartbeats/{name}",
+            put(heartbeat::put_handler).delete(heartbeat::delete_handler),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -211,6 +259,11 @@ pub fn router(state: HumanState) -> Router {
         .merge(admin)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
+        // Every route, present and future: request ids, and an audit event per mutation.
+        .layer(middleware::from_fn_with_state(
+            state.0.parts.audit.clone(),
+            crate::audit::record,
+        ))
         // Outermost first: the latency histogram includes time spent waiting for a request slot.
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_requests))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -239,7 +292,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn refuse(status: StatusCode, kind: &'static str, message: &str) -> ApiError {
+/// Builds an [`ApiError`].
+pub(crate) fn refuse(status: StatusCode, kind: &'static str, message: &str) -> ApiError {
     ApiError {
         status,
         kind,
@@ -365,6 +419,9 @@ async fn metrics(State(state): State<HumanState>) -> Response {
         inner.parts.ingest.render_metrics(&mut out);
         inner.parts.switches.render_metrics(&mut out);
         inner.parts.db.render_metrics(&mut out);
+        inner.parts.events.render_metrics(&mut out);
+        inner.parts.heartbeats.render_metrics(&mut out);
+        inner.parts.audit.render_metrics(&mut out);
         inner.metrics.render(&mut out);
         crate::process::render(&mut out);
         out.finish()
@@ -479,7 +536,7 @@ async fn rejections(State(state): State<HumanState>) -> Response {
 }
 
 /// Collects parameters the Prometheus way: the query string, plus a form body on POST.
-async fn params(req: Request, max_body: usize) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) async fn params(req: Request, max_body: usize) -> Result<Vec<(String, String)>, ApiError> {
     let mut out: Vec<(String, String)> = match req.uri().query() {
         Some(q) => serde_urlencoded_pairs(q.as_bytes())?,
         None => Vec::new(),

@@ -14,8 +14,10 @@
 //! [`Server::start`] → [`RunningServer`] (bound addresses, the generated admin token,
 //! [`RunningServer::shutdown`]); [`tokens::TokenStore`] (hashed tokens in `tokens.json`).
 //!
-//! Data directory layout: `tsdb/` (the engine's files), `tokens.json`, `switches.json`
-//! (kill-switch states), `listeners.json` (bound addresses by listener name; removed at start,
+//! Data directory layout: `tsdb/` (the engine's files), `events.db` (+ `-wal`, `-shm`: the
+//! event store, see [`events`]), `tokens.json`, `switches.json`
+//! (kill-switch states), `heartbeats.json` (API heartbeat definitions and every heartbeat's
+//! state, see [`heartbeat`]), `listeners.json` (bound addresses by listener name; removed at start,
 //! written once every listener is bound, removed again at shutdown).
 //!
 //! Invariants:
@@ -26,14 +28,17 @@
 //!   inside async code;
 //! - shutdown order: mark not ready → stop accepting robots (plaintext listeners, robot HTTP)
 //!   → `Ingest::drain` (flush StatsD, empty queues into storage) → stop the human plane →
-//!   `Db::close` (fsync the WAL) → stop the runtimes. A drain that outlives
+//!   `AuditLog::close` (store the queued audit events) → `Db::close` (fsync the WAL) → `Events::close` (checkpoint `events.db`) → stop the runtimes. A drain that outlives
 //!   `shutdown_timeout_ms` is abandoned, but storage is still closed.
 
 #![warn(missing_docs)]
 
 pub mod adapters;
+pub mod audit;
 pub mod config;
+pub mod events;
 pub mod export;
+pub mod heartbeat;
 pub mod human;
 pub mod logging;
 pub mod process;
@@ -83,12 +88,21 @@ pub enum ServerError {
     /// The token file could not be used.
     #[error(transparent)]
     Tokens(#[from] TokenError),
+    /// The audit trail could not start.
+    #[error("audit: {0}")]
+    Audit(#[from] audit::AuditError),
+    /// The heartbeat registry could not be opened.
+    #[error("heartbeats: {0}")]
+    Heartbeats(#[from] heartbeat::HeartbeatError),
     /// The kill-switch file could not be used.
     #[error("kill switches: {0}")]
     Switches(#[from] ingest::SwitchError),
     /// Storage failed to open or close.
     #[error("storage: {0}")]
     Storage(#[from] tsdb::DbError),
+    /// The event store failed to open or close.
+    #[error("event store: {0}")]
+    Events(#[from] store::StoreError),
     /// Ingest failed to start.
     #[error("ingest: {0}")]
     Ingest(#[from] ingest::IngestError),
@@ -153,6 +167,11 @@ impl BoundAddrs {
     /// The address of a listener, if it runs.
     pub fn get(&self, listener: &str) -> Option<SocketAddr> {
         self.0.get(listener).copied()
+    }
+
+    /// The robot plane's HTTP address, when it runs.
+    pub fn robot(&self) -> Option<SocketAddr> {
+        self.get("robot-http")
     }
 
     /// The human plane's address (always present).
@@ -259,6 +278,7 @@ impl Server {
 
         let mut switch_names: Vec<&'static str> = ingest::SOURCE_NAMES.to_vec();
         switch_names.push(COMPACTION_SWITCH);
+        switch_names.push(events::EVENTS_SWITCH);
         let switches_path = data_dir.join(SWITCHES_FILE);
         let switches = off_runtime("switches", move || {
             ingest::Switches::open(&switches_path, &switch_names)
@@ -271,6 +291,23 @@ impl Server {
         let db = off_runtime("storage-open", move || tsdb::Db::open(&db_dir, db_opts, db_clock)).await??;
         // The `compaction` switch survives restarts like the others: apply it before any round runs.
         db.set_maintenance_paused(switches.get(COMPACTION_SWITCH) == Some(ingest::SwitchState::Paused));
+
+        let (dir, ev_config, ev_clock) = (data_dir.clone(), config.events.clone(), clock.clone());
+        let events = match off_runtime("events-open", move || {
+            events::Events::open(&dir, &ev_config, ev_clock)
+        })
+        .await
+        {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(e)) => {
+                let _ = db.close();
+                return Err(e.into());
+            }
+            Err(e) => {
+                let _ = db.close();
+                return Err(e);
+            }
+        };
 
         // Robots yield the CPU to humans when both want it (ingest::priority).
         let robot_rt = build_runtime(
@@ -290,6 +327,8 @@ impl Server {
             admin_token,
             settings: settings.clone(),
             db: db.clone(),
+            events: events.clone(),
+            audit: None,
             ingest: None,
             readiness: Arc::new(readiness::Readiness::new(
                 &data_dir,
@@ -340,6 +379,8 @@ pub struct RunningServer {
     pub admin_token: Option<String>,
     settings: Settings,
     db: Arc<tsdb::Db>,
+    events: events::Events,
+    audit: Option<Arc<audit::AuditLog>>,
     ingest: Option<Arc<ingest::Ingest>>,
     readiness: Arc<readiness::Readiness>,
     robot_cancel: CancellationToken,
@@ -350,6 +391,11 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// The event store's handle (what the planes record events through).
+    pub fn events(&self) -> &events::Events {
+        &self.events
+    }
+
     fn handles(&self) -> Result<(Handle, Handle), ServerError> {
         match (&self.robot_rt, &self.human_rt) {
             (Some(r), Some(h)) => Ok((r.handle().clone(), h.handle().clone())),
@@ -369,6 +415,29 @@ impl RunningServer {
     ) -> Result<(), ServerError> {
         let (robot, human) = self.handles()?;
         let sink = Arc::new(adapters::TsdbSink::new(self.db.clone()));
+        let (dir, hb_config, hb_defs) = (
+            self.settings.data_dir.clone(),
+            config.heartbeat.clone(),
+            config.heartbeats.clone(),
+        );
+        let hb_sinks = heartbeat::HeartbeatSinks {
+            samples: Some(sink.clone()),
+            events: Some(self.events.clone()),
+        };
+        let hb_clock = clock.clone();
+        let heartbeats = off_runtime("heartbeats", move || {
+            heartbeat::Heartbeats::open(&dir, &hb_config, &hb_defs, hb_clock, hb_sinks)
+        })
+        .await??;
+        let heartbeats = Arc::new(heartbeats);
+        let audit = Arc::new(audit::AuditLog::start(
+            config.audit.clone(),
+            self.events.clone(),
+            tokens.clone(),
+            clock.clone(),
+            config.server.human_max_body_bytes,
+        )?);
+        self.audit = Some(audit.clone());
         let ingest = Arc::new(ingest::Ingest::new(
             config.ingest.clone(),
             sink,
@@ -401,7 +470,25 @@ impl RunningServer {
             }
         }
         if let Some(addr) = self.settings.robot_listen {
-            let router = ingest.robot_router();
+            let events_switch = switches
+                .handle(events::EVENTS_SWITCH)
+                .ok_or_else(|| ServerError::Task {
+                    task: "robot listener",
+                    reason: "the events switch is not registered".into(),
+                })?;
+            let router = ingest
+                .robot_router()
+                .merge(events::robot_router(events::RobotEvents {
+                    events: self.events.clone(),
+                    tokens: tokens.clone(),
+                    switch: events_switch,
+                    retry_after_seconds: config.ingest.retry_after_seconds,
+                }))
+                // Heartbeat pings come from jobs, which are robots: same plane, ingest tokens.
+                .merge(heartbeat::robot_router(heartbeat::PingState {
+                    heartbeats: heartbeats.clone(),
+                    tokens: tokens.clone(),
+                }));
             let cancel = self.robot_cancel.clone();
             let (bound, task) = spawn_ingest(&robot, serve_http("robot-http", addr, router, cancel))
                 .await
@@ -414,13 +501,26 @@ impl RunningServer {
         let state = human::HumanState::new(human::HumanParts {
             config: config.clone(),
             db: self.db.clone(),
+            events: self.events.clone(),
             ingest: ingest.clone(),
             switches,
             tokens,
             clock,
             readiness: self.readiness.clone(),
+            heartbeats: heartbeats.clone(),
+            audit,
         });
         let router = human::router(state);
+        let retention = self.events.clone().retention_loop(self.human_cancel.clone());
+        self.tasks
+            .push(("event-retention", spawn_human(&human, retention)));
+        let interval = config.heartbeat.series_interval_ms;
+        if interval > 0 {
+            let cancel = self.human_cancel.clone();
+            let hb = heartbeats.clone();
+            let task = spawn_human(&human, heartbeat::series_loop(hb, interval, cancel));
+            self.tasks.push(("heartbeat-series", task));
+        }
         let cancel = self.human_cancel.clone();
         let addr = self.settings.human_listen;
         let (bound, task) = spawn_human(&human, serve_http("human-http", addr, router, cancel))
@@ -481,6 +581,20 @@ impl RunningServer {
                 Err(_) => tracing::warn!(listener = name, "listener still had open connections at shutdown"),
             }
         }
+        // The human plane is stopped: store what the audit queue still holds before the event
+        // store closes.
+        if let Some(audit) = self.audit.take() {
+            let left = timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(2));
+            match tokio::time::timeout(left, off_runtime("audit-close", move || audit.close())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "closing the audit trail failed"),
+                Err(_) => {
+                    tracing::error!("the audit queue did not drain in time; some audit events may be lost")
+                }
+            }
+        }
         let db = self.db.clone();
         match off_runtime("storage-close", move || db.close()).await {
             Ok(Ok(())) => {}
@@ -489,6 +603,21 @@ impl RunningServer {
                 result = Err(ServerError::Storage(e));
             }
             Err(e) => result = Err(e),
+        }
+        let events = self.events.clone();
+        match off_runtime("events-close", move || events.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "closing the event store failed");
+                if result.is_ok() {
+                    result = Err(ServerError::Events(e));
+                }
+            }
+            Err(e) => {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
         }
         // Stop the planes and wait for them, so every task and thread holding storage lets
         // go of it: the engine keeps its directory lock until its last handle drops, and a
@@ -551,6 +680,12 @@ impl Drop for RunningServer {
             if let Err(e) = self.db.close() {
                 tracing::error!(error = %e, "closing storage on drop failed");
             }
+            if let Some(audit) = self.audit.take() {
+                audit.close();
+            }
+            if let Err(e) = self.events.close() {
+                tracing::error!(error = %e, "closing the event store on drop failed");
+            }
             self.stop_runtimes();
         }
     }
@@ -577,7 +712,9 @@ async fn serve_http(
         source,
     })?;
     let task = tokio::spawn(async move {
-        let serve = axum::serve(tcp, router).with_graceful_shutdown(cancel.cancelled_owned());
+        // Connect info gives handlers (the audit trail) the peer address.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(tcp, service).with_graceful_shutdown(cancel.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(listener, error = %e, "http server stopped with an error");
         }

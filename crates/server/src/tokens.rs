@@ -170,6 +170,7 @@ impl TokenFile {
 struct Entry {
     digest: [u8; 32],
     scope: Scope,
+    name: String,
 }
 
 /// File identity used to notice changes made by another process.
@@ -228,6 +229,24 @@ impl TokenStore {
             }
         }
         found
+    }
+
+    /// The name and scope of `token` (for who-did-it fields such as an event's `source`), or
+    /// `None` when it is unknown. When two records share a digest, the broadest scope wins
+    /// and the name is that record's. Reloads the file like [`TokenStore::authenticate`].
+    pub fn identify(&self, token: &str) -> Option<(String, Scope)> {
+        if let Err(e) = self.refresh() {
+            tracing::warn!(error = %e, "token file reload failed; using the previous contents");
+        }
+        let entries = self.cache.lock().1.clone();
+        let digest = digest(token);
+        let mut found: Option<&Entry> = None;
+        for e in entries.iter() {
+            if bool::from(e.digest.ct_eq(&digest)) && found.is_none_or(|f| e.scope > f.scope) {
+                found = Some(e);
+            }
+        }
+        found.map(|e| (e.name.clone(), e.scope))
     }
 
     /// The stored records (no secrets), in file order.
@@ -323,6 +342,7 @@ impl TokenStore {
                 Some(Entry {
                     digest: d,
                     scope: t.scope,
+                    name: t.name.clone(),
                 })
             })
             .collect();

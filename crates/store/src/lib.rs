@@ -68,6 +68,10 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
+    /// The store was closed ([`EventStore::close`]); nothing more is written. Not retryable
+    /// (HTTP 503: the server is shutting down).
+    #[error("event store is closed")]
+    Closed,
     /// Any other database failure (I/O, disk full, schema migration). Not retryable.
     #[error("database error during {op}: {source}")]
     Backend {
@@ -238,6 +242,11 @@ pub trait EventStore: Send + Sync {
 
     /// How many events are stored.
     fn count(&self) -> Result<u64, StoreError>;
+
+    /// Flushes everything committed into the main file (for SQLite: a WAL checkpoint) and
+    /// refuses further writes with [`StoreError::Closed`]; reads keep working. Idempotent.
+    /// Committed batches are durable without it; this only leaves the files tidy.
+    fn close(&self) -> Result<(), StoreError>;
 }
 
 /// Encodes a keyset position as an opaque cursor.

@@ -144,7 +144,8 @@ impl SqliteConfig {
 
 /// Events in a SQLite file; see the module doc.
 pub struct SqliteStore {
-    writer: Mutex<Connection>,
+    /// `None` once [`EventStore::close`] ran.
+    writer: Mutex<Option<Connection>>,
     readers: Mutex<Vec<Connection>>,
     reader_free: Condvar,
     config: SqliteConfig,
@@ -191,7 +192,7 @@ impl SqliteStore {
             readers.push(conn);
         }
         Ok(SqliteStore {
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Some(writer)),
             readers: Mutex::new(readers),
             reader_free: Condvar::new(),
             config,
@@ -488,7 +489,8 @@ impl EventStore for SqliteStore {
             });
         }
         let op = "insert events";
-        let mut conn = self.writer.lock();
+        let mut guard = self.writer.lock();
+        let conn = guard.as_mut().ok_or(StoreError::Closed)?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err(op))?;
@@ -741,6 +743,16 @@ impl EventStore for SqliteStore {
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
+
+    fn close(&self) -> Result<(), StoreError> {
+        let mut guard = self.writer.lock();
+        let Some(conn) = guard.take() else {
+            return Ok(());
+        };
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(db_err("close"))?;
+        conn.close().map_err(|(_, e)| db_err("close")(e))
+    }
 }
 
 impl SqliteStore {
@@ -806,7 +818,8 @@ impl SqliteStore {
         let mut deleted = 0u64;
         let mut resume = i64::MIN;
         loop {
-            let mut conn = self.writer.lock();
+            let mut guard = self.writer.lock();
+            let conn = guard.as_mut().ok_or(StoreError::Closed)?;
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err(op))?;
