@@ -507,7 +507,10 @@ impl EventStore for SqliteStore {
             // Full-text rows go in with one statement per batch: FTS5 flushes its in-memory
             // index at every statement savepoint, so a row-at-a-time insert would write a
             // tiny segment (and merge) per event.
-            let mut fts_rows = Vec::with_capacity(events.len());
+            // One JSON array of rows, written straight from the fields (no JSON tree).
+            let mut fts_rows: Vec<u8> = Vec::with_capacity(events.len() * 256);
+            fts_rows.push(b'[');
+            let mut fts_count = 0usize;
             for e in events {
                 let labels = serde_json::to_string(&e.labels).map_err(|err| StoreError::Backend {
                     op,
@@ -543,20 +546,32 @@ impl EventStore for SqliteStore {
                     .as_ref()
                     .map(|p| payload_text(p.get(), self.config.max_indexed_payload_bytes))
                     .unwrap_or_default();
-                fts_rows.push(serde_json::json!([
+                if fts_count > 0 {
+                    fts_rows.push(b',');
+                }
+                fts_count += 1;
+                let row = (
                     seq,
-                    e.kind,
-                    e.subject,
-                    e.summary,
+                    &e.kind,
+                    &e.subject,
+                    &e.summary,
                     labels_text(&e.labels),
                     payload,
-                    e.host,
-                    e.service,
-                ]));
+                    &e.host,
+                    &e.service,
+                );
+                serde_json::to_writer(&mut fts_rows, &row).map_err(|err| StoreError::Backend {
+                    op,
+                    source: Box::new(err),
+                })?;
                 results.push(ItemResult::Stored);
             }
-            if !fts_rows.is_empty() {
-                let rows = serde_json::Value::Array(fts_rows).to_string();
+            if fts_count > 0 {
+                fts_rows.push(b']');
+                let rows = String::from_utf8(fts_rows).map_err(|err| StoreError::Backend {
+                    op,
+                    source: Box::new(err),
+                })?;
                 tx.prepare_cached(
                     "INSERT INTO events_fts \
                      (rowid, kind, subject, summary, labels, payload, host, service) \
