@@ -93,6 +93,13 @@ pub struct EventsConfig {
     pub sqlite_cache_kib: u32,
     /// How long a statement waits for the database lock before failing, in milliseconds.
     pub sqlite_busy_timeout_ms: u64,
+    /// WAL pages after which a commit checkpoints them into `events.db` (SQLite's
+    /// `wal_autocheckpoint`); larger copies hot pages less often, the `-wal` file grows to
+    /// about this many 4 KiB pages.
+    pub sqlite_wal_autocheckpoint_pages: u32,
+    /// Full-text segments merged at a time (FTS5 `automerge`, 2..=16); larger merges less
+    /// while inserting and leaves more segments for searches to read.
+    pub fts_automerge: u32,
 }
 
 impl Default for EventsConfig {
@@ -115,6 +122,8 @@ impl Default for EventsConfig {
             sqlite_readers: 4,
             sqlite_cache_kib: 16 * 1024,
             sqlite_busy_timeout_ms: 5000,
+            sqlite_wal_autocheckpoint_pages: 1000,
+            fts_automerge: 4,
         }
     }
 }
@@ -147,6 +156,12 @@ impl EventsConfig {
         if self.sqlite_readers > 64 {
             return Err(("sqlite_readers", "must be at most 64".into()));
         }
+        if !(2..=16).contains(&self.fts_automerge) {
+            return Err(("fts_automerge", "must be between 2 and 16".into()));
+        }
+        if self.sqlite_wal_autocheckpoint_pages == 0 {
+            return Err(("sqlite_wal_autocheckpoint_pages", "must be greater than 0".into()));
+        }
         if self.sqlite_busy_timeout_ms == 0 {
             return Err(("sqlite_busy_timeout_ms", "must be greater than 0".into()));
         }
@@ -173,6 +188,8 @@ impl EventsConfig {
             EventsSync::Full => store::Synchronous::Full,
         };
         c.cache_kib = self.sqlite_cache_kib;
+        c.wal_autocheckpoint_pages = self.sqlite_wal_autocheckpoint_pages;
+        c.fts_automerge = self.fts_automerge;
         c.max_batch_items = self.max_batch_items;
         c.max_indexed_payload_bytes = self.max_payload_bytes;
         c.retention_chunk_rows = self.retention_chunk_rows;

@@ -120,6 +120,14 @@ pub struct SqliteConfig {
     /// A full-text search or kind prefix matching fewer rows than this is answered by
     /// fetching and sorting its matches; one matching more walks a time-ordered index.
     pub drive_max_rows: usize,
+    /// WAL pages after which a commit checkpoints them into the main file (SQLite's
+    /// `wal_autocheckpoint`; its default is 1000). Larger values copy each hot page less
+    /// often at the cost of a larger `-wal` file.
+    pub wal_autocheckpoint_pages: u32,
+    /// FTS5 `automerge`: how many segments of one level are merged at a time (2..=16; SQLite's
+    /// default is 4). Larger values merge less often while inserting, with more segments
+    /// for a search to read.
+    pub fts_automerge: u32,
     /// Query bounds.
     pub limits: QueryLimits,
 }
@@ -137,6 +145,8 @@ impl SqliteConfig {
             max_indexed_payload_bytes: 64 * 1024,
             retention_chunk_rows: 10_000,
             drive_max_rows: 10_000,
+            wal_autocheckpoint_pages: 1000,
+            fts_automerge: 4,
             limits: QueryLimits::default(),
         }
     }
@@ -181,6 +191,14 @@ impl SqliteStore {
                 op: "migrate",
                 source: Box::new(e),
             })?;
+        // A setting kept inside the full-text table itself; re-applied at every open so the
+        // config stays the one truth.
+        writer
+            .execute(
+                "INSERT INTO events_fts(events_fts, rank) VALUES ('automerge', ?1)",
+                [config.fts_automerge.clamp(2, 16)],
+            )
+            .map_err(db_err("configure"))?;
         let mut readers = Vec::with_capacity(config.readers.max(1));
         for _ in 0..config.readers.max(1) {
             let conn = Connection::open_with_flags(
@@ -266,7 +284,11 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
         // journal_mode answers with a row, so it goes through pragma_update_and_check
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
             .map_err(db_err("configure"))?;
-        pragmas.push_str(&format!(" PRAGMA synchronous = {};", config.synchronous.pragma()));
+        pragmas.push_str(&format!(
+            " PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = {};",
+            config.synchronous.pragma(),
+            config.wal_autocheckpoint_pages
+        ));
     }
     conn.execute_batch(&pragmas).map_err(db_err("configure"))?;
     conn.set_prepared_statement_cache_capacity(64);
