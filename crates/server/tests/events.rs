@@ -524,3 +524,53 @@ fn paging_is_stable_while_events_arrive() {
     );
     t.shutdown();
 }
+
+#[test]
+fn retention_runs_in_the_server_and_keeps_audit_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut c = config(&data);
+    c.events.retention_days = 1;
+    c.events.retention_interval_ms = 50;
+    let now = now_ms();
+    let clock = std::sync::Arc::new(model::ManualClock::new(model::Timestamp(now)));
+    let opts = StartOptions {
+        admin_token: Some(ADMIN.into()),
+        clock: clock.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(Server::start_with(c, opts)).unwrap();
+    let ingest = TokenStore::open(&data)
+        .unwrap()
+        .create("robot", Scope::Ingest, now)
+        .unwrap()
+        .token;
+    let day = 24 * 3600 * 1000;
+    let batch = serde_json::json!([
+        event("old", now - 2 * day, "deploy.finished", "web1", "two days old"),
+        event("new", now - 1000, "deploy.finished", "web1", "recent"),
+        event(
+            "old-audit",
+            now - 2 * day,
+            "audit.api",
+            "web1",
+            "audit events are kept forever"
+        ),
+    ]);
+    let url = format!("http://{}/api/v1/events", server.addrs.robot().unwrap());
+    let (status, text, _) = http("POST", &url, Some(&ingest), Some(&batch.to_string()));
+    assert_eq!(status, 200, "{text}");
+    let events = server.events().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while events.store().count().unwrap() > 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let page = events.store().query(&store::EventQuery::default()).unwrap();
+    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["new", "old-audit"]);
+    assert!(events.metrics().retention_deleted.get() >= 1);
+    rt.block_on(server.shutdown()).unwrap();
+}
