@@ -25,8 +25,8 @@ What it does (stdlib only; loopback only; every process it starts is stopped by 
    * events_per_s: stored events / (first byte -> last answer), wall clock, end to end;
    * server_cpu_s_per_1k_events: server utime+stime (/proc) over the same span per 1,000 stored;
    * verified: the server's own `roaster_events_stored_total` (GET /metrics) equals the
-     answers' sum, and the newest events are returned by GET /api/v1/events (a full-text search
-     for a word of the last body's summaries).
+     answers' sum, and the last body's first event is returned by GET /api/v1/events (a
+     full-text search for a word of its summary, on its host, at its millisecond).
 4. Idempotency: `--resend-rounds` times, POSTs a fresh batch of 1,000 events and then the
    same batch again; reports the median latency of each (the resend must store nothing).
 
@@ -310,7 +310,9 @@ def main():
         last = fill(templates[state["last"] % len(templates)], state["last"])
         first = json.loads(last)[0]
         word = first["summary"].split()[-1].strip(":")
-        status, body = server.get(f"/api/v1/events?host={first['host']}&q={word}&limit=1000")
+        t = first["time"]
+        status, body = server.get(f"/api/v1/events?host={first['host']}&q={word}&limit=1000"
+                                  f"&from={t / 1000:.3f}&to={(t + 1) / 1000:.3f}")
         found = status == 200 and any(e["id"] == first["id"] for e in json.loads(body)["data"]["events"])
         fresh_s, resend_s = resend(server, args.resend_rounds, t_ms, args.time_spread)
         result = {

@@ -511,6 +511,35 @@ impl EventStore for SqliteStore {
             });
         }
         let op = "insert events";
+        let json_err = |err: serde_json::Error| StoreError::Backend {
+            op,
+            source: Box::new(err),
+        };
+        // Everything that needs only the event is prepared before taking the writer, which
+        // every insert waits for: the labels' JSON and the full-text row without its rowid
+        // (`,"kind",...]`, spliced after the rowid once it is known).
+        let mut prepared: Vec<(String, String)> = Vec::with_capacity(events.len());
+        for e in events {
+            let labels = serde_json::to_string(&e.labels).map_err(json_err)?;
+            let payload = e
+                .payload
+                .as_ref()
+                .map(|p| payload_text(p.get(), self.config.max_indexed_payload_bytes))
+                .unwrap_or_default();
+            let row = (
+                &e.kind,
+                &e.subject,
+                &e.summary,
+                labels_text(&e.labels),
+                payload,
+                &e.host,
+                &e.service,
+            );
+            let mut tail = serde_json::to_string(&row).map_err(json_err)?;
+            // `[a,b]` → `,a,b]`: a serialized tuple always starts with `[`
+            tail.replace_range(..1, ",");
+            prepared.push((labels, tail));
+        }
         let mut guard = self.writer.lock();
         let conn = guard.as_mut().ok_or(StoreError::Closed)?;
         let tx = conn
@@ -533,11 +562,7 @@ impl EventStore for SqliteStore {
             let mut fts_rows: Vec<u8> = Vec::with_capacity(events.len() * 256);
             fts_rows.push(b'[');
             let mut fts_count = 0usize;
-            for e in events {
-                let labels = serde_json::to_string(&e.labels).map_err(|err| StoreError::Backend {
-                    op,
-                    source: Box::new(err),
-                })?;
+            for (e, (labels, tail)) in events.iter().zip(&prepared) {
                 let seq: Option<i64> = insert
                     .query_row(
                         rusqlite::params![
@@ -563,29 +588,13 @@ impl EventStore for SqliteStore {
                     results.push(ItemResult::Duplicate);
                     continue;
                 };
-                let payload = e
-                    .payload
-                    .as_ref()
-                    .map(|p| payload_text(p.get(), self.config.max_indexed_payload_bytes))
-                    .unwrap_or_default();
                 if fts_count > 0 {
                     fts_rows.push(b',');
                 }
                 fts_count += 1;
-                let row = (
-                    seq,
-                    &e.kind,
-                    &e.subject,
-                    &e.summary,
-                    labels_text(&e.labels),
-                    payload,
-                    &e.host,
-                    &e.service,
-                );
-                serde_json::to_writer(&mut fts_rows, &row).map_err(|err| StoreError::Backend {
-                    op,
-                    source: Box::new(err),
-                })?;
+                fts_rows.push(b'[');
+                fts_rows.extend_from_slice(seq.to_string().as_bytes());
+                fts_rows.extend_from_slice(tail.as_bytes());
                 results.push(ItemResult::Stored);
             }
             if fts_count > 0 {
