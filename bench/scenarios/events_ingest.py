@@ -13,7 +13,9 @@ What it does (stdlib only; loopback only; every process it starts is stopped by 
    60 hosts, services, labels (team, env, dc), one-line summaries, and JSON payloads with text
    (versions, file lists, diffs, ~300-600 bytes). Ids are `XXXXXXXX-NNN`; the 8-character
    placeholder is replaced by the body's sequence number at send time (one bytes.replace), so
-   every event sent is new.
+   every event sent is new. Times: `--time-spread recent` (default) puts each event within
+   ~100 s before sending, as agents that report changes as they happen; `hour` spreads them
+   over the last hour (backfill; every time-ordered index is then written at random places).
 2. Starts `roaster serve` (`--bin`, default $ROASTER_BIN, else $CARGO_TARGET_DIR or
    target/release/roaster) on a fresh temp data dir, human and robot planes on free ports,
    plaintext listeners off, default `[events]` config (WAL, synchronous=NORMAL); creates an
@@ -23,8 +25,8 @@ What it does (stdlib only; loopback only; every process it starts is stopped by 
    * events_per_s: stored events / (first byte -> last answer), wall clock, end to end;
    * server_cpu_s_per_1k_events: server utime+stime (/proc) over the same span per 1,000 stored;
    * verified: the server's own `roaster_events_stored_total` (GET /metrics) equals the
-     answers' sum, and the newest events are returned by GET /api/v1/events (a full-text search
-     for a word of the last body's summaries).
+     answers' sum, and the last body's first event is returned by GET /api/v1/events (a
+     full-text search for a word of its summary, on its host, at its millisecond).
 4. Idempotency: `--resend-rounds` times, POSTs a fresh batch of 1,000 events and then the
    same batch again; reports the median latency of each (the resend must store nothing).
 
@@ -53,6 +55,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 ADMIN = "bench-admin-token-0123456789abcdef"
 PLACEHOLDER = b"XXXXXXXX"
+TIME_PLACEHOLDER = b"99999999"  # the top 8 of 13 digits of a unix-ms time, set at send time
 
 KINDS = [
     ("deploy.started", "deploy {svc} {ver} started by {user}"),
@@ -78,7 +81,7 @@ WORDS = "the quick change rolled config restart reload upgrade patch security ke
 memory network timeout retry rollback canary blue green cluster shard replica primary".split()
 
 
-def make_event(rng, i, t_ms):
+def make_event(rng, i, t_ms, spread):
     kind, fmt = rng.choice(KINDS)
     host = rng.choice(HOSTS)
     svc = rng.choice(SERVICES)
@@ -102,7 +105,10 @@ def make_event(rng, i, t_ms):
     }
     return {
         "id": f"{PLACEHOLDER.decode()}-{i:03d}",
-        "time": t_ms - rng.randint(0, 3_600_000),
+        # recent: the top digits are filled in at send time, the low 5 are random (a 100 s
+        # window, as agents that send events as they happen); hour: any time in the last hour
+        "time": int(TIME_PLACEHOLDER.decode() + "%05d" % rng.randint(0, 99_999)) if spread == "recent"
+        else t_ms - rng.randint(0, 3_600_000),
         "kind": kind,
         "host": host,
         "service": svc if rng.random() < 0.7 else None,
@@ -116,11 +122,11 @@ def make_event(rng, i, t_ms):
     }
 
 
-def make_templates(count, batch, t_ms, seed=42):
+def make_templates(count, batch, t_ms, spread, seed=42):
     rng = random.Random(seed)
     out = []
     for _ in range(count):
-        events = [make_event(rng, i, t_ms) for i in range(batch)]
+        events = [make_event(rng, i, t_ms, spread) for i in range(batch)]
         for e in events:
             for k in [k for k, v in e.items() if v is None]:
                 del e[k]
@@ -202,6 +208,12 @@ def post(conn, token, body):
     return r.status, data
 
 
+def fill(template, n):
+    """The body to send: a unique id prefix and (for --time-spread recent) the current time."""
+    top = b"%08d" % (int(time.time() * 1000) // 100_000 - 1)
+    return template.replace(PLACEHOLDER, b"%08d" % n).replace(TIME_PLACEHOLDER, top)
+
+
 def sustained(server, templates, conns, seconds):
     lock = threading.Lock()
     state = {"seq": 0, "stored": 0, "dups": 0, "rejected": 0, "errors": 0, "last": None, "first": None,
@@ -216,7 +228,7 @@ def sustained(server, templates, conns, seconds):
                     break
                 n = state["seq"]
                 state["seq"] += 1
-            body = templates[n % len(templates)].replace(PLACEHOLDER, b"%08d" % n)
+            body = fill(templates[n % len(templates)], n)
             status, data = post(conn, server.ingest_token, body)
             now = time.time()
             with lock:
@@ -244,11 +256,11 @@ def sustained(server, templates, conns, seconds):
     return state, wall, cpu
 
 
-def resend(server, rounds, t_ms):
+def resend(server, rounds, t_ms, spread):
     conn = http.client.HTTPConnection(server.robot[0], int(server.robot[1]), timeout=60)
     fresh, again = [], []
     for r in range(rounds):
-        body = make_templates(1, 1000, t_ms, seed=1000 + r)[0].replace(PLACEHOLDER, b"R%07d" % r)
+        body = fill(make_templates(1, 1000, t_ms, spread, seed=1000 + r)[0], 0).replace(b"00000000-", b"R%07d-" % r)
         t = time.perf_counter()
         s1, d1 = post(conn, server.ingest_token, body)
         fresh.append(time.perf_counter() - t)
@@ -275,6 +287,8 @@ def main():
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--conns", type=int, default=2)
     ap.add_argument("--templates", type=int, default=40)
+    ap.add_argument("--time-spread", choices=["recent", "hour"], default="recent",
+                    help="event times: within ~100 s of sending (default) or anywhere in the last hour")
     ap.add_argument("--resend-rounds", type=int, default=5)
     ap.add_argument("--bin", default=default_bin())
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
@@ -284,7 +298,7 @@ def main():
         sys.exit(f"no roaster binary at {args.bin}: cargo build --release -p roaster (or pass --bin)")
 
     t_ms = int(time.time() * 1000)
-    templates = make_templates(args.templates, args.batch, t_ms)
+    templates = make_templates(args.templates, args.batch, t_ms, args.time_spread)
     work = tempfile.mkdtemp(prefix="events-bench-")
     server = Server(os.path.abspath(args.bin), work)
     try:
@@ -293,16 +307,19 @@ def main():
         stored = state["stored"]
         counted = server.metric("roaster_events_stored_total")
         # the newest body's events are searchable: a word of its first summary, on its host
-        last = templates[state["last"] % len(templates)].replace(PLACEHOLDER, b"%08d" % state["last"])
+        last = fill(templates[state["last"] % len(templates)], state["last"])
         first = json.loads(last)[0]
         word = first["summary"].split()[-1].strip(":")
-        status, body = server.get(f"/api/v1/events?host={first['host']}&q={word}&limit=1000")
+        t = first["time"]
+        status, body = server.get(f"/api/v1/events?host={first['host']}&q={word}&limit=1000"
+                                  f"&from={t / 1000:.3f}&to={(t + 1) / 1000:.3f}")
         found = status == 200 and any(e["id"] == first["id"] for e in json.loads(body)["data"]["events"])
-        fresh_s, resend_s = resend(server, args.resend_rounds, t_ms)
+        fresh_s, resend_s = resend(server, args.resend_rounds, t_ms, args.time_spread)
         result = {
             "scenario": "events_ingest",
             "batch": args.batch,
             "conns": args.conns,
+            "time_spread": args.time_spread,
             "seconds": round(wall, 2),
             "events_stored": stored,
             "events_per_s": round(stored / wall) if wall > 0 else 0,

@@ -103,8 +103,8 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Set a kill switch: SOURCE is an ingest source (graphite-tcp, statsd-udp, ...) or a job
-    /// (compaction); STATE is open, paused or blackholed.
+    /// Set a kill switch: SOURCE is an ingest source (graphite-tcp, statsd-udp, ..., events)
+    /// or a job (compaction); STATE is open, paused or blackholed.
     Switch {
         /// The switch name.
         source: String,

@@ -458,6 +458,17 @@ fn event_and_events_search_round_trip() {
     // (--host: `token create` above also recorded audit.token events.)
     let out = search(&["--host", "web1", "--limit", "1", "--all"]);
     assert_eq!(out.lines().count(), 2, "--all follows the cursor: {out}");
+    // The events kill switch through `roaster ctl`.
+    let out = s.ctl(&["switch", "events", "paused"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = event(&["--kind", "a.b", "while paused"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("503"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.ctl(&["switch", "events", "open"]).status.success());
     let out = roaster(&[
         "events", "search", "--url", &human, "--token", &read, "--from", "soon",
     ]);

@@ -127,6 +127,10 @@ pub enum EventError {
     /// The kind was not a dotted verb.
     #[error("kind {0:?} is not a dotted verb such as deploy.finished")]
     BadKind(String),
+    /// The kind is reserved for events the server records itself (the audit trail), so a
+    /// client may not send it.
+    #[error("kind {0:?} is reserved for the server's own audit trail")]
+    ReservedKind(String),
     /// A client-set id used characters outside `[A-Za-z0-9._:-]`.
     #[error("id {0:?} may only contain letters, digits and . _ : -")]
     BadId(String),
@@ -169,6 +173,15 @@ pub enum EventError {
         /// The limit.
         max: usize,
     },
+}
+
+/// Kind prefixes only the server records (the append-only audit trail): `POST /api/v1/events`
+/// refuses them, so nobody with an ingest token can forge an audit event.
+pub const RESERVED_KIND_PREFIXES: [&str; 1] = ["audit."];
+
+/// Whether `kind` is one only the server may record (see [`RESERVED_KIND_PREFIXES`]).
+pub fn is_reserved_kind(kind: &str) -> bool {
+    RESERVED_KIND_PREFIXES.iter().any(|p| kind.starts_with(p))
 }
 
 /// How much an event matters.

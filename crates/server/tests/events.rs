@@ -215,6 +215,7 @@ fn batch_results_and_idempotent_resend() {
         {"id": "e-6", "kind": "deploy.started", "summary": "s", "source": "forged"},
         event("e-1", t0, "deploy.finished", "web1", "same id again in one batch"),
         "not an object",
+        {"id": "e-9", "kind": "audit.api", "summary": "a forged audit event"},
     ]);
     let (status, v) = t.post(&batch.to_string());
     assert_eq!(status, 200, "{v}");
@@ -228,6 +229,7 @@ fn batch_results_and_idempotent_resend() {
         (5, "rejected", Some("bad_json")),
         (6, "duplicate", None),
         (7, "rejected", Some("bad_json")),
+        (8, "rejected", Some("reserved_kind")),
     ];
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), want.len());
@@ -243,7 +245,7 @@ fn batch_results_and_idempotent_resend() {
             v["duplicates"].as_u64(),
             v["rejected"].as_u64()
         ),
-        (Some(3), Some(1), Some(4))
+        (Some(3), Some(1), Some(5))
     );
     // The server assigned a time-ordered id (UUIDv7) to the event without one.
     let generated = results[4]["id"].as_str().unwrap();
@@ -290,6 +292,11 @@ fn batch_results_and_idempotent_resend() {
     assert_eq!(
         t.metric("roaster_events_rejected_total{reason=\"bad_kind\"}"),
         2.0
+    );
+    assert_eq!(
+        t.metric("roaster_events_rejected_total{reason=\"reserved_kind\"}"),
+        2.0,
+        "robots cannot forge audit events"
     );
     assert!(t.metric("roaster_events_duplicates_total") >= 3.0);
     assert!(t.metric("roaster_events_insert_duration_seconds_count") >= 2.0);
@@ -537,4 +544,58 @@ fn paging_is_stable_while_events_arrive() {
         "older arrivals show up where they belong"
     );
     t.shutdown();
+}
+
+#[test]
+fn retention_runs_in_the_server_and_keeps_audit_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut c = config(&data);
+    c.events.retention_days = 1;
+    c.events.retention_interval_ms = 50;
+    let now = now_ms();
+    let clock = std::sync::Arc::new(model::ManualClock::new(model::Timestamp(now)));
+    let opts = StartOptions {
+        admin_token: Some(ADMIN.into()),
+        clock: clock.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(Server::start_with(c, opts)).unwrap();
+    let ingest = TokenStore::open(&data)
+        .unwrap()
+        .create("robot", Scope::Ingest, now)
+        .unwrap()
+        .token;
+    let day = 24 * 3600 * 1000;
+    let batch = serde_json::json!([
+        event("old", now - 2 * day, "deploy.finished", "web1", "two days old"),
+        event("new", now - 1000, "deploy.finished", "web1", "recent"),
+    ]);
+    let url = format!("http://{}/api/v1/events", server.addrs.robot().unwrap());
+    let (status, text, _) = http("POST", &url, Some(&ingest), Some(&batch.to_string()));
+    assert_eq!(status, 200, "{text}");
+    let events = server.events().clone();
+    // audit events come only from the server itself (robots may not send audit.* kinds)
+    let old_audit: model::event::EventInput = serde_json::from_value(event(
+        "old-audit",
+        now - 2 * day,
+        "audit.api",
+        "web1",
+        "audit events are kept forever",
+    ))
+    .unwrap();
+    let old_audit = events.validate(old_audit, "roaster").unwrap();
+    events.record_event(old_audit).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while events.store().count().unwrap() > 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let page = events.store().query(&store::EventQuery::default()).unwrap();
+    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["new", "old-audit"]);
+    assert!(events.metrics().retention_deleted.get() >= 1);
+    rt.block_on(server.shutdown()).unwrap();
 }

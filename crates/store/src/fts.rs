@@ -22,40 +22,105 @@ pub(crate) fn labels_text(labels: &BTreeMap<String, String>) -> String {
 /// (cut on a character boundary). Keys, numbers and booleans are not indexed; a payload that
 /// is not valid JSON contributes nothing (validated events always hold valid JSON).
 pub(crate) fn payload_text(payload: &str, max_bytes: usize) -> String {
+    use serde::de::DeserializeSeed as _;
     let mut out = String::new();
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(payload) {
-        collect_strings(&value, &mut out, max_bytes);
+    // Streamed: no JSON tree is built, only the string values are copied out.
+    let mut de = serde_json::Deserializer::from_str(payload);
+    let ok = Collector {
+        out: &mut out,
+        max_bytes,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
+    .is_ok();
+    if !ok {
+        out.clear();
     }
     out
 }
 
-fn collect_strings(value: &serde_json::Value, out: &mut String, max_bytes: usize) {
-    match value {
-        serde_json::Value::String(s) => {
-            if out.len() >= max_bytes {
-                return;
-            }
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            let room = max_bytes.saturating_sub(out.len());
-            let mut cut = s.len().min(room);
-            while !s.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            out.push_str(&s[..cut]);
+/// Appends every string value it visits (not keys) to `out`, within `max_bytes`.
+struct Collector<'a> {
+    out: &'a mut String,
+    max_bytes: usize,
+}
+
+impl Collector<'_> {
+    fn push(&mut self, s: &str) {
+        if self.out.len() >= self.max_bytes {
+            return;
         }
-        serde_json::Value::Array(items) => {
-            for item in items {
-                collect_strings(item, out, max_bytes);
-            }
+        if !self.out.is_empty() {
+            self.out.push(' ');
         }
-        serde_json::Value::Object(map) => {
-            for item in map.values() {
-                collect_strings(item, out, max_bytes);
-            }
+        let room = self.max_bytes.saturating_sub(self.out.len());
+        let mut cut = s.len().min(room);
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
         }
-        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
+        self.out.push_str(&s[..cut]);
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Collector<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Collector<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.push(v);
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(Collector {
+                out: &mut *self.out,
+                max_bytes: self.max_bytes,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            map.next_value_seed(Collector {
+                out: &mut *self.out,
+                max_bytes: self.max_bytes,
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -120,6 +120,14 @@ pub struct SqliteConfig {
     /// A full-text search or kind prefix matching fewer rows than this is answered by
     /// fetching and sorting its matches; one matching more walks a time-ordered index.
     pub drive_max_rows: usize,
+    /// WAL pages after which a commit checkpoints them into the main file (SQLite's
+    /// `wal_autocheckpoint`; its default is 1000). Larger values copy each hot page less
+    /// often at the cost of a larger `-wal` file.
+    pub wal_autocheckpoint_pages: u32,
+    /// FTS5 `automerge`: how many segments of one level are merged at a time (2..=16; SQLite's
+    /// default is 4). Larger values merge less often while inserting, with more segments
+    /// for a search to read.
+    pub fts_automerge: u32,
     /// Query bounds.
     pub limits: QueryLimits,
 }
@@ -137,6 +145,8 @@ impl SqliteConfig {
             max_indexed_payload_bytes: 64 * 1024,
             retention_chunk_rows: 10_000,
             drive_max_rows: 10_000,
+            wal_autocheckpoint_pages: 1000,
+            fts_automerge: 4,
             limits: QueryLimits::default(),
         }
     }
@@ -181,6 +191,14 @@ impl SqliteStore {
                 op: "migrate",
                 source: Box::new(e),
             })?;
+        // A setting kept inside the full-text table itself; re-applied at every open so the
+        // config stays the one truth.
+        writer
+            .execute(
+                "INSERT INTO events_fts(events_fts, rank) VALUES ('automerge', ?1)",
+                [config.fts_automerge.clamp(2, 16)],
+            )
+            .map_err(db_err("configure"))?;
         let mut readers = Vec::with_capacity(config.readers.max(1));
         for _ in 0..config.readers.max(1) {
             let conn = Connection::open_with_flags(
@@ -266,7 +284,11 @@ fn configure(conn: &Connection, config: &SqliteConfig, read_only: bool) -> Resul
         // journal_mode answers with a row, so it goes through pragma_update_and_check
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
             .map_err(db_err("configure"))?;
-        pragmas.push_str(&format!(" PRAGMA synchronous = {};", config.synchronous.pragma()));
+        pragmas.push_str(&format!(
+            " PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = {};",
+            config.synchronous.pragma(),
+            config.wal_autocheckpoint_pages
+        ));
     }
     conn.execute_batch(&pragmas).map_err(db_err("configure"))?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -489,6 +511,35 @@ impl EventStore for SqliteStore {
             });
         }
         let op = "insert events";
+        let json_err = |err: serde_json::Error| StoreError::Backend {
+            op,
+            source: Box::new(err),
+        };
+        // Everything that needs only the event is prepared before taking the writer, which
+        // every insert waits for: the labels' JSON and the full-text row without its rowid
+        // (`,"kind",...]`, spliced after the rowid once it is known).
+        let mut prepared: Vec<(String, String)> = Vec::with_capacity(events.len());
+        for e in events {
+            let labels = serde_json::to_string(&e.labels).map_err(json_err)?;
+            let payload = e
+                .payload
+                .as_ref()
+                .map(|p| payload_text(p.get(), self.config.max_indexed_payload_bytes))
+                .unwrap_or_default();
+            let row = (
+                &e.kind,
+                &e.subject,
+                &e.summary,
+                labels_text(&e.labels),
+                payload,
+                &e.host,
+                &e.service,
+            );
+            let mut tail = serde_json::to_string(&row).map_err(json_err)?;
+            // `[a,b]` → `,a,b]`: a serialized tuple always starts with `[`
+            tail.replace_range(..1, ",");
+            prepared.push((labels, tail));
+        }
         let mut guard = self.writer.lock();
         let conn = guard.as_mut().ok_or(StoreError::Closed)?;
         let tx = conn
@@ -507,12 +558,11 @@ impl EventStore for SqliteStore {
             // Full-text rows go in with one statement per batch: FTS5 flushes its in-memory
             // index at every statement savepoint, so a row-at-a-time insert would write a
             // tiny segment (and merge) per event.
-            let mut fts_rows = Vec::with_capacity(events.len());
-            for e in events {
-                let labels = serde_json::to_string(&e.labels).map_err(|err| StoreError::Backend {
-                    op,
-                    source: Box::new(err),
-                })?;
+            // One JSON array of rows, written straight from the fields (no JSON tree).
+            let mut fts_rows: Vec<u8> = Vec::with_capacity(events.len() * 256);
+            fts_rows.push(b'[');
+            let mut fts_count = 0usize;
+            for (e, (labels, tail)) in events.iter().zip(&prepared) {
                 let seq: Option<i64> = insert
                     .query_row(
                         rusqlite::params![
@@ -538,25 +588,21 @@ impl EventStore for SqliteStore {
                     results.push(ItemResult::Duplicate);
                     continue;
                 };
-                let payload = e
-                    .payload
-                    .as_ref()
-                    .map(|p| payload_text(p.get(), self.config.max_indexed_payload_bytes))
-                    .unwrap_or_default();
-                fts_rows.push(serde_json::json!([
-                    seq,
-                    e.kind,
-                    e.subject,
-                    e.summary,
-                    labels_text(&e.labels),
-                    payload,
-                    e.host,
-                    e.service,
-                ]));
+                if fts_count > 0 {
+                    fts_rows.push(b',');
+                }
+                fts_count += 1;
+                fts_rows.push(b'[');
+                fts_rows.extend_from_slice(seq.to_string().as_bytes());
+                fts_rows.extend_from_slice(tail.as_bytes());
                 results.push(ItemResult::Stored);
             }
-            if !fts_rows.is_empty() {
-                let rows = serde_json::Value::Array(fts_rows).to_string();
+            if fts_count > 0 {
+                fts_rows.push(b']');
+                let rows = String::from_utf8(fts_rows).map_err(|err| StoreError::Backend {
+                    op,
+                    source: Box::new(err),
+                })?;
                 tx.prepare_cached(
                     "INSERT INTO events_fts \
                      (rowid, kind, subject, summary, labels, payload, host, service) \
