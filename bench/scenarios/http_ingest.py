@@ -325,7 +325,9 @@ class Roaster(Server):
         tok = r.stdout.strip().splitlines()
         self.ingest_token = tok[-1] if r.returncode == 0 and tok else self.admin
         self.token_kind = "ingest" if self.ingest_token != self.admin else "admin"
-        env = dict(os.environ, ROASTER_ADMIN_TOKEN=self.admin)
+        # the "queryable" check counts every rw_* name in one query: Prometheus 3's delayed name
+        # removal (Roaster's default, 2.42's eager drop, refuses it)
+        env = dict(os.environ, ROASTER_ADMIN_TOKEN=self.admin, ROASTER_QUERY_DELAYED_NAME_REMOVAL="true")
         env["ROASTER_INGEST_HTTP_DURABLE_ACK"] = "true" if self.durable_ack else "false"
         self.start([self.bin, "serve", "--data-dir", data], env)
         wait_port(ROASTER_HUMAN)

@@ -132,7 +132,10 @@ def main():
                ROASTER_SERVER_ROBOT_LISTEN="off",
                ROASTER_INGEST_GRAPHITE_TCP_LISTEN="off", ROASTER_INGEST_GRAPHITE_UDP_LISTEN="off",
                ROASTER_INGEST_STATSD_TCP_LISTEN="off",
-               ROASTER_INGEST_STATSD_UDP_LISTEN="127.0.0.1:%d" % statsd_port)
+               ROASTER_INGEST_STATSD_UDP_LISTEN="127.0.0.1:%d" % statsd_port,
+               # flushed_total sums sum_over_time over every `.count` name in one query, which
+               # needs Prometheus 3's delayed name removal (the default, 2.42's, refuses it)
+               ROASTER_QUERY_DELAYED_NAME_REMOVAL="true")
     prefix = []
     if a.nice is not None:
         prefix = ["nice", "-n", str(a.nice)]
