@@ -51,6 +51,59 @@ fn advance(ts: &[i64], from: usize, pred: impl Fn(i64) -> bool) -> usize {
 
 /// Whether any value is a stale marker. Branch-free over chunks so it vectorises: this
 /// runs over every sample a query reads.
+/// The per-series checks every streaming select applies: the series and samples limits, the
+/// deadline (every 64 series), and stale markers removed.
+struct SeriesGate {
+    series: usize,
+    max_series: usize,
+    max_samples: usize,
+    deadline: Instant,
+    ts_buf: Vec<i64>,
+    val_buf: Vec<f64>,
+}
+
+impl SeriesGate {
+    fn new(limits: &QueryLimits, deadline: Instant) -> SeriesGate {
+        SeriesGate {
+            series: 0,
+            max_series: limits.max_series,
+            max_samples: limits.max_samples,
+            deadline,
+            ts_buf: Vec::new(),
+            val_buf: Vec::new(),
+        }
+    }
+
+    /// Counts one more series and returns its samples without stale markers, or the limit
+    /// it broke.
+    fn admit<'a>(&'a mut self, ts: &'a [i64], vals: &'a [f64]) -> Result<(&'a [i64], &'a [f64]), QueryError> {
+        self.series += 1;
+        if self.series > self.max_series {
+            return Err(QueryError::TooManySeries(self.max_series));
+        }
+        if self.series.is_multiple_of(64) && Instant::now() > self.deadline {
+            return Err(QueryError::Timeout);
+        }
+        if ts.len() > self.max_samples {
+            return Err(QueryError::TooManySamples);
+        }
+        let len = ts.len().min(vals.len());
+        let (ts, vals) = (&ts[..len], &vals[..len]);
+        if !has_stale(vals) {
+            return Ok((ts, vals));
+        }
+        self.ts_buf.clear();
+        self.val_buf.clear();
+        for (t, v) in ts.iter().zip(vals) {
+            if !is_stale(*v) {
+                self.ts_buf.push(*t);
+                self.val_buf.push(*v);
+            }
+        }
+        Ok((&self.ts_buf, &self.val_buf))
+    }
+}
+
 fn has_stale(vals: &[f64]) -> bool {
     vals.chunks(16).any(|c| {
         c.iter()
@@ -494,43 +547,15 @@ impl<'a> Evaluator<'a> {
         let matchers: Vec<Matcher> = selector_matchers(vs)?;
         let start = w.min_ref().saturating_sub(w.range);
         let end = w.max_ref();
-        let max_series = self.limits.max_series;
-        let max_samples = self.limits.max_samples;
-        let deadline = self.deadline;
-        let mut n = 0usize;
-        let mut ts_buf = Vec::new();
-        let mut val_buf = Vec::new();
+        let mut gate = SeriesGate::new(self.limits, self.deadline);
         let (part, parts) = self.shard;
         let res = self
             .reader
             .select_shard(&matchers, start, end, part, parts, &mut |key, ts, vals| {
-                n += 1;
-                if n > max_series {
-                    return Err(QueryError::TooManySeries(max_series));
-                }
-                if n.is_multiple_of(64) && Instant::now() > deadline {
-                    return Err(QueryError::Timeout);
-                }
-                if ts.len() > max_samples {
-                    return Err(QueryError::TooManySamples);
-                }
-                let len = ts.len().min(vals.len());
-                let (ts, vals) = (&ts[..len], &vals[..len]);
-                if has_stale(vals) {
-                    ts_buf.clear();
-                    val_buf.clear();
-                    for (t, v) in ts.iter().zip(vals) {
-                        if !is_stale(*v) {
-                            ts_buf.push(*t);
-                            val_buf.push(*v);
-                        }
-                    }
-                    visit(key, &ts_buf, &val_buf)
-                } else {
-                    visit(key, ts, vals)
-                }
+                let (ts, vals) = gate.admit(ts, vals)?;
+                visit(key, ts, vals)
             });
-        self.series_read = self.series_read.saturating_add(n);
+        self.series_read = self.series_read.saturating_add(gate.series);
         res?;
         self.check_deadline()
     }
@@ -546,12 +571,7 @@ impl<'a> Evaluator<'a> {
     ) -> Result<(), QueryError> {
         let matchers: Vec<Matcher> = selector_matchers(vs)?;
         let windows = crate::Windows::new(w.refs.clone(), w.range);
-        let max_series = self.limits.max_series;
-        let max_samples = self.limits.max_samples;
-        let deadline = self.deadline;
-        let mut n = 0usize;
-        let mut ts_buf = Vec::new();
-        let mut val_buf = Vec::new();
+        let mut gate = SeriesGate::new(self.limits, self.deadline);
         let (part, parts) = self.shard;
         let res = self.reader.select_summaries_shard(
             &matchers,
@@ -559,34 +579,11 @@ impl<'a> Evaluator<'a> {
             part,
             parts,
             &mut |key, buckets, ts, vals| {
-                n += 1;
-                if n > max_series {
-                    return Err(QueryError::TooManySeries(max_series));
-                }
-                if n.is_multiple_of(64) && Instant::now() > deadline {
-                    return Err(QueryError::Timeout);
-                }
-                if ts.len() > max_samples {
-                    return Err(QueryError::TooManySamples);
-                }
-                let len = ts.len().min(vals.len());
-                let (ts, vals) = (&ts[..len], &vals[..len]);
-                if has_stale(vals) {
-                    ts_buf.clear();
-                    val_buf.clear();
-                    for (t, v) in ts.iter().zip(vals) {
-                        if !is_stale(*v) {
-                            ts_buf.push(*t);
-                            val_buf.push(*v);
-                        }
-                    }
-                    visit(key, buckets, &ts_buf, &val_buf)
-                } else {
-                    visit(key, buckets, ts, vals)
-                }
+                let (ts, vals) = gate.admit(ts, vals)?;
+                visit(key, buckets, ts, vals)
             },
         );
-        self.series_read = self.series_read.saturating_add(n);
+        self.series_read = self.series_read.saturating_add(gate.series);
         res?;
         self.check_deadline()
     }
