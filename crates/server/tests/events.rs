@@ -9,6 +9,8 @@ use server::config::Config;
 use server::tokens::{Scope, TokenStore};
 use server::{RunningServer, Server, StartOptions};
 
+mod common;
+
 const ADMIN: &str = "test-admin-token-0123456789abcdef";
 
 struct TestServer {
@@ -148,50 +150,10 @@ impl TestServer {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
 /// One request; returns status, body and the `Retry-After` header.
 fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String, Option<String>) {
-    let a = agent();
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut resp = match method {
-        "GET" => {
-            let mut r = a.get(url);
-            if let Some(h) = &auth {
-                r = r.header("Authorization", h);
-            }
-            r.call()
-        }
-        "PUT" | "POST" => {
-            let mut r = if method == "PUT" { a.put(url) } else { a.post(url) };
-            if let Some(h) = &auth {
-                r = r.header("Authorization", h);
-            }
-            match body {
-                Some(b) => r.content_type("application/json").send(b),
-                None => r.send_empty(),
-            }
-        }
-        other => panic!("{other}"),
-    }
-    .unwrap();
-    let status = resp.status().as_u16();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    (
-        status,
-        resp.body_mut().read_to_string().unwrap_or_default(),
-        retry,
-    )
+    let r = common::request(method, url, token, body);
+    (r.status, r.body, r.retry_after)
 }
 
 fn now_ms() -> i64 {

@@ -10,6 +10,8 @@ use server::config::Config;
 use server::tokens::{Scope, TokenStore};
 use server::{RunningServer, Server, StartOptions};
 
+mod common;
+
 const ADMIN: &str = "test-admin-token-0123456789abcdef";
 
 struct TestServer {
@@ -95,75 +97,7 @@ impl TestServer {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-struct Resp {
-    status: u16,
-    body: String,
-    request_id: Option<String>,
-}
-
-impl Resp {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-}
-
-/// One request with an optional bearer token and JSON body.
-fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Resp {
-    let a = agent();
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let resp = match method {
-        "GET" | "DELETE" => {
-            let mut r = if method == "GET" {
-                a.get(url)
-            } else {
-                a.delete(url)
-            };
-            if let Some(h) = &auth {
-                r = r.header("Authorization", h);
-            }
-            r.call()
-        }
-        "PUT" | "POST" => {
-            let mut r = if method == "PUT" { a.put(url) } else { a.post(url) };
-            if let Some(h) = &auth {
-                r = r.header("Authorization", h);
-            }
-            match body {
-                Some(b) => r.content_type("application/json").send(b),
-                None => r.send_empty(),
-            }
-        }
-        other => panic!("{other}"),
-    };
-    let mut resp = resp.unwrap();
-    let request_id = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    Resp {
-        status: resp.status().as_u16(),
-        body: resp.body_mut().read_to_string().unwrap_or_default(),
-        request_id,
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use common::{agent, request as http, urlencode};
 
 /// The values of the series matching `selector`, via the export API (all series, in order).
 fn export_values(t: &TestServer, selector: &str) -> Vec<f64> {

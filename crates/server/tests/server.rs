@@ -11,6 +11,8 @@ use server::config::Config;
 use server::tokens::{Scope, TokenStore};
 use server::{RunningServer, Server, StartOptions};
 
+mod common;
+
 const ADMIN: &str = "test-admin-token-0123456789abcdef";
 
 struct TestServer {
@@ -141,14 +143,7 @@ fn base_s() -> i64 {
     model::SystemClock.now().millis() / 1000 - 3600
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use common::{agent, urlencode};
 
 /// `secs` as RFC 3339 (UTC), via the civil-from-days algorithm.
 fn rfc3339(secs: i64) -> String {
@@ -171,41 +166,10 @@ fn rfc3339(secs: i64) -> String {
     )
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
 /// One request; returns status and body.
 fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
-    let a = agent();
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut resp = match method {
-        "GET" => {
-            let mut r = a.get(url);
-            if let Some(h) = &auth {
-                r = r.header("Authorization", h);
-            }
-            r.call()
-        }
-        "PUT" | "POST" => {
-            let mut r = if method == "PUT" { a.put(url) } else { a.post(url) };
-            if let Some(h) = &auth {
-                r = r.header("Authorization", h);
-            }
-            match body {
-                Some(b) => r.content_type("application/json").send(b),
-                None => r.send_empty(),
-            }
-        }
-        other => panic!("{other}"),
-    }
-    .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.body_mut().read_to_string().unwrap_or_default())
+    let r = common::request(method, url, token, body);
+    (r.status, r.body)
 }
 
 #[test]
