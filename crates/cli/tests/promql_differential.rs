@@ -61,6 +61,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 const ADMIN_TOKEN: &str = "promql-differential-admin-token-0123456789";
 
 /// The data set's first timestamp, unix seconds: 2023-11-14T22:00:00Z (a whole hour).
@@ -641,29 +643,7 @@ retention_hour_ms = 3153600000000
     }
 
     fn create_token(&self, scope: &str) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_roaster"))
-            .args([
-                "token",
-                "create",
-                "--scope",
-                scope,
-                "--name",
-                "promql-differential",
-            ])
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.split_whitespace()
-            .find(|w| w.starts_with("rst_"))
-            .unwrap_or_else(|| panic!("no token in {text:?}"))
-            .to_string()
+        common::create_token(&self.dir.path().join("data"), scope, "promql-differential")
     }
 
     /// Sends `data` through the JSON ingest endpoint and waits until every sample reads back.

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 const ADMIN_TOKEN: &str = "real-clients-admin-token-0123456789";
 
 /// A `roaster serve` child process on port 0, killed when dropped.
@@ -137,30 +139,11 @@ statsd_tcp_listen = "127.0.0.1:0"
     }
 
     fn create_token(&self, scope: &str) -> String {
-        // The running server re-reads the token file, so the CLI works beside it.
-        let out = Command::new(env!("CARGO_BIN_EXE_roaster"))
-            .args([
-                "token",
-                "create",
-                "--scope",
-                scope,
-                "--name",
-                &format!("real-clients-{scope}"),
-            ])
-            .arg("--data-dir")
-            .arg(self._dir.path().join("data"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.split_whitespace()
-            .find(|w| w.starts_with("rst_"))
-            .unwrap_or_else(|| panic!("no token in {text:?}"))
-            .to_string()
+        common::create_token(
+            &self._dir.path().join("data"),
+            scope,
+            &format!("real-clients-{scope}"),
+        )
     }
 }
 
