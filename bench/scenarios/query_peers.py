@@ -35,6 +35,10 @@ Queries (instant ones at T = end + 1 s, where `[1h]` covers every point; Victori
 * `one_series`: `query_range` of one series over its full range, step 10 s. Roaster and VM:
   `{__name__="host0.cpu0.usage_user"}`; Prometheus: `usage_user{host="host0",cpu="cpu0"}`.
 * `one_series_labelled`: the same series in the labelled shape on all three.
+* `one_series_keepalive`, `one_series_labelled_keepalive`: the same two, 200 requests (or `--reps`
+  if more) made by one `curl` over one keep-alive connection, as Grafana keeps its connections;
+  urllib's new connection and Python's parsing per request cost ~0.25-0.3 ms on this machine,
+  more than the servers take, so these rows show the servers' own latency better.
 * `agg_all`: `sum(avg_over_time({__name__=~"host.+"}[1h]))` over every plain series (all points).
   Prometheus: 10 sequential queries `sum(avg_over_time(M{host=~"host.+"}[1h]))`, one per metric
   name, added in Python (PromQL drops `__name__` in `*_over_time`, so one query over all names
@@ -172,13 +176,19 @@ class Mixin:
     headers = {}
 
     def api(self, path, params, timeout):
-        url = self.http + path + "?" + urllib.parse.urlencode(dict(params, **self.params))
-        req = urllib.request.Request(url, headers=self.headers)
+        req = urllib.request.Request(self.url(path, params), headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 body = r.read()
         except urllib.error.HTTPError as e:
             raise QueryError("HTTP %d: %s" % (e.code, e.read()[:300].decode("utf-8", "replace")))
+        return self.parse(body)
+
+    def url(self, path, params):
+        return self.http + path + "?" + urllib.parse.urlencode(dict(params, **self.params))
+
+    @staticmethod
+    def parse(body):
         try:
             doc = json.loads(body)
         except ValueError:
@@ -192,6 +202,9 @@ class Mixin:
 
     def range(self, q, s, e, step, timeout):
         return self.api("/api/v1/query_range", {"query": q, "start": s, "end": e, "step": step}, timeout)
+
+    def range_url(self, q, s, e, step):
+        return self.url("/api/v1/query_range", {"query": q, "start": s, "end": e, "step": step})
 
     def scalar_of(self, q, t, timeout=120):
         try:
@@ -271,6 +284,12 @@ def queries_for(key, man):
         # one series: compared by its points only (its labels differ between the two shapes)
         return lambda srv, to: {(): v for v in canon(srv.range(q, s, e, "10s", to)).values()}
 
+    def rng_curl(q):
+        # the answer through urllib (compared as above), the timing by curl (see `timed_curl`)
+        f = rng(q)
+        f.curl_url = lambda srv: srv.range_url(q, s, e, "10s")
+        return f
+
     def inst(q):
         return lambda srv, to: canon(srv.instant(q, t, to))
 
@@ -288,6 +307,16 @@ def queries_for(key, man):
     else:
         qs.append(("one_series", "query_range %s step=10s" % plain_sel, rng(plain_sel)))
     qs.append(("one_series_labelled", "query_range %s step=10s" % labelled_sel, rng(labelled_sel)))
+    # the same two timed by curl over one keep-alive connection: without Python's per-request
+    # connection set-up and parsing, the figure is close to what the server itself takes
+    if key == "prom":
+        qs.append(("one_series_keepalive", "query_range %s step=10s, curl keep-alive (labelled)" % labelled_sel,
+                   rng_curl(labelled_sel)))
+    else:
+        qs.append(("one_series_keepalive", "query_range %s step=10s, curl keep-alive" % plain_sel,
+                   rng_curl(plain_sel)))
+    qs.append(("one_series_labelled_keepalive", "query_range %s step=10s, curl keep-alive" % labelled_sel,
+               rng_curl(labelled_sel)))
     if key == "prom":
         qs.append(("agg_all", '10 sequential queries sum(avg_over_time(M{host=~"host.+"}[1h])), one per metric, added',
                    prom_agg))
@@ -372,6 +401,29 @@ def timed(fn, reps, budget, pid):
                     "warmup_ms": round(warm * 1000, 3), "server_cpu_ms_mean": round(cpu_ms, 2)}
 
 
+def timed_curl(fn, url, headers, reps, pid):
+    """Like `timed`, but the timed runs are `reps` requests of `url` made by ONE curl process over
+    one keep-alive connection (curl reuses it for every URL on its command line); each request's
+    `time_total` is its latency. The first request (it opens the connection) is not counted."""
+    answer = fn()
+    args = ["curl", "-s", "--fail"]
+    for k, v in headers.items():
+        args += ["-H", "%s: %s" % (k, v)]
+    args += ["-w", "%{http_code} %{time_total}\n"]
+    for _ in range(reps + 1):
+        args += ["-o", "/dev/null", url]
+    c0 = bench.proc_cpu(pid)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300).stdout.split("\n")
+    cpu_ms = (bench.proc_cpu(pid) - c0) * 1000 / (reps + 1)
+    rows = [ln.split() for ln in out if ln.strip()]
+    if len(rows) != reps + 1 or any(code != "200" for code, _ in rows):
+        raise QueryError("curl: %d answers, codes %s" % (len(rows), sorted({r[0] for r in rows})))
+    ts = [float(t) * 1000 for _, t in rows[1:]]
+    return answer, {"median_ms": round(statistics.median(ts), 3), "p90_ms": round(bench.pct(ts, 0.9), 3),
+                    "min_ms": round(min(ts), 3), "max_ms": round(max(ts), 3), "reps": reps,
+                    "client": "curl keep-alive", "server_cpu_ms_mean": round(cpu_ms, 2)}
+
+
 def peak_extra_rss(pid, fn, times=3):
     out = []
     for _ in range(times):
@@ -452,7 +504,11 @@ def run_server(key, a, man, lab_dir, deadline):
                 rec["queries"][qid] = {"q": desc, "error": "skipped: --max-seconds reached"}
                 continue
             try:
-                ans, st = timed(lambda: fn(srv, a.http_timeout), a.reps, a.query_budget, pid)
+                if hasattr(fn, "curl_url"):
+                    ans, st = timed_curl(lambda: fn(srv, a.http_timeout), fn.curl_url(srv), srv.headers,
+                                         max(a.reps, 200), pid)
+                else:
+                    ans, st = timed(lambda: fn(srv, a.http_timeout), a.reps, a.query_budget, pid)
                 answers[qid] = ans
                 rec["queries"][qid] = dict(st, q=desc, series_returned=len(ans))
                 log("%s %-20s median %9.2f ms  p90 %9.2f ms  server CPU %9.2f ms  (%d reps)" % (

@@ -21,7 +21,7 @@ use model::{Matcher, Timestamp};
 
 use crate::eval::{QueryValue, RawSeries, Steps};
 use crate::labels::Labels;
-use crate::time::{format_json_value, parse_duration, parse_time, write_timestamp};
+use crate::time::{parse_duration, parse_time, write_json_value, write_timestamp};
 use crate::{QueryError, QueryLimits, SeriesReader, evaluate_instant, evaluate_range, parse_selector};
 
 /// The time an omitted `start` stands for, in ms: about 292,000 years before the epoch,
@@ -386,7 +386,7 @@ pub fn render_value(v: &QueryValue) -> String {
                 out.push_str("{\"metric\":");
                 render_labels(&mut out, &s.labels);
                 out.push_str(",\"value\":");
-                render_point(&mut out, s.t, &format_json_value(s.v));
+                render_sample(&mut out, s.t, s.v);
                 out.push('}');
             }
             out.push(']');
@@ -414,7 +414,7 @@ fn render_series(out: &mut String, s: &RawSeries) {
         if i > 0 {
             out.push(',');
         }
-        render_point(out, *t, &format_json_value(*v));
+        render_sample(out, *t, *v);
     }
     out.push_str("]}");
 }
@@ -424,6 +424,15 @@ fn render_point(out: &mut String, t: i64, v: &str) {
     write_timestamp(out, t);
     out.push(',');
     go_json_string(out, v);
+    out.push(']');
+}
+
+/// `[t,"v"]` for a sample value (no escaping needed: the text is digits, signs, `.`, `e`, `NaN`, `Inf`).
+fn render_sample(out: &mut String, t: i64, v: f64) {
+    out.push('[');
+    write_timestamp(out, t);
+    out.push(',');
+    write_json_value(out, v);
     out.push(']');
 }
 

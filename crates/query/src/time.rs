@@ -155,6 +155,32 @@ pub fn format_json_value(v: f64) -> String {
     format!("{mantissa}e{sign}{digits:0>2}")
 }
 
+/// Appends `v` to `out` as a JSON string, exactly as `format_json_value(v)` would be quoted,
+/// without allocating in the common cases: integers below 1e15 (counters, most gauges) go
+/// straight through the integer formatter, other plain decimals through `{}` into `out`, with
+/// the half-to-even fix-up only for the long (15+ digit) texts where a tie is possible.
+pub fn write_json_value(out: &mut String, v: f64) {
+    use std::fmt::Write as _;
+    out.push('"');
+    let abs = v.abs();
+    if v.fract() == 0.0 && abs < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
+        // exact: |v| < 2^53, and `{}` of an integral f64 prints its integer digits
+        let _ = write!(out, "{}", v as i64);
+    } else if v.is_finite() && (1e-6..1e21).contains(&abs) {
+        let start = out.len();
+        let _ = write!(out, "{v}");
+        // `half_even` changes nothing below 15 significant digits
+        if out.len() - start >= 15 {
+            let fixed = half_even(out[start..].to_string(), v);
+            out.truncate(start);
+            out.push_str(&fixed);
+        }
+    } else {
+        out.push_str(&format_json_value(v));
+    }
+    out.push('"');
+}
+
 /// Writes a timestamp as Prometheus' JSON does: seconds, then `.` and three millisecond
 /// digits when the milliseconds are not zero (`1435781451.781`, `1435781451.050`, `5`).
 pub fn write_timestamp(out: &mut String, t: i64) {
@@ -258,6 +284,11 @@ mod tests {
         for (v, want) in json {
             assert_eq!(format_json_value(*v), *want, "{v}");
         }
+        for (v, want) in json {
+            let mut s = String::new();
+            write_json_value(&mut s, *v);
+            assert_eq!(s, format!("\"{want}\""), "{v}");
+        }
         let mut s = String::new();
         write_timestamp(&mut s, 1_435_781_451_050);
         s.push(' ');
@@ -265,5 +296,20 @@ mod tests {
         s.push(' ');
         write_timestamp(&mut s, -1500);
         assert_eq!(s, "1435781451.050 5 -1.500");
+    }
+
+    proptest::proptest! {
+        /// The allocation-free writer is the quoted `format_json_value`, for any bit pattern
+        /// and for the shapes it special-cases (integers, decimals, ties).
+        #[test]
+        fn json_value_writer_matches_the_formatter(bits in proptest::prelude::any::<u64>(),
+                                                   int in -2_000_000_000_000_000i64..2_000_000_000_000_000,
+                                                   cents in -100_000_000i64..100_000_000) {
+            for v in [f64::from_bits(bits), int as f64, cents as f64 / 100.0, int as f64 + 0.625] {
+                let mut s = String::new();
+                write_json_value(&mut s, v);
+                proptest::prop_assert_eq!(s, format!("\"{}\"", format_json_value(v)), "{}", v);
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 //!                                                    │ bounded queues, writer threads
 //!                                                    ▼
 //!                                    adapters::TsdbSink ──► tsdb::Db ◄── adapters::TsdbReader
-//!                                                                              ▲ spawn_blocking,
+//!                                                    block_in_place / spawn_blocking ▲
 //!   humans ──► human runtime "roaster-human" ──► human HTTP router ────────────┘ query semaphore
 //! ```
 //!
@@ -23,9 +23,10 @@
 //! Invariants:
 //! - robot traffic runs only on the robot runtime, human traffic only on the human runtime;
 //!   spawns go through [`spawn_ingest`] and [`spawn_human`];
-//! - storage is called from the human plane only inside `spawn_blocking` (on the human
-//!   runtime), under the `human_max_concurrent_queries` semaphore; nothing calls `block_on`
-//!   inside async code;
+//! - storage is called from the human plane only inside `spawn_blocking` or, for the
+//!   Prometheus query API, `block_in_place` (its worker hands the runtime's other tasks to a
+//!   fresh thread first), under the `human_max_concurrent_queries` semaphore; nothing calls
+//!   `block_on` inside async code;
 //! - shutdown order: mark not ready → stop accepting robots (plaintext listeners, robot HTTP)
 //!   → `Ingest::drain` (flush StatsD, empty queues into storage) → stop the human plane →
 //!   `AuditLog::close` (store the queued audit events) → `Db::close` (fsync the WAL) → `Events::close` (checkpoint `events.db`) → stop the runtimes. A drain that outlives
