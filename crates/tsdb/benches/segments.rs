@@ -12,10 +12,14 @@
 //! - from a model trained on 120 symbols of another series *of the same kind* (what a
 //!   block-level prior per column class would give if the class matched),
 //! - from a model trained on a series of the *other* kind (a mismatched prior),
+//! - from a block-level prior per column class a writer could build without knowing the
+//!   series' kinds: the first 120 symbols of the first record in the block whose column has
+//!   the same transform and length-tree depth, each record keeping the smaller of
+//!   prior/fresh (one flag bit per record, counted),
 //!
 //! and the cost of the seek table: each later segment's head value as a zigzag varint of its
-//! difference to the previous head, and one byte per segment for its stream length (coded
-//! relative to the record length / segments; an optimistic figure). Timestamps 10 s apart are
+//! difference to the previous head, and each but the last segment's stream length as a zigzag
+//! varint of its difference to (record length / segments). Timestamps 10 s apart are
 //! a constant-stride column and need no per-segment head.
 //!
 //! Run: `CARGO_TARGET_DIR=... cargo bench -p tsdb --bench segments` (a second or two).
@@ -144,7 +148,9 @@ fn main() {
         one as f64 / n
     );
     for segments in 1..=4usize {
-        let (mut fresh, mut own, mut peer, mut other, mut heads) = (0, 0, 0, 0, 0);
+        let (mut fresh, mut own, mut peer, mut other, mut heads, mut lens) = (0, 0, 0, 0, 0, 0);
+        let mut class_prior = 0.0;
+        let mut classes: Vec<((bool, u32), Vec<u64>)> = Vec::new();
         for (j, (kind, m)) in data.iter().enumerate() {
             let (s, lb) = symbols(m, *kind);
             let per = s.len().div_ceil(segments);
@@ -157,6 +163,32 @@ fn main() {
                     .find(|(k, _)| (k == kind) == same)
                     .map(|(k, pm)| trained(lb, &symbols(pm, *k).0[..PRIOR_SYMBOLS]))
             };
+            let key = (*kind == Kind::Counter, lb);
+            if !classes.iter().any(|(k, _)| *k == key) {
+                classes.push((key, s[..PRIOR_SYMBOLS].to_vec()));
+            }
+            let (mut with_prior, mut without) = (0usize, 0usize);
+            for seg in &segs {
+                without += code(&mut UintModel::with_len_bits(lb), seg);
+                with_prior += classes
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or(usize::MAX / 8, |(_, ps)| code(&mut trained(lb, ps), seg));
+            }
+            class_prior += with_prior.min(without) as f64 + 0.125;
+            // Stream lengths of all but the last segment, as zigzag varints of their
+            // difference to (sum of the streams / segments), which a reader knows from the
+            // record's length in the block index.
+            let seg_lens: Vec<usize> = segs
+                .iter()
+                .map(|seg| code(&mut UintModel::with_len_bits(lb), seg))
+                .collect();
+            let avg = seg_lens.iter().sum::<usize>() / segments;
+            lens += seg_lens
+                .iter()
+                .take(segments - 1)
+                .map(|&l| varint_len(zigzag(l as i64 - avg as i64)))
+                .sum::<usize>();
             for (i, seg) in segs.iter().enumerate() {
                 let fresh_model = || UintModel::with_len_bits(lb);
                 fresh += code(&mut fresh_model(), seg);
@@ -175,15 +207,17 @@ fn main() {
         let extra = |x: usize| (x as f64 - one as f64) / n;
         println!(
             "{segments} segment(s) of {} points: extra B per long record: streams with fresh models {:+.2}, \
-             own-first-segment prior {:+.2}, same-kind prior {:+.2}, other-kind prior {:+.2}; \
-             seek table: heads {:.2} + lengths {:.2}",
+             own-first-segment prior {:+.2}, same-kind prior {:+.2}, other-kind prior {:+.2}, \
+             block class prior {:+.2} ({} classes); seek table: heads {:.2} + lengths {:.2}",
             (POINTS - 1).div_ceil(segments),
             extra(fresh),
             extra(own),
             extra(peer),
             extra(other),
+            (class_prior - one as f64) / n,
+            classes.len(),
             heads as f64 / n,
-            (segments - 1) as f64
+            lens as f64 / n
         );
     }
 }
