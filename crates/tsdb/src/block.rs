@@ -760,7 +760,8 @@ impl BlockReader {
     }
 
     /// Appends the samples of `id` with `start_ms <= ts <= end_ms` to `ts`/`vals` (nothing if
-    /// the block lacks the series). Verifies the record's checksum.
+    /// the block lacks the series). Verifies the record's checksum. Values after `end_ms` are
+    /// not decoded (see [`codec::decode_series_until`]).
     pub fn read(
         &self,
         id: SeriesId,
@@ -782,12 +783,16 @@ impl BlockReader {
         let mut buf = Vec::new();
         self.record(e, &mut buf)?;
         let (t0, v0) = (ts.len(), vals.len());
-        if let Err(err) = codec::decode_series_with_base(self.ts_base, &buf, ts, vals) {
-            ts.truncate(t0);
-            vals.truncate(v0);
-            return Err(self.corrupt(format!("series {}: {err}", e.id)));
-        }
-        if ts.len() - t0 != e.count as usize || vals.len() - v0 != e.count as usize {
+        // Samples after `end_ms` are not decoded (timestamps increase within a record).
+        let n = match codec::decode_series_until(self.ts_base, &buf, end_ms, ts, vals) {
+            Ok(n) => n,
+            Err(err) => {
+                ts.truncate(t0);
+                vals.truncate(v0);
+                return Err(self.corrupt(format!("series {}: {err}", e.id)));
+            }
+        };
+        if n != e.count as usize || ts.len() - t0 != vals.len() - v0 {
             ts.truncate(t0);
             vals.truncate(v0);
             return Err(self.corrupt(format!("series {}: count disagrees with index", e.id)));

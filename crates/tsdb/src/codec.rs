@@ -195,6 +195,22 @@ pub fn decode_series_with_base(
     ts: &mut Vec<i64>,
     vals: &mut Vec<f64>,
 ) -> Result<(), CodecError> {
+    decode_series_until(base, bytes, i64::MAX, ts, vals).map(|_| ())
+}
+
+/// [`decode_series_with_base`] that stops early: appends the samples up to and including the
+/// last one whose timestamp is `<= end` (for sorted timestamps: those `<= end`), exactly
+/// what decoding everything and truncating after that sample gives, and returns the
+/// record's total sample count (for the caller's consistency checks). Packed records skip
+/// decoding the values after the cut, so a read of a window that ends early in a long
+/// record costs less. Never panics; on error the vectors may hold a partial suffix.
+pub fn decode_series_until(
+    base: i64,
+    bytes: &[u8],
+    end: i64,
+    ts: &mut Vec<i64>,
+    vals: &mut Vec<f64>,
+) -> Result<usize, CodecError> {
     let mut r = Reader::new(bytes);
     let tag = r.u8().ok_or(CodecError::Corrupt("empty record"))?;
     let n = read_count(&mut r)?;
@@ -204,6 +220,7 @@ pub fn decode_series_with_base(
             if r.remaining() < n.saturating_mul(9) {
                 return Err(CodecError::Corrupt("truncated raw series"));
             }
+            let (t0, v0) = (ts.len(), vals.len());
             ts.reserve(n);
             vals.reserve(n);
             let mut t = 0i64;
@@ -222,15 +239,24 @@ pub fn decode_series_with_base(
                     r.u64_le().ok_or(CodecError::Corrupt("truncated raw series"))?,
                 ));
             }
-            Ok(())
+            let keep = ts
+                .get(t0..)
+                .unwrap_or_default()
+                .iter()
+                .rposition(|&t| t <= end)
+                .map_or(0, |i| i + 1);
+            ts.truncate(t0 + keep);
+            vals.truncate(v0 + keep);
+            Ok(n)
         }
         TAG_PACKED => {
             let mut cols = ColumnReader::new();
             cols.ints(&mut r, n, base)?;
             cols.floats(&mut r, n)?;
-            cols.decode(r.rest(), &mut [ts], &mut [vals])
+            cols.decode_until(r.rest(), end, ts, vals)?;
+            Ok(n)
         }
-        TAG_ROLLUP => Err(CodecError::Corrupt(
+        TAG_ROLLUP | TAG_ROLLUP_DECIMAL => Err(CodecError::Corrupt(
             "rollup record where raw samples were expected",
         )),
         _ => Err(CodecError::Corrupt("unknown codec tag")),
@@ -470,6 +496,58 @@ mod tests {
         for (name, vals, max) in table {
             let n = round_trip(&ts, vals);
             assert!(n <= *max, "{name}: {n} bytes");
+        }
+    }
+
+    #[test]
+    fn decoding_until_end_cuts_every_column_kind_exactly() {
+        let ts: Vec<i64> = (0..200).map(|i| 1_000 + i * 10).collect();
+        let mut acc = 491.14;
+        let near: Vec<f64> = (0..200)
+            .map(|i| {
+                acc += ((i * 7919) % 1000) as f64;
+                acc
+            })
+            .collect();
+        let mut decimals: Vec<f64> = (0..200).map(|i| f64::from(i) / 100.0).collect();
+        decimals[3] = f64::NAN;
+        decimals[150] = f64::INFINITY;
+        let xor: Vec<f64> = (0..200).map(|i| (f64::from(i) * 0.37).sin()).collect();
+        for (name, vals, tag) in [
+            ("near", &near, TAG_PACKED),
+            ("decimal", &decimals, TAG_PACKED),
+            ("xor", &xor, TAG_PACKED),
+        ] {
+            let mut out = Vec::new();
+            encode_series_with_base(1_000, &ts, vals, &mut out).unwrap();
+            assert_eq!(out[0], tag, "{name}");
+            let mut raw = Vec::new();
+            encode_raw(1_000, &ts, vals, &mut raw);
+            for rec in [&out, &raw] {
+                for end in [
+                    i64::MIN,
+                    999,
+                    1_000,
+                    1_005,
+                    1_030,
+                    2_495,
+                    2_500,
+                    2_991,
+                    2_990,
+                    i64::MAX,
+                ] {
+                    let (mut t, mut v) = (Vec::new(), Vec::new());
+                    assert_eq!(decode_series_until(1_000, rec, end, &mut t, &mut v), Ok(200));
+                    let keep = ts.iter().filter(|&&x| x <= end).count();
+                    assert_eq!(t, &ts[..keep], "{name} {end}");
+                    let want: Vec<u64> = vals[..keep].iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(
+                        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        want,
+                        "{name} {end}"
+                    );
+                }
+            }
         }
     }
 

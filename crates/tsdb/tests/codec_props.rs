@@ -200,6 +200,69 @@ fn samples() -> impl Strategy<Value = (Vec<i64>, Vec<f64>)> {
     })
 }
 
+/// Value columns of every kind the sealed codec picks: arbitrary bits (XOR), decimals,
+/// near-decimals (running sums of decimals, with float noise: the corrections column), each
+/// with a few arbitrary values mixed in (exceptions).
+fn shaped_values(n: usize) -> impl Strategy<Value = Vec<f64>> {
+    let exceptions = prop::collection::vec((any::<prop::sample::Index>(), any_f64()), 0..3);
+    (
+        prop_oneof![
+            prop::collection::vec(any_f64(), n),
+            prop::collection::vec(-100_000i64..100_000, n)
+                .prop_map(|m| m.into_iter().map(|m| m as f64 / 100.0).collect()),
+            prop::collection::vec(0i64..5_000, n).prop_map(|steps| {
+                let mut acc = 491.14;
+                steps
+                    .into_iter()
+                    .map(|s| {
+                        acc += s as f64;
+                        acc
+                    })
+                    .collect()
+            }),
+        ],
+        exceptions,
+    )
+        .prop_map(|(mut v, exc)| {
+            let len = v.len();
+            for (at, x) in exc {
+                if len > 0 {
+                    v[at.index(len)] = x;
+                }
+            }
+            v
+        })
+}
+
+/// Samples with sorted or arbitrary timestamps, shaped values, and an `end` that is often a
+/// sample's timestamp or next to one.
+fn cut_samples() -> impl Strategy<Value = (Vec<i64>, Vec<f64>, i64)> {
+    prop_oneof![
+        increasing_ts(),
+        prop::collection::vec(prop_oneof![any::<i64>(), -1_000i64..1_000], 0..200),
+    ]
+    .prop_flat_map(|ts| {
+        let n = ts.len();
+        let near = ts.clone();
+        (
+            Just(ts),
+            shaped_values(n),
+            prop_oneof![
+                any::<i64>(),
+                Just(i64::MIN),
+                Just(i64::MAX),
+                (any::<prop::sample::Index>(), -1i64..=1).prop_map(move |(i, d)| {
+                    if near.is_empty() {
+                        0
+                    } else {
+                        near[i.index(near.len())].saturating_add(d)
+                    }
+                }),
+            ],
+        )
+    })
+}
+
 fn bits(v: &[f64]) -> Vec<u64> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -213,6 +276,23 @@ proptest! {
         codec::decode_series(&out, &mut t2, &mut v2).unwrap();
         prop_assert_eq!(t2, ts);
         prop_assert_eq!(bits(&v2), bits(&vals));
+    }
+
+    #[test]
+    fn decoding_until_end_equals_decoding_all_then_cutting((ts, vals, end) in cut_samples(), base in any::<i64>()) {
+        let mut out = Vec::new();
+        codec::encode_series_with_base(base, &ts, &vals, &mut out).unwrap();
+        let (mut t_all, mut v_all) = (Vec::new(), Vec::new());
+        codec::decode_series_with_base(base, &out, &mut t_all, &mut v_all).unwrap();
+        prop_assert_eq!(&t_all, &ts);
+        let keep = ts.iter().rposition(|&t| t <= end).map_or(0, |i| i + 1);
+        // Appends after what the vectors already hold.
+        let (mut t2, mut v2) = (vec![7i64], vec![0.5f64]);
+        let n = codec::decode_series_until(base, &out, end, &mut t2, &mut v2).unwrap();
+        prop_assert_eq!(n, ts.len());
+        prop_assert_eq!(&t2[1..], &ts[..keep]);
+        prop_assert_eq!(bits(&v2[1..]), bits(&vals[..keep]));
+        prop_assert_eq!((t2[0], v2[0]), (7, 0.5));
     }
 
     #[test]
@@ -304,13 +384,18 @@ proptest! {
         let _ = codec::decode_series(&out, &mut t2, &mut v2);
         let cut = cut.index(out.len() + 1);
         let _ = codec::decode_series(&out[..cut], &mut t2, &mut v2);
-        prop_assert!(t2.len() <= 2 * codec::MAX_POINTS);
+        for end in [i64::MIN, 0, ts.get(ts.len() / 2).copied().unwrap_or(0), i64::MAX] {
+            let _ = codec::decode_series_until(0, &out, end, &mut t2, &mut v2);
+            let _ = codec::decode_series_until(0, &out[..cut], end, &mut t2, &mut v2);
+        }
+        prop_assert!(t2.len() <= 10 * codec::MAX_POINTS);
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let (mut t, mut v) = (Vec::new(), Vec::new());
         let _ = codec::decode_series(&bytes, &mut t, &mut v);
+        let _ = codec::decode_series_until(0, &bytes, 0, &mut t, &mut v);
         let mut r = codec::RollupColumns::default();
         let _ = codec::decode_rollups(0, &bytes, &mut r);
     }

@@ -357,6 +357,7 @@ fn near_decimal_plan(vals: &[f64]) -> Option<DecimalPlan> {
 }
 
 /// The header of an integer column.
+#[derive(Clone)]
 struct IntCol {
     n: usize,
     order: u8,
@@ -366,6 +367,17 @@ struct IntCol {
     min: i64,
     /// Common factor of the differences (1 when none was divided out).
     factor: i64,
+}
+
+impl IntCol {
+    /// This column cut to its first `limit` values (at least its head values: callers
+    /// truncate the output to `limit`). Decoding it reads the same stream prefix.
+    fn prefix(&self, limit: usize) -> IntCol {
+        IntCol {
+            n: self.n.min(limit.max(self.head.len())),
+            ..self.clone()
+        }
+    }
 }
 
 /// A column header parsed before the stream is decoded.
@@ -537,7 +549,9 @@ fn decode_ints_with(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i
     }
 }
 
-/// Decodes a decimal (or near-decimal) float column into `out`.
+/// Decodes the first `limit` values (all when `limit >= n`) of a decimal (or near-decimal)
+/// float column into `out`. With a corrections column every mantissa is decoded (the
+/// corrections follow them in the stream), otherwise decoding stops after `limit`.
 fn decode_decimal(
     ints: &IntCol,
     corrections: Option<&IntCol>,
@@ -545,21 +559,31 @@ fn decode_decimal(
     exceptions: &[(usize, u64)],
     dec: &mut Decoder<'_>,
     out: &mut Vec<f64>,
+    limit: usize,
 ) {
     let start = out.len();
+    let limited;
+    let ints = if corrections.is_none() && limit < ints.n {
+        limited = ints.prefix(limit);
+        &limited
+    } else {
+        ints
+    };
     out.reserve(ints.n);
     // Same result as `from_mantissa` (dividing an integer-valued float by 1.0 is exact).
     let p = POW10.get(usize::from(scale)).copied().unwrap_or(1.0);
     decode_ints_with(ints, dec, &mut |m| out.push(m as f64 / p));
     if let Some(c) = corrections {
+        let c = c.prefix(limit);
         let mut i = start;
-        decode_ints_with(c, dec, &mut |d| {
+        decode_ints_with(&c, dec, &mut |d| {
             if let Some(slot) = out.get_mut(i) {
                 *slot = f64::from_bits(slot.to_bits().wrapping_add(d as u64));
             }
             i += 1;
         });
     }
+    out.truncate(start.saturating_add(limit));
     for &(i, bits) in exceptions {
         if let Some(slot) = out.get_mut(start + i) {
             *slot = f64::from_bits(bits);
@@ -598,6 +622,59 @@ impl ColumnReader {
         Ok(())
     }
 
+    /// Decodes a raw series (one integer column of timestamps, then one float column) from
+    /// the stream `rest`, stopping early: appends the samples up to and including the last
+    /// one whose timestamp is `<= end` (nothing when there is none), exactly what decoding
+    /// everything and truncating after that sample gives. Every timestamp is decoded (they
+    /// come first in the stream and say where to stop); the values after the cut are not,
+    /// unless a near-decimal column's corrections follow them.
+    pub fn decode_until(
+        self,
+        rest: &[u8],
+        end: i64,
+        ts: &mut Vec<i64>,
+        vals: &mut Vec<f64>,
+    ) -> Result<(), CodecError> {
+        let (Some(Column::Ints(tcol)), Some(vcol), 2) =
+            (self.columns.first(), self.columns.get(1), self.columns.len())
+        else {
+            return Err(corrupt("column mismatch"));
+        };
+        let mut dec = Decoder::new(rest);
+        let t0 = ts.len();
+        ts.reserve(tcol.n);
+        decode_ints_with(tcol, &mut dec, &mut |v| ts.push(v));
+        let keep = ts
+            .get(t0..)
+            .unwrap_or_default()
+            .iter()
+            .rposition(|&t| t <= end)
+            .map_or(0, |i| i + 1);
+        ts.truncate(t0 + keep);
+        match vcol {
+            Column::Decimal {
+                scale,
+                exceptions,
+                ints,
+                corrections,
+            } => decode_decimal(
+                ints,
+                corrections.as_ref(),
+                *scale,
+                exceptions,
+                &mut dec,
+                vals,
+                keep,
+            ),
+            Column::Xor { n } => decode_xor((*n).min(keep), &mut dec, vals),
+            Column::Ints(_) => return Err(corrupt("column mismatch")),
+        }
+        if dec.overrun() > MAX_OVERRUN {
+            return Err(corrupt("stream overrun"));
+        }
+        Ok(())
+    }
+
     /// Decodes the stream `rest`; column `i`'s values go to `ints[..]`/`floats[..]` in
     /// order of appearance (integer columns fill `ints`, float columns fill `floats`).
     pub fn decode(
@@ -624,7 +701,15 @@ impl ColumnReader {
                 } => {
                     let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
                     fi += 1;
-                    decode_decimal(inner, corrections.as_ref(), *scale, exceptions, &mut dec, out);
+                    decode_decimal(
+                        inner,
+                        corrections.as_ref(),
+                        *scale,
+                        exceptions,
+                        &mut dec,
+                        out,
+                        usize::MAX,
+                    );
                 }
                 Column::Xor { n } => {
                     let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
