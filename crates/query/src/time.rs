@@ -163,9 +163,12 @@ pub fn write_json_value(out: &mut String, v: f64) {
     use std::fmt::Write as _;
     out.push('"');
     let abs = v.abs();
-    if v.fract() == 0.0 && abs < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
-        // exact: |v| < 2^53, and `{}` of an integral f64 prints its integer digits
-        let _ = write!(out, "{}", v as i64);
+    // `as i64` truncates (NaN to 0), so the round trip holds only for integers; that is exact
+    // below 1e15 < 2^53, where `{}` prints an integral f64 as its integer digits. (`f64::fract`
+    // would be a libm call on baseline x86-64.) -0.0 round-trips too but prints as "-0".
+    let int = v as i64;
+    if abs < 1e15 && int as f64 == v && v.to_bits() != (-0.0f64).to_bits() {
+        let _ = write!(out, "{int}");
     } else if v.is_finite() && (1e-6..1e21).contains(&abs) {
         let start = out.len();
         let _ = write!(out, "{v}");
