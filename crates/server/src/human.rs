@@ -197,7 +197,14 @@ impl HumanState {
     /// runtime's other tasks to another thread (`block_in_place`): the answer does not wait for
     /// a blocking-pool thread to wake up and then for this worker to be woken again, two
     /// cross-thread hand-offs that cost more than a small query itself.
-    async fn inline<T>(&self, work: impl FnOnce(&Inner) -> T) -> Result<T, ApiError> {
+    /// (`block_in_place` needs a multi-thread runtime; on any other, the blocking pool.)
+    async fn inline<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if tokio::runtime::Handle::current().runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return self.blocking(work).await;
+        }
         let permit = self.permit().await?;
         let out = tokio::task::block_in_place(|| work(&self.0));
         drop(permit);
