@@ -101,6 +101,10 @@ pub struct EventsConfig {
     /// Full-text segments merged at a time (FTS5 `automerge`, 2..=16); larger merges less
     /// while inserting and leaves more segments for searches to read.
     pub fts_automerge: u32,
+    /// How often a background thread checkpoints the WAL into `events.db`, in milliseconds;
+    /// 0 leaves checkpoints to the committing writer. Longer copies a page that many commits
+    /// rewrite once per checkpoint (1000: about 20 % fewer bytes written per event than 100).
+    pub sqlite_checkpoint_interval_ms: u64,
 }
 
 impl Default for EventsConfig {
@@ -125,6 +129,7 @@ impl Default for EventsConfig {
             sqlite_busy_timeout_ms: 5000,
             sqlite_wal_autocheckpoint_pages: 10_000,
             fts_automerge: 4,
+            sqlite_checkpoint_interval_ms: 1000,
         }
     }
 }
@@ -191,6 +196,8 @@ impl EventsConfig {
         c.cache_kib = self.sqlite_cache_kib;
         c.wal_autocheckpoint_pages = self.sqlite_wal_autocheckpoint_pages;
         c.fts_automerge = self.fts_automerge;
+        c.background_checkpoint = (self.sqlite_checkpoint_interval_ms > 0)
+            .then(|| Duration::from_millis(self.sqlite_checkpoint_interval_ms));
         c.max_batch_items = self.max_batch_items;
         c.max_indexed_payload_bytes = self.max_payload_bytes;
         c.retention_chunk_rows = self.retention_chunk_rows;

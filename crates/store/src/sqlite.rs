@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::types::Value;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params_from_iter};
+use rusqlite::{Connection, ErrorCode, OpenFlags, Row, params_from_iter};
 use rusqlite_migration::{M, Migrations};
 use serde_json::value::RawValue;
 
@@ -132,6 +132,9 @@ pub struct SqliteConfig {
     /// [`WAL_SAFETY_FACTOR`] × `wal_autocheckpoint_pages` (the background thread fell behind),
     /// so the `-wal` file stays bounded. Measured: checkpoints were 18 % of the writer
     /// thread's CPU in `bench/scenarios/events_ingest.py`; this moves them to the other core.
+    /// Default 1 s: a page many commits rewrite (an index leaf, the table's last page) is
+    /// copied once per checkpoint, not once per commit; 1 s wrote about 20 % fewer bytes per
+    /// event than 100 ms. Durability does not depend on it (a commit is durable in the WAL).
     pub background_checkpoint: Option<Duration>,
     /// FTS5 `automerge`: how many segments of one level are merged at a time (2..=16; SQLite's
     /// default is 4). Larger values merge less often while inserting, with more segments
@@ -156,7 +159,7 @@ impl SqliteConfig {
             drive_max_rows: 10_000,
             wal_autocheckpoint_pages: 1000,
             fts_automerge: 4,
-            background_checkpoint: Some(Duration::from_millis(100)),
+            background_checkpoint: Some(Duration::from_millis(1000)),
             limits: QueryLimits::default(),
         }
     }
@@ -588,7 +591,7 @@ impl EventStore for SqliteStore {
         // Everything that needs only the event is prepared before taking the writer, which
         // every insert waits for: the labels' JSON and the full-text row without its rowid
         // (`,"kind",...]`, spliced after the rowid once it is known).
-        let mut prepared: Vec<(String, String)> = Vec::with_capacity(events.len());
+        let mut prepared: Vec<(String, String, String)> = Vec::with_capacity(events.len());
         for e in events {
             let labels = serde_json::to_string(&e.labels).map_err(json_err)?;
             let payload = e
@@ -596,19 +599,7 @@ impl EventStore for SqliteStore {
                 .as_ref()
                 .map(|p| payload_text(p.get(), self.config.max_indexed_payload_bytes))
                 .unwrap_or_default();
-            let row = (
-                &e.kind,
-                &e.subject,
-                &e.summary,
-                labels_text(&e.labels),
-                payload,
-                &e.host,
-                &e.service,
-            );
-            let mut tail = serde_json::to_string(&row).map_err(json_err)?;
-            // `[a,b]` → `,a,b]`: a serialized tuple always starts with `[`
-            tail.replace_range(..1, ",");
-            prepared.push((labels, tail));
+            prepared.push((labels, labels_text(&e.labels), payload));
         }
         let mut guard = self.writer.lock();
         let conn = guard.as_mut().ok_or(StoreError::Closed)?;
@@ -617,70 +608,63 @@ impl EventStore for SqliteStore {
             .map_err(db_err(op))?;
         let mut results = Vec::with_capacity(events.len());
         {
+            // No RETURNING: SQLite runs it as a trigger, which makes the insert a multi-write
+            // statement and so opens a statement journal (a copy of every page it touches
+            // twice in the transaction) for each row. A one-row insert checks its
+            // constraints before it writes, so without it no journal is needed; whether the
+            // row went in and its `seq` come from `changes()` and `last_insert_rowid()`.
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO events (id, time, received_at, source, kind, subject, actor, \
                      host, service, labels, severity, summary, payload) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
-                     ON CONFLICT(id) DO NOTHING RETURNING seq",
+                     ON CONFLICT(id) DO NOTHING",
                 )
                 .map_err(db_err(op))?;
-            // Full-text rows go in with one statement per batch: FTS5 flushes its in-memory
-            // index at every statement savepoint, so a row-at-a-time insert would write a
-            // tiny segment (and merge) per event.
-            // One JSON array of rows, written straight from the fields (no JSON tree).
-            let mut fts_rows: Vec<u8> = Vec::with_capacity(events.len() * 256);
-            fts_rows.push(b'[');
-            let mut fts_count = 0usize;
-            for (e, (labels, tail)) in events.iter().zip(&prepared) {
-                let seq: Option<i64> = insert
-                    .query_row(
-                        rusqlite::params![
-                            e.id.as_str(),
-                            e.time.0,
-                            e.received_at.0,
-                            e.source,
-                            e.kind,
-                            e.subject,
-                            e.actor,
-                            e.host,
-                            e.service,
-                            labels,
-                            severity_code(e.severity),
-                            e.summary,
-                            e.payload.as_ref().map(|p| p.get()),
-                        ],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(db_err(op))?;
-                let Some(seq) = seq else {
-                    results.push(ItemResult::Duplicate);
-                    continue;
-                };
-                if fts_count > 0 {
-                    fts_rows.push(b',');
-                }
-                fts_count += 1;
-                fts_rows.push(b'[');
-                fts_rows.extend_from_slice(seq.to_string().as_bytes());
-                fts_rows.extend_from_slice(tail.as_bytes());
-                results.push(ItemResult::Stored);
-            }
-            if fts_count > 0 {
-                fts_rows.push(b']');
-                let rows = String::from_utf8(fts_rows).map_err(|err| StoreError::Backend {
-                    op,
-                    source: Box::new(err),
-                })?;
-                tx.prepare_cached(
+            // A one-row insert into the full-text table opens no statement savepoint, so
+            // FTS5 keeps collecting the whole transaction's rows in memory and writes one
+            // segment at commit (a savepoint would make it flush one per statement).
+            let mut fts = tx
+                .prepare_cached(
                     "INSERT INTO events_fts \
                      (rowid, kind, subject, summary, labels, payload, host, service) \
-                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
-                     value ->> 5, value ->> 6, value ->> 7 FROM json_each(?1)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
-                .and_then(|mut st| st.execute([rows]))
                 .map_err(db_err(op))?;
+            for (e, (labels, labels_text, payload_text)) in events.iter().zip(&prepared) {
+                let changed = insert
+                    .execute(rusqlite::params![
+                        e.id.as_str(),
+                        e.time.0,
+                        e.received_at.0,
+                        e.source,
+                        e.kind,
+                        e.subject,
+                        e.actor,
+                        e.host,
+                        e.service,
+                        labels,
+                        severity_code(e.severity),
+                        e.summary,
+                        e.payload.as_ref().map(|p| p.get()),
+                    ])
+                    .map_err(db_err(op))?;
+                if changed != 1 {
+                    results.push(ItemResult::Duplicate);
+                    continue;
+                }
+                fts.execute(rusqlite::params![
+                    tx.last_insert_rowid(),
+                    e.kind,
+                    e.subject,
+                    e.summary,
+                    labels_text,
+                    payload_text,
+                    e.host,
+                    e.service,
+                ])
+                .map_err(db_err(op))?;
+                results.push(ItemResult::Stored);
             }
         }
         tx.commit().map_err(db_err(op))?;
