@@ -858,3 +858,30 @@ mod model_check {
         }
     }
 }
+
+/// The number of full-text segments, from FTS5's structure record (`id = 10` of the `_data`
+/// table): a 4-byte cookie, with `contentless_delete` the 4-byte version-2 marker, then the
+/// level and segment counts as varints (one byte each while below 128).
+fn fts_segments(path: &std::path::Path) -> u8 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let blob: Vec<u8> = conn
+        .query_row("SELECT block FROM events_fts_data WHERE id = 10", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let at = if blob[4..8] == [0xff, 0, 0, 1] { 8 } else { 4 };
+    assert!(blob[at] < 128 && blob[at + 1] < 128, "{blob:?}");
+    blob[at + 1]
+}
+
+#[test]
+fn one_batch_writes_one_full_text_segment() {
+    // FTS5 writes what it collected at every statement savepoint; a batch must reach the
+    // index in one piece (one segment), not one tiny segment per event
+    let (dir, store) = open();
+    let batch = series(500);
+    store.insert_batch(&batch).unwrap();
+    assert_eq!(fts_segments(&dir.path().join("roaster.db")), 1);
+    store.insert_batch(&series(900)[500..]).unwrap();
+    assert_eq!(fts_segments(&dir.path().join("roaster.db")), 2);
+}
