@@ -27,7 +27,7 @@ fn event(n: u64) -> Event {
         subject: None,
         actor: None,
         host: Some(format!("web{:02}", n % 60)),
-        service: (n % 3 != 0).then(|| "shop".to_owned()),
+        service: (!n.is_multiple_of(3)).then(|| "shop".to_owned()),
         labels: [("batch".to_owned(), format!("b{}", n / BATCH))].into(),
         severity: Severity::Info,
         summary: format!("deployed marker{n} to the fleet"),
@@ -61,7 +61,7 @@ fn every_acknowledged_event_survives_sigkill() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
-    let mut seed: u64 = std::process::id() as u64 * 0x9e37_79b9 | 1;
+    let mut seed: u64 = (u64::from(std::process::id()) * 0x9e37_79b9) | 1;
     let mut next_batch = 0u64;
     let mut acked = 0u64;
     for cycle in 0..4 {
