@@ -17,17 +17,22 @@
 //! events spread evenly over 60 days, summaries of six words from a 4,000-word vocabulary,
 //! three labels, and a payload of package names on a third of the events.
 //!
-//! Last measured 2026-11-21 on the shared 2-core machine (CPU pressure 70-95 %, so wall
-//! times include waiting for a core; on-CPU time is the store's own cost):
-//! - insert 200 k: 22,800 events per CPU-second (wall 10,000/s); resend of 1,000 stored
-//!   events 4.3 ms against 115 ms for a fresh 1,000; retention deletes ~42,000 events
+//! `recent [N] [THREADS]` is the HTTP scenario (`bench/scenarios/events_ingest.py`) in-process:
+//! its event shape, times spread over a 100 s window, batches of 500 from THREADS callers;
+//! it reports process CPU and bytes written per event, the figures to A/B a storage change by.
+//!
+//! Last measured 2026-11-21 11:20–11:28 (schema 2) on the shared 2-core machine (load 2–3):
+//! - recent 200 k, 2 threads: 0.037–0.043 s CPU per 1k events, 13.5 KiB written per event
+//!   (schema 1 in the same minutes: 0.049–0.055 s, 17 KiB).
+//! - insert 200 k: 44,800 events per CPU-second (wall 28,600/s); resend of 1,000 stored
+//!   events 2.5 ms against 37 ms for a fresh 1,000; retention deletes ~56,000 events
 //!   (with their full-text rows) per CPU-second.
-//! - 5 M events (3.1 GB file, built in 222 s wall / 167 s CPU), CPU pressure ~60 %:
-//!   1 word + host p50 2.0 ms, p99 6.7 ms; a common word (12 % of events) + host p50 14 ms,
-//!   p99 25 ms; 24 h annotations for one host p50 0.3 ms, p99 3.8 ms; paging 100 k events
-//!   of one kind prefix 4.4 ms per 1,000-event page (first ten pages) and 4.1 ms (last
-//!   ten); paging 100 k full-text matches of a common word 61 ms and 58 ms per page (the
-//!   set of matching rowids is rebuilt for every page).
+//! - 5 M events (built in 146 s wall / 123 s CPU): 1 word + host p50 1.0 ms, p99 1.3 ms; a
+//!   common word (12 % of events) + host p50 8.8 ms, p99 14 ms; 24 h annotations for one
+//!   host p50 0.27 ms, p99 0.48 ms; paging 100 k events of one kind prefix 5.1 ms per
+//!   1,000-event page (first ten pages) and 4.3 ms (last ten); paging 100 k full-text
+//!   matches of a common word 67 and 76 ms per page (the set of matching rowids is rebuilt
+//!   for every page).
 
 use std::time::{Duration, Instant};
 
