@@ -452,9 +452,13 @@ fn report(name: &str, mut samples: Vec<Duration>, cpu: Vec<Duration>, rows: usiz
 }
 
 fn query(path: &str) {
+    let opened = Instant::now();
     let store = open(path, Synchronous::Normal, 1000);
     let count = store.count().unwrap();
-    println!("query: {count} events in {path}");
+    println!(
+        "query: {count} events in {path} (opened, pending migrations included, in {:.1} s)",
+        opened.elapsed().as_secs_f64()
+    );
     let mut g = Gen(42);
     let run = |name: &str, make: &mut dyn FnMut(&mut Gen) -> EventQuery, g: &mut Gen| {
         let (mut samples, mut cpu) = (Vec::new(), Vec::new());

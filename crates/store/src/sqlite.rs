@@ -5,7 +5,7 @@
 //! so readers never block the writer or each other. A caller that finds every reader busy
 //! waits for one; nothing opens connections on demand.
 //!
-//! On-disk format (schema version 2, kept in `PRAGMA user_version` by `rusqlite_migration`;
+//! On-disk format (schema version 3, kept in `PRAGMA user_version` by `rusqlite_migration`;
 //! migrations only ever append, never edit a shipped step):
 //!
 //! ```sql
@@ -19,7 +19,8 @@
 //!        severity INTEGER NOT NULL,      -- 0 info, 1 warning, 2 critical
 //!        summary TEXT NOT NULL,
 //!        payload TEXT)                   -- the payload's JSON exactly as sent, or NULL
-//! indexes: (time, id), (host, time, id), (service, time, id)
+//! indexes: (time, id), (host, time, id) WHERE host IS NOT NULL,
+//!          (service, time, id) WHERE service IS NOT NULL
 //! events_fts: contentless FTS5 (contentless_delete=1) over
 //!             kind, subject, summary, labels ("name=value ..."), payload (its string values),
 //!             host, service (so a search with a host or service filter is narrowed inside
@@ -31,8 +32,10 @@
 //! itself preferred `(time, id)` for kind-filtered annotations), and that plan now finds its
 //! rows through the full-text `kind` column. With event times spread over the last minutes,
 //! every time-ordered index costs about one dirty page per event at each commit; dropping it
-//! cut the bytes written per event by a fifth. A binary that knows only version 1 refuses a
-//! version-2 file (`rusqlite_migration`: database too far ahead).
+//! cut the bytes written per event by a fifth. Version 3 made the host and service indexes
+//! partial: only `host = ?` / `service = ?` filters use them, so an event without a host or
+//! service need not cost an index entry (and its dirty page). A binary refuses a file from a
+//! later version than it knows (`rusqlite_migration`: database too far ahead).
 //!
 //! An event and its full-text row are written in the same transaction, so the index never
 //! disagrees with the table. The full-text table is contentless: it stores no copy of the
@@ -85,6 +88,12 @@ const MIGRATIONS: &[M<'static>] = &[
     );",
     ),
     M::up("DROP INDEX events_kind_time;"),
+    M::up(
+        "DROP INDEX events_host_time;
+        CREATE INDEX events_host_time ON events(host, time, id) WHERE host IS NOT NULL;
+        DROP INDEX events_service_time;
+        CREATE INDEX events_service_time ON events(service, time, id) WHERE service IS NOT NULL;",
+    ),
 ];
 
 /// How hard SQLite syncs to disk on commit.

@@ -945,9 +945,18 @@ fn a_version_1_file_is_migrated_and_a_newer_one_refused() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!((version, kind_index), (2, 0));
+    assert_eq!((version, kind_index), (3, 0));
+    let partial: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('events_host_time', \
+             'events_service_time') AND sql LIKE '%WHERE % IS NOT NULL'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(partial, 2);
     // a file from a later schema is refused, not guessed at
-    conn.execute_batch("PRAGMA user_version = 3;").unwrap();
+    conn.execute_batch("PRAGMA user_version = 4;").unwrap();
     drop(conn);
     assert!(matches!(
         SqliteStore::open(SqliteConfig::new(&path)),
