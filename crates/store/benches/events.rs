@@ -17,17 +17,24 @@
 //! events spread evenly over 60 days, summaries of six words from a 4,000-word vocabulary,
 //! three labels, and a payload of package names on a third of the events.
 //!
-//! Last measured 2026-11-21 on the shared 2-core machine (CPU pressure 70-95 %, so wall
-//! times include waiting for a core; on-CPU time is the store's own cost):
-//! - insert 200 k: 22,800 events per CPU-second (wall 10,000/s); resend of 1,000 stored
-//!   events 4.3 ms against 115 ms for a fresh 1,000; retention deletes ~42,000 events
+//! `recent [N] [THREADS]` is the HTTP scenario (`bench/scenarios/events_ingest.py`) in-process:
+//! its event shape, times spread over a 100 s window, batches of 500 from THREADS callers;
+//! it reports process CPU and bytes written per event, the figures to A/B a storage change by.
+//!
+//! Last measured 2026-11-21 11:20–11:28 (schema 2) on the shared 2-core machine (load 2–3):
+//! - recent 200 k, 2 threads: 0.037–0.043 s CPU per 1k events, 13.5 KiB written per event
+//!   (schema 1 in the same minutes: 0.049–0.055 s, 17 KiB).
+//! - insert 200 k: 44,800 events per CPU-second (wall 28,600/s); resend of 1,000 stored
+//!   events 2.5 ms against 37 ms for a fresh 1,000; retention deletes ~56,000 events
 //!   (with their full-text rows) per CPU-second.
-//! - 5 M events (3.1 GB file, built in 222 s wall / 167 s CPU), CPU pressure ~60 %:
-//!   1 word + host p50 2.0 ms, p99 6.7 ms; a common word (12 % of events) + host p50 14 ms,
-//!   p99 25 ms; 24 h annotations for one host p50 0.3 ms, p99 3.8 ms; paging 100 k events
-//!   of one kind prefix 4.4 ms per 1,000-event page (first ten pages) and 4.1 ms (last
-//!   ten); paging 100 k full-text matches of a common word 61 ms and 58 ms per page (the
-//!   set of matching rowids is rebuilt for every page).
+//! - 5 M events (built in 146 s wall / 123 s CPU): 1 word + host p50 1.0 ms, p99 1.3 ms; a
+//!   common word (12 % of events) + host p50 8.8 ms, p99 14 ms; 24 h annotations for one
+//!   host p50 0.27 ms, p99 0.48 ms; a kind prefix alone: common (1/24) p50 2.4 ms, p99 3.8
+//!   ms, no such kind (`deploy.<word>`, decided through the full-text `kind` column) p50
+//!   6.7 ms, p99 10 ms; paging 100 k events of one kind prefix 5.1 ms per
+//!   1,000-event page (first ten pages) and 4.3 ms (last ten); paging 100 k full-text
+//!   matches of a common word 67 and 76 ms per page (the set of matching rowids is rebuilt
+//!   for every page).
 
 use std::time::{Duration, Instant};
 
@@ -247,6 +254,159 @@ fn insert(n: u64) {
     );
 }
 
+/// Process-wide CPU time (utime + stime of every thread, checkpointer included) and bytes
+/// written (`wchar`), from `/proc/self`; zero where unavailable.
+fn process_cpu_and_written() -> (Duration, u64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // after the comm: state is field 3, utime 14 and stime 15 (in clock ticks)
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .map(|ticks| Duration::from_millis(ticks * 10))
+        .unwrap_or_default();
+    let written = std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("wchar: ").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(0);
+    (cpu, written)
+}
+
+/// One event shaped like `bench/scenarios/events_ingest.py`'s: 11 kinds, 60 hosts, 8
+/// services (on 70 %), three labels, a summary line and a ~300–600 byte JSON payload of
+/// versions, file paths and a free-text diff; `time` anywhere in a 100 s window.
+fn http_like_event(g: &mut Gen, n: u64, window_start: i64) -> Event {
+    const KINDS: &[&str] = &[
+        "deploy.started",
+        "deploy.finished",
+        "chef.run",
+        "package.installed",
+        "package.removed",
+        "user.added",
+        "user.removed",
+        "file.changed",
+        "cron.run",
+        "ansible.start",
+        "ansible.finished",
+    ];
+    const SVCS: &[&str] = &[
+        "shop", "search", "checkout", "auth", "postgres", "redis", "nginx", "billing",
+    ];
+    const WORDS: &[&str] = &[
+        "the", "quick", "change", "rolled", "config", "restart", "reload", "upgrade", "patch", "security",
+        "kernel", "disk", "memory", "network", "timeout", "retry", "rollback", "canary", "blue", "green",
+        "cluster", "shard", "replica", "primary",
+    ];
+    let pick = |g: &mut Gen, xs: &[&'static str]| xs[g.below(xs.len() as u64) as usize];
+    let kind = pick(g, KINDS);
+    let h = g.below(60);
+    let host = match h {
+        0..30 => format!("web{:02}", h + 1),
+        30..40 => format!("db{:02}", h - 29),
+        _ => format!("cache{:02}", h - 39),
+    };
+    let svc = pick(g, SVCS);
+    let ver = format!("{}.{}.{}", 1 + g.below(9), g.below(41), g.below(100));
+    let files: Vec<String> = (0..1 + g.below(6))
+        .map(|_| format!("/etc/{svc}/{}.d/{}.conf", pick(g, WORDS), pick(g, WORDS)))
+        .collect();
+    let diff: Vec<&str> = (0..20 + g.below(41)).map(|_| pick(g, WORDS)).collect();
+    let payload = serde_json::json!({
+        "version": ver, "changed_files": files, "diff": diff.join(" "),
+        "run_id": g.below(1_000_000_000), "exit_code": ([0, 0, 0, 0, 1, 2][g.below(6) as usize]),
+    });
+    let time = window_start + g.below(100_000) as i64;
+    Event {
+        id: EventId::parse(&format!("{:08}-{:03}", n / 500, n % 500), 1024).unwrap(),
+        time: Timestamp(time),
+        received_at: Timestamp(time + 150),
+        source: "bench".into(),
+        kind: kind.to_owned(),
+        subject: kind.starts_with("package").then(|| "openssl".to_owned()),
+        actor: Some("alice".into()),
+        summary: format!("{kind} {svc} {ver} on {host}: {} resources updated", g.below(120)),
+        service: (g.below(10) < 7).then(|| svc.to_owned()),
+        host: Some(host),
+        labels: [
+            (
+                "team".to_owned(),
+                ["web", "db", "platform"][g.below(3) as usize].to_owned(),
+            ),
+            (
+                "env".to_owned(),
+                ["prod", "staging"][g.below(2) as usize].to_owned(),
+            ),
+            (
+                "dc".to_owned(),
+                ["fra1", "ams2", "lon1"][g.below(3) as usize].to_owned(),
+            ),
+        ]
+        .into(),
+        severity: [
+            Severity::Info,
+            Severity::Info,
+            Severity::Warning,
+            Severity::Critical,
+        ][g.below(4) as usize],
+        payload: RawValue::from_string(payload.to_string()).ok(),
+    }
+}
+
+/// The HTTP scenario's store side in-process: `threads` callers (as connections) insert
+/// batches of 500 events shaped like `events_ingest.py`'s, times spread over a 100 s window.
+/// Reports wall events/s, process CPU (all threads) per 1,000 events and bytes written per
+/// event. Knobs (bench only): `EVB_CHECKPOINT_MS` (0 = on the writer),
+/// `EVB_CACHE_KIB`.
+fn recent(n: u64, threads: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("bench.db"));
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = env("EVB_CHECKPOINT_MS") {
+        config.background_checkpoint = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    if let Some(c) = env("EVB_CACHE_KIB") {
+        config.cache_kib = c as u32;
+    }
+    config.wal_autocheckpoint_pages = 10_000;
+    let store = SqliteStore::open(config).unwrap();
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let batches: Vec<Vec<Event>> = (0..n.div_ceil(500))
+        .map(|b| {
+            (b * 500..(b * 500 + 500).min(n))
+                .map(|i| http_like_event(&mut g, i, END))
+                .collect()
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (cpu0, w0) = process_cpu_and_written();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(batch) = batches.get(i) else { break };
+                    store.insert_batch(batch).unwrap();
+                }
+            });
+        }
+    });
+    let took = start.elapsed();
+    let (cpu1, w1) = process_cpu_and_written();
+    let cpu = cpu1.saturating_sub(cpu0).as_secs_f64();
+    println!(
+        "recent: {n} events, {threads} threads: wall {:.0} events/s; process CPU {:.4} s per 1k events; {:.1} KiB written per event; count {}",
+        n as f64 / took.as_secs_f64(),
+        cpu / (n as f64 / 1000.0),
+        (w1 - w0) as f64 / n as f64 / 1024.0,
+        store.count().unwrap()
+    );
+}
+
 fn build(n: u64, path: &str) {
     let store = open(path, Synchronous::Off, 10_000);
     let have = store.count().unwrap();
@@ -292,9 +452,13 @@ fn report(name: &str, mut samples: Vec<Duration>, cpu: Vec<Duration>, rows: usiz
 }
 
 fn query(path: &str) {
+    let opened = Instant::now();
     let store = open(path, Synchronous::Normal, 1000);
     let count = store.count().unwrap();
-    println!("query: {count} events in {path}");
+    println!(
+        "query: {count} events in {path} (opened, pending migrations included, in {:.1} s)",
+        opened.elapsed().as_secs_f64()
+    );
     let mut g = Gen(42);
     let run = |name: &str, make: &mut dyn FnMut(&mut Gen) -> EventQuery, g: &mut Gen| {
         let (mut samples, mut cpu) = (Vec::new(), Vec::new());
@@ -351,6 +515,22 @@ fn query(path: &str) {
             host: Some(format!("h{:04}", g.below(HOSTS))),
             kind_prefix: Some("deploy".into()),
             labels: vec![model::Matcher::equal("env", "prod")],
+            ..Default::default()
+        },
+        &mut g,
+    );
+    run(
+        "kind prefix only (deploy.failed, 1/24 of events: the full-text count hits the cap), limit 100",
+        &mut |_| EventQuery {
+            kind_prefix: Some("deploy.failed".into()),
+            ..Default::default()
+        },
+        &mut g,
+    );
+    run(
+        "kind prefix only, no such kind (driven by the full-text kind column), limit 100",
+        &mut |g| EventQuery {
+            kind_prefix: Some(format!("deploy.{}", g.word())),
             ..Default::default()
         },
         &mut g,
@@ -455,7 +635,11 @@ fn main() {
             arg(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
             arg(2).unwrap_or("/tmp/roaster-events.db"),
         ),
+        Some("recent") => recent(
+            arg(1).and_then(|s| s.parse().ok()).unwrap_or(300_000),
+            arg(2).and_then(|s| s.parse().ok()).unwrap_or(2),
+        ),
         Some("query") => query(arg(1).unwrap_or("/tmp/roaster-events.db")),
-        _ => eprintln!("usage: events (insert [N] | build [N] [PATH] | query [PATH])"),
+        _ => eprintln!("usage: events (insert [N] | recent [N] [THREADS] | build [N] [PATH] | query [PATH])"),
     }
 }

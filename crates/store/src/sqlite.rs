@@ -5,7 +5,7 @@
 //! so readers never block the writer or each other. A caller that finds every reader busy
 //! waits for one; nothing opens connections on demand.
 //!
-//! On-disk format (schema version 1, kept in `PRAGMA user_version` by `rusqlite_migration`;
+//! On-disk format (schema version 3, kept in `PRAGMA user_version` by `rusqlite_migration`;
 //! migrations only ever append, never edit a shipped step):
 //!
 //! ```sql
@@ -19,13 +19,23 @@
 //!        severity INTEGER NOT NULL,      -- 0 info, 1 warning, 2 critical
 //!        summary TEXT NOT NULL,
 //!        payload TEXT)                   -- the payload's JSON exactly as sent, or NULL
-//! indexes: (time, id), (host, time, id), (service, time, id), (kind, time)
+//! indexes: (time, id), (host, time, id) WHERE host IS NOT NULL,
+//!          (service, time, id) WHERE service IS NOT NULL
 //! events_fts: contentless FTS5 (contentless_delete=1) over
 //!             kind, subject, summary, labels ("name=value ..."), payload (its string values),
 //!             host, service (so a search with a host or service filter is narrowed inside
 //!             the full-text index; the user's words match only the first five columns),
 //!             rowid = events.seq
 //! ```
+//!
+//! Version 2 dropped version 1's `(kind, time)` index: only the rare-kind plan used it (SQLite
+//! itself preferred `(time, id)` for kind-filtered annotations), and that plan now finds its
+//! rows through the full-text `kind` column. With event times spread over the last minutes,
+//! every time-ordered index costs about one dirty page per event at each commit; dropping it
+//! cut the bytes written per event by a fifth. Version 3 made the host and service indexes
+//! partial: only `host = ?` / `service = ?` filters use them, so an event without a host or
+//! service need not cost an index entry (and its dirty page). A binary refuses a file from a
+//! later version than it knows (`rusqlite_migration`: database too far ahead).
 //!
 //! An event and its full-text row are written in the same transaction, so the index never
 //! disagrees with the table. The full-text table is contentless: it stores no copy of the
@@ -37,7 +47,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::types::Value;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params_from_iter};
+use rusqlite::{Connection, ErrorCode, OpenFlags, Row, params_from_iter};
 use rusqlite_migration::{M, Migrations};
 use serde_json::value::RawValue;
 
@@ -50,8 +60,9 @@ use crate::{
     Retention, RetentionReport, StoreError, decode_cursor, encode_cursor,
 };
 
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE events (
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE events (
         seq INTEGER PRIMARY KEY,
         id TEXT NOT NULL UNIQUE,
         time INTEGER NOT NULL,
@@ -75,7 +86,15 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         kind, subject, summary, labels, payload, host, service,
         content='', contentless_delete=1
     );",
-)];
+    ),
+    M::up("DROP INDEX events_kind_time;"),
+    M::up(
+        "DROP INDEX events_host_time;
+        CREATE INDEX events_host_time ON events(host, time, id) WHERE host IS NOT NULL;
+        DROP INDEX events_service_time;
+        CREATE INDEX events_service_time ON events(service, time, id) WHERE service IS NOT NULL;",
+    ),
+];
 
 /// How hard SQLite syncs to disk on commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,6 +151,9 @@ pub struct SqliteConfig {
     /// [`WAL_SAFETY_FACTOR`] × `wal_autocheckpoint_pages` (the background thread fell behind),
     /// so the `-wal` file stays bounded. Measured: checkpoints were 18 % of the writer
     /// thread's CPU in `bench/scenarios/events_ingest.py`; this moves them to the other core.
+    /// Default 1 s: a page many commits rewrite (an index leaf, the table's last page) is
+    /// copied once per checkpoint, not once per commit; 1 s wrote about 20 % fewer bytes per
+    /// event than 100 ms. Durability does not depend on it (a commit is durable in the WAL).
     pub background_checkpoint: Option<Duration>,
     /// FTS5 `automerge`: how many segments of one level are merged at a time (2..=16; SQLite's
     /// default is 4). Larger values merge less often while inserting, with more segments
@@ -156,7 +178,7 @@ impl SqliteConfig {
             drive_max_rows: 10_000,
             wal_autocheckpoint_pages: 1000,
             fts_automerge: 4,
-            background_checkpoint: Some(Duration::from_millis(100)),
+            background_checkpoint: Some(Duration::from_millis(1000)),
             limits: QueryLimits::default(),
         }
     }
@@ -507,7 +529,8 @@ fn kind_prefix_clause(prefix: &Option<String>) -> Option<(&'static str, [Value; 
 enum Plan {
     /// Fetch the few full-text matches by rowid, then sort them.
     FullText,
-    /// Fetch the few rows of a rare kind prefix from the kind index, then sort them.
+    /// Fetch the few rows of a rare kind prefix through the full-text `kind` column, then
+    /// sort them.
     Kind,
     /// Walk `(host, time, id)` newest first, filtering.
     Host,
@@ -521,7 +544,7 @@ impl Plan {
     fn table(self) -> &'static str {
         match self {
             Plan::FullText => "events e NOT INDEXED",
-            Plan::Kind => "events e INDEXED BY events_kind_time",
+            Plan::Kind => "events e NOT INDEXED",
             Plan::Host => "events e INDEXED BY events_host_time",
             Plan::Service => "events e INDEXED BY events_service_time",
             Plan::Time => "events e INDEXED BY events_time",
@@ -529,8 +552,20 @@ impl Plan {
     }
 }
 
+/// The full-text condition that narrows a kind prefix: its text as a phrase at the start of
+/// the `kind` column (`deploy.fin` → the tokens `deploy fin` first in `kind`). It admits a
+/// superset (`deploy-fin.x` too); the exact prefix test stays in SQL. `None` when the prefix
+/// has no letters or digits, so nothing in it would be a token.
+fn kind_fts_expression(prefix: &Option<String>) -> Option<String> {
+    let p = prefix.as_deref()?;
+    let p = p.strip_suffix('.').unwrap_or(p);
+    p.chars()
+        .any(char::is_alphanumeric)
+        .then(|| format!("kind : ^ \"{}\"", p.replace('"', "\"\"")))
+}
+
 /// A WHERE clause under construction, with its positional parameters.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Filter {
     clauses: Vec<String>,
     params: Vec<Value>,
@@ -588,7 +623,7 @@ impl EventStore for SqliteStore {
         // Everything that needs only the event is prepared before taking the writer, which
         // every insert waits for: the labels' JSON and the full-text row without its rowid
         // (`,"kind",...]`, spliced after the rowid once it is known).
-        let mut prepared: Vec<(String, String)> = Vec::with_capacity(events.len());
+        let mut prepared: Vec<(String, String, String)> = Vec::with_capacity(events.len());
         for e in events {
             let labels = serde_json::to_string(&e.labels).map_err(json_err)?;
             let payload = e
@@ -596,19 +631,7 @@ impl EventStore for SqliteStore {
                 .as_ref()
                 .map(|p| payload_text(p.get(), self.config.max_indexed_payload_bytes))
                 .unwrap_or_default();
-            let row = (
-                &e.kind,
-                &e.subject,
-                &e.summary,
-                labels_text(&e.labels),
-                payload,
-                &e.host,
-                &e.service,
-            );
-            let mut tail = serde_json::to_string(&row).map_err(json_err)?;
-            // `[a,b]` → `,a,b]`: a serialized tuple always starts with `[`
-            tail.replace_range(..1, ",");
-            prepared.push((labels, tail));
+            prepared.push((labels, labels_text(&e.labels), payload));
         }
         let mut guard = self.writer.lock();
         let conn = guard.as_mut().ok_or(StoreError::Closed)?;
@@ -617,70 +640,63 @@ impl EventStore for SqliteStore {
             .map_err(db_err(op))?;
         let mut results = Vec::with_capacity(events.len());
         {
+            // No RETURNING: SQLite runs it as a trigger, which makes the insert a multi-write
+            // statement and so opens a statement journal (a copy of every page it touches
+            // twice in the transaction) for each row. A one-row insert checks its
+            // constraints before it writes, so without it no journal is needed; whether the
+            // row went in and its `seq` come from `changes()` and `last_insert_rowid()`.
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO events (id, time, received_at, source, kind, subject, actor, \
                      host, service, labels, severity, summary, payload) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
-                     ON CONFLICT(id) DO NOTHING RETURNING seq",
+                     ON CONFLICT(id) DO NOTHING",
                 )
                 .map_err(db_err(op))?;
-            // Full-text rows go in with one statement per batch: FTS5 flushes its in-memory
-            // index at every statement savepoint, so a row-at-a-time insert would write a
-            // tiny segment (and merge) per event.
-            // One JSON array of rows, written straight from the fields (no JSON tree).
-            let mut fts_rows: Vec<u8> = Vec::with_capacity(events.len() * 256);
-            fts_rows.push(b'[');
-            let mut fts_count = 0usize;
-            for (e, (labels, tail)) in events.iter().zip(&prepared) {
-                let seq: Option<i64> = insert
-                    .query_row(
-                        rusqlite::params![
-                            e.id.as_str(),
-                            e.time.0,
-                            e.received_at.0,
-                            e.source,
-                            e.kind,
-                            e.subject,
-                            e.actor,
-                            e.host,
-                            e.service,
-                            labels,
-                            severity_code(e.severity),
-                            e.summary,
-                            e.payload.as_ref().map(|p| p.get()),
-                        ],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(db_err(op))?;
-                let Some(seq) = seq else {
-                    results.push(ItemResult::Duplicate);
-                    continue;
-                };
-                if fts_count > 0 {
-                    fts_rows.push(b',');
-                }
-                fts_count += 1;
-                fts_rows.push(b'[');
-                fts_rows.extend_from_slice(seq.to_string().as_bytes());
-                fts_rows.extend_from_slice(tail.as_bytes());
-                results.push(ItemResult::Stored);
-            }
-            if fts_count > 0 {
-                fts_rows.push(b']');
-                let rows = String::from_utf8(fts_rows).map_err(|err| StoreError::Backend {
-                    op,
-                    source: Box::new(err),
-                })?;
-                tx.prepare_cached(
+            // A one-row insert into the full-text table opens no statement savepoint, so
+            // FTS5 keeps collecting the whole transaction's rows in memory and writes one
+            // segment at commit (a savepoint would make it flush one per statement).
+            let mut fts = tx
+                .prepare_cached(
                     "INSERT INTO events_fts \
                      (rowid, kind, subject, summary, labels, payload, host, service) \
-                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
-                     value ->> 5, value ->> 6, value ->> 7 FROM json_each(?1)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
-                .and_then(|mut st| st.execute([rows]))
                 .map_err(db_err(op))?;
+            for (e, (labels, labels_text, payload_text)) in events.iter().zip(&prepared) {
+                let changed = insert
+                    .execute(rusqlite::params![
+                        e.id.as_str(),
+                        e.time.0,
+                        e.received_at.0,
+                        e.source,
+                        e.kind,
+                        e.subject,
+                        e.actor,
+                        e.host,
+                        e.service,
+                        labels,
+                        severity_code(e.severity),
+                        e.summary,
+                        e.payload.as_ref().map(|p| p.get()),
+                    ])
+                    .map_err(db_err(op))?;
+                if changed != 1 {
+                    results.push(ItemResult::Duplicate);
+                    continue;
+                }
+                fts.execute(rusqlite::params![
+                    tx.last_insert_rowid(),
+                    e.kind,
+                    e.subject,
+                    e.summary,
+                    labels_text,
+                    payload_text,
+                    e.host,
+                    e.service,
+                ])
+                .map_err(db_err(op))?;
+                results.push(ItemResult::Stored);
             }
         }
         tx.commit().map_err(db_err(op))?;
@@ -752,8 +768,16 @@ impl EventStore for SqliteStore {
             );
         }
         let op = "query events";
+        let kind_words = kind_fts_expression(&query.kind_prefix);
         let raw = self.with_reader(|conn| {
-            let plan = self.plan(conn, query, words.as_deref())?;
+            let plan = self.plan(conn, query, words.as_deref(), kind_words.as_deref())?;
+            let mut filter = filter.clone();
+            if let (Plan::Kind, Some(expr)) = (plan, &kind_words) {
+                filter.push(
+                    "e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)",
+                    [Value::Text(expr.clone())],
+                );
+            }
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM {} WHERE {} ORDER BY e.time DESC, e.id DESC LIMIT {}",
                 plan.table(),
@@ -891,20 +915,29 @@ impl SqliteStore {
     /// Measured and rejected: checking full-text membership per walked row with
     /// `EXISTS (… MATCH ? AND rowid = e.seq)` instead of the rowid set; on 1 M events it was
     /// 2× slower for a common word with a host filter and 40× slower when paging.
-    fn plan(&self, conn: &Connection, query: &EventQuery, words: Option<&str>) -> Result<Plan, StoreError> {
+    fn plan(
+        &self,
+        conn: &Connection,
+        query: &EventQuery,
+        words: Option<&str>,
+        kind_words: Option<&str>,
+    ) -> Result<Plan, StoreError> {
         let op = "plan query";
         let cap = i64::try_from(self.config.drive_max_rows).unwrap_or(i64::MAX);
-        if let Some(words) = words {
+        let few_matches = |expr: &str| -> Result<bool, StoreError> {
             let n: i64 = conn
                 .prepare_cached(
                     "SELECT count(*) FROM \
                      (SELECT rowid FROM events_fts WHERE events_fts MATCH ?1 LIMIT ?2)",
                 )
-                .and_then(|mut st| st.query_row(rusqlite::params![words, cap], |r| r.get(0)))
+                .and_then(|mut st| st.query_row(rusqlite::params![expr, cap], |r| r.get(0)))
                 .map_err(db_err(op))?;
-            if n < cap {
-                return Ok(Plan::FullText);
-            }
+            Ok(n < cap)
+        };
+        if let Some(words) = words
+            && few_matches(words)?
+        {
+            return Ok(Plan::FullText);
         }
         if query.host.is_some() {
             return Ok(Plan::Host);
@@ -912,18 +945,10 @@ impl SqliteStore {
         if query.service.is_some() {
             return Ok(Plan::Service);
         }
-        if let Some((clause, params)) = kind_prefix_clause(&query.kind_prefix) {
-            let sql = format!(
-                "SELECT count(*) FROM (SELECT 1 FROM events e INDEXED BY events_kind_time \
-                 WHERE {clause} LIMIT {cap})"
-            );
-            let n: i64 = conn
-                .prepare_cached(&sql)
-                .and_then(|mut st| st.query_row(params_from_iter(params.iter()), |r| r.get(0)))
-                .map_err(db_err(op))?;
-            if n < cap {
-                return Ok(Plan::Kind);
-            }
+        if let Some(kind_words) = kind_words
+            && few_matches(kind_words)?
+        {
+            return Ok(Plan::Kind);
         }
         Ok(Plan::Time)
     }

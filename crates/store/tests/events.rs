@@ -858,3 +858,108 @@ mod model_check {
         }
     }
 }
+
+/// The number of full-text segments, from FTS5's structure record (`id = 10` of the `_data`
+/// table): a 4-byte cookie, with `contentless_delete` the 4-byte version-2 marker, then the
+/// level and segment counts as varints (one byte each while below 128).
+fn fts_segments(path: &std::path::Path) -> u8 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let blob: Vec<u8> = conn
+        .query_row("SELECT block FROM events_fts_data WHERE id = 10", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let at = if blob[4..8] == [0xff, 0, 0, 1] { 8 } else { 4 };
+    assert!(blob[at] < 128 && blob[at + 1] < 128, "{blob:?}");
+    blob[at + 1]
+}
+
+#[test]
+fn one_batch_writes_one_full_text_segment() {
+    // FTS5 writes what it collected at every statement savepoint; a batch must reach the
+    // index in one piece (one segment), not one tiny segment per event
+    let (dir, store) = open();
+    let batch = series(500);
+    store.insert_batch(&batch).unwrap();
+    assert_eq!(fts_segments(&dir.path().join("roaster.db")), 1);
+    store.insert_batch(&series(900)[500..]).unwrap();
+    assert_eq!(fts_segments(&dir.path().join("roaster.db")), 2);
+}
+
+/// Version 1's schema exactly as it shipped, with one event in it.
+fn write_schema_v1(path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, time INTEGER NOT NULL,
+            received_at INTEGER NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL,
+            subject TEXT, actor TEXT, host TEXT, service TEXT, labels TEXT NOT NULL,
+            severity INTEGER NOT NULL, summary TEXT NOT NULL, payload TEXT);
+        CREATE INDEX events_time ON events(time, id);
+        CREATE INDEX events_host_time ON events(host, time, id);
+        CREATE INDEX events_service_time ON events(service, time, id);
+        CREATE INDEX events_kind_time ON events(kind, time);
+        CREATE VIRTUAL TABLE events_fts USING fts5(
+            kind, subject, summary, labels, payload, host, service,
+            content='', contentless_delete=1);
+        INSERT INTO events VALUES (1, 'old1', 1795000000000, 1795000000000, 'agent',
+            'cert.renewed', NULL, NULL, 'web1', NULL, '{}', 0, 'renewed the certificate', NULL);
+        INSERT INTO events_fts (rowid, kind, summary, host)
+            VALUES (1, 'cert.renewed', 'renewed the certificate', 'web1');
+        PRAGMA user_version = 1;",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_version_1_file_is_migrated_and_a_newer_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    write_schema_v1(&path);
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    for (kind, q) in [
+        (Some("cert"), None),
+        (None, Some("certificate")),
+        (Some("cert.renewed"), Some("renew*")),
+    ] {
+        let page = store
+            .query(&EventQuery {
+                kind_prefix: kind.map(Into::into),
+                q: q.map(Into::into),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ids(&page.events), vec!["old1"], "{kind:?} {q:?}");
+    }
+    store.insert_batch(&series(3)).unwrap();
+    assert_eq!(store.count().unwrap(), 4);
+    store.close().unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let kind_index: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'events_kind_time'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!((version, kind_index), (3, 0));
+    let partial: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('events_host_time', \
+             'events_service_time') AND sql LIKE '%WHERE % IS NOT NULL'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(partial, 2);
+    // a file from a later schema is refused, not guessed at
+    conn.execute_batch("PRAGMA user_version = 4;").unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteStore::open(SqliteConfig::new(&path)),
+        Err(StoreError::Backend { op: "migrate", .. })
+    ));
+}
