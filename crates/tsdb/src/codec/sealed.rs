@@ -2,6 +2,7 @@
 //! stream holding every column's symbols. See the `codec` module doc for the byte layout.
 
 use super::CodecError;
+use super::priors::{ClassKey, Priors, ROLE_CORRECTION, ROLE_MANTISSA, ROLE_OTHER};
 use super::rc::{Decoder, Encoder, UintModel, XorModel, len_bits_for};
 use super::varint::{Reader, put_i64, put_u64, unzigzag, zigzag};
 
@@ -67,8 +68,12 @@ pub fn from_mantissa(m: i64, scale: u8) -> f64 {
 
 /// Symbols queued for the range coder, column by column.
 enum Symbols {
-    /// Values and the length-tree depth they need.
-    Uint(Vec<u64>, u32),
+    /// Values, the length-tree depth they need and the column's class (for priors).
+    Uint {
+        xs: Vec<u64>,
+        len_bits: u32,
+        key: ClassKey,
+    },
     Xor(Vec<u64>),
 }
 
@@ -125,8 +130,13 @@ impl ColumnWriter {
     /// Plans an integer column: picks the differencing order in `orders` and the transform
     /// that minimise an estimate of the coded size, writes its header to `hdr`.
     /// The first stored initial value is written relative to `base` (timestamps use the
-    /// block's base time so that it costs a byte).
+    /// block's base time so that it costs a byte). Such columns never use priors.
     pub fn ints(&mut self, hdr: &mut Vec<u8>, xs: &[i64], max_order: u8, base: i64) {
+        self.ints_as(hdr, xs, max_order, base, ROLE_OTHER);
+    }
+
+    /// [`ColumnWriter::ints`] for a column of class role `role` (see `priors`).
+    pub fn ints_as(&mut self, hdr: &mut Vec<u8>, xs: &[i64], max_order: u8, base: i64, role: u8) {
         // Pass 1: differences of increasing order in place, costing each without copies.
         let mut work = xs.to_vec();
         let (mut best_cost, mut best_order, mut best_xf) = (u64::MAX, 0u8, XF_ZIGZAG);
@@ -171,7 +181,8 @@ impl ColumnWriter {
         };
         let has_gcd = g > 1 && best_xf != XF_ZERO;
         let len_bits = len_bits_for(symbols.iter().copied().max().unwrap_or(0));
-        hdr.push(best_order | (best_xf << 2) | ((len_bits as u8) << 4) | if has_gcd { HAS_GCD } else { 0 });
+        let header = best_order | (best_xf << 2) | ((len_bits as u8) << 4);
+        hdr.push(header | if has_gcd { HAS_GCD } else { 0 });
         for (i, &h) in head.iter().enumerate() {
             put_i64(hdr, if i == 0 { h.wrapping_sub(base) } else { h });
         }
@@ -182,7 +193,11 @@ impl ColumnWriter {
             put_u64(hdr, g);
         }
         if best_xf != XF_ZERO {
-            self.symbols.push(Symbols::Uint(symbols, len_bits));
+            self.symbols.push(Symbols::Uint {
+                xs: symbols,
+                len_bits,
+                key: ClassKey { role, header },
+            });
         }
     }
 
@@ -213,9 +228,9 @@ impl ColumnWriter {
                 let bits = vals.get(i).map_or(0, |v| v.to_bits());
                 hdr.extend_from_slice(&bits.to_le_bytes());
             }
-            self.ints(hdr, &mantissas, 2, 0);
+            self.ints_as(hdr, &mantissas, 2, 0, ROLE_MANTISSA);
             if let Some(c) = corrections {
-                self.ints(hdr, &c, 1, 0);
+                self.ints_as(hdr, &c, 1, 0, ROLE_CORRECTION);
             }
         } else {
             hdr.push(VALUES_XOR);
@@ -235,11 +250,46 @@ impl ColumnWriter {
 
     /// Codes every planned column into one range-coded stream appended to `out`.
     pub fn finish(self, out: &mut Vec<u8>) {
+        self.code(out, None);
+    }
+
+    /// Learns priors from this record's columns (see [`Priors::learn`]). When any of its
+    /// integer columns' classes has a prior, codes the stream with a *prior bit* before each
+    /// integer column's symbols (1: its model starts from the class's prior, chosen only
+    /// where that codes it smaller) and returns `true` (the record is then tag 4); otherwise
+    /// codes what [`ColumnWriter::finish`] would and returns `false`.
+    pub fn finish_with_priors(self, out: &mut Vec<u8>, priors: &mut Priors) -> bool {
+        let mut any = false;
+        for s in &self.symbols {
+            if let Symbols::Uint { xs, key, .. } = s {
+                priors.learn(*key, xs);
+                any |= priors.get(*key).is_some();
+            }
+        }
+        self.code(out, any.then_some(&*priors));
+        any
+    }
+
+    /// Codes the columns into one stream; with `priors`, each integer column starts with
+    /// its prior bit.
+    fn code(self, out: &mut Vec<u8>, priors: Option<&Priors>) {
+        let mut scratch = Vec::new();
         let mut enc = Encoder::new(out);
         for s in self.symbols {
             match s {
-                Symbols::Uint(xs, len_bits) => {
-                    let mut m = UintModel::with_len_bits(len_bits);
+                Symbols::Uint { xs, len_bits, key } => {
+                    let fresh = UintModel::with_len_bits(len_bits);
+                    let mut m = match priors {
+                        None => fresh,
+                        Some(p) => {
+                            let prior = p.get(key).filter(|prior| {
+                                coded_len((*prior).clone(), &xs, &mut scratch)
+                                    < coded_len(fresh.clone(), &xs, &mut scratch)
+                            });
+                            enc.direct(u64::from(prior.is_some()), 1);
+                            prior.cloned().unwrap_or(fresh)
+                        }
+                    };
                     for x in xs {
                         m.encode(&mut enc, x);
                     }
@@ -254,6 +304,17 @@ impl ColumnWriter {
         }
         enc.finish();
     }
+}
+
+/// Bytes of one stream coding `xs` with `model` (scratch is reused).
+fn coded_len(mut model: UintModel, xs: &[u64], scratch: &mut Vec<u8>) -> usize {
+    scratch.clear();
+    let mut enc = Encoder::new(scratch);
+    for &x in xs {
+        model.encode(&mut enc, x);
+    }
+    enc.finish();
+    scratch.len()
 }
 
 /// Picks the decimal scale for `vals`; `None` if more than 1/8 of them (or all) are not
@@ -358,8 +419,14 @@ fn near_decimal_plan(vals: &[f64]) -> Option<DecimalPlan> {
 
 /// The header of an integer column.
 #[derive(Clone)]
-struct IntCol {
+struct IntCol<'p> {
     n: usize,
+    /// Class of the column (role and header byte without the factor flag).
+    key: ClassKey,
+    /// Whether the stream codes a prior bit before this column's symbols (tag 4 records).
+    prior_bit: bool,
+    /// The block prior of the column's class, used when its prior bit is set.
+    prior: Option<&'p UintModel>,
     order: u8,
     xf: u8,
     len_bits: u32,
@@ -369,10 +436,10 @@ struct IntCol {
     factor: i64,
 }
 
-impl IntCol {
+impl<'p> IntCol<'p> {
     /// This column cut to its first `limit` values (at least its head values: callers
     /// truncate the output to `limit`). Decoding it reads the same stream prefix.
-    fn prefix(&self, limit: usize) -> IntCol {
+    fn prefix(&self, limit: usize) -> IntCol<'p> {
         IntCol {
             n: self.n.min(limit.max(self.head.len())),
             ..self.clone()
@@ -381,14 +448,14 @@ impl IntCol {
 }
 
 /// A column header parsed before the stream is decoded.
-enum Column {
-    Ints(IntCol),
+enum Column<'p> {
+    Ints(IntCol<'p>),
     Decimal {
         /// Per-value ULP corrections (near-decimal columns only).
-        corrections: Option<IntCol>,
+        corrections: Option<IntCol<'p>>,
         scale: u8,
         exceptions: Vec<(usize, u64)>,
-        ints: IntCol,
+        ints: IntCol<'p>,
     },
     Xor {
         n: usize,
@@ -397,15 +464,15 @@ enum Column {
 
 /// Parses column headers, then decodes the stream.
 #[derive(Default)]
-pub struct ColumnReader {
-    columns: Vec<Column>,
+pub struct ColumnReader<'p> {
+    columns: Vec<Column<'p>>,
 }
 
 fn corrupt(what: &'static str) -> CodecError {
     CodecError::Corrupt(what)
 }
 
-fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<IntCol, CodecError> {
+fn parse_ints<'p>(r: &mut Reader<'_>, n: usize, base: i64, role: u8) -> Result<IntCol<'p>, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated column header"))?;
     let (order, xf, len_bits) = (b & 3, (b >> 2) & 3, u32::from((b >> 4) & 7));
     if order > 2 || xf > XF_ZERO {
@@ -428,6 +495,12 @@ fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<IntCol, CodecEr
     };
     Ok(IntCol {
         n,
+        key: ClassKey {
+            role,
+            header: b & !HAS_GCD,
+        },
+        prior_bit: false,
+        prior: None,
         order,
         xf,
         len_bits,
@@ -437,7 +510,7 @@ fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<IntCol, CodecEr
     })
 }
 
-fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
+fn parse_floats<'p>(r: &mut Reader<'_>, n: usize) -> Result<Column<'p>, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated value header"))?;
     match b & 3 {
         VALUES_DECIMAL | VALUES_NEAR_DECIMAL => {
@@ -465,9 +538,9 @@ fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
                 let bits = r.u64_le().ok_or(corrupt("truncated exceptions"))?;
                 exceptions.push((at as usize, bits));
             }
-            let ints = parse_ints(r, n, 0)?;
+            let ints = parse_ints(r, n, 0, ROLE_MANTISSA)?;
             let corrections = if b & 3 == VALUES_NEAR_DECIMAL {
-                Some(parse_ints(r, n, 0)?)
+                Some(parse_ints(r, n, 0, ROLE_CORRECTION)?)
             } else {
                 None
             };
@@ -501,7 +574,13 @@ fn symbol<const XF: u8>(model: &mut UintModel, dec: &mut Decoder<'_>, min: i64) 
 #[inline(always)]
 fn ints_loop<const XF: u8, const ORDER: u8>(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i64)) {
     let mut d = *dec;
-    let mut model = UintModel::with_len_bits(col.len_bits);
+    // A set prior bit without a prior is corrupt input: it decodes wrong values (caught by
+    // the block's checksum), never panics.
+    let use_prior = col.prior_bit && d.direct(1) == 1;
+    let mut model = match col.prior {
+        Some(p) if use_prior => p.clone(),
+        _ => UintModel::with_len_bits(col.len_bits),
+    };
     let (min, factor) = (col.min, col.factor);
     // x: the last value; dx: the last first difference (order 2).
     let (mut x, mut dx) = (0i64, 0i64);
@@ -604,16 +683,42 @@ fn decode_xor(n: usize, dec: &mut Decoder<'_>, out: &mut Vec<f64>) {
     *dec = d;
 }
 
-impl ColumnReader {
+impl<'p> ColumnReader<'p> {
     /// An empty reader; add columns in the order they were written.
-    pub fn new() -> ColumnReader {
+    pub fn new() -> ColumnReader<'p> {
         ColumnReader { columns: Vec::new() }
     }
 
     /// Parses the header of an integer column of `n` values.
     pub fn ints(&mut self, r: &mut Reader<'_>, n: usize, base: i64) -> Result<(), CodecError> {
-        self.columns.push(Column::Ints(parse_ints(r, n, base)?));
+        self.ints_as(r, n, base, ROLE_OTHER)
+    }
+
+    /// Parses the header of an integer column of `n` values of class role `role`.
+    pub fn ints_as(&mut self, r: &mut Reader<'_>, n: usize, base: i64, role: u8) -> Result<(), CodecError> {
+        self.columns.push(Column::Ints(parse_ints(r, n, base, role)?));
         Ok(())
+    }
+
+    /// Marks the parsed columns as coded by [`ColumnWriter::finish_with_priors`] with
+    /// prior bits (a tag 4 record): each integer column with symbols reads its prior bit
+    /// and may start from its class's prior in `priors`.
+    pub fn use_priors(&mut self, priors: &'p Priors) {
+        for col in &mut self.columns {
+            let ints: [Option<&mut IntCol<'p>>; 2] = match col {
+                Column::Ints(c) => [Some(c), None],
+                Column::Decimal {
+                    ints, corrections, ..
+                } => [Some(ints), corrections.as_mut()],
+                Column::Xor { .. } => [None, None],
+            };
+            for c in ints.into_iter().flatten() {
+                if c.xf != XF_ZERO {
+                    c.prior_bit = true;
+                    c.prior = priors.get(c.key);
+                }
+            }
+        }
     }
 
     /// Parses the header of a float column of `n` values.
