@@ -1,19 +1,20 @@
 //! Immutable on-disk blocks: the sealed samples (or rollups) of many series for one time range
 //! and one resolution.
 //!
-//! # On-disk format (version 2; version 1 is still read)
+//! # On-disk format (version 3; versions 1 and 2 are still read)
 //!
 //! A block is a directory holding one file, `data`. All integers are little-endian; varints
 //! are LEB128 (zigzag for signed values).
 //!
 //! ```text
-//! header   := magic "RBLK" · format_version:u32 (= 2, or 1 for blocks written before priors)
+//! header   := magic "RBLK" · format_version:u32 (= 3; 2: no tag 5 records; 1: no priors
+//!             section, no tag 4 or 5 records)
 //! records  := record{n}          one per series, ascending series id, back to back; a record
-//!                                is a `codec` series encoding (tag 0/1/4 for raw blocks, tag
+//!                                is a `codec` series encoding (tag 0/1/4/5 for raw blocks, tag
 //!                                2/3 for rollup blocks) encoded with the block's `ts_base`
-//!                                (the first series' first timestamp) and, for tag 4, the
-//!                                block's priors; see `crate::codec`
-//! index    := n:varint entry{n} n_pages:varint page{n_pages} [priors (version 2)]
+//!                                (the first series' first timestamp) and, for tags 4 and 5,
+//!                                the block's priors; see `crate::codec`
+//! index    := n:varint entry{n} n_pages:varint page{n_pages} [priors (version >= 2)]
 //! priors   := `codec::Priors::write`: count:varint (role:u8 header:u8 model-state){count},
 //!             the integer-model states records of each column class may start from (learnt
 //!             from the first long column of the class while the block was written; at most
@@ -60,8 +61,9 @@ use crate::codec::{self, CodecError, Priors, RollupColumns};
 use crate::rollup::{Resolution, RollupPoint};
 
 /// The format version this code writes (it reads this one and [`MIN_FORMAT_VERSION`] up).
-pub const FORMAT_VERSION: u32 = 2;
-/// The oldest format version this code reads (version 1: no priors section, no tag 4).
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this code reads (version 1: no priors section, no tag 4 or 5;
+/// version 2: no tag 5).
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Name of the single file inside a block directory.
 pub const DATA_FILE: &str = "data";

@@ -16,6 +16,13 @@
 //! tag 4    packed with priors (blocks only): as tag 1, but in the rc-stream every integer
 //!          column's symbols are preceded by one equiprobable *prior bit*: 1 = its model
 //!          starts from the block's prior for the column's class (see `priors`), 0 = fresh
+//! tag 5    segmented (blocks only; sorted timestamps, decimal values, >= MIN_SEGMENTED_POINTS):
+//!          ints-header(ts) floats-header(values) segments (see
+//!          `sealed::ColumnWriter::finish_segmented`): k independently decodable rc-streams,
+//!          the last k - 1 of `sealed::SEGMENT_POINTS` points, after a seek table of each
+//!          integer column's value before
+//!          every segment and the streams' lengths; models start from the prior or fresh
+//!          (prior bit per column per segment). A read decodes only overlapping segments.
 //! tag 2    rollup: ints-header(bucket ts) ints-header(last_ts - ts) ints-header(count)
 //!                  floats-header(min) floats-header(max) floats-header(sum) floats-header(last) rc-stream
 //! tag 3    rollup, all values decimals at one scale (mantissas below):
@@ -83,6 +90,19 @@ const TAG_PACKED: u8 = 1;
 const TAG_ROLLUP: u8 = 2;
 const TAG_ROLLUP_DECIMAL: u8 = 3;
 const TAG_PACKED_PRIORS: u8 = 4;
+const TAG_SEGMENTED: u8 = 5;
+
+/// Segments a block writer cuts a long record into (tag 5), counted from the record's end:
+/// the last `SEGMENTS - 1` hold [`sealed::SEGMENT_POINTS`] (60) points each, the first the
+/// rest. A read decodes only the segments its range overlaps (and within one, stops after
+/// its end), so `rate[5m]` at the end of an hour-long record decodes its last 60 of 360
+/// points. The first cut costs ≈ 6.5 B per record on gen.py data (the segment count, a
+/// seek-table head per column of 2-3 B, a length, a stream flush, prior bits); each further
+/// one ≈ 5 B more for nothing the recent-data reads need, hence 2.
+pub const SEGMENTS: usize = 2;
+/// Records shorter than this are never segmented (the cut's bytes would cost more than 2 %
+/// of the record, and decoding a short record is cheap anyway).
+pub const MIN_SEGMENTED_POINTS: usize = 240;
 
 /// A sample whose timestamp is not after the chunk's last one (or a chunk already holding
 /// `u32::MAX` samples; cut chunks long before that).
@@ -144,7 +164,7 @@ pub fn encode_series_with_base(
         });
     }
     check_len(ts.len())?;
-    encode_packed(base, ts, vals, None, out);
+    encode_packed(base, ts, vals, None, 0, out);
     Ok(())
 }
 
@@ -167,19 +187,69 @@ pub fn encode_series_with_priors(
         });
     }
     check_len(ts.len())?;
-    encode_packed(base, ts, vals, Some(priors), out);
+    encode_packed(base, ts, vals, Some(priors), SEGMENTS, out);
     Ok(())
 }
 
-/// The packed encoding (with priors: tag 4 when one is used), or raw when smaller.
-fn encode_packed(base: i64, ts: &[i64], vals: &[f64], priors: Option<&mut Priors>, out: &mut Vec<u8>) {
+/// [`encode_series_with_priors`] cutting a record of at least [`MIN_SEGMENTED_POINTS`] and
+/// `segments` x `sealed::SEGMENT_POINTS` points with sorted timestamps and decimal values into `segments`
+/// (at most `sealed::MAX_SEGMENTS`) segments (tag 5); 0 or 1 never segments. Block writers
+/// use [`SEGMENTS`]; this form lets tests and benches measure other cuts.
+pub fn encode_series_in_segments(
+    base: i64,
+    ts: &[i64],
+    vals: &[f64],
+    priors: &mut Priors,
+    segments: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    if ts.len() != vals.len() {
+        return Err(CodecError::LengthMismatch {
+            ts: ts.len(),
+            vals: vals.len(),
+        });
+    }
+    check_len(ts.len())?;
+    encode_packed(
+        base,
+        ts,
+        vals,
+        Some(priors),
+        segments.min(sealed::MAX_SEGMENTS),
+        out,
+    );
+    Ok(())
+}
+
+/// The packed encoding (with priors: tag 4 when one is used, tag 5 when cut into
+/// `segments >= 2`), or raw when smaller.
+fn encode_packed(
+    base: i64,
+    ts: &[i64],
+    vals: &[f64],
+    priors: Option<&mut Priors>,
+    segments: usize,
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
     out.push(TAG_PACKED);
     put_u64(out, ts.len() as u64);
     let mut cols = ColumnWriter::default();
     cols.ints_as(out, ts, 2, base, priors::ROLE_TS);
     cols.floats(out, vals);
+    let n = ts.len();
     match priors {
+        Some(p)
+            if segments >= 2
+                && n >= MIN_SEGMENTED_POINTS.max(segments * sealed::SEGMENT_POINTS)
+                && cols.segmentable()
+                && ts.windows(2).all(|w| w[0] < w[1]) =>
+        {
+            if let Some(tag) = out.get_mut(start) {
+                *tag = TAG_SEGMENTED;
+            }
+            cols.finish_segmented(out, p, segments, n);
+        }
         Some(p) => {
             if cols.finish_with_priors(out, p)
                 && let Some(tag) = out.get_mut(start)
@@ -257,7 +327,7 @@ pub fn decode_series_range(
     vals: &mut Vec<f64>,
 ) -> Result<usize, CodecError> {
     let (t0, v0) = (ts.len(), vals.len());
-    let n = decode_until(base, bytes, end, priors, ts, vals)?;
+    let n = decode_until(base, bytes, start, end, priors, ts, vals)?;
     if start != i64::MIN {
         keep_from(start, t0, v0, ts, vals);
     }
@@ -297,12 +367,15 @@ pub fn decode_series_until(
     ts: &mut Vec<i64>,
     vals: &mut Vec<f64>,
 ) -> Result<usize, CodecError> {
-    decode_until(base, bytes, end, &Priors::new(), ts, vals)
+    decode_until(base, bytes, i64::MIN, end, &Priors::new(), ts, vals)
 }
 
+/// [`decode_series_until`]; segmented records also skip the segments wholly before `start`
+/// (the caller drops the samples before `start` that other records return).
 fn decode_until(
     base: i64,
     bytes: &[u8],
+    start: i64,
     end: i64,
     priors: &Priors,
     ts: &mut Vec<i64>,
@@ -354,6 +427,14 @@ fn decode_until(
                 cols.use_priors(priors);
             }
             cols.decode_until(r.rest(), end, ts, vals)?;
+            Ok(n)
+        }
+        TAG_SEGMENTED => {
+            let mut cols = ColumnReader::new();
+            cols.ints_as(&mut r, n, base, priors::ROLE_TS)?;
+            cols.floats(&mut r, n)?;
+            cols.use_priors(priors);
+            cols.decode_segmented(&mut r, n, start, end, ts, vals)?;
             Ok(n)
         }
         TAG_ROLLUP | TAG_ROLLUP_DECIMAL => Err(CodecError::Corrupt(
@@ -668,11 +749,12 @@ mod tests {
 
     #[test]
     fn priors_shrink_long_records_and_are_needed_to_decode() {
-        let ts: Vec<i64> = (0..360).map(|i| 1_000 + i * 10_000).collect();
-        let mut priors = Priors::new();
+        // 200 points: long enough to teach a prior, too short to be segmented.
+        let ts: Vec<i64> = (0..200).map(|i| 1_000 + i * 10_000).collect();
+        let mut priors = Priors::learning_at(1);
         let (mut with, mut without) = (Vec::new(), 0usize);
         for seed in 1..=8 {
-            let vals = counter(seed, 360);
+            let vals = counter(seed, 200);
             let mut out = Vec::new();
             encode_series_with_priors(1_000, &ts, &vals, &mut priors, &mut out).unwrap();
             assert_eq!(out[0], TAG_PACKED_PRIORS, "seed {seed}");
@@ -692,6 +774,63 @@ mod tests {
             let (mut t, mut v) = (Vec::new(), Vec::new());
             let r = decode_series_range(1_000, rec, i64::MIN, i64::MAX, &Priors::new(), &mut t, &mut v);
             assert!(r.is_err() || v != *vals);
+        }
+    }
+
+    #[test]
+    fn long_records_are_segmented_and_range_reads_match_filtering() {
+        let ts: Vec<i64> = (0..360).map(|i| 1_000 + i * 10_000).collect();
+        let mut jittered = ts.clone();
+        for (i, t) in jittered.iter_mut().enumerate() {
+            *t += (i as i64 * 7919) % 5000;
+        }
+        let mut near = counter(3, 360);
+        for v in &mut near {
+            *v += 491.14;
+        }
+        near[17] = f64::NAN;
+        near[250] = f64::INFINITY;
+        let mut priors = Priors::learning_at(1);
+        let cases = [(&ts, counter(1, 360)), (&jittered, counter(2, 360)), (&ts, near)];
+        let records: Vec<Vec<u8>> = cases
+            .iter()
+            .map(|(t, v)| {
+                let mut out = Vec::new();
+                encode_series_with_priors(1_000, t, v, &mut priors, &mut out).unwrap();
+                assert_eq!(out[0], TAG_SEGMENTED);
+                out
+            })
+            .collect();
+        for ((t, v), rec) in cases.iter().zip(&records) {
+            for (a, b) in [
+                (i64::MIN, i64::MAX),
+                (t[330], t[359]),
+                (t[0], t[119]),
+                (t[119], t[120]),
+                (t[119] + 1, t[239] - 1),
+                (t[240], t[240]),
+                (t[299], t[300]),
+                (t[299], t[299]),
+                (t[300], t[300]),
+                (t[299] + 1, t[300] - 1),
+                (t[250], t[310]),
+                (t[100] - 1, t[300] + 1),
+                (t[359] + 1, i64::MAX),
+                (i64::MIN, t[0] - 1),
+                (t[200], t[100]),
+            ] {
+                let (mut t2, mut v2) = (Vec::new(), Vec::new());
+                let n = decode_series_range(1_000, rec, a, b, &priors, &mut t2, &mut v2).unwrap();
+                assert_eq!(n, 360);
+                let keep: Vec<usize> = (0..360).filter(|&i| t[i] >= a && t[i] <= b).collect();
+                assert_eq!(t2, keep.iter().map(|&i| t[i]).collect::<Vec<_>>(), "{a}..={b}");
+                let want: Vec<u64> = keep.iter().map(|&i| v[i].to_bits()).collect();
+                assert_eq!(
+                    v2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want,
+                    "{a}..={b}"
+                );
+            }
         }
     }
 

@@ -258,15 +258,17 @@ mod tests {
             w.finish().unwrap();
             BlockReader::open(&path).unwrap()
         };
-        let a = make("a", 1, &[1, 3, 5, 7], &gauge);
-        let b = make("b", 2, &[2, 4, 6], &counter);
+        // Enough long columns per block for each to learn priors (`priors::LEARN_AT`).
+        let n = u64::from(crate::codec::priors::LEARN_AT) + 6;
+        let a = make("a", 1, &(0..n + 1).map(|i| 2 * i + 1).collect::<Vec<_>>(), &gauge);
+        let b = make("b", 2, &(0..n).map(|i| 2 * i + 2).collect::<Vec<_>>(), &counter);
         assert!(!a.priors().is_empty() && !b.priors().is_empty());
         assert!(!a.priors().covers(b.priors()), "the test needs different priors");
         let out = dir.path().join("out");
         compact(&[&a, &b], &out, 3).unwrap();
         let r = BlockReader::open(&out).unwrap();
         assert!(r.priors().covers(a.priors()));
-        for id in 1..=7u64 {
+        for id in 1..=2 * n + 1 {
             let want = if id % 2 == 1 { gauge(id) } else { counter(id) };
             let (mut t, mut v) = (Vec::new(), Vec::new());
             r.read(SeriesId(id), i64::MIN, i64::MAX, &mut t, &mut v).unwrap();

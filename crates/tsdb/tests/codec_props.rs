@@ -264,8 +264,8 @@ fn cut_samples() -> impl Strategy<Value = (Vec<i64>, Vec<f64>, i64)> {
 }
 
 /// One long series as blocks hold them: sorted timestamps about 10 s apart (regular or
-/// jittered), shaped values, 120 to 420 points (long enough to teach and use priors, and to
-/// be segmented).
+/// jittered), shaped values, 120 to 420 points (long enough to teach and use priors, and
+/// from 240 on to be segmented).
 fn long_series() -> impl Strategy<Value = (Vec<i64>, Vec<f64>)> {
     (
         -1_000_000_000_000i64..1_000_000_000_000,
@@ -436,14 +436,15 @@ proptest! {
     fn records_with_priors_round_trip_and_range_reads_equal_filtering(
         series in block_series(),
         base in -1_000_000_000i64..1_000_000_000,
+        segments in prop_oneof![Just(tsdb::codec::SEGMENTS), 0usize..7],
         picks in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), -1i64..=1, -1i64..=1), 4),
     ) {
         // Written in order with one evolving set of priors, read back with the final one.
-        let mut priors = codec::Priors::new();
+        let mut priors = codec::Priors::learning_at(1);
         let mut records = Vec::new();
         for (ts, vals) in &series {
             let mut out = Vec::new();
-            codec::encode_series_with_priors(base, ts, vals, &mut priors, &mut out).unwrap();
+            codec::encode_series_in_segments(base, ts, vals, &mut priors, segments, &mut out).unwrap();
             records.push(out);
         }
         for ((ts, vals), rec) in series.iter().zip(&records) {
@@ -474,14 +475,15 @@ proptest! {
     #[test]
     fn corrupt_records_and_priors_never_panic(
         series in block_series(),
+        segments in 0usize..7,
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
     ) {
-        let mut priors = codec::Priors::new();
+        let mut priors = codec::Priors::learning_at(1);
         let mut records = Vec::new();
         for (ts, vals) in &series {
             let mut out = Vec::new();
-            codec::encode_series_with_priors(0, ts, vals, &mut priors, &mut out).unwrap();
+            codec::encode_series_in_segments(0, ts, vals, &mut priors, segments, &mut out).unwrap();
             records.push(out);
         }
         let mut sec = Vec::new();

@@ -13,8 +13,10 @@
 //! Invariants:
 //! - A block holds at most [`MAX_PRIORS`] priors, one per class; a prior never changes once
 //!   learnt, so a record coded against it decodes with the block's final priors section.
-//! - Learning is streaming: the first column of a class with at least [`PRIOR_SYMBOLS`]
-//!   symbols defines the prior, so a block writer stays one pass over its series.
+//! - Learning is streaming: the [`LEARN_AT`]-th column of a class with at least
+//!   [`PRIOR_SYMBOLS`] symbols defines the prior, so a block writer stays one pass over its
+//!   series. A prior's state costs 60 to 950 bytes and saves ≈ 3 B per long record, so a
+//!   class seen in fewer long columns than that (small blocks) gets none.
 //! - A record uses a prior only where that made its column smaller (the writer codes both);
 //!   a prior that does not fit costs nothing but the comparison.
 //! - Parsing untrusted bytes never panics: impossible model states are rejected.
@@ -27,6 +29,11 @@ use super::varint::{Reader, put_u64};
 pub const PRIOR_SYMBOLS: usize = 120;
 /// Most priors one block holds (a bound on the section's size: each is at most ~1 KB).
 pub const MAX_PRIORS: usize = 32;
+/// The long column of a class that defines its prior (the earlier ones are counted only):
+/// a prior pays for its bytes in the block only over about 50 records.
+pub const LEARN_AT: u32 = 64;
+/// Most classes whose long columns are counted before they have a prior.
+const MAX_COUNTED: usize = 4 * MAX_PRIORS;
 
 /// Column role: timestamps of a raw series.
 pub const ROLE_TS: u8 = 0;
@@ -54,16 +61,38 @@ impl ClassKey {
     }
 }
 
-/// The priors of one block, in the order they were learnt.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The priors of one block, in the order they were learnt (equality compares those only).
+#[derive(Debug, Clone, Default)]
 pub struct Priors {
     classes: Vec<(ClassKey, UintModel)>,
+    /// Long columns seen so far per class without a prior (writers only).
+    counted: Vec<(ClassKey, u32)>,
+    /// Which long column of a class defines its prior (0 is taken as [`LEARN_AT`]).
+    learn_at: u32,
 }
+
+impl PartialEq for Priors {
+    fn eq(&self, other: &Priors) -> bool {
+        self.classes == other.classes
+    }
+}
+
+impl Eq for Priors {}
 
 impl Priors {
     /// No priors (v1 blocks, rollup blocks, or a block before its first long column).
     pub fn new() -> Priors {
         Priors::default()
+    }
+
+    /// No priors yet; [`Priors::learn`] will define a class's prior from its `at`-th long
+    /// column instead of the [`LEARN_AT`]-th (tests and benches use 1 to exercise priors
+    /// with few series).
+    pub fn learning_at(at: u32) -> Priors {
+        Priors {
+            learn_at: at.max(1),
+            ..Priors::default()
+        }
     }
 
     /// How many classes have a prior.
@@ -81,15 +110,39 @@ impl Priors {
         self.classes.iter().find(|(k, _)| *k == key).map(|(_, m)| m)
     }
 
-    /// Learns the prior of `key` from `symbols` when the class has none yet, `symbols` is
-    /// long enough and the block has room; `role` [`ROLE_OTHER`] never learns.
+    /// Counts a column of class `key` with `symbols` and learns the class's prior from it
+    /// when it is the [`LEARN_AT`]-th long one (at least [`PRIOR_SYMBOLS`] symbols), the
+    /// class has none yet and the block has room; `role` [`ROLE_OTHER`] never learns.
     pub fn learn(&mut self, key: ClassKey, symbols: &[u64]) {
+        let at = if self.learn_at == 0 {
+            LEARN_AT
+        } else {
+            self.learn_at
+        };
         if key.role == ROLE_OTHER || self.classes.len() >= MAX_PRIORS || self.get(key).is_some() {
             return;
         }
         let Some(first) = symbols.get(..PRIOR_SYMBOLS) else {
             return;
         };
+        let seen = match self.counted.iter().position(|(k, _)| *k == key) {
+            Some(i) => match self.counted.get_mut(i) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => return,
+            },
+            None if self.counted.len() < MAX_COUNTED => {
+                self.counted.push((key, 1));
+                1
+            }
+            None => return,
+        };
+        if seen < at {
+            return;
+        }
+        self.counted.retain(|(k, _)| *k != key);
         let mut model = UintModel::with_len_bits(key.len_bits());
         let mut scratch = Vec::new();
         let mut enc = Encoder::new(&mut scratch);

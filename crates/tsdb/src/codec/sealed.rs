@@ -19,6 +19,31 @@ const FAST_ROUND_LIMIT: f64 = 2_251_799_813_685_248.0;
 /// corruption.
 const MAX_OVERRUN: usize = super::rc::MAX_TRIM;
 
+/// Most segments of a segmented record (bounds the seek table a reader allocates).
+pub const MAX_SEGMENTS: usize = 64;
+/// Points of every segment of a segmented record but the first, which holds the rest
+/// (segments are counted from the record's end, where recent-data reads look).
+pub const SEGMENT_POINTS: usize = 60;
+/// Fewest points of the first segment (its head values must fit).
+const MIN_FIRST_SEGMENT: usize = 3;
+
+/// Points `a..b` of segment `s` of `k` in a record of `n` points: the last `k - 1` segments
+/// hold [`SEGMENT_POINTS`] each, the first the rest. `None` unless the first keeps at least
+/// [`MIN_FIRST_SEGMENT`] points.
+pub fn segment_range(n: usize, k: usize, s: usize) -> Option<(usize, usize)> {
+    let tail = k.checked_sub(1)?.checked_mul(SEGMENT_POINTS)?;
+    let first = n.checked_sub(tail).filter(|&f| f >= MIN_FIRST_SEGMENT)?;
+    if s >= k {
+        return None;
+    }
+    let a = if s == 0 {
+        0
+    } else {
+        first + (s - 1) * SEGMENT_POINTS
+    };
+    Some((a, first + s * SEGMENT_POINTS))
+}
+
 /// Column transform of an integer sequence after differencing.
 const XF_ZIGZAG: u8 = 0;
 const XF_OFFSET: u8 = 1;
@@ -73,6 +98,9 @@ enum Symbols {
         xs: Vec<u64>,
         len_bits: u32,
         key: ClassKey,
+        /// The column's values and differencing order (segment heads come from them).
+        values: Vec<i64>,
+        order: u8,
     },
     Xor(Vec<u64>),
 }
@@ -197,6 +225,8 @@ impl ColumnWriter {
                 xs: symbols,
                 len_bits,
                 key: ClassKey { role, header },
+                values: xs.to_vec(),
+                order: best_order,
             });
         }
     }
@@ -270,6 +300,88 @@ impl ColumnWriter {
         any
     }
 
+    /// Whether the planned record can be coded in segments: every column with symbols is an
+    /// integer column (no XOR values) and there is at least one.
+    pub fn segmentable(&self) -> bool {
+        !self.symbols.is_empty() && self.symbols.iter().all(|s| matches!(s, Symbols::Uint { .. }))
+    }
+
+    /// Codes a [`ColumnWriter::segmentable`] record of `n` values per column in `k`
+    /// segments ([`segment_range`]; `2 <= k <= MAX_SEGMENTS`, which it clamps to what `n`
+    /// allows), learning
+    /// priors first as [`ColumnWriter::finish_with_priors`] does:
+    ///
+    /// ```text
+    /// k:u8 heads{k-1} (stream length - total / k):zigzag-varint{k-1} stream{k}
+    /// heads  := per integer column with symbols, in column order: (x - previous head):
+    ///           zigzag-varint [(x - x_prev):zigzag-varint if order 2], where x is the value
+    ///           just before the segment (the previous head of segment 1 is the first value)
+    /// stream := one rc-stream: per integer column with symbols its prior bit, then its
+    ///           symbols of the segment's points (columns without symbols need nothing:
+    ///           constant-stride timestamps are computed)
+    /// ```
+    pub fn finish_segmented(self, out: &mut Vec<u8>, priors: &mut Priors, k: usize, n: usize) {
+        // (symbols, length-tree depth, class, values, order) of each column with symbols.
+        type Col<'a> = (&'a Vec<u64>, u32, ClassKey, &'a Vec<i64>, usize);
+        let cols: Vec<Col<'_>> = self
+            .symbols
+            .iter()
+            .filter_map(|s| match s {
+                Symbols::Uint {
+                    xs,
+                    len_bits,
+                    key,
+                    values,
+                    order,
+                } => Some((xs, *len_bits, *key, values, usize::from(*order))),
+                Symbols::Xor(_) => None,
+            })
+            .collect();
+        for &(xs, _, key, _, _) in &cols {
+            priors.learn(key, xs);
+        }
+        let mut k = k.clamp(2, MAX_SEGMENTS);
+        while k > 2 && segment_range(n, k, 0).is_none() {
+            k -= 1;
+        }
+        out.push(k as u8);
+        let mut prev: Vec<i64> = cols.iter().map(|c| c.3.first().copied().unwrap_or(0)).collect();
+        for seg in 1..k {
+            let i = segment_range(n, k, seg).map_or(1, |(a, _)| a) - 1;
+            for (c, prev) in cols.iter().zip(prev.iter_mut()) {
+                let x = c.3.get(i).copied().unwrap_or(0);
+                put_i64(out, x.wrapping_sub(*prev));
+                *prev = x;
+                if c.4 == 2 {
+                    put_i64(out, x.wrapping_sub(c.3.get(i - 1).copied().unwrap_or(0)));
+                }
+            }
+        }
+        let (mut streams, mut lens, mut scratch) = (Vec::new(), Vec::with_capacity(k), Vec::new());
+        for seg in 0..k {
+            let (a, b) = segment_range(n, k, seg).unwrap_or((n, n));
+            let at = streams.len();
+            let mut enc = Encoder::new(&mut streams);
+            for &(xs, len_bits, key, _, order) in &cols {
+                let part = xs
+                    .get(a.saturating_sub(order)..b.saturating_sub(order))
+                    .unwrap_or(&[]);
+                let (used, mut m) = pick_model(priors, key, len_bits, part, &mut scratch);
+                enc.direct(u64::from(used), 1);
+                for &x in part {
+                    m.encode(&mut enc, x);
+                }
+            }
+            enc.finish();
+            lens.push(streams.len() - at);
+        }
+        let avg = (streams.len() / k.max(1)) as i64;
+        for &l in lens.iter().take(k.saturating_sub(1)) {
+            put_i64(out, l as i64 - avg);
+        }
+        out.extend_from_slice(&streams);
+    }
+
     /// Codes the columns into one stream; with `priors`, each integer column starts with
     /// its prior bit.
     fn code(self, out: &mut Vec<u8>, priors: Option<&Priors>) {
@@ -277,17 +389,15 @@ impl ColumnWriter {
         let mut enc = Encoder::new(out);
         for s in self.symbols {
             match s {
-                Symbols::Uint { xs, len_bits, key } => {
-                    let fresh = UintModel::with_len_bits(len_bits);
+                Symbols::Uint {
+                    xs, len_bits, key, ..
+                } => {
                     let mut m = match priors {
-                        None => fresh,
+                        None => UintModel::with_len_bits(len_bits),
                         Some(p) => {
-                            let prior = p.get(key).filter(|prior| {
-                                coded_len((*prior).clone(), &xs, &mut scratch)
-                                    < coded_len(fresh.clone(), &xs, &mut scratch)
-                            });
-                            enc.direct(u64::from(prior.is_some()), 1);
-                            prior.cloned().unwrap_or(fresh)
+                            let (used, m) = pick_model(p, key, len_bits, &xs, &mut scratch);
+                            enc.direct(u64::from(used), 1);
+                            m
                         }
                     };
                     for x in xs {
@@ -303,6 +413,24 @@ impl ColumnWriter {
             }
         }
         enc.finish();
+    }
+}
+
+/// The model a column's symbols `xs` start from: the class's prior when there is one and it
+/// codes them smaller (then `true`), else a fresh one.
+fn pick_model(
+    priors: &Priors,
+    key: ClassKey,
+    len_bits: u32,
+    xs: &[u64],
+    scratch: &mut Vec<u8>,
+) -> (bool, UintModel) {
+    let fresh = UintModel::with_len_bits(len_bits);
+    match priors.get(key) {
+        Some(prior) if coded_len(prior.clone(), xs, scratch) < coded_len(fresh.clone(), xs, scratch) => {
+            (true, prior.clone())
+        }
+        _ => (false, fresh),
     }
 }
 
@@ -572,7 +700,18 @@ fn symbol<const XF: u8>(model: &mut UintModel, dec: &mut Decoder<'_>, min: i64) 
 /// no branches on the column header. Works on a local copy of the decoder (registers) and
 /// stores it back at the end.
 #[inline(always)]
-fn ints_loop<const XF: u8, const ORDER: u8>(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i64)) {
+///
+/// With `from = None` it emits the column's head values and then decodes symbols up to
+/// `count` values in all; with `from = Some((x, dx))` (a segment of a segmented record: the
+/// value before the segment and, for order 2, the difference that led to it) it decodes
+/// `count` symbols starting from that state.
+fn ints_loop<const XF: u8, const ORDER: u8>(
+    col: &IntCol,
+    dec: &mut Decoder<'_>,
+    from: Option<(i64, i64)>,
+    count: usize,
+    sink: &mut impl FnMut(i64),
+) {
     let mut d = *dec;
     // A set prior bit without a prior is corrupt input: it decodes wrong values (caught by
     // the block's checksum), never panics.
@@ -583,22 +722,26 @@ fn ints_loop<const XF: u8, const ORDER: u8>(col: &IntCol, dec: &mut Decoder<'_>,
     };
     let (min, factor) = (col.min, col.factor);
     // x: the last value; dx: the last first difference (order 2).
-    let (mut x, mut dx) = (0i64, 0i64);
-    let mut head = col.head.iter().copied();
-    if ORDER >= 1
-        && let Some(h0) = head.next()
-    {
-        x = h0;
-        sink(x);
+    let (mut x, mut dx) = from.unwrap_or((0, 0));
+    let mut symbols = count;
+    if from.is_none() {
+        let mut head = col.head.iter().copied();
+        if ORDER >= 1
+            && let Some(h0) = head.next()
+        {
+            x = h0;
+            sink(x);
+        }
+        if ORDER >= 2
+            && let Some(h1) = head.next()
+        {
+            dx = h1;
+            x = x.wrapping_add(dx);
+            sink(x);
+        }
+        symbols = count.saturating_sub(col.head.len());
     }
-    if ORDER >= 2
-        && let Some(h1) = head.next()
-    {
-        dx = h1;
-        x = x.wrapping_add(dx);
-        sink(x);
-    }
-    for _ in col.head.len()..col.n {
+    for _ in 0..symbols {
         let s = symbol::<XF>(&mut model, &mut d, min).wrapping_mul(factor);
         match ORDER {
             0 => x = s,
@@ -615,16 +758,59 @@ fn ints_loop<const XF: u8, const ORDER: u8>(col: &IntCol, dec: &mut Decoder<'_>,
 
 /// Decodes an integer column, handing its values to `sink` in order.
 fn decode_ints_with(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i64)) {
+    decode_ints_from(col, dec, None, col.n, sink);
+}
+
+/// [`ints_loop`] for the column's order and transform.
+fn decode_ints_from(
+    col: &IntCol,
+    dec: &mut Decoder<'_>,
+    from: Option<(i64, i64)>,
+    count: usize,
+    sink: &mut impl FnMut(i64),
+) {
     match (col.xf, col.order) {
-        (XF_ZERO, 0) => ints_loop::<XF_ZERO, 0>(col, dec, sink),
-        (XF_ZERO, 1) => ints_loop::<XF_ZERO, 1>(col, dec, sink),
-        (XF_ZERO, _) => ints_loop::<XF_ZERO, 2>(col, dec, sink),
-        (XF_OFFSET, 0) => ints_loop::<XF_OFFSET, 0>(col, dec, sink),
-        (XF_OFFSET, 1) => ints_loop::<XF_OFFSET, 1>(col, dec, sink),
-        (XF_OFFSET, _) => ints_loop::<XF_OFFSET, 2>(col, dec, sink),
-        (_, 0) => ints_loop::<XF_ZIGZAG, 0>(col, dec, sink),
-        (_, 1) => ints_loop::<XF_ZIGZAG, 1>(col, dec, sink),
-        (_, _) => ints_loop::<XF_ZIGZAG, 2>(col, dec, sink),
+        (XF_ZERO, 0) => ints_loop::<XF_ZERO, 0>(col, dec, from, count, sink),
+        (XF_ZERO, 1) => ints_loop::<XF_ZERO, 1>(col, dec, from, count, sink),
+        (XF_ZERO, _) => ints_loop::<XF_ZERO, 2>(col, dec, from, count, sink),
+        (XF_OFFSET, 0) => ints_loop::<XF_OFFSET, 0>(col, dec, from, count, sink),
+        (XF_OFFSET, 1) => ints_loop::<XF_OFFSET, 1>(col, dec, from, count, sink),
+        (XF_OFFSET, _) => ints_loop::<XF_OFFSET, 2>(col, dec, from, count, sink),
+        (_, 0) => ints_loop::<XF_ZIGZAG, 0>(col, dec, from, count, sink),
+        (_, 1) => ints_loop::<XF_ZIGZAG, 1>(col, dec, from, count, sink),
+        (_, _) => ints_loop::<XF_ZIGZAG, 2>(col, dec, from, count, sink),
+    }
+}
+
+/// Keeps, of the samples appended from `t0`/`v0` on, those with `start <= t <= end`.
+fn retain_range(t0: usize, v0: usize, start: i64, end: i64, ts: &mut Vec<i64>, vals: &mut Vec<f64>) {
+    let len = ts.len().saturating_sub(t0).min(vals.len().saturating_sub(v0));
+    let mut w = 0usize;
+    for i in 0..len {
+        let (Some(&t), Some(&v)) = (ts.get(t0 + i), vals.get(v0 + i)) else {
+            break;
+        };
+        if t >= start && t <= end {
+            if let (Some(tw), Some(vw)) = (ts.get_mut(t0 + w), vals.get_mut(v0 + w)) {
+                *tw = t;
+                *vw = v;
+            }
+            w += 1;
+        }
+    }
+    ts.truncate(t0 + w);
+    vals.truncate(v0 + w);
+}
+
+/// The state `(x_i, x_i - x_{i-1})` of a column without symbols (transform "all zero") at
+/// value `i`: constant-stride columns need no per-segment head.
+fn zero_state(col: &IntCol, i: usize) -> (i64, i64) {
+    let h0 = col.head.first().copied().unwrap_or(0);
+    let h1 = col.head.get(1).copied().unwrap_or(0);
+    match col.order {
+        0 => (0, 0),
+        1 => (h0, 0),
+        _ => (h0.wrapping_add((i as i64).wrapping_mul(h1)), h1),
     }
 }
 
@@ -776,6 +962,147 @@ impl<'p> ColumnReader<'p> {
         }
         if dec.overrun() > MAX_OVERRUN {
             return Err(corrupt("stream overrun"));
+        }
+        Ok(())
+    }
+
+    /// Decodes a segmented raw series (written by [`ColumnWriter::finish_segmented`] after
+    /// a timestamp column and a decimal value column of `n` values; `r` is positioned after
+    /// their headers), appending the samples with `start <= ts <= end`. Only the segments
+    /// whose time span can overlap `start..=end` are decoded: segment `s` holds the points
+    /// after the last timestamp of segment `s - 1` (the timestamp column's state before it,
+    /// from the seek table or computed for constant-stride columns). Timestamps must be
+    /// sorted (writers segment only such records); never panics on corrupt input.
+    pub fn decode_segmented(
+        &self,
+        r: &mut Reader<'_>,
+        n: usize,
+        start: i64,
+        end: i64,
+        ts: &mut Vec<i64>,
+        vals: &mut Vec<f64>,
+    ) -> Result<(), CodecError> {
+        let (
+            Some(Column::Ints(tcol)),
+            Some(Column::Decimal {
+                scale,
+                exceptions,
+                ints,
+                corrections,
+            }),
+            2,
+        ) = (self.columns.first(), self.columns.get(1), self.columns.len())
+        else {
+            return Err(corrupt("column mismatch"));
+        };
+        let cols: [Option<&IntCol<'p>>; 3] = [Some(tcol), Some(ints), corrections.as_ref()];
+        let k = usize::from(r.u8().ok_or(corrupt("truncated segment count"))?);
+        if !(2..=MAX_SEGMENTS).contains(&k) || segment_range(n, k, 0).is_none() {
+            return Err(corrupt("bad segment count"));
+        }
+        // states[s][c]: column c's (value, difference) just before segment s (s >= 1).
+        let mut states = vec![[(0i64, 0i64); 3]; k];
+        let mut prev = cols.map(|c| c.and_then(|c| c.head.first().copied()).unwrap_or(0));
+        for (seg, state) in states.iter_mut().enumerate().skip(1) {
+            let (a, _) = segment_range(n, k, seg).ok_or(corrupt("bad segment count"))?;
+            let i = a - 1;
+            for (ci, c) in cols.iter().enumerate() {
+                let (Some(c), Some(slot), Some(prev)) = (c, state.get_mut(ci), prev.get_mut(ci)) else {
+                    continue;
+                };
+                if c.xf == XF_ZERO {
+                    *slot = zero_state(c, i);
+                    continue;
+                }
+                let x = prev.wrapping_add(r.i64().ok_or(corrupt("truncated seek table"))?);
+                *prev = x;
+                let dx = if c.order == 2 {
+                    r.i64().ok_or(corrupt("truncated seek table"))?
+                } else {
+                    0
+                };
+                *slot = (x, dx);
+            }
+        }
+        let mut deltas = [0i64; MAX_SEGMENTS];
+        for d in deltas.iter_mut().take(k - 1) {
+            *d = r.i64().ok_or(corrupt("truncated seek table"))?;
+        }
+        let rest = r.rest();
+        let avg = (rest.len() / k) as i64;
+        let mut bounds = [0usize; MAX_SEGMENTS + 1];
+        for seg in 0..k {
+            let len = match deltas.get(seg) {
+                Some(&d) if seg + 1 < k => {
+                    usize::try_from(avg.checked_add(d).ok_or(corrupt("bad segment length"))?)
+                        .map_err(|_| corrupt("bad segment length"))?
+                }
+                _ => rest
+                    .len()
+                    .checked_sub(bounds[seg])
+                    .ok_or(corrupt("bad segment length"))?,
+            };
+            bounds[seg + 1] = bounds[seg]
+                .checked_add(len)
+                .filter(|&e| e <= rest.len())
+                .ok_or(corrupt("bad segment length"))?;
+        }
+        let pw = POW10.get(usize::from(*scale)).copied().unwrap_or(1.0);
+        for seg in 0..k {
+            // Points of segment `seg` have timestamps after `states[seg][0].0`.
+            let after_end = seg > 0 && states[seg][0].0 >= end;
+            let before_start = seg + 1 < k && states[seg + 1][0].0 < start;
+            if after_end {
+                break;
+            }
+            if before_start {
+                continue;
+            }
+            let stream = rest.get(bounds[seg]..bounds[seg + 1]).unwrap_or(&[]);
+            let mut dec = Decoder::new(stream);
+            let (a, b) = segment_range(n, k, seg).ok_or(corrupt("bad segment count"))?;
+            let from = |ci: usize| (seg > 0).then(|| states[seg][ci]);
+            let count = if seg == 0 { b } else { b - a };
+            let (t0, v0) = (ts.len(), vals.len());
+            ts.reserve(count);
+            vals.reserve(count);
+            decode_ints_from(tcol, &mut dec, from(0), count, &mut |t| ts.push(t));
+            // Values after the last timestamp <= end are not decoded (unless corrections
+            // follow the mantissas in the stream); `count` of segment 0 includes the heads.
+            let keep = ts
+                .get(t0..)
+                .unwrap_or_default()
+                .iter()
+                .rposition(|&t| t <= end)
+                .map_or(0, |i| i + 1);
+            ts.truncate(t0 + keep);
+            let upto = |c: &IntCol| if seg == 0 { keep.max(c.head.len()) } else { keep };
+            let m_count = if corrections.is_some() { count } else { upto(ints) };
+            decode_ints_from(ints, &mut dec, from(1), m_count, &mut |m| {
+                vals.push(m as f64 / pw)
+            });
+            if let Some(c) = corrections {
+                let mut i = v0;
+                decode_ints_from(c, &mut dec, from(2), upto(c), &mut |d| {
+                    if let Some(slot) = vals.get_mut(i) {
+                        *slot = f64::from_bits(slot.to_bits().wrapping_add(d as u64));
+                    }
+                    i += 1;
+                });
+            }
+            if dec.overrun() > MAX_OVERRUN {
+                return Err(corrupt("stream overrun"));
+            }
+            vals.truncate(v0 + keep);
+            for &(i, bits) in exceptions.iter().filter(|(i, _)| (a..b).contains(i)) {
+                if let Some(slot) = vals.get_mut(v0 + i - a) {
+                    *slot = f64::from_bits(bits);
+                }
+            }
+            retain_range(t0, v0, start, end, ts, vals);
+            if keep < b - a {
+                break;
+            }
         }
         Ok(())
     }
