@@ -313,10 +313,10 @@ pub fn decode_series_with_base(
 
 /// Decodes the samples of a record with `start <= ts <= end` into `ts`/`vals` (appending),
 /// against the block's `priors` (empty outside blocks and for format-1 blocks), and
-/// returns the record's total sample count. The result is exactly what
-/// [`decode_series_until`] with `end` gives, minus the samples before `start` (for sorted
-/// timestamps: decoding everything and keeping `start..=end`). Never panics; on error the
-/// vectors may hold a partial suffix.
+/// returns the record's total sample count. For sorted timestamps (all a block holds) that
+/// is exactly decoding everything and keeping `start..=end`; in general it is what
+/// [`decode_series_until`] with `end` gives from its first sample at or after `start` on.
+/// Never panics; on error the vectors may hold a partial suffix.
 pub fn decode_series_range(
     base: i64,
     bytes: &[u8],
@@ -328,30 +328,8 @@ pub fn decode_series_range(
 ) -> Result<usize, CodecError> {
     let (t0, v0) = (ts.len(), vals.len());
     let n = decode_until(base, bytes, start, end, priors, ts, vals)?;
-    if start != i64::MIN {
-        keep_from(start, t0, v0, ts, vals);
-    }
+    sealed::drop_before(start, t0, v0, ts, vals);
     Ok(n)
-}
-
-/// Drops the appended samples (from `t0`/`v0` on) whose timestamp is before `start`.
-fn keep_from(start: i64, t0: usize, v0: usize, ts: &mut Vec<i64>, vals: &mut Vec<f64>) {
-    let mut w = 0usize;
-    let len = ts.len().saturating_sub(t0).min(vals.len().saturating_sub(v0));
-    for i in 0..len {
-        let (Some(&t), Some(&v)) = (ts.get(t0 + i), vals.get(v0 + i)) else {
-            break;
-        };
-        if t >= start {
-            if let (Some(ts_w), Some(v_w)) = (ts.get_mut(t0 + w), vals.get_mut(v0 + w)) {
-                *ts_w = t;
-                *v_w = v;
-            }
-            w += 1;
-        }
-    }
-    ts.truncate(t0 + w);
-    vals.truncate(v0 + w);
 }
 
 /// [`decode_series_with_base`] that stops early: appends the samples up to and including the

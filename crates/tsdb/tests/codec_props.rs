@@ -334,6 +334,14 @@ proptest! {
         prop_assert_eq!(&t2[1..], &ts[..keep]);
         prop_assert_eq!(bits(&v2[1..]), bits(&vals[..keep]));
         prop_assert_eq!((t2[0], v2[0]), (7, 0.5));
+        // With a start bound (any timestamps): from the first kept sample at or after it.
+        let start = ts.get(keep / 2).copied().unwrap_or(i64::MIN);
+        let from = ts[..keep].iter().position(|&t| t >= start).unwrap_or(keep);
+        let (mut t3, mut v3) = (Vec::new(), Vec::new());
+        let n = codec::decode_series_range(base, &out, start, end, &codec::Priors::new(), &mut t3, &mut v3).unwrap();
+        prop_assert_eq!(n, ts.len());
+        prop_assert_eq!(&t3[..], &ts[from..keep]);
+        prop_assert_eq!(bits(&v3), bits(&vals[from..keep]));
     }
 
     #[test]

@@ -782,24 +782,21 @@ fn decode_ints_from(
     }
 }
 
-/// Keeps, of the samples appended from `t0`/`v0` on, those with `start <= t <= end`.
-fn retain_range(t0: usize, v0: usize, start: i64, end: i64, ts: &mut Vec<i64>, vals: &mut Vec<f64>) {
-    let len = ts.len().saturating_sub(t0).min(vals.len().saturating_sub(v0));
-    let mut w = 0usize;
-    for i in 0..len {
-        let (Some(&t), Some(&v)) = (ts.get(t0 + i), vals.get(v0 + i)) else {
-            break;
-        };
-        if t >= start && t <= end {
-            if let (Some(tw), Some(vw)) = (ts.get_mut(t0 + w), vals.get_mut(v0 + w)) {
-                *tw = t;
-                *vw = v;
-            }
-            w += 1;
-        }
+/// Drops, of the samples appended from `t0`/`v0` on, those before the first one at or
+/// after `start` (for sorted timestamps: all those before `start`). Costs the dropped
+/// prefix, not a pass over everything.
+pub fn drop_before(start: i64, t0: usize, v0: usize, ts: &mut Vec<i64>, vals: &mut Vec<f64>) {
+    let Some(appended) = ts.get(t0..) else {
+        return;
+    };
+    let drop = appended
+        .iter()
+        .position(|&t| t >= start)
+        .unwrap_or(appended.len());
+    if drop > 0 {
+        ts.drain(t0..t0 + drop);
+        vals.drain(v0.min(vals.len())..v0.saturating_add(drop).min(vals.len()));
     }
-    ts.truncate(t0 + w);
-    vals.truncate(v0 + w);
 }
 
 /// The state `(x_i, x_i - x_{i-1})` of a column without symbols (transform "all zero") at
@@ -1099,7 +1096,7 @@ impl<'p> ColumnReader<'p> {
                     *slot = f64::from_bits(bits);
                 }
             }
-            retain_range(t0, v0, start, end, ts, vals);
+            drop_before(start, t0, v0, ts, vals);
             if keep < b - a {
                 break;
             }
