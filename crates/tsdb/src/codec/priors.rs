@@ -17,8 +17,9 @@
 //!   [`PRIOR_SYMBOLS`] symbols defines the prior, so a block writer stays one pass over its
 //!   series. A prior's state costs 60 to 950 bytes and saves ≈ 3 B per long record, so a
 //!   class seen in fewer long columns than that (small blocks) gets none.
-//! - A record uses a prior only where that made its column smaller (the writer codes both);
-//!   a prior that does not fit costs nothing but the comparison.
+//! - A record column uses a prior only where that codes it smaller (the writer codes the
+//!   column's first 64 symbols both ways, where the two models differ most); a prior that
+//!   does not fit costs one bit per column.
 //! - Parsing untrusted bytes never panics: impossible model states are rejected.
 
 use super::CodecError;

@@ -19,6 +19,11 @@ const FAST_ROUND_LIMIT: f64 = 2_251_799_813_685_248.0;
 /// corruption.
 const MAX_OVERRUN: usize = super::rc::MAX_TRIM;
 
+/// Symbols a writer codes both ways to pick prior or fresh for a column: the models differ
+/// most while the fresh one learns (its adaptation rate settles after ~62 updates per
+/// probability), so the first symbols decide at a fraction of coding all of them twice.
+const PICK_PROBE: usize = 64;
+
 /// Most segments of a segmented record (bounds the seek table a reader allocates).
 pub const MAX_SEGMENTS: usize = 64;
 /// Points of every segment of a segmented record but the first, which holds the rest
@@ -29,7 +34,7 @@ const MIN_FIRST_SEGMENT: usize = 3;
 
 /// Points `a..b` of segment `s` of `k` in a record of `n` points: the last `k - 1` segments
 /// hold [`SEGMENT_POINTS`] each, the first the rest. `None` unless the first keeps at least
-/// [`MIN_FIRST_SEGMENT`] points.
+/// 3 points (`MIN_FIRST_SEGMENT`: its head values must fit).
 pub fn segment_range(n: usize, k: usize, s: usize) -> Option<(usize, usize)> {
     let tail = k.checked_sub(1)?.checked_mul(SEGMENT_POINTS)?;
     let first = n.checked_sub(tail).filter(|&f| f >= MIN_FIRST_SEGMENT)?;
@@ -286,8 +291,8 @@ impl ColumnWriter {
     /// Learns priors from this record's columns (see [`Priors::learn`]). When any of its
     /// integer columns' classes has a prior, codes the stream with a *prior bit* before each
     /// integer column's symbols (1: its model starts from the class's prior, chosen only
-    /// where that codes it smaller) and returns `true` (the record is then tag 4); otherwise
-    /// codes what [`ColumnWriter::finish`] would and returns `false`.
+    /// where that codes its first 64 symbols smaller) and returns `true` (the record is then
+    /// tag 4); otherwise codes what [`ColumnWriter::finish`] would and returns `false`.
     pub fn finish_with_priors(self, out: &mut Vec<u8>, priors: &mut Priors) -> bool {
         let mut any = false;
         for s in &self.symbols {
@@ -417,7 +422,7 @@ impl ColumnWriter {
 }
 
 /// The model a column's symbols `xs` start from: the class's prior when there is one and it
-/// codes them smaller (then `true`), else a fresh one.
+/// codes their first `PICK_PROBE` smaller (then `true`), else a fresh one.
 fn pick_model(
     priors: &Priors,
     key: ClassKey,
@@ -426,8 +431,11 @@ fn pick_model(
     scratch: &mut Vec<u8>,
 ) -> (bool, UintModel) {
     let fresh = UintModel::with_len_bits(len_bits);
+    let probe = xs.get(..PICK_PROBE).unwrap_or(xs);
     match priors.get(key) {
-        Some(prior) if coded_len(prior.clone(), xs, scratch) < coded_len(fresh.clone(), xs, scratch) => {
+        Some(prior)
+            if coded_len(prior.clone(), probe, scratch) < coded_len(fresh.clone(), probe, scratch) =>
+        {
             (true, prior.clone())
         }
         _ => (false, fresh),
