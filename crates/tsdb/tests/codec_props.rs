@@ -462,8 +462,24 @@ proptest! {
             prop_assert_eq!(&t2[1..], &ts[..]);
             prop_assert_eq!(bits(&v2[1..]), bits(vals));
             let sorted = ts.windows(2).all(|w| w[0] < w[1]);
-            for &(a, b, da, db) in &picks {
-                let (start, end) = range_in(ts, a, b, da, db);
+            // Ranges around every segment boundary (points n - 60 j), then random ones.
+            let n = ts.len();
+            let mut ranges: Vec<(i64, i64)> = (1..segments.max(2))
+                .filter_map(|j| n.checked_sub(j * tsdb::codec::sealed::SEGMENT_POINTS))
+                .filter(|&b| b > 0 && b < n)
+                .flat_map(|b| {
+                    [
+                        (ts[b - 1], ts[b]),
+                        (ts[b], ts[b]),
+                        (ts[b - 1], ts[b - 1]),
+                        (ts[b], i64::MAX),
+                        (i64::MIN, ts[b - 1]),
+                        (ts[b - 1].saturating_add(1), ts[b].saturating_sub(1)),
+                    ]
+                })
+                .collect();
+            ranges.extend(picks.iter().map(|&(a, b, da, db)| range_in(ts, a, b, da, db)));
+            for (start, end) in ranges {
                 let (mut t2, mut v2) = (Vec::new(), Vec::new());
                 codec::decode_series_range(base, rec, start, end, &priors, &mut t2, &mut v2).unwrap();
                 if sorted {
