@@ -793,7 +793,7 @@ fn decode_ints_from(
 /// Drops, of the samples appended from `t0`/`v0` on, those before the first one at or
 /// after `start` (for sorted timestamps: all those before `start`). Costs the dropped
 /// prefix, not a pass over everything.
-pub fn drop_before(start: i64, t0: usize, v0: usize, ts: &mut Vec<i64>, vals: &mut Vec<f64>) {
+pub(crate) fn drop_before(start: i64, t0: usize, v0: usize, ts: &mut Vec<i64>, vals: &mut Vec<f64>) {
     let Some(appended) = ts.get(t0..) else {
         return;
     };
