@@ -92,18 +92,14 @@ const TAG_ROLLUP_DECIMAL: u8 = 3;
 const TAG_PACKED_PRIORS: u8 = 4;
 const TAG_SEGMENTED: u8 = 5;
 
-/// Segments a block writer cuts a record of `n` points into (tag 5): one per whole
-/// [`sealed::SEGMENT_POINTS`] (120) points, counted from the record's end (the first segment
-/// takes the remainder), at most [`sealed::MAX_SEGMENTS`]; fewer than 2 means not segmented.
-/// A read decodes only the segments its range overlaps (and within one, stops after its end),
-/// so a narrow window anywhere in a block, e.g. `rate[5m]` over an hour-long record of 360
-/// points, decodes one or two segments of 120 points instead of the whole record, as
-/// Prometheus' 120-sample chunks do. Each cut costs ≈ 5 B per record on gen.py data (a
-/// seek-table head per column of 2-3 B, a length, a stream flush, prior bits); the block priors
-/// pay for about one of them (docs/decisions/2026-11-21-rate-over-sealed-blocks.md).
-pub fn segments_for(n: usize) -> usize {
-    (n / sealed::SEGMENT_POINTS).min(sealed::MAX_SEGMENTS)
-}
+/// Segments a block writer cuts a long record into (tag 5), counted from the record's end:
+/// the last `SEGMENTS - 1` hold [`sealed::SEGMENT_POINTS`] (60) points each, the first the
+/// rest. A read decodes only the segments its range overlaps (and within one, stops after
+/// its end), so `rate[5m]` at the end of an hour-long record decodes its last 60 of 360
+/// points. The first cut costs ≈ 6.5 B per record on gen.py data (the segment count, a
+/// seek-table head per column of 2-3 B, a length, a stream flush, prior bits); each further
+/// one ≈ 5 B more for nothing the recent-data reads need, hence 2.
+pub const SEGMENTS: usize = 2;
 /// Records shorter than this are never segmented (the cut's bytes would cost more than 2 %
 /// of the record, and decoding a short record is cheap anyway).
 pub const MIN_SEGMENTED_POINTS: usize = 240;
@@ -191,14 +187,14 @@ pub fn encode_series_with_priors(
         });
     }
     check_len(ts.len())?;
-    encode_packed(base, ts, vals, Some(priors), segments_for(ts.len()), out);
+    encode_packed(base, ts, vals, Some(priors), SEGMENTS, out);
     Ok(())
 }
 
 /// [`encode_series_with_priors`] cutting a record of at least [`MIN_SEGMENTED_POINTS`] and
 /// `segments` x `sealed::SEGMENT_POINTS` points with sorted timestamps and decimal values into `segments`
 /// (at most `sealed::MAX_SEGMENTS`) segments (tag 5); 0 or 1 never segments. Block writers
-/// use [`segments_for`]; this form lets tests and benches measure other cuts.
+/// use [`SEGMENTS`]; this form lets tests and benches measure other cuts.
 pub fn encode_series_in_segments(
     base: i64,
     ts: &[i64],

@@ -444,7 +444,7 @@ proptest! {
     fn records_with_priors_round_trip_and_range_reads_equal_filtering(
         series in block_series(),
         base in -1_000_000_000i64..1_000_000_000,
-        segments in prop_oneof![Just(3usize), 0usize..7],
+        segments in prop_oneof![Just(tsdb::codec::SEGMENTS), 0usize..7],
         picks in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), -1i64..=1, -1i64..=1), 4),
     ) {
         // Written in order with one evolving set of priors, read back with the final one.

@@ -27,8 +27,8 @@ const PICK_PROBE: usize = 64;
 /// Most segments of a segmented record (bounds the seek table a reader allocates).
 pub const MAX_SEGMENTS: usize = 64;
 /// Points of every segment of a segmented record but the first, which holds the rest
-/// (segments are counted from the record's end, so the first absorbs the remainder).
-pub const SEGMENT_POINTS: usize = 120;
+/// (segments are counted from the record's end, where recent-data reads look).
+pub const SEGMENT_POINTS: usize = 60;
 /// Fewest points of the first segment (its head values must fit).
 const MIN_FIRST_SEGMENT: usize = 3;
 
