@@ -10,8 +10,7 @@
 //!
 //! Run: `CARGO_TARGET_DIR=... cargo bench -p tsdb --bench window`
 //! (10,000 series; `WINDOW_BENCH_SERIES` for another multiple of 10, `WINDOW_BENCH_REPS`
-//! for the number of timed repetitions, the median is printed; `WINDOW_BENCH_ONLY=whole` times
-//! only the windows whose name contains that word).
+//! for the number of timed repetitions, the median is printed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,9 +154,7 @@ fn main() {
         ("5 min in the middle", START + 1_800_000, START + 2_100_000),
         ("whole hour", START, end),
     ];
-    // `WINDOW_BENCH_ONLY=<word>` times only the windows whose name contains it (profiling).
-    let only = std::env::var("WINDOW_BENCH_ONLY").unwrap_or_default();
-    for (name, a, b) in windows.into_iter().filter(|w| w.0.contains(only.as_str())) {
+    for (name, a, b) in windows {
         let (d, points, series) = time_select(&db, &counters, a, b, reps);
         println!(
             "select counters, {name}: {series} series, {points} points, {:.2} ms per 10k series, {:.2} M points/s (median of {reps})",

@@ -1,24 +1,18 @@
 //! Immutable on-disk blocks: the sealed samples (or rollups) of many series for one time range
 //! and one resolution.
 //!
-//! # On-disk format (version 3; versions 1 and 2 are still read)
+//! # On-disk format (version 1)
 //!
 //! A block is a directory holding one file, `data`. All integers are little-endian; varints
 //! are LEB128 (zigzag for signed values).
 //!
 //! ```text
-//! header   := magic "RBLK" · format_version:u32 (= 3; 2: no tag 5 records; 1: no priors
-//!             section, no tag 4 or 5 records)
+//! header   := magic "RBLK" · format_version:u32 (= 1)
 //! records  := record{n}          one per series, ascending series id, back to back; a record
-//!                                is a `codec` series encoding (tag 0/1/4/5 for raw blocks, tag
-//!                                2/3 for rollup blocks) encoded with the block's `ts_base`
-//!                                (the first series' first timestamp) and, for tags 4 and 5,
-//!                                the block's priors; see `crate::codec`
-//! index    := n:varint entry{n} n_pages:varint page{n_pages} [priors (version >= 2)]
-//! priors   := `codec::Priors::write`: count:varint (role:u8 header:u8 model-state){count},
-//!             the integer-model states records of each column class may start from (learnt
-//!             from the first long column of the class while the block was written; at most
-//!             `codec::priors::MAX_PRIORS`; empty in rollup blocks). Version 1 has none.
+//!                                is a `codec` series encoding (tag 0/1 for raw blocks, tag 2
+//!                                for rollup blocks) encoded with the block's `ts_base` (the
+//!                                first series' first timestamp); see `crate::codec`
+//! index    := n:varint entry{n} n_pages:varint page{n_pages}
 //! entry    := id_delta:varint (first entry: the id itself) · len:varint
 //!             · (min_t - block.min_t):varint · (block.max_t - max_t):varint · count:varint
 //!             (record offsets are implied: records start at byte 8 and follow each other)
@@ -44,7 +38,7 @@
 //!   read without loading the file, and no `unsafe` is needed. The index is held in memory
 //!   (about 48 bytes per series).
 //! - Size: the index costs about 7 bytes per series plus 4 per page; a raw block of data
-//!   shaped like the peer benchmark (360 points per series) is 1.105 bytes/point in all (1.114 in format 1)
+//!   shaped like the peer benchmark (360 points per series) is 1.114 bytes/point in all
 //!   (`cargo test -p tsdb --test codec_props -- --nocapture bytes`).
 //! - `seq` orders blocks for last-write-wins: where two blocks hold the same series and
 //!   timestamp, the block with the higher `seq` wins (see `crate::compact`).
@@ -57,14 +51,11 @@ use std::path::{Path, PathBuf};
 use model::SeriesId;
 
 use crate::codec::varint::{Reader, put_u64};
-use crate::codec::{self, CodecError, Priors, RollupColumns};
+use crate::codec::{self, CodecError, RollupColumns};
 use crate::rollup::{Resolution, RollupPoint};
 
-/// The format version this code writes (it reads this one and [`MIN_FORMAT_VERSION`] up).
-pub const FORMAT_VERSION: u32 = 3;
-/// The oldest format version this code reads (version 1: no priors section, no tag 4 or 5;
-/// version 2: no tag 5).
-pub const MIN_FORMAT_VERSION: u32 = 1;
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
 /// Name of the single file inside a block directory.
 pub const DATA_FILE: &str = "data";
 const MAGIC: &[u8; 4] = b"RBLK";
@@ -178,8 +169,6 @@ pub struct BlockWriter {
     page_records: u64,
     page_bytes: u64,
     buf: Vec<u8>,
-    /// Model priors learnt so far (raw blocks); written at the end of the index.
-    priors: Priors,
 }
 
 fn tmp_dir(dir: &Path) -> PathBuf {
@@ -220,7 +209,6 @@ impl BlockWriter {
             page_records: 0,
             page_bytes: 0,
             buf: Vec::new(),
-            priors: Priors::new(),
         })
     }
 
@@ -269,7 +257,7 @@ impl BlockWriter {
         let base = *self.ts_base.get_or_insert(min_t);
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        codec::encode_series_with_priors(base, ts, vals, &mut self.priors, &mut buf)?;
+        codec::encode_series_with_base(base, ts, vals, &mut buf)?;
         let r = self.add_record(id, &buf, min_t, max_t, ts.len());
         self.buf = buf;
         r
@@ -320,21 +308,6 @@ impl BlockWriter {
     pub fn set_ts_base(&mut self, base: i64) {
         if self.entries.is_empty() && self.ts_base.is_none() {
             self.ts_base = Some(base);
-        }
-    }
-
-    /// The model priors learnt (or set) so far; records may only be copied in verbatim
-    /// when these cover the priors of the block they come from ([`Priors::covers`]).
-    pub fn priors(&self) -> &Priors {
-        &self.priors
-    }
-
-    /// Starts the block's priors from `priors` before any series is added (compaction
-    /// carries the priors of its main input so that its records can be copied verbatim).
-    /// Later calls are ignored.
-    pub fn set_priors(&mut self, priors: &Priors) {
-        if self.entries.is_empty() && self.priors.is_empty() {
-            self.priors = priors.clone();
         }
     }
 
@@ -427,7 +400,6 @@ impl BlockWriter {
             put_u64(&mut index, *records);
             index.extend_from_slice(&crc.to_le_bytes());
         }
-        self.priors.write(&mut index);
         let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
         footer.extend_from_slice(&self.offset.to_le_bytes());
         footer.extend_from_slice(&(index.len() as u64).to_le_bytes());
@@ -505,7 +477,6 @@ pub struct BlockReader {
     pages: Vec<Page>,
     ts_base: i64,
     disk_bytes: u64,
-    priors: Priors,
 }
 
 /// A run of consecutive records sharing one checksum.
@@ -560,7 +531,7 @@ impl BlockReader {
             .ok_or_else(|| corrupt("unknown resolution"))?;
         let version = f.u32_le().ok_or_else(|| corrupt("short footer"))?;
         let header_version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) || header_version != version {
+        if version != FORMAT_VERSION || header_version != FORMAT_VERSION {
             return Err(corrupt(&format!(
                 "unsupported format version {version}/{header_version}"
             )));
@@ -645,16 +616,8 @@ impl BlockReader {
             });
             next = end;
         }
-        if next != entries.len() {
+        if next != entries.len() || r.remaining() != 0 {
             return Err(corrupt("pages do not cover the index"));
-        }
-        let priors = if version >= 2 {
-            Priors::read(&mut r).map_err(|e| corrupt(&format!("index: {e}")))?
-        } else {
-            Priors::new()
-        };
-        if r.remaining() != 0 {
-            return Err(corrupt("trailing bytes after the index"));
         }
         let meta = BlockMeta {
             id,
@@ -674,7 +637,6 @@ impl BlockReader {
             pages,
             ts_base,
             disk_bytes: len,
-            priors,
         })
     }
 
@@ -720,11 +682,6 @@ impl BlockReader {
     /// The base timestamp records are encoded against.
     pub fn ts_base(&self) -> i64 {
         self.ts_base
-    }
-
-    /// The model priors tag-4 records are decoded against (empty for format 1).
-    pub fn priors(&self) -> &Priors {
-        &self.priors
     }
 
     /// The record bytes of a series, after verifying the checksum of its page.
@@ -804,7 +761,7 @@ impl BlockReader {
 
     /// Appends the samples of `id` with `start_ms <= ts <= end_ms` to `ts`/`vals` (nothing if
     /// the block lacks the series). Verifies the record's checksum. Values after `end_ms` are
-    /// not decoded (see [`codec::decode_series_range`]).
+    /// not decoded (see [`codec::decode_series_until`]).
     pub fn read(
         &self,
         id: SeriesId,
@@ -827,8 +784,7 @@ impl BlockReader {
         self.record(e, &mut buf)?;
         let (t0, v0) = (ts.len(), vals.len());
         // Samples after `end_ms` are not decoded (timestamps increase within a record).
-        let n = match codec::decode_series_range(self.ts_base, &buf, start_ms, end_ms, &self.priors, ts, vals)
-        {
+        let n = match codec::decode_series_until(self.ts_base, &buf, end_ms, ts, vals) {
             Ok(n) => n,
             Err(err) => {
                 ts.truncate(t0);

@@ -13,16 +13,6 @@
 //! series   := tag:u8 count:varint body
 //! tag 0    raw:    (first_ts - base):zigzag-varint (ts[i]-ts[i-1]):varint{count-1} f64-bits:u64le{count}
 //! tag 1    packed: ints-header(ts) floats-header(values) rc-stream
-//! tag 4    packed with priors (blocks only): as tag 1, but in the rc-stream every integer
-//!          column's symbols are preceded by one equiprobable *prior bit*: 1 = its model
-//!          starts from the block's prior for the column's class (see `priors`), 0 = fresh
-//! tag 5    segmented (blocks only; sorted timestamps, decimal values, >= MIN_SEGMENTED_POINTS):
-//!          ints-header(ts) floats-header(values) segments (see
-//!          `sealed::ColumnWriter::finish_segmented`): k independently decodable rc-streams,
-//!          the last k - 1 of `sealed::SEGMENT_POINTS` points, after a seek table of each
-//!          integer column's value before
-//!          every segment and the streams' lengths; models start from the prior or fresh
-//!          (prior bit per column per segment). A read decodes only overlapping segments.
 //! tag 2    rollup: ints-header(bucket ts) ints-header(last_ts - ts) ints-header(count)
 //!                  floats-header(min) floats-header(max) floats-header(sum) floats-header(last) rc-stream
 //! tag 3    rollup, all values decimals at one scale (mantissas below):
@@ -61,7 +51,7 @@
 //! Measured on data shaped like `shared/bench/peers/gen.py` (2,000 series x 360 points,
 //! `cargo test -p tsdb --test codec_props -- --nocapture bytes`): sealed series 1.108 B/pt
 //! (two-decimal random-walk gauges 1.226, integer counters 1.619, constants 0.046); a whole
-//! raw block with its index 1.105 B/pt (1.114 before block priors); head chunks ~1.85 B/pt. Entropy of that data is
+//! raw block with its index 1.114 B/pt; head chunks ~1.85 B/pt. Entropy of that data is
 //! ~1.04 B/pt.
 //!
 //! Invariants: any f64 bit pattern and any timestamp sequence round-trip exactly (timestamps
@@ -70,13 +60,11 @@
 //! [`CodecError`] or wrong values (blocks add a CRC so the latter is caught above).
 
 pub mod head;
-pub mod priors;
 pub mod rc;
 pub mod sealed;
 pub mod varint;
 
 pub use head::HeadChunk;
-pub use priors::Priors;
 
 use sealed::{ColumnReader, ColumnWriter};
 use varint::{Reader, put_i64, put_u64};
@@ -89,20 +77,6 @@ const TAG_RAW: u8 = 0;
 const TAG_PACKED: u8 = 1;
 const TAG_ROLLUP: u8 = 2;
 const TAG_ROLLUP_DECIMAL: u8 = 3;
-const TAG_PACKED_PRIORS: u8 = 4;
-const TAG_SEGMENTED: u8 = 5;
-
-/// Segments a block writer cuts a long record into (tag 5), counted from the record's end:
-/// the last `SEGMENTS - 1` hold [`sealed::SEGMENT_POINTS`] (60) points each, the first the
-/// rest. A read decodes only the segments its range overlaps (and within one, stops after
-/// its end), so `rate[5m]` at the end of an hour-long record decodes its last 60 of 360
-/// points. The first cut costs ≈ 6.5 B per record on gen.py data (the segment count, a
-/// seek-table head per column of 2-3 B, a length, a stream flush, prior bits); each further
-/// one ≈ 5 B more for nothing the recent-data reads need, hence 2.
-pub const SEGMENTS: usize = 2;
-/// Records shorter than this are never segmented (the cut's bytes would cost more than 2 %
-/// of the record, and decoding a short record is cheap anyway).
-pub const MIN_SEGMENTED_POINTS: usize = 240;
 
 /// A sample whose timestamp is not after the chunk's last one (or a chunk already holding
 /// `u32::MAX` samples; cut chunks long before that).
@@ -164,101 +138,13 @@ pub fn encode_series_with_base(
         });
     }
     check_len(ts.len())?;
-    encode_packed(base, ts, vals, None, 0, out);
-    Ok(())
-}
-
-/// [`encode_series_with_base`] inside a block with model priors: the record's integer
-/// columns may start from (and the first long ones define) the block's `priors` (see
-/// [`priors`]); tag 4 when any column uses a prior, otherwise the same bytes as
-/// [`encode_series_with_base`]. Decode with [`decode_series_range`] and the same `priors`
-/// (those of the finished block: priors are only ever added).
-pub fn encode_series_with_priors(
-    base: i64,
-    ts: &[i64],
-    vals: &[f64],
-    priors: &mut Priors,
-    out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    if ts.len() != vals.len() {
-        return Err(CodecError::LengthMismatch {
-            ts: ts.len(),
-            vals: vals.len(),
-        });
-    }
-    check_len(ts.len())?;
-    encode_packed(base, ts, vals, Some(priors), SEGMENTS, out);
-    Ok(())
-}
-
-/// [`encode_series_with_priors`] cutting a record of at least [`MIN_SEGMENTED_POINTS`] and
-/// `segments` x `sealed::SEGMENT_POINTS` points with sorted timestamps and decimal values into `segments`
-/// (at most `sealed::MAX_SEGMENTS`) segments (tag 5); 0 or 1 never segments. Block writers
-/// use [`SEGMENTS`]; this form lets tests and benches measure other cuts.
-pub fn encode_series_in_segments(
-    base: i64,
-    ts: &[i64],
-    vals: &[f64],
-    priors: &mut Priors,
-    segments: usize,
-    out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    if ts.len() != vals.len() {
-        return Err(CodecError::LengthMismatch {
-            ts: ts.len(),
-            vals: vals.len(),
-        });
-    }
-    check_len(ts.len())?;
-    encode_packed(
-        base,
-        ts,
-        vals,
-        Some(priors),
-        segments.min(sealed::MAX_SEGMENTS),
-        out,
-    );
-    Ok(())
-}
-
-/// The packed encoding (with priors: tag 4 when one is used, tag 5 when cut into
-/// `segments >= 2`), or raw when smaller.
-fn encode_packed(
-    base: i64,
-    ts: &[i64],
-    vals: &[f64],
-    priors: Option<&mut Priors>,
-    segments: usize,
-    out: &mut Vec<u8>,
-) {
     let start = out.len();
     out.push(TAG_PACKED);
     put_u64(out, ts.len() as u64);
     let mut cols = ColumnWriter::default();
-    cols.ints_as(out, ts, 2, base, priors::ROLE_TS);
+    cols.ints(out, ts, 2, base);
     cols.floats(out, vals);
-    let n = ts.len();
-    match priors {
-        Some(p)
-            if segments >= 2
-                && n >= MIN_SEGMENTED_POINTS.max(segments * sealed::SEGMENT_POINTS)
-                && cols.segmentable()
-                && ts.windows(2).all(|w| w[0] < w[1]) =>
-        {
-            if let Some(tag) = out.get_mut(start) {
-                *tag = TAG_SEGMENTED;
-            }
-            cols.finish_segmented(out, p, segments, n);
-        }
-        Some(p) => {
-            if cols.finish_with_priors(out, p)
-                && let Some(tag) = out.get_mut(start)
-            {
-                *tag = TAG_PACKED_PRIORS;
-            }
-        }
-        None => cols.finish(out),
-    }
+    cols.finish(out);
     // Raw costs at least 9 bytes per point; only build it when it could win.
     if out.len() - start > 9 * ts.len() + 2 {
         let mut raw = Vec::new();
@@ -268,6 +154,7 @@ fn encode_packed(
             out.extend_from_slice(&raw);
         }
     }
+    Ok(())
 }
 
 fn encode_raw(base: i64, ts: &[i64], vals: &[f64], out: &mut Vec<u8>) {
@@ -311,27 +198,6 @@ pub fn decode_series_with_base(
     decode_series_until(base, bytes, i64::MAX, ts, vals).map(|_| ())
 }
 
-/// Decodes the samples of a record with `start <= ts <= end` into `ts`/`vals` (appending),
-/// against the block's `priors` (empty outside blocks and for format-1 blocks), and
-/// returns the record's total sample count. For sorted timestamps (all a block holds) that
-/// is exactly decoding everything and keeping `start..=end`; in general it is what
-/// [`decode_series_until`] with `end` gives from its first sample at or after `start` on.
-/// Never panics; on error the vectors may hold a partial suffix.
-pub fn decode_series_range(
-    base: i64,
-    bytes: &[u8],
-    start: i64,
-    end: i64,
-    priors: &Priors,
-    ts: &mut Vec<i64>,
-    vals: &mut Vec<f64>,
-) -> Result<usize, CodecError> {
-    let (t0, v0) = (ts.len(), vals.len());
-    let n = decode_until(base, bytes, start, end, priors, ts, vals)?;
-    sealed::drop_before(start, t0, v0, ts, vals);
-    Ok(n)
-}
-
 /// [`decode_series_with_base`] that stops early: appends the samples up to and including the
 /// last one whose timestamp is `<= end` (for sorted timestamps: those `<= end`), exactly
 /// what decoding everything and truncating after that sample gives, and returns the
@@ -342,20 +208,6 @@ pub fn decode_series_until(
     base: i64,
     bytes: &[u8],
     end: i64,
-    ts: &mut Vec<i64>,
-    vals: &mut Vec<f64>,
-) -> Result<usize, CodecError> {
-    decode_until(base, bytes, i64::MIN, end, &Priors::new(), ts, vals)
-}
-
-/// [`decode_series_until`]; segmented records also skip the segments wholly before `start`
-/// (the caller drops the samples before `start` that other records return).
-fn decode_until(
-    base: i64,
-    bytes: &[u8],
-    start: i64,
-    end: i64,
-    priors: &Priors,
     ts: &mut Vec<i64>,
     vals: &mut Vec<f64>,
 ) -> Result<usize, CodecError> {
@@ -397,22 +249,11 @@ fn decode_until(
             vals.truncate(v0 + keep);
             Ok(n)
         }
-        TAG_PACKED | TAG_PACKED_PRIORS => {
+        TAG_PACKED => {
             let mut cols = ColumnReader::new();
-            cols.ints_as(&mut r, n, base, priors::ROLE_TS)?;
+            cols.ints(&mut r, n, base)?;
             cols.floats(&mut r, n)?;
-            if tag == TAG_PACKED_PRIORS {
-                cols.use_priors(priors);
-            }
             cols.decode_until(r.rest(), end, ts, vals)?;
-            Ok(n)
-        }
-        TAG_SEGMENTED => {
-            let mut cols = ColumnReader::new();
-            cols.ints_as(&mut r, n, base, priors::ROLE_TS)?;
-            cols.floats(&mut r, n)?;
-            cols.use_priors(priors);
-            cols.decode_segmented(&mut r, n, start, end, ts, vals)?;
             Ok(n)
         }
         TAG_ROLLUP | TAG_ROLLUP_DECIMAL => Err(CodecError::Corrupt(
@@ -706,108 +547,6 @@ mod tests {
                         "{name} {end}"
                     );
                 }
-            }
-        }
-    }
-
-    /// Counters with pseudo-random increments, one per seed.
-    fn counter(seed: u64, n: usize) -> Vec<f64> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut acc = (seed % 1000) as f64 * 1000.0;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                acc += (x % 5000) as f64;
-                acc
-            })
-            .collect()
-    }
-
-    #[test]
-    fn priors_shrink_long_records_and_are_needed_to_decode() {
-        // 200 points: long enough to teach a prior, too short to be segmented.
-        let ts: Vec<i64> = (0..200).map(|i| 1_000 + i * 10_000).collect();
-        let mut priors = Priors::learning_at(1);
-        let (mut with, mut without) = (Vec::new(), 0usize);
-        for seed in 1..=8 {
-            let vals = counter(seed, 200);
-            let mut out = Vec::new();
-            encode_series_with_priors(1_000, &ts, &vals, &mut priors, &mut out).unwrap();
-            assert_eq!(out[0], TAG_PACKED_PRIORS, "seed {seed}");
-            let mut plain = Vec::new();
-            encode_series_with_base(1_000, &ts, &vals, &mut plain).unwrap();
-            without += plain.len();
-            with.push((out, vals));
-        }
-        assert!(!priors.is_empty());
-        let total: usize = with.iter().map(|(r, _)| r.len()).sum();
-        assert!(total < without, "{total} with priors, {without} without");
-        for (rec, vals) in &with {
-            let (mut t, mut v) = (Vec::new(), Vec::new());
-            decode_series_range(1_000, rec, i64::MIN, i64::MAX, &priors, &mut t, &mut v).unwrap();
-            assert_eq!((&t, &v), (&ts, vals));
-            // Without the block's priors the record does not decode to the same values.
-            let (mut t, mut v) = (Vec::new(), Vec::new());
-            let r = decode_series_range(1_000, rec, i64::MIN, i64::MAX, &Priors::new(), &mut t, &mut v);
-            assert!(r.is_err() || v != *vals);
-        }
-    }
-
-    #[test]
-    fn long_records_are_segmented_and_range_reads_match_filtering() {
-        let ts: Vec<i64> = (0..360).map(|i| 1_000 + i * 10_000).collect();
-        let mut jittered = ts.clone();
-        for (i, t) in jittered.iter_mut().enumerate() {
-            *t += (i as i64 * 7919) % 5000;
-        }
-        let mut near = counter(3, 360);
-        for v in &mut near {
-            *v += 491.14;
-        }
-        near[17] = f64::NAN;
-        near[250] = f64::INFINITY;
-        let mut priors = Priors::learning_at(1);
-        let cases = [(&ts, counter(1, 360)), (&jittered, counter(2, 360)), (&ts, near)];
-        let records: Vec<Vec<u8>> = cases
-            .iter()
-            .map(|(t, v)| {
-                let mut out = Vec::new();
-                encode_series_with_priors(1_000, t, v, &mut priors, &mut out).unwrap();
-                assert_eq!(out[0], TAG_SEGMENTED);
-                out
-            })
-            .collect();
-        for ((t, v), rec) in cases.iter().zip(&records) {
-            for (a, b) in [
-                (i64::MIN, i64::MAX),
-                (t[330], t[359]),
-                (t[0], t[119]),
-                (t[119], t[120]),
-                (t[119] + 1, t[239] - 1),
-                (t[240], t[240]),
-                (t[299], t[300]),
-                (t[299], t[299]),
-                (t[300], t[300]),
-                (t[299] + 1, t[300] - 1),
-                (t[250], t[310]),
-                (t[100] - 1, t[300] + 1),
-                (t[359] + 1, i64::MAX),
-                (i64::MIN, t[0] - 1),
-                (t[200], t[100]),
-            ] {
-                let (mut t2, mut v2) = (Vec::new(), Vec::new());
-                let n = decode_series_range(1_000, rec, a, b, &priors, &mut t2, &mut v2).unwrap();
-                assert_eq!(n, 360);
-                let keep: Vec<usize> = (0..360).filter(|&i| t[i] >= a && t[i] <= b).collect();
-                assert_eq!(t2, keep.iter().map(|&i| t[i]).collect::<Vec<_>>(), "{a}..={b}");
-                let want: Vec<u64> = keep.iter().map(|&i| v[i].to_bits()).collect();
-                assert_eq!(
-                    v2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    want,
-                    "{a}..={b}"
-                );
             }
         }
     }

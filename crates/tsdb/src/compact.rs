@@ -9,10 +9,7 @@
 //! - Rollup blocks combine points of the same bucket ([`crate::rollup::RollupPoint::combine`]):
 //!   inputs are assumed to roll up disjoint samples.
 //! - A series present in only one input is copied byte for byte (its checksum was verified on
-//!   read) when that input shares the output's `ts_base` and the output's model priors cover
-//!   the input's (the output starts from the priors of the input holding the most series, and
-//!   a prior never changes once set), so compaction of mostly disjoint blocks costs little
-//!   CPU; other series are decoded and re-encoded.
+//!   read), so compaction of mostly disjoint blocks costs little CPU.
 //! - Inputs are only read; deleting them after the output is in place is the caller's job.
 
 use std::path::Path;
@@ -54,7 +51,6 @@ pub fn compact(inputs: &[&BlockReader], out_dir: &Path, seq: u64) -> Result<Bloc
     // input holding the most series.
     if let Some(b) = order.iter().max_by_key(|b| b.meta().series) {
         w.set_ts_base(b.ts_base());
-        w.set_priors(b.priors());
     }
     let base = w.ts_base();
     let mut record = Vec::new();
@@ -65,7 +61,6 @@ pub fn compact(inputs: &[&BlockReader], out_dir: &Path, seq: u64) -> Result<Bloc
         let holders: Vec<&BlockReader> = order.iter().copied().filter(|b| b.contains(id)).collect();
         if let [only] = holders.as_slice()
             && Some(only.ts_base()) == base
-            && w.priors().covers(only.priors())
         {
             if let Some((min_t, max_t, count)) = only.raw_record(id, &mut record)? {
                 w.add_record(id, &record, min_t, max_t, count)?;
@@ -218,61 +213,6 @@ mod tests {
                 let got: Vec<(i64, f64)> = ts.into_iter().zip(vals).collect();
                 assert_eq!(&got, samples, "{name}: series {id}");
             }
-        }
-    }
-
-    /// A block input whose priors the output does not carry has its records re-encoded
-    /// against the output's priors, and every sample survives.
-    #[test]
-    fn records_coded_against_other_priors_are_reencoded() {
-        let dir = tempfile::tempdir().unwrap();
-        let ts: Vec<i64> = (0..360).map(|i| 5_000 + i * 10_000).collect();
-        let gauge = |k: u64| -> Vec<f64> {
-            (0..360u64)
-                .map(|i| ((i * 7919 + k * 31) % 2000) as f64 / 100.0)
-                .collect()
-        };
-        let counter = |k: u64| -> Vec<f64> {
-            let mut acc = 0.0;
-            (0..360u64)
-                .map(|i| {
-                    acc += ((i * 104_729 + k * 17) % 5000) as f64;
-                    acc
-                })
-                .collect()
-        };
-        let make = |name: &str, seq: u64, ids: &[u64], f: &dyn Fn(u64) -> Vec<f64>| {
-            let path = dir.path().join(name);
-            let mut w = BlockWriter::create(
-                &path,
-                BlockOptions {
-                    id: seq,
-                    resolution: Resolution::Raw,
-                    seq,
-                },
-            )
-            .unwrap();
-            for &id in ids {
-                w.add_series(SeriesId(id), &ts, &f(id)).unwrap();
-            }
-            w.finish().unwrap();
-            BlockReader::open(&path).unwrap()
-        };
-        // Enough long columns per block for each to learn priors (`priors::LEARN_AT`).
-        let n = u64::from(crate::codec::priors::LEARN_AT) + 6;
-        let a = make("a", 1, &(0..n + 1).map(|i| 2 * i + 1).collect::<Vec<_>>(), &gauge);
-        let b = make("b", 2, &(0..n).map(|i| 2 * i + 2).collect::<Vec<_>>(), &counter);
-        assert!(!a.priors().is_empty() && !b.priors().is_empty());
-        assert!(!a.priors().covers(b.priors()), "the test needs different priors");
-        let out = dir.path().join("out");
-        compact(&[&a, &b], &out, 3).unwrap();
-        let r = BlockReader::open(&out).unwrap();
-        assert!(r.priors().covers(a.priors()));
-        for id in 1..=2 * n + 1 {
-            let want = if id % 2 == 1 { gauge(id) } else { counter(id) };
-            let (mut t, mut v) = (Vec::new(), Vec::new());
-            r.read(SeriesId(id), i64::MIN, i64::MAX, &mut t, &mut v).unwrap();
-            assert_eq!((&t, &v), (&ts, &want), "series {id}");
         }
     }
 

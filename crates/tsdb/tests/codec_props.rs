@@ -263,47 +263,6 @@ fn cut_samples() -> impl Strategy<Value = (Vec<i64>, Vec<f64>, i64)> {
     })
 }
 
-/// One long series as blocks hold them: sorted timestamps about 10 s apart (regular or
-/// jittered), shaped values, 120 to 420 points (long enough to teach and use priors, and
-/// from 240 on to be segmented).
-fn long_series() -> impl Strategy<Value = (Vec<i64>, Vec<f64>)> {
-    (
-        -1_000_000_000_000i64..1_000_000_000_000,
-        prop_oneof![
-            (120usize..420).prop_map(|n| vec![10_000i64; n]),
-            prop::collection::vec(prop_oneof![Just(10_000i64), 1i64..20_000], 120..420),
-        ],
-    )
-        .prop_flat_map(|(t0, steps)| {
-            let ts: Vec<i64> = steps
-                .iter()
-                .scan(t0, |t, s| {
-                    *t += s;
-                    Some(*t)
-                })
-                .collect();
-            let n = ts.len();
-            (Just(ts), shaped_values(n))
-        })
-}
-
-/// The series of one block, in writing order: mostly long ones, some arbitrary.
-fn block_series() -> impl Strategy<Value = Vec<(Vec<i64>, Vec<f64>)>> {
-    prop::collection::vec(prop_oneof![3 => long_series(), 1 => samples()], 1..6)
-}
-
-/// A query range, often on or next to a sample's timestamp of `ts`.
-fn range_in(ts: &[i64], a: prop::sample::Index, b: prop::sample::Index, da: i64, db: i64) -> (i64, i64) {
-    if ts.is_empty() {
-        return (i64::MIN, i64::MAX);
-    }
-    let (x, y) = (
-        ts[a.index(ts.len())].saturating_add(da),
-        ts[b.index(ts.len())].saturating_add(db),
-    );
-    (x.min(y), x.max(y))
-}
-
 fn bits(v: &[f64]) -> Vec<u64> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -334,14 +293,6 @@ proptest! {
         prop_assert_eq!(&t2[1..], &ts[..keep]);
         prop_assert_eq!(bits(&v2[1..]), bits(&vals[..keep]));
         prop_assert_eq!((t2[0], v2[0]), (7, 0.5));
-        // With a start bound (any timestamps): from the first kept sample at or after it.
-        let start = ts.get(keep / 2).copied().unwrap_or(i64::MIN);
-        let from = ts[..keep].iter().position(|&t| t >= start).unwrap_or(keep);
-        let (mut t3, mut v3) = (Vec::new(), Vec::new());
-        let n = codec::decode_series_range(base, &out, start, end, &codec::Priors::new(), &mut t3, &mut v3).unwrap();
-        prop_assert_eq!(n, ts.len());
-        prop_assert_eq!(&t3[..], &ts[from..keep]);
-        prop_assert_eq!(bits(&v3), bits(&vals[from..keep]));
     }
 
     #[test]
@@ -441,113 +392,10 @@ proptest! {
     }
 
     #[test]
-    fn records_with_priors_round_trip_and_range_reads_equal_filtering(
-        series in block_series(),
-        base in -1_000_000_000i64..1_000_000_000,
-        segments in prop_oneof![Just(tsdb::codec::SEGMENTS), 0usize..7],
-        picks in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), -1i64..=1, -1i64..=1), 4),
-    ) {
-        // Written in order with one evolving set of priors, read back with the final one.
-        let mut priors = codec::Priors::learning_at(1);
-        let mut records = Vec::new();
-        for (ts, vals) in &series {
-            let mut out = Vec::new();
-            codec::encode_series_in_segments(base, ts, vals, &mut priors, segments, &mut out).unwrap();
-            records.push(out);
-        }
-        for ((ts, vals), rec) in series.iter().zip(&records) {
-            let (mut t2, mut v2) = (vec![7i64], vec![0.5f64]);
-            let n = codec::decode_series_range(base, rec, i64::MIN, i64::MAX, &priors, &mut t2, &mut v2).unwrap();
-            prop_assert_eq!(n, ts.len());
-            prop_assert_eq!(&t2[1..], &ts[..]);
-            prop_assert_eq!(bits(&v2[1..]), bits(vals));
-            let sorted = ts.windows(2).all(|w| w[0] < w[1]);
-            // Ranges around every segment boundary (points n - 60 j), then random ones.
-            let n = ts.len();
-            let mut ranges: Vec<(i64, i64)> = (1..segments.max(2))
-                .filter_map(|j| n.checked_sub(j * tsdb::codec::sealed::SEGMENT_POINTS))
-                .filter(|&b| b > 0 && b < n)
-                .flat_map(|b| {
-                    [
-                        (ts[b - 1], ts[b]),
-                        (ts[b], ts[b]),
-                        (ts[b - 1], ts[b - 1]),
-                        (ts[b], i64::MAX),
-                        (i64::MIN, ts[b - 1]),
-                        (ts[b - 1].saturating_add(1), ts[b].saturating_sub(1)),
-                    ]
-                })
-                .collect();
-            ranges.extend(picks.iter().map(|&(a, b, da, db)| range_in(ts, a, b, da, db)));
-            for (start, end) in ranges {
-                let (mut t2, mut v2) = (Vec::new(), Vec::new());
-                codec::decode_series_range(base, rec, start, end, &priors, &mut t2, &mut v2).unwrap();
-                if sorted {
-                    let want: Vec<usize> = (0..ts.len()).filter(|&i| ts[i] >= start && ts[i] <= end).collect();
-                    prop_assert_eq!(t2, want.iter().map(|&i| ts[i]).collect::<Vec<_>>());
-                    prop_assert_eq!(bits(&v2), want.iter().map(|&i| vals[i].to_bits()).collect::<Vec<_>>());
-                }
-            }
-        }
-        // The priors section round-trips.
-        let mut sec = Vec::new();
-        priors.write(&mut sec);
-        let back = codec::Priors::read(&mut codec::varint::Reader::new(&sec)).unwrap();
-        prop_assert_eq!(back, priors);
-    }
-
-    #[test]
-    fn corrupt_records_and_priors_never_panic(
-        series in block_series(),
-        segments in 0usize..7,
-        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
-        cut in any::<prop::sample::Index>(),
-    ) {
-        let mut priors = codec::Priors::learning_at(1);
-        let mut records = Vec::new();
-        for (ts, vals) in &series {
-            let mut out = Vec::new();
-            codec::encode_series_in_segments(0, ts, vals, &mut priors, segments, &mut out).unwrap();
-            records.push(out);
-        }
-        let mut sec = Vec::new();
-        priors.write(&mut sec);
-        let mut bad_sec = sec.clone();
-        for &(at, x) in &flips {
-            let i = at.index(bad_sec.len());
-            bad_sec[i] ^= x.max(1);
-        }
-        let _ = codec::Priors::read(&mut codec::varint::Reader::new(&bad_sec));
-        let _ = codec::Priors::read(&mut codec::varint::Reader::new(&sec[..cut.index(sec.len() + 1)]));
-        let (mut t2, mut v2) = (Vec::new(), Vec::new());
-        for ((ts, _), mut rec) in series.iter().zip(records) {
-            let mid = ts.get(ts.len() / 2).copied().unwrap_or(0);
-            for &(at, x) in &flips {
-                let i = at.index(rec.len());
-                rec[i] ^= x.max(1);
-            }
-            let cut = cut.index(rec.len() + 1);
-            for p in [&priors, &codec::Priors::new()] {
-                for (a, b) in [(i64::MIN, i64::MAX), (mid, i64::MAX), (i64::MIN, mid), (mid, mid)] {
-                    let _ = codec::decode_series_range(0, &rec, a, b, p, &mut t2, &mut v2);
-                    let _ = codec::decode_series_range(0, &rec[..cut], a, b, p, &mut t2, &mut v2);
-                }
-            }
-        }
-        prop_assert!(t2.len() <= 100 * codec::MAX_POINTS);
-    }
-
-    #[test]
-    fn arbitrary_priors_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        let _ = codec::Priors::read(&mut codec::varint::Reader::new(&bytes));
-    }
-
-    #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let (mut t, mut v) = (Vec::new(), Vec::new());
         let _ = codec::decode_series(&bytes, &mut t, &mut v);
         let _ = codec::decode_series_until(0, &bytes, 0, &mut t, &mut v);
-        let _ = codec::decode_series_range(0, &bytes, -5, 0, &codec::Priors::new(), &mut t, &mut v);
         let mut r = codec::RollupColumns::default();
         let _ = codec::decode_rollups(0, &bytes, &mut r);
     }

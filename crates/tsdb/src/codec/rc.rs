@@ -43,7 +43,7 @@ const RECIP_LEN: usize = 64;
 const N_MAX: u16 = RATE_LIMIT - 2;
 
 /// An adaptive estimate of the probability that the next bit is 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Prob {
     /// P(bit = 0) in 1/65536.
     p: u16,
@@ -58,18 +58,6 @@ impl Default for Prob {
 }
 
 impl Prob {
-    /// The stored probability of a 0 (in 1/65536) and the update count.
-    pub fn parts(self) -> (u16, u16) {
-        (self.p, self.n)
-    }
-
-    /// A probability from [`Prob::parts`]; `None` for a state no model can reach (a zero
-    /// probability, a count above the saturation point, or a moved probability with a zero
-    /// count).
-    pub fn from_parts(p: u16, n: u16) -> Option<Prob> {
-        (p >= 1 && n <= N_MAX && (n > 0 || p == 32768)).then_some(Prob { p, n })
-    }
-
     /// The probability of a 0 at coding precision, in `1..2^PROB_BITS`.
     #[inline(always)]
     fn coding(self) -> u32 {
@@ -316,7 +304,6 @@ const CONTEXT_BITS: u32 = 2;
 /// the next [`CONTEXT_BITS`] bits with a context per length, then the remaining low bits
 /// directly. Near-optimal for smooth unimodal distributions (zigzag deltas of random walks,
 /// counter increments) at any scale.
-#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct UintModel {
     len_bits: u32,
     len_tree: [Prob; 128],
@@ -344,62 +331,6 @@ impl UintModel {
             len_tree: [Prob::default(); 128],
             top: [[Prob::default(); 1 << CONTEXT_BITS]; 65],
         }
-    }
-
-    /// Length-tree levels of this model.
-    pub fn len_bits(&self) -> u32 {
-        self.len_bits
-    }
-
-    /// The probabilities a model with `len_bits` levels can touch, in a fixed order: the
-    /// length tree's nodes, then the context bits of every reachable bit length.
-    fn reachable(len_bits: u32) -> impl Iterator<Item = (bool, usize, usize)> {
-        let tree = 1usize << len_bits;
-        // Bit lengths 0..tree are reachable; lengths >= 2 have context probabilities (nodes
-        // 1..=3 of their row; node 1 only for length 2).
-        let max_len = (tree - 1).min(64);
-        (1..tree)
-            .map(|node| (true, node, 0))
-            .chain((2..=max_len).flat_map(|len| (1..=3).map(move |node| (false, len, node))))
-    }
-
-    /// Appends the model's state: for every reachable probability its count as one byte,
-    /// followed by the probability (u16 little-endian) when the count is not zero.
-    pub fn write_state(&self, out: &mut Vec<u8>) {
-        for (tree, a, b) in Self::reachable(self.len_bits) {
-            let p = if tree { self.len_tree[a] } else { self.top[a][b] };
-            let (prob, n) = p.parts();
-            out.push(n as u8);
-            if n > 0 {
-                out.extend_from_slice(&prob.to_le_bytes());
-            }
-        }
-    }
-
-    /// Reads a state written by [`UintModel::write_state`] for a model of `len_bits` levels;
-    /// `None` on truncated or impossible input.
-    pub fn read_state(len_bits: u32, r: &mut super::varint::Reader<'_>) -> Option<UintModel> {
-        if len_bits > 7 {
-            return None;
-        }
-        let mut m = UintModel::with_len_bits(len_bits);
-        for (tree, a, b) in Self::reachable(len_bits) {
-            let n = u16::from(r.u8()?);
-            let p = if n > 0 {
-                let lo = r.u8()?;
-                let hi = r.u8()?;
-                u16::from_le_bytes([lo, hi])
-            } else {
-                32768
-            };
-            let prob = Prob::from_parts(p, n)?;
-            if tree {
-                *m.len_tree.get_mut(a)? = prob;
-            } else {
-                *m.top.get_mut(a)?.get_mut(b)? = prob;
-            }
-        }
-        Some(m)
     }
 
     /// Encodes `v` (whose bit length must fit the model's `len_bits`).
@@ -682,45 +613,6 @@ mod tests {
                 assert_eq!(fast.overrun(), slow.pos.saturating_sub(bytes.len()));
             }
         }
-    }
-
-    #[test]
-    fn model_state_round_trips_and_rejects_impossible_states() {
-        for len_bits in 0..=7u32 {
-            let mut m = UintModel::with_len_bits(len_bits);
-            let mut out = Vec::new();
-            let mut enc = Encoder::new(&mut out);
-            let max = match ((1u32 << len_bits) - 1).min(64) {
-                64 => u64::MAX,
-                bl => (1u64 << bl) - 1,
-            };
-            for i in 0..300u64 {
-                m.encode(&mut enc, (i * 2_654_435_761) & max);
-            }
-            enc.finish();
-            let mut state = Vec::new();
-            m.write_state(&mut state);
-            let mut r = crate::codec::varint::Reader::new(&state);
-            assert_eq!(
-                UintModel::read_state(len_bits, &mut r),
-                Some(m.clone()),
-                "{len_bits}"
-            );
-            assert_eq!(r.remaining(), 0);
-            // A moved probability with a zero count, a count past saturation, p = 0.
-            for bad in [[0u8, 1, 2], [N_MAX as u8 + 1, 0, 1], [1, 0, 0]] {
-                let mut s = state.clone();
-                if len_bits > 0 {
-                    // Replace the first probability's entry (1 byte if untouched, else 3).
-                    let first = if s[0] == 0 { 1 } else { 3 };
-                    s.splice(0..first, bad);
-                    let mut r = crate::codec::varint::Reader::new(&s);
-                    let got = UintModel::read_state(len_bits, &mut r);
-                    assert!(got.is_none() || r.remaining() != 0, "{len_bits} {bad:?}");
-                }
-            }
-        }
-        assert!(UintModel::read_state(8, &mut crate::codec::varint::Reader::new(&[])).is_none());
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! stream holding every column's symbols. See the `codec` module doc for the byte layout.
 
 use super::CodecError;
-use super::priors::{ClassKey, Priors, ROLE_CORRECTION, ROLE_MANTISSA, ROLE_OTHER};
 use super::rc::{Decoder, Encoder, UintModel, XorModel, len_bits_for};
 use super::varint::{Reader, put_i64, put_u64, unzigzag, zigzag};
 
@@ -18,36 +17,6 @@ const FAST_ROUND_LIMIT: f64 = 2_251_799_813_685_248.0;
 /// A well-formed stream overruns its end by at most `rc::MAX_TRIM` bytes; more means
 /// corruption.
 const MAX_OVERRUN: usize = super::rc::MAX_TRIM;
-
-/// Symbols a writer codes both ways to pick prior or fresh for a column: the models differ
-/// most while the fresh one learns (its adaptation rate settles after ~62 updates per
-/// probability), so the first symbols decide at a fraction of coding all of them twice.
-const PICK_PROBE: usize = 64;
-
-/// Most segments of a segmented record (bounds the seek table a reader allocates).
-pub const MAX_SEGMENTS: usize = 64;
-/// Points of every segment of a segmented record but the first, which holds the rest
-/// (segments are counted from the record's end, where recent-data reads look).
-pub const SEGMENT_POINTS: usize = 60;
-/// Fewest points of the first segment (its head values must fit).
-const MIN_FIRST_SEGMENT: usize = 3;
-
-/// Points `a..b` of segment `s` of `k` in a record of `n` points: the last `k - 1` segments
-/// hold [`SEGMENT_POINTS`] each, the first the rest. `None` unless the first keeps at least
-/// 3 points (`MIN_FIRST_SEGMENT`: its head values must fit).
-pub fn segment_range(n: usize, k: usize, s: usize) -> Option<(usize, usize)> {
-    let tail = k.checked_sub(1)?.checked_mul(SEGMENT_POINTS)?;
-    let first = n.checked_sub(tail).filter(|&f| f >= MIN_FIRST_SEGMENT)?;
-    if s >= k {
-        return None;
-    }
-    let a = if s == 0 {
-        0
-    } else {
-        first + (s - 1) * SEGMENT_POINTS
-    };
-    Some((a, first + s * SEGMENT_POINTS))
-}
 
 /// Column transform of an integer sequence after differencing.
 const XF_ZIGZAG: u8 = 0;
@@ -98,15 +67,8 @@ pub fn from_mantissa(m: i64, scale: u8) -> f64 {
 
 /// Symbols queued for the range coder, column by column.
 enum Symbols {
-    /// Values, the length-tree depth they need and the column's class (for priors).
-    Uint {
-        xs: Vec<u64>,
-        len_bits: u32,
-        key: ClassKey,
-        /// The column's values and differencing order (segment heads come from them).
-        values: Vec<i64>,
-        order: u8,
-    },
+    /// Values and the length-tree depth they need.
+    Uint(Vec<u64>, u32),
     Xor(Vec<u64>),
 }
 
@@ -163,13 +125,8 @@ impl ColumnWriter {
     /// Plans an integer column: picks the differencing order in `orders` and the transform
     /// that minimise an estimate of the coded size, writes its header to `hdr`.
     /// The first stored initial value is written relative to `base` (timestamps use the
-    /// block's base time so that it costs a byte). Such columns never use priors.
+    /// block's base time so that it costs a byte).
     pub fn ints(&mut self, hdr: &mut Vec<u8>, xs: &[i64], max_order: u8, base: i64) {
-        self.ints_as(hdr, xs, max_order, base, ROLE_OTHER);
-    }
-
-    /// [`ColumnWriter::ints`] for a column of class role `role` (see `priors`).
-    pub fn ints_as(&mut self, hdr: &mut Vec<u8>, xs: &[i64], max_order: u8, base: i64, role: u8) {
         // Pass 1: differences of increasing order in place, costing each without copies.
         let mut work = xs.to_vec();
         let (mut best_cost, mut best_order, mut best_xf) = (u64::MAX, 0u8, XF_ZIGZAG);
@@ -214,8 +171,7 @@ impl ColumnWriter {
         };
         let has_gcd = g > 1 && best_xf != XF_ZERO;
         let len_bits = len_bits_for(symbols.iter().copied().max().unwrap_or(0));
-        let header = best_order | (best_xf << 2) | ((len_bits as u8) << 4);
-        hdr.push(header | if has_gcd { HAS_GCD } else { 0 });
+        hdr.push(best_order | (best_xf << 2) | ((len_bits as u8) << 4) | if has_gcd { HAS_GCD } else { 0 });
         for (i, &h) in head.iter().enumerate() {
             put_i64(hdr, if i == 0 { h.wrapping_sub(base) } else { h });
         }
@@ -226,13 +182,7 @@ impl ColumnWriter {
             put_u64(hdr, g);
         }
         if best_xf != XF_ZERO {
-            self.symbols.push(Symbols::Uint {
-                xs: symbols,
-                len_bits,
-                key: ClassKey { role, header },
-                values: xs.to_vec(),
-                order: best_order,
-            });
+            self.symbols.push(Symbols::Uint(symbols, len_bits));
         }
     }
 
@@ -263,9 +213,9 @@ impl ColumnWriter {
                 let bits = vals.get(i).map_or(0, |v| v.to_bits());
                 hdr.extend_from_slice(&bits.to_le_bytes());
             }
-            self.ints_as(hdr, &mantissas, 2, 0, ROLE_MANTISSA);
+            self.ints(hdr, &mantissas, 2, 0);
             if let Some(c) = corrections {
-                self.ints_as(hdr, &c, 1, 0, ROLE_CORRECTION);
+                self.ints(hdr, &c, 1, 0);
             }
         } else {
             hdr.push(VALUES_XOR);
@@ -285,126 +235,11 @@ impl ColumnWriter {
 
     /// Codes every planned column into one range-coded stream appended to `out`.
     pub fn finish(self, out: &mut Vec<u8>) {
-        self.code(out, None);
-    }
-
-    /// Learns priors from this record's columns (see [`Priors::learn`]). When any of its
-    /// integer columns' classes has a prior, codes the stream with a *prior bit* before each
-    /// integer column's symbols (1: its model starts from the class's prior, chosen only
-    /// where that codes its first 64 symbols smaller) and returns `true` (the record is then
-    /// tag 4); otherwise codes what [`ColumnWriter::finish`] would and returns `false`.
-    pub fn finish_with_priors(self, out: &mut Vec<u8>, priors: &mut Priors) -> bool {
-        let mut any = false;
-        for s in &self.symbols {
-            if let Symbols::Uint { xs, key, .. } = s {
-                priors.learn(*key, xs);
-                any |= priors.get(*key).is_some();
-            }
-        }
-        self.code(out, any.then_some(&*priors));
-        any
-    }
-
-    /// Whether the planned record can be coded in segments: every column with symbols is an
-    /// integer column (no XOR values) and there is at least one.
-    pub fn segmentable(&self) -> bool {
-        !self.symbols.is_empty() && self.symbols.iter().all(|s| matches!(s, Symbols::Uint { .. }))
-    }
-
-    /// Codes a [`ColumnWriter::segmentable`] record of `n` values per column in `k`
-    /// segments ([`segment_range`]; `2 <= k <= MAX_SEGMENTS`, which it clamps to what `n`
-    /// allows), learning
-    /// priors first as [`ColumnWriter::finish_with_priors`] does:
-    ///
-    /// ```text
-    /// k:u8 heads{k-1} (stream length - total / k):zigzag-varint{k-1} stream{k}
-    /// heads  := per integer column with symbols, in column order: (x - previous head):
-    ///           zigzag-varint [(x - x_prev):zigzag-varint if order 2], where x is the value
-    ///           just before the segment (the previous head of segment 1 is the first value)
-    /// stream := one rc-stream: per integer column with symbols its prior bit, then its
-    ///           symbols of the segment's points (columns without symbols need nothing:
-    ///           constant-stride timestamps are computed)
-    /// ```
-    pub fn finish_segmented(self, out: &mut Vec<u8>, priors: &mut Priors, k: usize, n: usize) {
-        // (symbols, length-tree depth, class, values, order) of each column with symbols.
-        type Col<'a> = (&'a Vec<u64>, u32, ClassKey, &'a Vec<i64>, usize);
-        let cols: Vec<Col<'_>> = self
-            .symbols
-            .iter()
-            .filter_map(|s| match s {
-                Symbols::Uint {
-                    xs,
-                    len_bits,
-                    key,
-                    values,
-                    order,
-                } => Some((xs, *len_bits, *key, values, usize::from(*order))),
-                Symbols::Xor(_) => None,
-            })
-            .collect();
-        for &(xs, _, key, _, _) in &cols {
-            priors.learn(key, xs);
-        }
-        let mut k = k.clamp(2, MAX_SEGMENTS);
-        while k > 2 && segment_range(n, k, 0).is_none() {
-            k -= 1;
-        }
-        out.push(k as u8);
-        let mut prev: Vec<i64> = cols.iter().map(|c| c.3.first().copied().unwrap_or(0)).collect();
-        for seg in 1..k {
-            let i = segment_range(n, k, seg).map_or(1, |(a, _)| a) - 1;
-            for (c, prev) in cols.iter().zip(prev.iter_mut()) {
-                let x = c.3.get(i).copied().unwrap_or(0);
-                put_i64(out, x.wrapping_sub(*prev));
-                *prev = x;
-                if c.4 == 2 {
-                    put_i64(out, x.wrapping_sub(c.3.get(i - 1).copied().unwrap_or(0)));
-                }
-            }
-        }
-        let (mut streams, mut lens, mut scratch) = (Vec::new(), Vec::with_capacity(k), Vec::new());
-        for seg in 0..k {
-            let (a, b) = segment_range(n, k, seg).unwrap_or((n, n));
-            let at = streams.len();
-            let mut enc = Encoder::new(&mut streams);
-            for &(xs, len_bits, key, _, order) in &cols {
-                let part = xs
-                    .get(a.saturating_sub(order)..b.saturating_sub(order))
-                    .unwrap_or(&[]);
-                let (used, mut m) = pick_model(priors, key, len_bits, part, &mut scratch);
-                enc.direct(u64::from(used), 1);
-                for &x in part {
-                    m.encode(&mut enc, x);
-                }
-            }
-            enc.finish();
-            lens.push(streams.len() - at);
-        }
-        let avg = (streams.len() / k.max(1)) as i64;
-        for &l in lens.iter().take(k.saturating_sub(1)) {
-            put_i64(out, l as i64 - avg);
-        }
-        out.extend_from_slice(&streams);
-    }
-
-    /// Codes the columns into one stream; with `priors`, each integer column starts with
-    /// its prior bit.
-    fn code(self, out: &mut Vec<u8>, priors: Option<&Priors>) {
-        let mut scratch = Vec::new();
         let mut enc = Encoder::new(out);
         for s in self.symbols {
             match s {
-                Symbols::Uint {
-                    xs, len_bits, key, ..
-                } => {
-                    let mut m = match priors {
-                        None => UintModel::with_len_bits(len_bits),
-                        Some(p) => {
-                            let (used, m) = pick_model(p, key, len_bits, &xs, &mut scratch);
-                            enc.direct(u64::from(used), 1);
-                            m
-                        }
-                    };
+                Symbols::Uint(xs, len_bits) => {
+                    let mut m = UintModel::with_len_bits(len_bits);
                     for x in xs {
                         m.encode(&mut enc, x);
                     }
@@ -419,38 +254,6 @@ impl ColumnWriter {
         }
         enc.finish();
     }
-}
-
-/// The model a column's symbols `xs` start from: the class's prior when there is one and it
-/// codes their first `PICK_PROBE` smaller (then `true`), else a fresh one.
-fn pick_model(
-    priors: &Priors,
-    key: ClassKey,
-    len_bits: u32,
-    xs: &[u64],
-    scratch: &mut Vec<u8>,
-) -> (bool, UintModel) {
-    let fresh = UintModel::with_len_bits(len_bits);
-    let probe = xs.get(..PICK_PROBE).unwrap_or(xs);
-    match priors.get(key) {
-        Some(prior)
-            if coded_len(prior.clone(), probe, scratch) < coded_len(fresh.clone(), probe, scratch) =>
-        {
-            (true, prior.clone())
-        }
-        _ => (false, fresh),
-    }
-}
-
-/// Bytes of one stream coding `xs` with `model` (scratch is reused).
-fn coded_len(mut model: UintModel, xs: &[u64], scratch: &mut Vec<u8>) -> usize {
-    scratch.clear();
-    let mut enc = Encoder::new(scratch);
-    for &x in xs {
-        model.encode(&mut enc, x);
-    }
-    enc.finish();
-    scratch.len()
 }
 
 /// Picks the decimal scale for `vals`; `None` if more than 1/8 of them (or all) are not
@@ -555,14 +358,8 @@ fn near_decimal_plan(vals: &[f64]) -> Option<DecimalPlan> {
 
 /// The header of an integer column.
 #[derive(Clone)]
-struct IntCol<'p> {
+struct IntCol {
     n: usize,
-    /// Class of the column (role and header byte without the factor flag).
-    key: ClassKey,
-    /// Whether the stream codes a prior bit before this column's symbols (tag 4 records).
-    prior_bit: bool,
-    /// The block prior of the column's class, used when its prior bit is set.
-    prior: Option<&'p UintModel>,
     order: u8,
     xf: u8,
     len_bits: u32,
@@ -572,10 +369,10 @@ struct IntCol<'p> {
     factor: i64,
 }
 
-impl<'p> IntCol<'p> {
+impl IntCol {
     /// This column cut to its first `limit` values (at least its head values: callers
     /// truncate the output to `limit`). Decoding it reads the same stream prefix.
-    fn prefix(&self, limit: usize) -> IntCol<'p> {
+    fn prefix(&self, limit: usize) -> IntCol {
         IntCol {
             n: self.n.min(limit.max(self.head.len())),
             ..self.clone()
@@ -584,14 +381,14 @@ impl<'p> IntCol<'p> {
 }
 
 /// A column header parsed before the stream is decoded.
-enum Column<'p> {
-    Ints(IntCol<'p>),
+enum Column {
+    Ints(IntCol),
     Decimal {
         /// Per-value ULP corrections (near-decimal columns only).
-        corrections: Option<IntCol<'p>>,
+        corrections: Option<IntCol>,
         scale: u8,
         exceptions: Vec<(usize, u64)>,
-        ints: IntCol<'p>,
+        ints: IntCol,
     },
     Xor {
         n: usize,
@@ -600,15 +397,15 @@ enum Column<'p> {
 
 /// Parses column headers, then decodes the stream.
 #[derive(Default)]
-pub struct ColumnReader<'p> {
-    columns: Vec<Column<'p>>,
+pub struct ColumnReader {
+    columns: Vec<Column>,
 }
 
 fn corrupt(what: &'static str) -> CodecError {
     CodecError::Corrupt(what)
 }
 
-fn parse_ints<'p>(r: &mut Reader<'_>, n: usize, base: i64, role: u8) -> Result<IntCol<'p>, CodecError> {
+fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<IntCol, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated column header"))?;
     let (order, xf, len_bits) = (b & 3, (b >> 2) & 3, u32::from((b >> 4) & 7));
     if order > 2 || xf > XF_ZERO {
@@ -631,12 +428,6 @@ fn parse_ints<'p>(r: &mut Reader<'_>, n: usize, base: i64, role: u8) -> Result<I
     };
     Ok(IntCol {
         n,
-        key: ClassKey {
-            role,
-            header: b & !HAS_GCD,
-        },
-        prior_bit: false,
-        prior: None,
         order,
         xf,
         len_bits,
@@ -646,7 +437,7 @@ fn parse_ints<'p>(r: &mut Reader<'_>, n: usize, base: i64, role: u8) -> Result<I
     })
 }
 
-fn parse_floats<'p>(r: &mut Reader<'_>, n: usize) -> Result<Column<'p>, CodecError> {
+fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated value header"))?;
     match b & 3 {
         VALUES_DECIMAL | VALUES_NEAR_DECIMAL => {
@@ -674,9 +465,9 @@ fn parse_floats<'p>(r: &mut Reader<'_>, n: usize) -> Result<Column<'p>, CodecErr
                 let bits = r.u64_le().ok_or(corrupt("truncated exceptions"))?;
                 exceptions.push((at as usize, bits));
             }
-            let ints = parse_ints(r, n, 0, ROLE_MANTISSA)?;
+            let ints = parse_ints(r, n, 0)?;
             let corrections = if b & 3 == VALUES_NEAR_DECIMAL {
-                Some(parse_ints(r, n, 0, ROLE_CORRECTION)?)
+                Some(parse_ints(r, n, 0)?)
             } else {
                 None
             };
@@ -708,48 +499,27 @@ fn symbol<const XF: u8>(model: &mut UintModel, dec: &mut Decoder<'_>, min: i64) 
 /// no branches on the column header. Works on a local copy of the decoder (registers) and
 /// stores it back at the end.
 #[inline(always)]
-///
-/// With `from = None` it emits the column's head values and then decodes symbols up to
-/// `count` values in all; with `from = Some((x, dx))` (a segment of a segmented record: the
-/// value before the segment and, for order 2, the difference that led to it) it decodes
-/// `count` symbols starting from that state.
-fn ints_loop<const XF: u8, const ORDER: u8>(
-    col: &IntCol,
-    dec: &mut Decoder<'_>,
-    from: Option<(i64, i64)>,
-    count: usize,
-    sink: &mut impl FnMut(i64),
-) {
+fn ints_loop<const XF: u8, const ORDER: u8>(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i64)) {
     let mut d = *dec;
-    // A set prior bit without a prior is corrupt input: it decodes wrong values (caught by
-    // the block's checksum), never panics.
-    let use_prior = col.prior_bit && d.direct(1) == 1;
-    let mut model = match col.prior {
-        Some(p) if use_prior => p.clone(),
-        _ => UintModel::with_len_bits(col.len_bits),
-    };
+    let mut model = UintModel::with_len_bits(col.len_bits);
     let (min, factor) = (col.min, col.factor);
     // x: the last value; dx: the last first difference (order 2).
-    let (mut x, mut dx) = from.unwrap_or((0, 0));
-    let mut symbols = count;
-    if from.is_none() {
-        let mut head = col.head.iter().copied();
-        if ORDER >= 1
-            && let Some(h0) = head.next()
-        {
-            x = h0;
-            sink(x);
-        }
-        if ORDER >= 2
-            && let Some(h1) = head.next()
-        {
-            dx = h1;
-            x = x.wrapping_add(dx);
-            sink(x);
-        }
-        symbols = count.saturating_sub(col.head.len());
+    let (mut x, mut dx) = (0i64, 0i64);
+    let mut head = col.head.iter().copied();
+    if ORDER >= 1
+        && let Some(h0) = head.next()
+    {
+        x = h0;
+        sink(x);
     }
-    for _ in 0..symbols {
+    if ORDER >= 2
+        && let Some(h1) = head.next()
+    {
+        dx = h1;
+        x = x.wrapping_add(dx);
+        sink(x);
+    }
+    for _ in col.head.len()..col.n {
         let s = symbol::<XF>(&mut model, &mut d, min).wrapping_mul(factor);
         match ORDER {
             0 => x = s,
@@ -766,56 +536,16 @@ fn ints_loop<const XF: u8, const ORDER: u8>(
 
 /// Decodes an integer column, handing its values to `sink` in order.
 fn decode_ints_with(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i64)) {
-    decode_ints_from(col, dec, None, col.n, sink);
-}
-
-/// [`ints_loop`] for the column's order and transform.
-fn decode_ints_from(
-    col: &IntCol,
-    dec: &mut Decoder<'_>,
-    from: Option<(i64, i64)>,
-    count: usize,
-    sink: &mut impl FnMut(i64),
-) {
     match (col.xf, col.order) {
-        (XF_ZERO, 0) => ints_loop::<XF_ZERO, 0>(col, dec, from, count, sink),
-        (XF_ZERO, 1) => ints_loop::<XF_ZERO, 1>(col, dec, from, count, sink),
-        (XF_ZERO, _) => ints_loop::<XF_ZERO, 2>(col, dec, from, count, sink),
-        (XF_OFFSET, 0) => ints_loop::<XF_OFFSET, 0>(col, dec, from, count, sink),
-        (XF_OFFSET, 1) => ints_loop::<XF_OFFSET, 1>(col, dec, from, count, sink),
-        (XF_OFFSET, _) => ints_loop::<XF_OFFSET, 2>(col, dec, from, count, sink),
-        (_, 0) => ints_loop::<XF_ZIGZAG, 0>(col, dec, from, count, sink),
-        (_, 1) => ints_loop::<XF_ZIGZAG, 1>(col, dec, from, count, sink),
-        (_, _) => ints_loop::<XF_ZIGZAG, 2>(col, dec, from, count, sink),
-    }
-}
-
-/// Drops, of the samples appended from `t0`/`v0` on, those before the first one at or
-/// after `start` (for sorted timestamps: all those before `start`). Costs the dropped
-/// prefix, not a pass over everything.
-pub(crate) fn drop_before(start: i64, t0: usize, v0: usize, ts: &mut Vec<i64>, vals: &mut Vec<f64>) {
-    let Some(appended) = ts.get(t0..) else {
-        return;
-    };
-    let drop = appended
-        .iter()
-        .position(|&t| t >= start)
-        .unwrap_or(appended.len());
-    if drop > 0 {
-        ts.drain(t0..t0 + drop);
-        vals.drain(v0.min(vals.len())..v0.saturating_add(drop).min(vals.len()));
-    }
-}
-
-/// The state `(x_i, x_i - x_{i-1})` of a column without symbols (transform "all zero") at
-/// value `i`: constant-stride columns need no per-segment head.
-fn zero_state(col: &IntCol, i: usize) -> (i64, i64) {
-    let h0 = col.head.first().copied().unwrap_or(0);
-    let h1 = col.head.get(1).copied().unwrap_or(0);
-    match col.order {
-        0 => (0, 0),
-        1 => (h0, 0),
-        _ => (h0.wrapping_add((i as i64).wrapping_mul(h1)), h1),
+        (XF_ZERO, 0) => ints_loop::<XF_ZERO, 0>(col, dec, sink),
+        (XF_ZERO, 1) => ints_loop::<XF_ZERO, 1>(col, dec, sink),
+        (XF_ZERO, _) => ints_loop::<XF_ZERO, 2>(col, dec, sink),
+        (XF_OFFSET, 0) => ints_loop::<XF_OFFSET, 0>(col, dec, sink),
+        (XF_OFFSET, 1) => ints_loop::<XF_OFFSET, 1>(col, dec, sink),
+        (XF_OFFSET, _) => ints_loop::<XF_OFFSET, 2>(col, dec, sink),
+        (_, 0) => ints_loop::<XF_ZIGZAG, 0>(col, dec, sink),
+        (_, 1) => ints_loop::<XF_ZIGZAG, 1>(col, dec, sink),
+        (_, _) => ints_loop::<XF_ZIGZAG, 2>(col, dec, sink),
     }
 }
 
@@ -874,42 +604,16 @@ fn decode_xor(n: usize, dec: &mut Decoder<'_>, out: &mut Vec<f64>) {
     *dec = d;
 }
 
-impl<'p> ColumnReader<'p> {
+impl ColumnReader {
     /// An empty reader; add columns in the order they were written.
-    pub fn new() -> ColumnReader<'p> {
+    pub fn new() -> ColumnReader {
         ColumnReader { columns: Vec::new() }
     }
 
     /// Parses the header of an integer column of `n` values.
     pub fn ints(&mut self, r: &mut Reader<'_>, n: usize, base: i64) -> Result<(), CodecError> {
-        self.ints_as(r, n, base, ROLE_OTHER)
-    }
-
-    /// Parses the header of an integer column of `n` values of class role `role`.
-    pub fn ints_as(&mut self, r: &mut Reader<'_>, n: usize, base: i64, role: u8) -> Result<(), CodecError> {
-        self.columns.push(Column::Ints(parse_ints(r, n, base, role)?));
+        self.columns.push(Column::Ints(parse_ints(r, n, base)?));
         Ok(())
-    }
-
-    /// Marks the parsed columns as coded by [`ColumnWriter::finish_with_priors`] with
-    /// prior bits (a tag 4 record): each integer column with symbols reads its prior bit
-    /// and may start from its class's prior in `priors`.
-    pub fn use_priors(&mut self, priors: &'p Priors) {
-        for col in &mut self.columns {
-            let ints: [Option<&mut IntCol<'p>>; 2] = match col {
-                Column::Ints(c) => [Some(c), None],
-                Column::Decimal {
-                    ints, corrections, ..
-                } => [Some(ints), corrections.as_mut()],
-                Column::Xor { .. } => [None, None],
-            };
-            for c in ints.into_iter().flatten() {
-                if c.xf != XF_ZERO {
-                    c.prior_bit = true;
-                    c.prior = priors.get(c.key);
-                }
-            }
-        }
     }
 
     /// Parses the header of a float column of `n` values.
@@ -967,147 +671,6 @@ impl<'p> ColumnReader<'p> {
         }
         if dec.overrun() > MAX_OVERRUN {
             return Err(corrupt("stream overrun"));
-        }
-        Ok(())
-    }
-
-    /// Decodes a segmented raw series (written by [`ColumnWriter::finish_segmented`] after
-    /// a timestamp column and a decimal value column of `n` values; `r` is positioned after
-    /// their headers), appending the samples with `start <= ts <= end`. Only the segments
-    /// whose time span can overlap `start..=end` are decoded: segment `s` holds the points
-    /// after the last timestamp of segment `s - 1` (the timestamp column's state before it,
-    /// from the seek table or computed for constant-stride columns). Timestamps must be
-    /// sorted (writers segment only such records); never panics on corrupt input.
-    pub fn decode_segmented(
-        &self,
-        r: &mut Reader<'_>,
-        n: usize,
-        start: i64,
-        end: i64,
-        ts: &mut Vec<i64>,
-        vals: &mut Vec<f64>,
-    ) -> Result<(), CodecError> {
-        let (
-            Some(Column::Ints(tcol)),
-            Some(Column::Decimal {
-                scale,
-                exceptions,
-                ints,
-                corrections,
-            }),
-            2,
-        ) = (self.columns.first(), self.columns.get(1), self.columns.len())
-        else {
-            return Err(corrupt("column mismatch"));
-        };
-        let cols: [Option<&IntCol<'p>>; 3] = [Some(tcol), Some(ints), corrections.as_ref()];
-        let k = usize::from(r.u8().ok_or(corrupt("truncated segment count"))?);
-        if !(2..=MAX_SEGMENTS).contains(&k) || segment_range(n, k, 0).is_none() {
-            return Err(corrupt("bad segment count"));
-        }
-        // states[s][c]: column c's (value, difference) just before segment s (s >= 1).
-        let mut states = vec![[(0i64, 0i64); 3]; k];
-        let mut prev = cols.map(|c| c.and_then(|c| c.head.first().copied()).unwrap_or(0));
-        for (seg, state) in states.iter_mut().enumerate().skip(1) {
-            let (a, _) = segment_range(n, k, seg).ok_or(corrupt("bad segment count"))?;
-            let i = a - 1;
-            for (ci, c) in cols.iter().enumerate() {
-                let (Some(c), Some(slot), Some(prev)) = (c, state.get_mut(ci), prev.get_mut(ci)) else {
-                    continue;
-                };
-                if c.xf == XF_ZERO {
-                    *slot = zero_state(c, i);
-                    continue;
-                }
-                let x = prev.wrapping_add(r.i64().ok_or(corrupt("truncated seek table"))?);
-                *prev = x;
-                let dx = if c.order == 2 {
-                    r.i64().ok_or(corrupt("truncated seek table"))?
-                } else {
-                    0
-                };
-                *slot = (x, dx);
-            }
-        }
-        let mut deltas = [0i64; MAX_SEGMENTS];
-        for d in deltas.iter_mut().take(k - 1) {
-            *d = r.i64().ok_or(corrupt("truncated seek table"))?;
-        }
-        let rest = r.rest();
-        let avg = (rest.len() / k) as i64;
-        let mut bounds = [0usize; MAX_SEGMENTS + 1];
-        for seg in 0..k {
-            let len = match deltas.get(seg) {
-                Some(&d) if seg + 1 < k => {
-                    usize::try_from(avg.checked_add(d).ok_or(corrupt("bad segment length"))?)
-                        .map_err(|_| corrupt("bad segment length"))?
-                }
-                _ => rest
-                    .len()
-                    .checked_sub(bounds[seg])
-                    .ok_or(corrupt("bad segment length"))?,
-            };
-            bounds[seg + 1] = bounds[seg]
-                .checked_add(len)
-                .filter(|&e| e <= rest.len())
-                .ok_or(corrupt("bad segment length"))?;
-        }
-        let pw = POW10.get(usize::from(*scale)).copied().unwrap_or(1.0);
-        for seg in 0..k {
-            // Points of segment `seg` have timestamps after `states[seg][0].0`.
-            let after_end = seg > 0 && states[seg][0].0 >= end;
-            let before_start = seg + 1 < k && states[seg + 1][0].0 < start;
-            if after_end {
-                break;
-            }
-            if before_start {
-                continue;
-            }
-            let stream = rest.get(bounds[seg]..bounds[seg + 1]).unwrap_or(&[]);
-            let mut dec = Decoder::new(stream);
-            let (a, b) = segment_range(n, k, seg).ok_or(corrupt("bad segment count"))?;
-            let from = |ci: usize| (seg > 0).then(|| states[seg][ci]);
-            let count = if seg == 0 { b } else { b - a };
-            let (t0, v0) = (ts.len(), vals.len());
-            ts.reserve(count);
-            vals.reserve(count);
-            decode_ints_from(tcol, &mut dec, from(0), count, &mut |t| ts.push(t));
-            // Values after the last timestamp <= end are not decoded (unless corrections
-            // follow the mantissas in the stream); `count` of segment 0 includes the heads.
-            let keep = ts
-                .get(t0..)
-                .unwrap_or_default()
-                .iter()
-                .rposition(|&t| t <= end)
-                .map_or(0, |i| i + 1);
-            ts.truncate(t0 + keep);
-            let upto = |c: &IntCol| if seg == 0 { keep.max(c.head.len()) } else { keep };
-            let m_count = if corrections.is_some() { count } else { upto(ints) };
-            decode_ints_from(ints, &mut dec, from(1), m_count, &mut |m| {
-                vals.push(m as f64 / pw)
-            });
-            if let Some(c) = corrections {
-                let mut i = v0;
-                decode_ints_from(c, &mut dec, from(2), upto(c), &mut |d| {
-                    if let Some(slot) = vals.get_mut(i) {
-                        *slot = f64::from_bits(slot.to_bits().wrapping_add(d as u64));
-                    }
-                    i += 1;
-                });
-            }
-            if dec.overrun() > MAX_OVERRUN {
-                return Err(corrupt("stream overrun"));
-            }
-            vals.truncate(v0 + keep);
-            for &(i, bits) in exceptions.iter().filter(|(i, _)| (a..b).contains(i)) {
-                if let Some(slot) = vals.get_mut(v0 + i - a) {
-                    *slot = f64::from_bits(bits);
-                }
-            }
-            drop_before(start, t0, v0, ts, vals);
-            if keep < b - a {
-                break;
-            }
         }
         Ok(())
     }
