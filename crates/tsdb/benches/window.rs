@@ -34,25 +34,9 @@ const METRICS: [&str; 10] = [
     "online",
 ];
 
-/// splitmix64 with gen.py's distributions (not bit-identical to Python's generator).
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn gauss(&mut self, sigma: f64) -> f64 {
-        let (u1, u2) = (self.uniform().max(f64::MIN_POSITIVE), self.uniform());
-        sigma * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
+#[path = "../tests/support/splitmix.rs"]
+mod splitmix;
+use splitmix::Gen;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

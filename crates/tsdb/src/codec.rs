@@ -239,12 +239,7 @@ pub fn decode_series_until(
                     r.u64_le().ok_or(CodecError::Corrupt("truncated raw series"))?,
                 ));
             }
-            let keep = ts
-                .get(t0..)
-                .unwrap_or_default()
-                .iter()
-                .rposition(|&t| t <= end)
-                .map_or(0, |i| i + 1);
+            let keep = sealed::kept_until(ts.get(t0..).unwrap_or_default(), end);
             ts.truncate(t0 + keep);
             vals.truncate(v0 + keep);
             Ok(n)

@@ -96,9 +96,6 @@ impl Index {
         let Some(values) = self.postings.get(&m.name) else {
             return Vec::new();
         };
-        if m.op == MatchOp::Equal && accept {
-            return values.get(&m.value).cloned().unwrap_or_default();
-        }
         let lists: Vec<&Vec<u64>> = values
             .iter()
             .filter(|(v, _)| m.matches(v) == accept)

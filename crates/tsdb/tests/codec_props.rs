@@ -5,27 +5,12 @@
 use proptest::prelude::*;
 use tsdb::codec::{self, HeadChunk};
 
-/// The gen.py data set shape, ported: per cpu 5 random-walk gauges (2 decimals, clamped to
-/// 0..=100, step N(0, 1.5)), 3 integer counters (+U[0, 5000) per step), 2 constants; 10 s apart.
-/// Not bit-identical to Python's Mersenne Twister, same distributions.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn gauss(&mut self, sigma: f64) -> f64 {
-        let (u1, u2) = (self.uniform().max(f64::MIN_POSITIVE), self.uniform());
-        sigma * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
+// The gen.py data set shape, ported: per cpu 5 random-walk gauges (2 decimals, clamped to
+// 0..=100, step N(0, 1.5)), 3 integer counters (+U[0, 5000) per step), 2 constants; 10 s apart.
+// Not bit-identical to Python's Mersenne Twister, same distributions.
+#[path = "support/splitmix.rs"]
+mod splitmix;
+use splitmix::Gen;
 
 /// Series `i` of the data set as (timestamps, values).
 fn series(g: &mut Gen, i: usize, points: usize) -> (Vec<i64>, Vec<f64>) {

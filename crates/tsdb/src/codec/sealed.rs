@@ -18,6 +18,12 @@ const FAST_ROUND_LIMIT: f64 = 2_251_799_813_685_248.0;
 /// corruption.
 const MAX_OVERRUN: usize = super::rc::MAX_TRIM;
 
+/// How many of `ts` a read ending at `end` keeps: the prefix up to and including the last
+/// timestamp at or before `end`.
+pub(crate) fn kept_until(ts: &[i64], end: i64) -> usize {
+    ts.iter().rposition(|&t| t <= end).map_or(0, |i| i + 1)
+}
+
 /// Column transform of an integer sequence after differencing.
 const XF_ZIGZAG: u8 = 0;
 const XF_OFFSET: u8 = 1;
@@ -644,12 +650,7 @@ impl ColumnReader {
         let t0 = ts.len();
         ts.reserve(tcol.n);
         decode_ints_with(tcol, &mut dec, &mut |v| ts.push(v));
-        let keep = ts
-            .get(t0..)
-            .unwrap_or_default()
-            .iter()
-            .rposition(|&t| t <= end)
-            .map_or(0, |i| i + 1);
+        let keep = kept_until(ts.get(t0..).unwrap_or_default(), end);
         ts.truncate(t0 + keep);
         match vcol {
             Column::Decimal {
