@@ -7,18 +7,30 @@ use std::time::Duration;
 use model::Clock as _;
 use server::config::Config;
 use server::tokens::{Scope, TokenStore};
-use server::{RunningServer, Server, StartOptions};
+use server::{Server, StartOptions};
 
 mod common;
 
-const ADMIN: &str = "test-admin-token-0123456789abcdef";
+use common::ADMIN;
 
+/// The shared harness ([`common::Harness`]) with an ingest and a read token.
 struct TestServer {
-    rt: tokio::runtime::Runtime,
-    server: Option<RunningServer>,
-    dir: tempfile::TempDir,
+    h: common::Harness,
     ingest: String,
     read: String,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = common::Harness;
+    fn deref(&self) -> &common::Harness {
+        &self.h
+    }
+}
+
+impl std::ops::DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut common::Harness {
+        &mut self.h
+    }
 }
 
 fn config(data_dir: &Path) -> Config {
@@ -40,53 +52,20 @@ fn config(data_dir: &Path) -> Config {
 
 impl TestServer {
     fn start() -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut t = TestServer {
-            rt,
-            server: None,
-            dir,
-            ingest: String::new(),
-            read: String::new(),
-        };
-        t.restart();
-        let store = TokenStore::open(&t.data()).unwrap();
+        let h = common::Harness::start(config, std::sync::Arc::new(model::SystemClock));
+        let store = TokenStore::open(&h.data()).unwrap();
         let now = model::SystemClock.now().millis();
-        t.ingest = store.create("deployer", Scope::Ingest, now).unwrap().token;
-        t.read = store.create("reader", Scope::Read, now).unwrap().token;
-        t
-    }
-
-    fn data(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn restart(&mut self) {
-        if let Some(s) = self.server.take() {
-            self.rt.block_on(s.shutdown()).unwrap();
-        }
-        let opts = StartOptions {
-            admin_token: Some(ADMIN.into()),
-            ..StartOptions::default()
-        };
-        let s = self
-            .rt
-            .block_on(Server::start_with(config(&self.data()), opts))
-            .unwrap();
-        self.server = Some(s);
+        let ingest = store.create("deployer", Scope::Ingest, now).unwrap().token;
+        let read = store.create("reader", Scope::Read, now).unwrap().token;
+        TestServer { h, ingest, read }
     }
 
     fn human(&self, path: &str) -> String {
-        let s = self.server.as_ref().unwrap();
-        format!("http://{}{path}", s.addrs.human().unwrap())
+        format!("http://{}{path}", self.addr("human-http"))
     }
 
     fn robot(&self, path: &str) -> String {
-        let s = self.server.as_ref().unwrap();
-        format!("http://{}{path}", s.addrs.robot().unwrap())
+        format!("http://{}{path}", self.addr("robot-http"))
     }
 
     /// POSTs a body to the robot plane with the ingest token.
@@ -143,10 +122,8 @@ impl TestServer {
             .unwrap_or_else(|| panic!("{line_prefix} not in /metrics"))
     }
 
-    fn shutdown(mut self) {
-        if let Some(s) = self.server.take() {
-            self.rt.block_on(s.shutdown()).unwrap();
-        }
+    fn shutdown(self) {
+        self.h.shutdown();
     }
 }
 

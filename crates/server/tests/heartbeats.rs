@@ -1,25 +1,35 @@
 //! Heartbeats and the audit trail end to end: a real server on port 0 with a manual clock,
 //! real HTTP on both planes, the real events.db and time-series storage underneath.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::{Clock as _, ManualClock, Timestamp};
 use server::config::Config;
 use server::tokens::{Scope, TokenStore};
-use server::{RunningServer, Server, StartOptions};
 
 mod common;
 
-const ADMIN: &str = "test-admin-token-0123456789abcdef";
+use common::ADMIN;
 
+/// The shared harness ([`common::Harness`]) on a manual clock the tests advance.
 struct TestServer {
-    rt: tokio::runtime::Runtime,
-    server: Option<RunningServer>,
+    h: common::Harness,
     clock: Arc<ManualClock>,
-    _dir: tempfile::TempDir,
-    data: PathBuf,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = common::Harness;
+    fn deref(&self) -> &common::Harness {
+        &self.h
+    }
+}
+
+impl std::ops::DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut common::Harness {
+        &mut self.h
+    }
 }
 
 fn config(data_dir: &Path) -> Config {
@@ -43,57 +53,29 @@ fn config(data_dir: &Path) -> Config {
 
 impl TestServer {
     fn start() -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let now = model::SystemClock.now();
-        let mut t = TestServer {
-            rt,
-            server: None,
-            clock: Arc::new(ManualClock::new(Timestamp(now.millis() - 3_600_000))),
-            data: dir.path().join("data"),
-            _dir: dir,
-        };
-        t.restart();
-        t
-    }
-
-    fn restart(&mut self) {
-        if let Some(s) = self.server.take() {
-            self.rt.block_on(s.shutdown()).unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp(now.millis() - 3_600_000)));
+        TestServer {
+            h: common::Harness::start(config, clock.clone()),
+            clock,
         }
-        let opts = StartOptions {
-            admin_token: Some(ADMIN.into()),
-            clock: self.clock.clone(),
-        };
-        let s = self
-            .rt
-            .block_on(Server::start_with(config(&self.data), opts))
-            .unwrap();
-        self.server = Some(s);
     }
 
     fn human(&self, path: &str) -> String {
-        let a = self.server.as_ref().unwrap().addrs.get("human-http").unwrap();
-        format!("http://{a}{path}")
+        format!("http://{}{path}", self.addr("human-http"))
     }
 
     fn robot(&self, path: &str) -> String {
-        let a = self.server.as_ref().unwrap().addrs.get("robot-http").unwrap();
-        format!("http://{a}{path}")
+        format!("http://{}{path}", self.addr("robot-http"))
     }
 
     fn token(&self, name: &str, scope: Scope) -> String {
-        let store = TokenStore::open(&self.data).unwrap();
+        let store = TokenStore::open(&self.data()).unwrap();
         store.create(name, scope, 0).unwrap().token
     }
 
-    fn shutdown(mut self) {
-        if let Some(s) = self.server.take() {
-            self.rt.block_on(s.shutdown()).unwrap();
-        }
+    fn shutdown(self) {
+        self.h.shutdown();
     }
 }
 

@@ -9,16 +9,26 @@ use std::time::{Duration, Instant};
 use model::Clock as _;
 use server::config::Config;
 use server::tokens::{Scope, TokenStore};
-use server::{RunningServer, Server, StartOptions};
 
 mod common;
 
-const ADMIN: &str = "test-admin-token-0123456789abcdef";
+use common::ADMIN;
+use server::Server;
 
-struct TestServer {
-    rt: tokio::runtime::Runtime,
-    server: Option<RunningServer>,
-    dir: tempfile::TempDir,
+/// The shared harness ([`common::Harness`]) with this file's config and helpers.
+struct TestServer(common::Harness);
+
+impl std::ops::Deref for TestServer {
+    type Target = common::Harness;
+    fn deref(&self) -> &common::Harness {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut common::Harness {
+        &mut self.0
+    }
 }
 
 fn config(data_dir: &Path) -> Config {
@@ -38,48 +48,10 @@ fn config(data_dir: &Path) -> Config {
 
 impl TestServer {
     fn start() -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut t = TestServer {
-            rt,
-            server: None,
-            dir,
-        };
-        t.restart();
-        t
-    }
-
-    fn data(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// Starts (again) on the same data directory.
-    fn restart(&mut self) {
-        if let Some(s) = self.server.take() {
-            self.rt.block_on(s.shutdown()).unwrap();
-        }
-        let opts = StartOptions {
-            admin_token: Some(ADMIN.into()),
-            ..StartOptions::default()
-        };
-        let s = self
-            .rt
-            .block_on(Server::start_with(config(&self.data()), opts))
-            .unwrap();
-        self.server = Some(s);
-    }
-
-    fn addr(&self, listener: &str) -> String {
-        self.server
-            .as_ref()
-            .unwrap()
-            .addrs
-            .get(listener)
-            .unwrap()
-            .to_string()
+        TestServer(common::Harness::start(
+            config,
+            std::sync::Arc::new(model::SystemClock),
+        ))
     }
 
     fn url(&self, path: &str) -> String {
@@ -131,10 +103,8 @@ impl TestServer {
         }
     }
 
-    fn shutdown(mut self) {
-        if let Some(s) = self.server.take() {
-            self.rt.block_on(s.shutdown()).unwrap();
-        }
+    fn shutdown(self) {
+        self.0.shutdown();
     }
 }
 
@@ -325,7 +295,7 @@ fn readyz_reports_reasons() {
     let (status, body) = http("GET", &t.url("/readyz"), None, None);
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
     // Take the data directory away: the probe cannot create its file.
-    let moved = t.dir.path().join("moved");
+    let moved = t.data().with_file_name("moved");
     std::fs::rename(t.data(), &moved).unwrap();
     let (status, body) = http("GET", &t.url("/readyz"), None, None);
     assert_eq!(status, 503);
@@ -475,7 +445,7 @@ fn admin_compact_and_snapshot() {
         "data readable after compaction"
     );
 
-    let dest = t.dir.path().join("snap");
+    let dest = t.data().with_file_name("snap");
     let body = serde_json::json!({ "dest": dest }).to_string();
     let (status, text) = http("POST", &t.url("/api/v1/admin/snapshot"), Some(ADMIN), Some(&body));
     assert_eq!(status, 200, "{text}");

@@ -86,3 +86,79 @@ pub fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// The admin token every in-process test server stores at start.
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
+
+/// A real server in process on a temporary data directory, on its own runtime, restartable
+/// on the same directory; each test file wraps it with its own config and helpers.
+pub struct Harness {
+    /// The runtime the server was started on (tests `block_on` it).
+    pub rt: tokio::runtime::Runtime,
+    /// The running server (`None` only inside [`Harness::restart`]).
+    pub server: Option<server::RunningServer>,
+    dir: tempfile::TempDir,
+    config: fn(&std::path::Path) -> server::config::Config,
+    clock: std::sync::Arc<dyn model::Clock>,
+}
+
+impl Harness {
+    /// Starts a server with `config(data_dir)`, the [`ADMIN`] token and `clock`.
+    pub fn start(
+        config: fn(&std::path::Path) -> server::config::Config,
+        clock: std::sync::Arc<dyn model::Clock>,
+    ) -> Harness {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut h = Harness {
+            rt,
+            server: None,
+            dir: tempfile::tempdir().unwrap(),
+            config,
+            clock,
+        };
+        h.restart();
+        h
+    }
+
+    /// The server's data directory.
+    pub fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Shuts the server down (if running) and starts it again on the same data directory.
+    pub fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown()).unwrap();
+        }
+        let opts = server::StartOptions {
+            admin_token: Some(ADMIN.into()),
+            clock: self.clock.clone(),
+        };
+        let s = self
+            .rt
+            .block_on(server::Server::start_with((self.config)(&self.data()), opts))
+            .unwrap();
+        self.server = Some(s);
+    }
+
+    /// Shuts the server down gracefully.
+    pub fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown()).unwrap();
+        }
+    }
+
+    /// The bound address of `listener` (`human-http`, `robot-http`, `graphite-tcp`, …).
+    pub fn addr(&self, listener: &str) -> String {
+        self.server
+            .as_ref()
+            .unwrap()
+            .addrs
+            .get(listener)
+            .unwrap()
+            .to_string()
+    }
+}
