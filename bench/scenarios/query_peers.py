@@ -396,9 +396,14 @@ def timed(fn, reps, budget, pid):
         fn()
         ts.append((time.perf_counter() - t) * 1000)
     cpu_ms = (bench.proc_cpu(pid) - c0) * 1000 / n
-    return answer, {"median_ms": round(statistics.median(ts), 3), "p90_ms": round(bench.pct(ts, 0.9), 3),
-                    "min_ms": round(min(ts), 3), "max_ms": round(max(ts), 3), "reps": n,
-                    "warmup_ms": round(warm * 1000, 3), "server_cpu_ms_mean": round(cpu_ms, 2)}
+    return answer, dict(latency_stats(ts, cpu_ms), warmup_ms=round(warm * 1000, 3))
+
+
+def latency_stats(ts, cpu_ms):
+    """Median, p90, min, max of the latencies `ts` (ms), their count and the server CPU per run."""
+    return {"median_ms": round(statistics.median(ts), 3), "p90_ms": round(bench.pct(ts, 0.9), 3),
+            "min_ms": round(min(ts), 3), "max_ms": round(max(ts), 3), "reps": len(ts),
+            "server_cpu_ms_mean": round(cpu_ms, 2)}
 
 
 def timed_curl(fn, url, headers, reps, pid):
@@ -419,9 +424,7 @@ def timed_curl(fn, url, headers, reps, pid):
     if len(rows) != reps + 1 or any(code != "200" for code, _ in rows):
         raise QueryError("curl: %d answers, codes %s" % (len(rows), sorted({r[0] for r in rows})))
     ts = [float(t) * 1000 for _, t in rows[1:]]
-    return answer, {"median_ms": round(statistics.median(ts), 3), "p90_ms": round(bench.pct(ts, 0.9), 3),
-                    "min_ms": round(min(ts), 3), "max_ms": round(max(ts), 3), "reps": reps,
-                    "client": "curl keep-alive", "server_cpu_ms_mean": round(cpu_ms, 2)}
+    return answer, dict(latency_stats(ts, cpu_ms), client="curl keep-alive")
 
 
 def peak_extra_rss(pid, fn, times=3):
