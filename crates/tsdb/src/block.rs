@@ -760,8 +760,9 @@ impl BlockReader {
     }
 
     /// Appends the samples of `id` with `start_ms <= ts <= end_ms` to `ts`/`vals` (nothing if
-    /// the block lacks the series). Verifies the record's checksum. Values after `end_ms` are
-    /// not decoded (see [`codec::decode_series_until`]).
+    /// the block lacks the series). Verifies the record's checksum. Only the values in the
+    /// window (and, for records written oldest first, those before it) are decoded (see
+    /// [`codec::decode_series_window`]).
     pub fn read(
         &self,
         id: SeriesId,
@@ -783,8 +784,7 @@ impl BlockReader {
         let mut buf = Vec::new();
         self.record(e, &mut buf)?;
         let (t0, v0) = (ts.len(), vals.len());
-        // Samples after `end_ms` are not decoded (timestamps increase within a record).
-        let n = match codec::decode_series_until(self.ts_base, &buf, end_ms, ts, vals) {
+        let n = match codec::decode_series_window(self.ts_base, &buf, start_ms, end_ms, ts, vals) {
             Ok(n) => n,
             Err(err) => {
                 ts.truncate(t0);
@@ -797,14 +797,6 @@ impl BlockReader {
             vals.truncate(v0);
             return Err(self.corrupt(format!("series {}: count disagrees with index", e.id)));
         }
-        let got = ts.get(t0..).unwrap_or(&[]);
-        let lo = got.partition_point(|&t| t < start_ms);
-        // An inverted range (start > end) selects nothing rather than panicking in drain.
-        let hi = got.partition_point(|&t| t <= end_ms).max(lo);
-        ts.truncate(t0 + hi);
-        vals.truncate(t0 + hi);
-        ts.drain(t0..t0 + lo);
-        vals.drain(t0..t0 + lo);
         Ok(())
     }
 

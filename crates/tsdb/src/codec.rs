@@ -12,7 +12,14 @@
 //! ```text
 //! series   := tag:u8 count:varint body
 //! tag 0    raw:    (first_ts - base):zigzag-varint (ts[i]-ts[i-1]):varint{count-1} f64-bits:u64le{count}
-//! tag 1    packed: ints-header(ts) floats-header(values) rc-stream
+//! tag 1    packed, oldest first (written before 2026-11-21; still read):
+//!                  ints-header(ts) floats-header(values) rc-stream
+//! tag 4    packed, newest first (written now): as tag 1 with
+//!                  ts column    r[i] = ts[0] + ts[n-1] - ts[n-1-i] (wrapping; r[0] = ts[0],
+//!                               the same differences in reverse order, so equally cheap)
+//!                  value column the values in reverse order, decimal mantissas negated (the
+//!                               same differences; exception indexes count from the newest)
+//!                  so a reader decodes values from the newest back to its window's start
 //! tag 2    rollup: ints-header(bucket ts) ints-header(last_ts - ts) ints-header(count)
 //!                  floats-header(min) floats-header(max) floats-header(sum) floats-header(last) rc-stream
 //! tag 3    rollup, all values decimals at one scale (mantissas below):
@@ -77,6 +84,7 @@ const TAG_RAW: u8 = 0;
 const TAG_PACKED: u8 = 1;
 const TAG_ROLLUP: u8 = 2;
 const TAG_ROLLUP_DECIMAL: u8 = 3;
+const TAG_PACKED_NEWEST_FIRST: u8 = 4;
 
 /// A sample whose timestamp is not after the chunk's last one (or a chunk already holding
 /// `u32::MAX` samples; cut chunks long before that).
@@ -124,11 +132,35 @@ pub fn encode_series(ts: &[i64], vals: &[f64], out: &mut Vec<u8>) -> Result<(), 
 
 /// [`encode_series`] with the first timestamp stored relative to `base` (blocks pass a base
 /// shared by all their series, so the first timestamp costs a byte instead of six). Decode
-/// with [`decode_series_with_base`] and the same `base`.
+/// with [`decode_series_with_base`] and the same `base`. Packed records are written newest
+/// first (tag 4), so that reading a window decodes from the newest sample back to the
+/// window's start: queries mostly ask for the recent end of a block.
 pub fn encode_series_with_base(
     base: i64,
     ts: &[i64],
     vals: &[f64],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    encode_packed_or_raw(base, ts, vals, true, out)
+}
+
+/// [`encode_series_with_base`] in the oldest-first packed layout (tag 1) that blocks written
+/// before 2026-11-21 hold. Nothing in the database writes it any more; it stays so that
+/// tests and benchmarks can make such records and prove they still read back.
+pub fn encode_series_oldest_first(
+    base: i64,
+    ts: &[i64],
+    vals: &[f64],
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    encode_packed_or_raw(base, ts, vals, false, out)
+}
+
+fn encode_packed_or_raw(
+    base: i64,
+    ts: &[i64],
+    vals: &[f64],
+    newest_first: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
     if ts.len() != vals.len() {
@@ -139,11 +171,18 @@ pub fn encode_series_with_base(
     }
     check_len(ts.len())?;
     let start = out.len();
-    out.push(TAG_PACKED);
-    put_u64(out, ts.len() as u64);
     let mut cols = ColumnWriter::default();
-    cols.ints(out, ts, 2, base);
-    cols.floats(out, vals);
+    if newest_first {
+        out.push(TAG_PACKED_NEWEST_FIRST);
+        put_u64(out, ts.len() as u64);
+        cols.ints(out, &sealed::reflect(ts), 2, base);
+        cols.floats_newest_first(out, vals);
+    } else {
+        out.push(TAG_PACKED);
+        put_u64(out, ts.len() as u64);
+        cols.ints(out, ts, 2, base);
+        cols.floats(out, vals);
+    }
     cols.finish(out);
     // Raw costs at least 9 bytes per point; only build it when it could win.
     if out.len() - start > 9 * ts.len() + 2 {
@@ -195,18 +234,21 @@ pub fn decode_series_with_base(
     ts: &mut Vec<i64>,
     vals: &mut Vec<f64>,
 ) -> Result<(), CodecError> {
-    decode_series_until(base, bytes, i64::MAX, ts, vals).map(|_| ())
+    decode_series_window(base, bytes, i64::MIN, i64::MAX, ts, vals).map(|_| ())
 }
 
-/// [`decode_series_with_base`] that stops early: appends the samples up to and including the
-/// last one whose timestamp is `<= end` (for sorted timestamps: those `<= end`), exactly
-/// what decoding everything and truncating after that sample gives, and returns the
-/// record's total sample count (for the caller's consistency checks). Packed records skip
-/// decoding the values after the cut, so a read of a window that ends early in a long
-/// record costs less. Never panics; on error the vectors may hold a partial suffix.
-pub fn decode_series_until(
+/// [`decode_series_with_base`] of a window: appends the samples in `[start, end]` (for
+/// sorted timestamps; any order gets the part [`sealed::window_bounds`] defines), exactly
+/// what decoding everything and keeping that part gives, and returns the record's total
+/// sample count (for the caller's consistency checks). Packed records decode only the
+/// values they need: newest-first records (tag 4, what [`encode_series_with_base`] writes)
+/// from the newest sample back to `start`, older oldest-first ones (tag 1) up to `end`. So
+/// a read of the last minutes of a long record costs those minutes. Never panics; on error
+/// the vectors may hold a partial, meaningless suffix.
+pub fn decode_series_window(
     base: i64,
     bytes: &[u8],
+    start: i64,
     end: i64,
     ts: &mut Vec<i64>,
     vals: &mut Vec<f64>,
@@ -239,16 +281,22 @@ pub fn decode_series_until(
                     r.u64_le().ok_or(CodecError::Corrupt("truncated raw series"))?,
                 ));
             }
-            let keep = sealed::kept_until(ts.get(t0..).unwrap_or_default(), end);
-            ts.truncate(t0 + keep);
-            vals.truncate(v0 + keep);
+            let (lo, hi) = sealed::window_bounds(ts.get(t0..).unwrap_or_default(), start, end);
+            ts.truncate(t0 + hi);
+            vals.truncate(v0 + hi);
+            ts.drain(t0..t0 + lo);
+            vals.drain(v0..v0 + lo);
             Ok(n)
         }
-        TAG_PACKED => {
+        TAG_PACKED | TAG_PACKED_NEWEST_FIRST => {
             let mut cols = ColumnReader::new();
             cols.ints(&mut r, n, base)?;
             cols.floats(&mut r, n)?;
-            cols.decode_until(r.rest(), end, ts, vals)?;
+            if tag == TAG_PACKED {
+                cols.decode_window(r.rest(), start, end, ts, vals)?;
+            } else {
+                cols.decode_window_newest_first(r.rest(), start, end, ts, vals)?;
+            }
             Ok(n)
         }
         TAG_ROLLUP | TAG_ROLLUP_DECIMAL => Err(CodecError::Corrupt(
@@ -495,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn decoding_until_end_cuts_every_column_kind_exactly() {
+    fn decoding_a_window_cuts_every_column_kind_and_layout_exactly() {
         let ts: Vec<i64> = (0..200).map(|i| 1_000 + i * 10).collect();
         let mut acc = 491.14;
         let near: Vec<f64> = (0..200)
@@ -507,40 +555,51 @@ mod tests {
         let mut decimals: Vec<f64> = (0..200).map(|i| f64::from(i) / 100.0).collect();
         decimals[3] = f64::NAN;
         decimals[150] = f64::INFINITY;
+        decimals[199] = -0.0;
         let xor: Vec<f64> = (0..200).map(|i| (f64::from(i) * 0.37).sin()).collect();
-        for (name, vals, tag) in [
-            ("near", &near, TAG_PACKED),
-            ("decimal", &decimals, TAG_PACKED),
-            ("xor", &xor, TAG_PACKED),
-        ] {
-            let mut out = Vec::new();
-            encode_series_with_base(1_000, &ts, vals, &mut out).unwrap();
-            assert_eq!(out[0], tag, "{name}");
+        let bounds = [
+            i64::MIN,
+            999,
+            1_000,
+            1_005,
+            1_030,
+            2_495,
+            2_500,
+            2_991,
+            2_990,
+            i64::MAX,
+        ];
+        for (name, vals) in [("near", &near), ("decimal", &decimals), ("xor", &xor)] {
+            let mut newest = Vec::new();
+            encode_series_with_base(1_000, &ts, vals, &mut newest).unwrap();
+            assert_eq!(newest[0], TAG_PACKED_NEWEST_FIRST, "{name}");
+            let mut oldest = Vec::new();
+            encode_series_oldest_first(1_000, &ts, vals, &mut oldest).unwrap();
+            assert_eq!(oldest[0], TAG_PACKED, "{name}");
             let mut raw = Vec::new();
             encode_raw(1_000, &ts, vals, &mut raw);
-            for rec in [&out, &raw] {
-                for end in [
-                    i64::MIN,
-                    999,
-                    1_000,
-                    1_005,
-                    1_030,
-                    2_495,
-                    2_500,
-                    2_991,
-                    2_990,
-                    i64::MAX,
-                ] {
-                    let (mut t, mut v) = (Vec::new(), Vec::new());
-                    assert_eq!(decode_series_until(1_000, rec, end, &mut t, &mut v), Ok(200));
-                    let keep = ts.iter().filter(|&&x| x <= end).count();
-                    assert_eq!(t, &ts[..keep], "{name} {end}");
-                    let want: Vec<u64> = vals[..keep].iter().map(|x| x.to_bits()).collect();
-                    assert_eq!(
-                        v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                        want,
-                        "{name} {end}"
-                    );
+            for (layout, rec) in [
+                ("newest first", &newest),
+                ("oldest first", &oldest),
+                ("raw", &raw),
+            ] {
+                for start in bounds {
+                    for end in bounds {
+                        let (mut t, mut v) = (vec![-1], vec![0.25]);
+                        let got = decode_series_window(1_000, rec, start, end, &mut t, &mut v);
+                        assert_eq!(got, Ok(200), "{name} {layout}");
+                        let keep: Vec<usize> = (0..200).filter(|&i| ts[i] >= start && ts[i] <= end).collect();
+                        let want_t: Vec<i64> = keep.iter().map(|&i| ts[i]).collect();
+                        let want_v: Vec<u64> = keep.iter().map(|&i| vals[i].to_bits()).collect();
+                        let ctx = format!("{name} {layout} [{start}, {end}]");
+                        assert_eq!((t[0], v[0]), (-1, 0.25), "{ctx}: appends after what is there");
+                        assert_eq!(t[1..], want_t, "{ctx}");
+                        assert_eq!(
+                            v[1..].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            want_v,
+                            "{ctx}"
+                        );
+                    }
                 }
             }
         }

@@ -221,29 +221,36 @@ fn shaped_values(n: usize) -> impl Strategy<Value = Vec<f64>> {
 
 /// Samples with sorted or arbitrary timestamps, shaped values, and an `end` that is often a
 /// sample's timestamp or next to one.
-fn cut_samples() -> impl Strategy<Value = (Vec<i64>, Vec<f64>, i64)> {
+/// A bound near one of `ts` (or anywhere, or an extreme).
+fn bound_near(ts: Vec<i64>) -> impl Strategy<Value = i64> {
+    prop_oneof![
+        any::<i64>(),
+        Just(i64::MIN),
+        Just(i64::MAX),
+        (any::<prop::sample::Index>(), -1i64..=1).prop_map(move |(i, d)| {
+            if ts.is_empty() {
+                0
+            } else {
+                ts[i.index(ts.len())].saturating_add(d)
+            }
+        }),
+    ]
+}
+
+/// Samples (sorted timestamps or any) and a window `[start, end]` whose bounds are often
+/// at or next to a sample.
+fn window_samples() -> impl Strategy<Value = (Vec<i64>, Vec<f64>, i64, i64)> {
     prop_oneof![
         increasing_ts(),
         prop::collection::vec(prop_oneof![any::<i64>(), -1_000i64..1_000], 0..200),
     ]
     .prop_flat_map(|ts| {
         let n = ts.len();
-        let near = ts.clone();
         (
-            Just(ts),
+            Just(ts.clone()),
             shaped_values(n),
-            prop_oneof![
-                any::<i64>(),
-                Just(i64::MIN),
-                Just(i64::MAX),
-                (any::<prop::sample::Index>(), -1i64..=1).prop_map(move |(i, d)| {
-                    if near.is_empty() {
-                        0
-                    } else {
-                        near[i.index(near.len())].saturating_add(d)
-                    }
-                }),
-            ],
+            bound_near(ts.clone()),
+            bound_near(ts),
         )
     })
 }
@@ -264,19 +271,33 @@ proptest! {
     }
 
     #[test]
-    fn decoding_until_end_equals_decoding_all_then_cutting((ts, vals, end) in cut_samples(), base in any::<i64>()) {
+    fn decoding_a_window_equals_decoding_all_then_cutting(
+        (ts, vals, start, end) in window_samples(),
+        base in any::<i64>(),
+        oldest_first in any::<bool>(),
+    ) {
         let mut out = Vec::new();
-        codec::encode_series_with_base(base, &ts, &vals, &mut out).unwrap();
+        if oldest_first {
+            codec::encode_series_oldest_first(base, &ts, &vals, &mut out).unwrap();
+        } else {
+            codec::encode_series_with_base(base, &ts, &vals, &mut out).unwrap();
+        }
         let (mut t_all, mut v_all) = (Vec::new(), Vec::new());
         codec::decode_series_with_base(base, &out, &mut t_all, &mut v_all).unwrap();
         prop_assert_eq!(&t_all, &ts);
-        let keep = ts.iter().rposition(|&t| t <= end).map_or(0, |i| i + 1);
+        prop_assert_eq!(bits(&v_all), bits(&vals));
+        let (lo, hi) = codec::sealed::window_bounds(&ts, start, end);
+        // The window rule, stated independently: for sorted timestamps exactly [start, end].
+        if ts.windows(2).all(|w| w[0] < w[1]) {
+            let want: Vec<i64> = ts.iter().copied().filter(|&t| t >= start && t <= end).collect();
+            prop_assert_eq!(&ts[lo..hi], &want[..]);
+        }
         // Appends after what the vectors already hold.
         let (mut t2, mut v2) = (vec![7i64], vec![0.5f64]);
-        let n = codec::decode_series_until(base, &out, end, &mut t2, &mut v2).unwrap();
+        let n = codec::decode_series_window(base, &out, start, end, &mut t2, &mut v2).unwrap();
         prop_assert_eq!(n, ts.len());
-        prop_assert_eq!(&t2[1..], &ts[..keep]);
-        prop_assert_eq!(bits(&v2[1..]), bits(&vals[..keep]));
+        prop_assert_eq!(&t2[1..], &ts[lo..hi]);
+        prop_assert_eq!(bits(&v2[1..]), bits(&vals[lo..hi]));
         prop_assert_eq!((t2[0], v2[0]), (7, 0.5));
     }
 
@@ -369,9 +390,10 @@ proptest! {
         let _ = codec::decode_series(&out, &mut t2, &mut v2);
         let cut = cut.index(out.len() + 1);
         let _ = codec::decode_series(&out[..cut], &mut t2, &mut v2);
-        for end in [i64::MIN, 0, ts.get(ts.len() / 2).copied().unwrap_or(0), i64::MAX] {
-            let _ = codec::decode_series_until(0, &out, end, &mut t2, &mut v2);
-            let _ = codec::decode_series_until(0, &out[..cut], end, &mut t2, &mut v2);
+        let mid = ts.get(ts.len() / 2).copied().unwrap_or(0);
+        for (start, end) in [(i64::MIN, i64::MIN), (i64::MIN, mid), (mid, i64::MAX), (0, 0)] {
+            let _ = codec::decode_series_window(0, &out, start, end, &mut t2, &mut v2);
+            let _ = codec::decode_series_window(0, &out[..cut], start, end, &mut t2, &mut v2);
         }
         prop_assert!(t2.len() <= 10 * codec::MAX_POINTS);
     }
@@ -380,7 +402,8 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let (mut t, mut v) = (Vec::new(), Vec::new());
         let _ = codec::decode_series(&bytes, &mut t, &mut v);
-        let _ = codec::decode_series_until(0, &bytes, 0, &mut t, &mut v);
+        let _ = codec::decode_series_window(0, &bytes, 0, 0, &mut t, &mut v);
+        let _ = codec::decode_series_window(0, &bytes, i64::MIN, 0, &mut t, &mut v);
         let mut r = codec::RollupColumns::default();
         let _ = codec::decode_rollups(0, &bytes, &mut r);
     }

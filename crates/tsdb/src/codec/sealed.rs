@@ -18,10 +18,20 @@ const FAST_ROUND_LIMIT: f64 = 2_251_799_813_685_248.0;
 /// corruption.
 const MAX_OVERRUN: usize = super::rc::MAX_TRIM;
 
-/// How many of `ts` a read ending at `end` keeps: the prefix up to and including the last
-/// timestamp at or before `end`.
-pub(crate) fn kept_until(ts: &[i64], end: i64) -> usize {
-    ts.iter().rposition(|&t| t <= end).map_or(0, |i| i + 1)
+/// The part `lo..hi` of `ts` a read of the window `[start, end]` keeps: the prefix up to and
+/// including the last timestamp at or before `end`, without everything up to and including
+/// the last timestamp before `start` in that prefix. For sorted timestamps (as in blocks)
+/// exactly the samples in `[start, end]`; for any order it is well defined and never needs
+/// a sample before `lo` or after `hi`.
+pub fn window_bounds(ts: &[i64], start: i64, end: i64) -> (usize, usize) {
+    let hi = ts.iter().rposition(|&t| t <= end).map_or(0, |i| i + 1);
+    let lo = ts
+        .get(..hi)
+        .unwrap_or_default()
+        .iter()
+        .rposition(|&t| t < start)
+        .map_or(0, |i| i + 1);
+    (lo, hi)
 }
 
 /// Column transform of an integer sequence after differencing.
@@ -195,13 +205,31 @@ impl ColumnWriter {
     /// Plans a float column: decimal mantissas (with a few exceptions stored raw) when the
     /// values are decimals, otherwise XOR of consecutive bit patterns.
     pub fn floats(&mut self, hdr: &mut Vec<u8>, vals: &[f64]) {
+        self.floats_in_order(hdr, vals, false);
+    }
+
+    /// [`ColumnWriter::floats`] for `vals` stored newest first: the column holds the values
+    /// in reverse order, and decimal mantissas negated, so that their differences are the
+    /// original ones (counter increments stay positive, which the minus-min transform
+    /// codes cheaply) and the first stored value is the newest. Read it with
+    /// [`ColumnReader::decode_window_newest_first`].
+    pub fn floats_newest_first(&mut self, hdr: &mut Vec<u8>, vals: &[f64]) {
+        let reversed: Vec<f64> = vals.iter().rev().copied().collect();
+        self.floats_in_order(hdr, &reversed, true);
+    }
+
+    fn floats_in_order(&mut self, hdr: &mut Vec<u8>, vals: &[f64], negate_mantissas: bool) {
         if let Some(DecimalPlan {
             scale,
-            mantissas,
+            mut mantissas,
             corrections,
             exceptions,
         }) = decimal_plan(vals).or_else(|| near_decimal_plan(vals))
         {
+            if negate_mantissas {
+                // |m| <= 2^53: negation is exact.
+                mantissas.iter_mut().for_each(|m| *m = m.wrapping_neg());
+            }
             let exc_flag = if exceptions.is_empty() { 0 } else { HAS_EXCEPTIONS };
             let kind = if corrections.is_some() {
                 VALUES_NEAR_DECIMAL
@@ -386,19 +414,20 @@ impl IntCol {
     }
 }
 
+/// The header of a decimal (or near-decimal) float column.
+struct DecimalCol {
+    /// Per-value ULP corrections (near-decimal columns only).
+    corrections: Option<IntCol>,
+    scale: u8,
+    exceptions: Vec<(usize, u64)>,
+    ints: IntCol,
+}
+
 /// A column header parsed before the stream is decoded.
 enum Column {
     Ints(IntCol),
-    Decimal {
-        /// Per-value ULP corrections (near-decimal columns only).
-        corrections: Option<IntCol>,
-        scale: u8,
-        exceptions: Vec<(usize, u64)>,
-        ints: IntCol,
-    },
-    Xor {
-        n: usize,
-    },
+    Decimal(DecimalCol),
+    Xor { n: usize },
 }
 
 /// Parses column headers, then decodes the stream.
@@ -477,12 +506,12 @@ fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
             } else {
                 None
             };
-            Ok(Column::Decimal {
+            Ok(Column::Decimal(DecimalCol {
                 scale,
                 exceptions,
                 ints,
                 corrections,
-            })
+            }))
         }
         VALUES_XOR if b == VALUES_XOR => Ok(Column::Xor { n }),
         _ => Err(corrupt("bad value column kind")),
@@ -555,44 +584,43 @@ fn decode_ints_with(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i
     }
 }
 
-/// Decodes the first `limit` values (all when `limit >= n`) of a decimal (or near-decimal)
-/// float column into `out`. With a corrections column every mantissa is decoded (the
-/// corrections follow them in the stream), otherwise decoding stops after `limit`.
-fn decode_decimal(
-    ints: &IntCol,
-    corrections: Option<&IntCol>,
-    scale: u8,
-    exceptions: &[(usize, u64)],
-    dec: &mut Decoder<'_>,
-    out: &mut Vec<f64>,
-    limit: usize,
-) {
-    let start = out.len();
-    let limited;
-    let ints = if corrections.is_none() && limit < ints.n {
-        limited = ints.prefix(limit);
-        &limited
-    } else {
-        ints
-    };
-    out.reserve(ints.n);
-    // Same result as `from_mantissa` (dividing an integer-valued float by 1.0 is exact).
-    let p = POW10.get(usize::from(scale)).copied().unwrap_or(1.0);
-    decode_ints_with(ints, dec, &mut |m| out.push(m as f64 / p));
-    if let Some(c) = corrections {
-        let c = c.prefix(limit);
-        let mut i = start;
-        decode_ints_with(&c, dec, &mut |d| {
-            if let Some(slot) = out.get_mut(i) {
-                *slot = f64::from_bits(slot.to_bits().wrapping_add(d as u64));
+impl DecimalCol {
+    /// Decodes the first `limit` values (all when `limit >= n`) of this column into `out`;
+    /// `negated`: the mantissas were stored negated (newest-first columns). With a
+    /// corrections column every mantissa is decoded (the corrections follow them in the
+    /// stream), otherwise decoding stops after `limit`.
+    fn decode(&self, dec: &mut Decoder<'_>, out: &mut Vec<f64>, limit: usize, negated: bool) {
+        let start = out.len();
+        let limited;
+        let ints = if self.corrections.is_none() && limit < self.ints.n {
+            limited = self.ints.prefix(limit);
+            &limited
+        } else {
+            &self.ints
+        };
+        out.reserve(ints.n);
+        // Same result as `from_mantissa` (dividing an integer-valued float by 1.0 is exact).
+        let p = POW10.get(usize::from(self.scale)).copied().unwrap_or(1.0);
+        if negated {
+            decode_ints_with(ints, dec, &mut |m| out.push(m.wrapping_neg() as f64 / p));
+        } else {
+            decode_ints_with(ints, dec, &mut |m| out.push(m as f64 / p));
+        }
+        if let Some(c) = &self.corrections {
+            let c = c.prefix(limit);
+            let mut i = start;
+            decode_ints_with(&c, dec, &mut |d| {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = f64::from_bits(slot.to_bits().wrapping_add(d as u64));
+                }
+                i += 1;
+            });
+        }
+        out.truncate(start.saturating_add(limit));
+        for &(i, bits) in &self.exceptions {
+            if let Some(slot) = out.get_mut(start + i) {
+                *slot = f64::from_bits(bits);
             }
-            i += 1;
-        });
-    }
-    out.truncate(start.saturating_add(limit));
-    for &(i, bits) in exceptions {
-        if let Some(slot) = out.get_mut(start + i) {
-            *slot = f64::from_bits(bits);
         }
     }
 }
@@ -628,51 +656,75 @@ impl ColumnReader {
         Ok(())
     }
 
-    /// Decodes a raw series (one integer column of timestamps, then one float column) from
-    /// the stream `rest`, stopping early: appends the samples up to and including the last
-    /// one whose timestamp is `<= end` (nothing when there is none), exactly what decoding
-    /// everything and truncating after that sample gives. Every timestamp is decoded (they
-    /// come first in the stream and say where to stop); the values after the cut are not,
-    /// unless a near-decimal column's corrections follow them.
-    pub fn decode_until(
+    /// The timestamp and value columns of a raw series record.
+    fn series_columns(&self) -> Result<(&IntCol, &Column), CodecError> {
+        match (self.columns.first(), self.columns.get(1), self.columns.len()) {
+            (Some(Column::Ints(tcol)), Some(vcol @ (Column::Decimal(_) | Column::Xor { .. })), 2) => {
+                Ok((tcol, vcol))
+            }
+            _ => Err(corrupt("column mismatch")),
+        }
+    }
+
+    /// Decodes a raw series (one integer column of timestamps, then one float column, oldest
+    /// sample first) from the stream `rest`, keeping the window that [`window_bounds`]
+    /// gives for `start` and `end` (for sorted timestamps: the samples in `[start, end]`).
+    /// Every timestamp is decoded (they come first in the stream and say where to stop);
+    /// the values after the window are not, unless a near-decimal column's corrections
+    /// follow them.
+    pub fn decode_window(
         self,
         rest: &[u8],
+        start: i64,
         end: i64,
         ts: &mut Vec<i64>,
         vals: &mut Vec<f64>,
     ) -> Result<(), CodecError> {
-        let (Some(Column::Ints(tcol)), Some(vcol), 2) =
-            (self.columns.first(), self.columns.get(1), self.columns.len())
-        else {
-            return Err(corrupt("column mismatch"));
-        };
+        let (tcol, vcol) = self.series_columns()?;
         let mut dec = Decoder::new(rest);
-        let t0 = ts.len();
+        let (t0, v0) = (ts.len(), vals.len());
         ts.reserve(tcol.n);
         decode_ints_with(tcol, &mut dec, &mut |v| ts.push(v));
-        let keep = kept_until(ts.get(t0..).unwrap_or_default(), end);
-        ts.truncate(t0 + keep);
-        match vcol {
-            Column::Decimal {
-                scale,
-                exceptions,
-                ints,
-                corrections,
-            } => decode_decimal(
-                ints,
-                corrections.as_ref(),
-                *scale,
-                exceptions,
-                &mut dec,
-                vals,
-                keep,
-            ),
-            Column::Xor { n } => decode_xor((*n).min(keep), &mut dec, vals),
-            Column::Ints(_) => return Err(corrupt("column mismatch")),
+        let (lo, hi) = window_bounds(ts.get(t0..).unwrap_or_default(), start, end);
+        decode_values(vcol, &mut dec, vals, hi, false);
+        check_overrun(&dec)?;
+        keep_window(ts, t0, lo, hi);
+        keep_window(vals, v0, lo, hi);
+        Ok(())
+    }
+
+    /// [`ColumnReader::decode_window`] for a record written newest first: the timestamp
+    /// column holds the series reflected (`first + last - t`, read backwards: the same
+    /// differences, so it codes as cheaply) and the value column is
+    /// [`ColumnWriter::floats_newest_first`]. Only the values from the newest sample back
+    /// to the window's start are decoded, so a window at the end of a long record costs
+    /// its own length, not the record's.
+    pub fn decode_window_newest_first(
+        self,
+        rest: &[u8],
+        start: i64,
+        end: i64,
+        ts: &mut Vec<i64>,
+        vals: &mut Vec<f64>,
+    ) -> Result<(), CodecError> {
+        let (tcol, vcol) = self.series_columns()?;
+        let mut dec = Decoder::new(rest);
+        let (t0, v0) = (ts.len(), vals.len());
+        ts.reserve(tcol.n);
+        decode_ints_with(tcol, &mut dec, &mut |v| ts.push(v));
+        let got = ts.get_mut(t0..).unwrap_or_default();
+        unreflect(got);
+        let n = got.len();
+        let (lo, hi) = window_bounds(got, start, end);
+        // The stream holds the newest value first: decode back to the window's start.
+        decode_values(vcol, &mut dec, vals, n - lo, true);
+        check_overrun(&dec)?;
+        if let Some(newest) = vals.get_mut(v0..) {
+            newest.reverse();
         }
-        if dec.overrun() > MAX_OVERRUN {
-            return Err(corrupt("stream overrun"));
-        }
+        // `vals[v0..]` now holds samples `lo..n`; `ts[t0..]` holds `0..n`.
+        keep_window(ts, t0, lo, hi);
+        keep_window(vals, v0, 0, hi - lo);
         Ok(())
     }
 
@@ -694,23 +746,10 @@ impl ColumnReader {
                     out.reserve(c.n);
                     decode_ints_with(c, &mut dec, &mut |v| out.push(v));
                 }
-                Column::Decimal {
-                    scale,
-                    exceptions,
-                    ints: inner,
-                    corrections,
-                } => {
+                Column::Decimal(d) => {
                     let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
                     fi += 1;
-                    decode_decimal(
-                        inner,
-                        corrections.as_ref(),
-                        *scale,
-                        exceptions,
-                        &mut dec,
-                        out,
-                        usize::MAX,
-                    );
+                    d.decode(&mut dec, out, usize::MAX, false);
                 }
                 Column::Xor { n } => {
                     let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
@@ -718,10 +757,55 @@ impl ColumnReader {
                     decode_xor(*n, &mut dec, out);
                 }
             }
-            if dec.overrun() > MAX_OVERRUN {
-                return Err(corrupt("stream overrun"));
-            }
+            check_overrun(&dec)?;
         }
         Ok(())
     }
+}
+
+fn check_overrun(dec: &Decoder<'_>) -> Result<(), CodecError> {
+    if dec.overrun() > MAX_OVERRUN {
+        return Err(corrupt("stream overrun"));
+    }
+    Ok(())
+}
+
+/// Decodes the first `limit` values of a float column (`negated`: decimal mantissas stored
+/// negated, as newest-first columns are).
+fn decode_values(col: &Column, dec: &mut Decoder<'_>, out: &mut Vec<f64>, limit: usize, negated: bool) {
+    match col {
+        Column::Decimal(d) => d.decode(dec, out, limit, negated),
+        Column::Xor { n } => decode_xor((*n).min(limit), dec, out),
+        Column::Ints(_) => {}
+    }
+}
+
+/// Undoes the reflection of a newest-first timestamp column in place: the column stores
+/// `r[i] = t[0] + t[n-1] - t[n-1-i]` (wrapping), so `r[0] = t[0]`, `r[n-1] = t[n-1]`.
+fn unreflect(r: &mut [i64]) {
+    let (Some(&first), Some(&last)) = (r.first(), r.last()) else {
+        return;
+    };
+    let sum = first.wrapping_add(last);
+    for x in r.iter_mut() {
+        *x = sum.wrapping_sub(*x);
+    }
+    r.reverse();
+}
+
+/// The reflection [`unreflect`] undoes, for the writer.
+pub(crate) fn reflect(ts: &[i64]) -> Vec<i64> {
+    let (Some(&first), Some(&last)) = (ts.first(), ts.last()) else {
+        return Vec::new();
+    };
+    let sum = first.wrapping_add(last);
+    ts.iter().rev().map(|&t| sum.wrapping_sub(t)).collect()
+}
+
+/// Keeps `v[at + lo .. at + hi]` of what was appended after `at` (clamped to what is there).
+fn keep_window<T>(v: &mut Vec<T>, at: usize, lo: usize, hi: usize) {
+    let hi = at.saturating_add(hi).min(v.len());
+    v.truncate(hi);
+    let lo = at.saturating_add(lo).min(hi);
+    v.drain(at..lo);
 }
