@@ -470,7 +470,10 @@ pub(crate) struct Evaluator<'a> {
     /// a conservative bound on what the query holds at once.
     samples: usize,
     /// (part, parts): selectors read only this part of their series (see
-    /// `Evaluator::aggregate_parallel`); (0, 1) reads all.
+    /// `Evaluator::aggregate_parallel`); (0, 1) reads all. Parts exist only under a
+    /// mergeable aggregation, whose result does not depend on the order series arrive in,
+    /// so parted selectors read in the reader's cheapest order
+    /// ([`SeriesReader::select_shard_unordered`]).
     shard: (usize, usize),
     /// Series handed over by the reader so far (all selectors), for `max_series` across
     /// parts.
@@ -549,12 +552,17 @@ impl<'a> Evaluator<'a> {
         let end = w.max_ref();
         let mut gate = SeriesGate::new(self.limits, self.deadline);
         let (part, parts) = self.shard;
-        let res = self
-            .reader
-            .select_shard(&matchers, start, end, part, parts, &mut |key, ts, vals| {
-                let (ts, vals) = gate.admit(ts, vals)?;
-                visit(key, ts, vals)
-            });
+        let mut admit = |key: &model::SeriesKey, ts: &[i64], vals: &[f64]| {
+            let (ts, vals) = gate.admit(ts, vals)?;
+            visit(key, ts, vals)
+        };
+        let res = if parts > 1 {
+            self.reader
+                .select_shard_unordered(&matchers, start, end, part, parts, &mut admit)
+        } else {
+            self.reader
+                .select_shard(&matchers, start, end, part, parts, &mut admit)
+        };
         self.series_read = self.series_read.saturating_add(gate.series);
         res?;
         self.check_deadline()
@@ -739,51 +747,56 @@ impl<'a> Evaluator<'a> {
         let deadline = self.deadline;
         let mut n = 0usize;
         let (part, parts) = self.shard;
-        let res = self
-            .reader
-            .select_shard(&matchers, start, end, part, parts, &mut |key, ts, vals| {
-                n += 1;
-                if n > max_series {
-                    return Err(QueryError::TooManySeries(max_series));
-                }
-                if n.is_multiple_of(64) && Instant::now() > deadline {
-                    return Err(QueryError::Timeout);
-                }
-                let mut points = Vec::with_capacity(w.refs.len());
-                let mut any = false;
-                for r in &w.refs {
-                    let idx = ts.partition_point(|t| *t <= *r);
-                    let p = match idx.checked_sub(1) {
-                        Some(i) => match (ts.get(i), vals.get(i)) {
-                            (Some(t), Some(v)) if *t >= r.saturating_sub(lookback) && !is_stale(*v) => {
-                                Some(if timestamps { *t as f64 / 1000.0 } else { *v })
-                            }
-                            _ => None,
-                        },
-                        None => None,
-                    };
-                    any |= p.is_some();
-                    points.push(p);
-                }
-                if any {
-                    // the sink reports the slots it keeps (a slot per step, present or not), so
-                    // memory stays within max_samples even for sparse series over many steps
-                    let kept = sink(Series {
-                        labels: if need_labels {
-                            Labels::from_key(key)
-                        } else {
-                            Labels::new()
-                        },
-                        drop_name: false,
-                        points,
-                    })?;
-                    produced = produced.saturating_add(kept);
-                }
-                if produced > budget {
-                    return Err(QueryError::TooManySamples);
-                }
-                Ok(())
-            });
+        let mut each = |key: &model::SeriesKey, ts: &[i64], vals: &[f64]| {
+            n += 1;
+            if n > max_series {
+                return Err(QueryError::TooManySeries(max_series));
+            }
+            if n.is_multiple_of(64) && Instant::now() > deadline {
+                return Err(QueryError::Timeout);
+            }
+            let mut points = Vec::with_capacity(w.refs.len());
+            let mut any = false;
+            for r in &w.refs {
+                let idx = ts.partition_point(|t| *t <= *r);
+                let p = match idx.checked_sub(1) {
+                    Some(i) => match (ts.get(i), vals.get(i)) {
+                        (Some(t), Some(v)) if *t >= r.saturating_sub(lookback) && !is_stale(*v) => {
+                            Some(if timestamps { *t as f64 / 1000.0 } else { *v })
+                        }
+                        _ => None,
+                    },
+                    None => None,
+                };
+                any |= p.is_some();
+                points.push(p);
+            }
+            if any {
+                // the sink reports the slots it keeps (a slot per step, present or not), so
+                // memory stays within max_samples even for sparse series over many steps
+                let kept = sink(Series {
+                    labels: if need_labels {
+                        Labels::from_key(key)
+                    } else {
+                        Labels::new()
+                    },
+                    drop_name: false,
+                    points,
+                })?;
+                produced = produced.saturating_add(kept);
+            }
+            if produced > budget {
+                return Err(QueryError::TooManySamples);
+            }
+            Ok(())
+        };
+        let res = if parts > 1 {
+            self.reader
+                .select_shard_unordered(&matchers, start, end, part, parts, &mut each)
+        } else {
+            self.reader
+                .select_shard(&matchers, start, end, part, parts, &mut each)
+        };
         self.series_read = self.series_read.saturating_add(n);
         res?;
         self.account(produced)

@@ -467,6 +467,23 @@ pub trait SeriesReader: Send + Sync {
         }
     }
 
+    /// [`SeriesReader::select_shard`] for a caller whose result does not depend on the
+    /// order the series arrive in (the parts of a mergeable aggregation, which groups and
+    /// sorts afterwards): a reader may hand them over in whatever order is cheapest to read.
+    /// The parts must still be disjoint and together be what `select` returns. The default
+    /// is `select_shard`.
+    fn select_shard_unordered(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        shard: usize,
+        shards: usize,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), QueryError> {
+        self.select_shard(matchers, start_ms, end_ms, shard, shards, visit)
+    }
+
     /// [`SeriesReader::select_summaries`] split into shards as
     /// [`SeriesReader::select_shard`] does. The default puts every series in shard 0.
     fn select_summaries_shard(

@@ -160,6 +160,16 @@ impl TsdbReader {
     }
 }
 
+/// Hands every series of `select` that has samples to `visit`.
+fn visit_nonempty(select: tsdb::Select<'_>, visit: &mut query::Visit<'_>) -> Result<(), QueryError> {
+    select.visit(storage_error, |key, ts, vals| {
+        if ts.is_empty() {
+            return Ok(());
+        }
+        visit(key, ts, vals)
+    })
+}
+
 impl SeriesReader for TsdbReader {
     fn select(
         &self,
@@ -202,19 +212,28 @@ impl SeriesReader for TsdbReader {
         shards: usize,
         visit: &mut query::Visit<'_>,
     ) -> Result<(), QueryError> {
-        for series in self
+        let select = self
             .db
             .select(matchers, start_ms, end_ms)
-            .map_err(storage_error)?
-            .shard(shard, shards)
-        {
-            let s = series.map_err(storage_error)?;
-            if s.timestamps.is_empty() {
-                continue;
-            }
-            visit(&s.key, &s.timestamps, &s.values)?;
-        }
-        Ok(())
+            .map_err(storage_error)?;
+        visit_nonempty(select.shard(shard, shards), visit)
+    }
+
+    /// Id order ([`tsdb::Db::select_in_id_order`]): no sort by key, and reads share pages.
+    fn select_shard_unordered(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        shard: usize,
+        shards: usize,
+        visit: &mut query::Visit<'_>,
+    ) -> Result<(), QueryError> {
+        let select = self
+            .db
+            .select_in_id_order(matchers, start_ms, end_ms)
+            .map_err(storage_error)?;
+        visit_nonempty(select.shard(shard, shards), visit)
     }
 
     /// Series whose keys match and that hold a sample in `[start_ms, end_ms]`

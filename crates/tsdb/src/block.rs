@@ -467,6 +467,15 @@ pub struct PageCache {
     bytes: usize,
 }
 
+/// The one verified page a walk over raw records read last (see [`BlockReader::read_walk`]),
+/// keyed by block seq and page number like [`PageCache`]. Holds one page (~4 KiB).
+#[derive(Debug, Default)]
+pub struct LastPage {
+    key: Option<(u64, u32)>,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
 /// An open block: its metadata and index in memory, records read on demand.
 #[derive(Debug)]
 pub struct BlockReader {
@@ -474,9 +483,49 @@ pub struct BlockReader {
     file: File,
     meta: BlockMeta,
     entries: Vec<Entry>,
+    /// Direct id → entry lookup when the block's ids are dense (see [`Positions`]).
+    positions: Option<Positions>,
     pages: Vec<Page>,
     ts_base: i64,
     disk_bytes: u64,
+}
+
+/// The position in `entries` of each id from the block's smallest to its largest, so that
+/// finding a series costs one memory access instead of a binary search over ~50 bytes per
+/// series (18 dependent cache misses for 200k series: 11 % of a `rate` query's CPU). Ids
+/// are handed out densely, so the table costs about 4 bytes per series; it is built only
+/// when the id span is at most [`Positions::MAX_SPAN_PER_ENTRY`] times the series count.
+#[derive(Debug)]
+struct Positions {
+    first: u64,
+    /// `u32::MAX`: no such series in the block.
+    at: Vec<u32>,
+}
+
+impl Positions {
+    const MAX_SPAN_PER_ENTRY: u64 = 4;
+
+    fn build(entries: &[Entry]) -> Option<Positions> {
+        let first = entries.iter().map(|e| e.id).min()?;
+        let last = entries.iter().map(|e| e.id).max()?;
+        let span = last.checked_sub(first)?.checked_add(1)?;
+        let n = u64::try_from(entries.len()).ok()?;
+        if span > n.saturating_mul(Self::MAX_SPAN_PER_ENTRY).saturating_add(1024) || n >= u64::from(u32::MAX)
+        {
+            return None;
+        }
+        let mut at = vec![u32::MAX; usize::try_from(span).ok()?];
+        for (i, e) in entries.iter().enumerate() {
+            let slot = usize::try_from(e.id - first).ok().and_then(|k| at.get_mut(k))?;
+            *slot = u32::try_from(i).ok()?;
+        }
+        Some(Positions { first, at })
+    }
+
+    fn get(&self, id: u64) -> Option<usize> {
+        let k = usize::try_from(id.checked_sub(self.first)?).ok()?;
+        self.at.get(k).filter(|&&i| i != u32::MAX).map(|&i| i as usize)
+    }
 }
 
 /// A run of consecutive records sharing one checksum.
@@ -629,11 +678,13 @@ impl BlockReader {
             format_version: version,
             seq,
         };
+        let positions = Positions::build(&entries);
         Ok(BlockReader {
             path,
             file,
             meta,
             entries,
+            positions,
             pages,
             ts_base,
             disk_bytes: len,
@@ -666,10 +717,17 @@ impl BlockReader {
     }
 
     fn entry(&self, id: SeriesId) -> Option<&Entry> {
-        self.entries
-            .binary_search_by_key(&id.0, |e| e.id)
-            .ok()
-            .and_then(|i| self.entries.get(i))
+        match &self.positions {
+            Some(p) => p
+                .get(id.0)
+                .and_then(|i| self.entries.get(i))
+                .filter(|e| e.id == id.0),
+            None => self
+                .entries
+                .binary_search_by_key(&id.0, |e| e.id)
+                .ok()
+                .and_then(|i| self.entries.get(i)),
+        }
     }
 
     fn corrupt(&self, reason: String) -> BlockError {
@@ -686,31 +744,40 @@ impl BlockReader {
 
     /// The record bytes of a series, after verifying the checksum of its page.
     fn record(&self, e: &Entry, buf: &mut Vec<u8>) -> Result<(), BlockError> {
-        let page = self
-            .pages
-            .get(e.page as usize)
-            .copied()
-            .ok_or_else(|| self.corrupt(format!("series {}: no page", e.id)))?;
-        let start = e
-            .offset
-            .checked_sub(page.offset)
-            .and_then(|d| usize::try_from(d).ok())
-            .unwrap_or(usize::MAX);
-        let end = start.saturating_add(e.len as usize);
+        let mut page = LastPage::default();
+        let record = self.record_in(e, &mut page)?;
         buf.clear();
-        buf.resize(usize::try_from(page.len).unwrap_or(0), 0);
-        self.file
-            .read_exact_at(buf, page.offset)
-            .map_err(io("read", &self.path))?;
-        if crc32fast::hash(buf) != page.crc {
-            return Err(self.corrupt(format!("series {} checksum mismatch", e.id)));
-        }
-        if end > buf.len() {
-            return Err(self.corrupt(format!("series {}: record outside its page", e.id)));
-        }
-        buf.copy_within(start..end, 0);
-        buf.truncate(e.len as usize);
+        buf.extend_from_slice(record);
         Ok(())
+    }
+
+    /// The record bytes of a series inside its page, read and verified into `last` unless
+    /// `last` already holds that page.
+    fn record_in<'p>(&self, e: &Entry, last: &'p mut LastPage) -> Result<&'p [u8], BlockError> {
+        let key = (self.meta.seq, e.page);
+        if last.key != Some(key) {
+            let page = self
+                .pages
+                .get(e.page as usize)
+                .copied()
+                .ok_or_else(|| self.corrupt(format!("series {}: no page", e.id)))?;
+            last.key = None;
+            last.bytes.clear();
+            last.bytes.resize(usize::try_from(page.len).unwrap_or(0), 0);
+            self.file
+                .read_exact_at(&mut last.bytes, page.offset)
+                .map_err(io("read", &self.path))?;
+            if crc32fast::hash(&last.bytes) != page.crc {
+                return Err(self.corrupt(format!("series {} checksum mismatch", e.id)));
+            }
+            last.key = Some(key);
+            last.offset = page.offset;
+        }
+        e.offset
+            .checked_sub(last.offset)
+            .and_then(|d| usize::try_from(d).ok())
+            .and_then(|start| last.bytes.get(start..start.checked_add(e.len as usize)?))
+            .ok_or_else(|| self.corrupt(format!("series {}: record outside its page", e.id)))
     }
 
     /// The record bytes of a series through `cache` (its page is read and verified only
@@ -771,6 +838,21 @@ impl BlockReader {
         ts: &mut Vec<i64>,
         vals: &mut Vec<f64>,
     ) -> Result<(), BlockError> {
+        self.read_walk(id, start_ms, end_ms, ts, vals, &mut LastPage::default())
+    }
+
+    /// [`BlockReader::read`] keeping the last verified page in `last`: a walk over series
+    /// in id order (records are laid out in id order, ~10 raw records of an hour per page)
+    /// then reads and checksums each page once instead of once per series.
+    pub fn read_walk(
+        &self,
+        id: SeriesId,
+        start_ms: i64,
+        end_ms: i64,
+        ts: &mut Vec<i64>,
+        vals: &mut Vec<f64>,
+        last: &mut LastPage,
+    ) -> Result<(), BlockError> {
         if self.meta.resolution != Resolution::Raw {
             return Err(BlockError::Invalid(format!(
                 "raw read from a {:?} block",
@@ -781,10 +863,9 @@ impl BlockReader {
         if e.max_t < start_ms || e.min_t > end_ms {
             return Ok(());
         }
-        let mut buf = Vec::new();
-        self.record(e, &mut buf)?;
+        let record = self.record_in(e, last)?;
         let (t0, v0) = (ts.len(), vals.len());
-        let n = match codec::decode_series_window(self.ts_base, &buf, start_ms, end_ms, ts, vals) {
+        let n = match codec::decode_series_window(self.ts_base, record, start_ms, end_ms, ts, vals) {
             Ok(n) => n,
             Err(err) => {
                 ts.truncate(t0);
@@ -882,6 +963,64 @@ mod tests {
         w.add_series(SeriesId(1 << 40), &[2_000_000], &[42.0]).unwrap();
         let meta = w.finish().unwrap();
         (path, meta)
+    }
+
+    #[test]
+    fn series_are_found_by_direct_lookup_when_ids_are_dense_and_by_search_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sparse_path, _) = sample_block(dir.path());
+        let sparse = BlockReader::open(&sparse_path).unwrap();
+        assert!(
+            sparse.positions.is_none(),
+            "ids up to 2^40 for 3 series: no table"
+        );
+        for (id, there) in [
+            (0, false),
+            (1, true),
+            (2, false),
+            (5, true),
+            (6, false),
+            (1 << 40, true),
+        ] {
+            assert_eq!(sparse.contains(SeriesId(id)), there, "sparse {id}");
+        }
+
+        // Dense with gaps: every id in 100..600 but the multiples of 7, 100 noisy points
+        // each, so that records span many pages.
+        let path = dir.path().join("dense");
+        let mut w = BlockWriter::create(&path, raw_opts()).unwrap();
+        let held = |id: u64| (100..600).contains(&id) && id % 7 != 0;
+        let ts: Vec<i64> = (0..100).map(|i| 1_000 + i * 10_000).collect();
+        let value = |id: u64, i: u64| ((id * 7919 + i * i * 104_729) % 100_003) as f64 / 100.0;
+        for id in (0..700).filter(|&id| held(id)) {
+            let vals: Vec<f64> = (0..100).map(|i| value(id, i)).collect();
+            w.add_series(SeriesId(id), &ts, &vals).unwrap();
+        }
+        w.finish().unwrap();
+        let r = BlockReader::open(&path).unwrap();
+        assert!(r.positions.is_some());
+        assert!(r.pages.len() > 10, "{} pages", r.pages.len());
+        for id in 0..700 {
+            assert_eq!(r.contains(SeriesId(id)), held(id), "dense {id}");
+        }
+        // A walk in id order with one remembered page reads what single reads read.
+        let mut last = LastPage::default();
+        for id in (0..700).filter(|&id| held(id)) {
+            let (mut t1, mut v1, mut t2, mut v2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            r.read(SeriesId(id), 50_000, i64::MAX, &mut t1, &mut v1).unwrap();
+            r.read_walk(SeriesId(id), 50_000, i64::MAX, &mut t2, &mut v2, &mut last)
+                .unwrap();
+            assert_eq!((&t1, &v1), (&t2, &v2), "{id}");
+            assert_eq!(t1.len(), 95);
+            assert_eq!(v1.first(), Some(&value(id, 5)));
+        }
+        // The remembered page belongs to its block: the sparse block's series 1 is not read
+        // from the dense block's page.
+        let (mut t, mut v) = (Vec::new(), Vec::new());
+        sparse
+            .read_walk(SeriesId(1), i64::MIN, i64::MAX, &mut t, &mut v, &mut last)
+            .unwrap();
+        assert_eq!(t.len(), 100);
     }
 
     #[test]

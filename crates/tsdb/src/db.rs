@@ -25,6 +25,7 @@ use model::telemetry::{Counter, Exposition};
 use model::{Clock, Matcher, Point, SeriesId, SeriesKey};
 use parking_lot::{Mutex, RwLock};
 
+use crate::block::LastPage;
 use crate::blocks::{self, Block};
 use crate::error::{DbError, NotReady};
 use crate::head::{HEAD_SHARDS, Head, HeadLimits, merge_last_wins};
@@ -480,14 +481,21 @@ impl Db {
             ix.sort_by_key(&mut ids);
             ids
         };
-        Ok(Select {
-            db: self,
-            ids: ids.into_iter(),
-            start_ms,
-            end_ms,
-            buf: Vec::new(),
-            yield_empty: false,
-        })
+        Ok(Select::new(self, ids, start_ms, end_ms))
+    }
+
+    /// [`Db::select`] in id order instead of key order: no sort of the matching series by
+    /// key (13 % of a `rate` query over 30k series), and consecutive reads land in the same
+    /// block pages (records lie in id order). For callers whose result does not depend on
+    /// the order (aggregations, which sort or group afterwards).
+    pub fn select_in_id_order(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Select<'_>, DbError> {
+        let ids = locks::read(&self.index, &self.lock_waits.index_read).select_ids(matchers, true)?;
+        Ok(Select::new(self, ids, start_ms, end_ms))
     }
 
     pub(crate) fn read_series(
@@ -496,9 +504,18 @@ impl Db {
         start: i64,
         end: i64,
         out: &mut Vec<(i64, f64)>,
+        scratch: &mut ReadScratch,
     ) -> Result<(), DbError> {
         out.clear();
-        let mut head_part = Vec::new();
+        let ReadScratch {
+            head_part,
+            ts,
+            vals,
+            part,
+            merged,
+            pages,
+        } = scratch;
+        head_part.clear();
         // The shard first, then the block list, never both at once. Consistent with a seal:
         // it moves data from a shard's head to the shard's frozen set in one step under the
         // shard's write lock, and clears the frozen sets only after it published the blocks
@@ -507,47 +524,43 @@ impl Db {
             Some((shard, pos)) => {
                 let shard = locks::read(shard, &self.lock_waits.head_read);
                 if let Some(s) = shard.series.get(pos) {
-                    s.read_into(start, end, &mut head_part);
+                    s.read_into(start, end, head_part);
                 }
                 shard.frozen.clone().map(|f| (f, pos))
             }
             None => None,
         };
-        let blocks: Vec<Arc<Block>> = {
+        {
+            // Held while this series' records are read (microseconds): cheaper than cloning
+            // the block list per series, and a publish waits for one series at most.
             let sealed = locks::read(&self.sealed, &self.lock_waits.blocks_read);
-            sealed
-                .blocks
-                .iter()
-                .filter(|b| {
-                    let m = b.reader.meta();
-                    m.resolution == Resolution::Raw
-                        && m.max_t >= start
-                        && m.min_t <= end
-                        && b.reader.contains(SeriesId(id))
-                })
-                .cloned()
-                .collect()
-        };
-        let (mut ts, mut vals, mut part, mut merged) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for b in &blocks {
-            ts.clear();
-            vals.clear();
-            b.reader
-                .read(SeriesId(id), start, end, &mut ts, &mut vals)
-                .map_err(|e| DbError::Block {
-                    block: b.path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            part.clear();
-            part.extend(ts.iter().copied().zip(vals.iter().copied()));
-            merge_into(out, &part, &mut merged);
+            for b in &sealed.blocks {
+                let m = b.reader.meta();
+                if m.resolution != Resolution::Raw || m.max_t < start || m.min_t > end {
+                    continue;
+                }
+                ts.clear();
+                vals.clear();
+                b.reader
+                    .read_walk(SeriesId(id), start, end, ts, vals, pages.slot(m.seq))
+                    .map_err(|e| DbError::Block {
+                        block: b.path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                if ts.is_empty() {
+                    continue;
+                }
+                part.clear();
+                part.extend(ts.iter().copied().zip(vals.iter().copied()));
+                merge_into(out, part, merged);
+            }
         }
         if let Some(s) = frozen.as_ref().and_then(|(f, pos)| f.get(*pos)) {
             part.clear();
-            s.read_into(start, end, &mut part);
-            merge_into(out, &part, &mut merged);
+            s.read_into(start, end, part);
+            merge_into(out, part, merged);
         }
-        merge_into(out, &head_part, &mut merged);
+        merge_into(out, head_part, merged);
         Ok(())
     }
 
@@ -946,12 +959,80 @@ pub struct Select<'a> {
     start_ms: i64,
     end_ms: i64,
     buf: Vec<(i64, f64)>,
+    scratch: ReadScratch,
     /// Also yield series without raw samples in the range (rollup reads: their buckets may
     /// come from rollup blocks alone).
     yield_empty: bool,
 }
 
+/// Buffers one walk over many series reuses (so a read allocates nothing per series once
+/// they have grown), and the last verified page of each block it reads.
+#[derive(Debug, Default)]
+pub(crate) struct ReadScratch {
+    head_part: Vec<(i64, f64)>,
+    ts: Vec<i64>,
+    vals: Vec<f64>,
+    part: Vec<(i64, f64)>,
+    merged: Vec<(i64, f64)>,
+    pages: BlockPages,
+}
+
+/// The last page read of up to [`BlockPages::SLOTS`] blocks (a series' range usually
+/// spans one or two), chosen by block seq.
+#[derive(Debug, Default)]
+struct BlockPages([LastPage; BlockPages::SLOTS]);
+
+impl BlockPages {
+    const SLOTS: usize = 4;
+
+    fn slot(&mut self, block_seq: u64) -> &mut LastPage {
+        let i = (block_seq % Self::SLOTS as u64) as usize;
+        // `i < SLOTS`: always in range.
+        &mut self.0[i]
+    }
+}
+
 impl<'a> Select<'a> {
+    fn new(db: &'a Db, ids: Vec<u64>, start_ms: i64, end_ms: i64) -> Select<'a> {
+        Select {
+            db,
+            ids: ids.into_iter(),
+            start_ms,
+            end_ms,
+            buf: Vec::new(),
+            scratch: ReadScratch::default(),
+            yield_empty: false,
+        }
+    }
+
+    /// Visits the remaining series like the iterator, without allocating per series: `f`
+    /// gets each series' key and samples (`ts` ascending, `vals` parallel), valid during the
+    /// call. Stops at the first error: `f`'s, or a read's turned into `E` by `read_error`.
+    pub fn visit<E>(
+        mut self,
+        read_error: impl Fn(DbError) -> E,
+        mut f: impl FnMut(&SeriesKey, &[i64], &[f64]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
+        for id in self.ids.by_ref() {
+            self.db
+                .read_series(id, self.start_ms, self.end_ms, &mut self.buf, &mut self.scratch)
+                .map_err(&read_error)?;
+            if self.buf.is_empty() && !self.yield_empty {
+                continue;
+            }
+            let Some(key) = self.db.index.read().key(SeriesId(id)).cloned() else {
+                continue;
+            };
+            ts.clear();
+            vals.clear();
+            ts.extend(self.buf.iter().map(|p| p.0));
+            vals.extend(self.buf.iter().map(|p| p.1));
+            f(&key, &ts, &vals)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn db(&self) -> &'a Db {
         self.db
     }
@@ -981,7 +1062,10 @@ impl Iterator for Select<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         for id in self.ids.by_ref() {
-            if let Err(e) = self.db.read_series(id, self.start_ms, self.end_ms, &mut self.buf) {
+            if let Err(e) =
+                self.db
+                    .read_series(id, self.start_ms, self.end_ms, &mut self.buf, &mut self.scratch)
+            {
                 return Some(Err(e));
             }
             if self.buf.is_empty() && !self.yield_empty {

@@ -73,6 +73,20 @@ fn read_all(db: &Db) -> State {
             .map(|(t, v)| (*t, v.to_bits()))
             .collect();
     }
+    // The id-order walk and the visiting form read exactly the same series and samples.
+    let mut by_id = vec![BTreeMap::new(); SERIES];
+    db.select_in_id_order(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
+        .unwrap()
+        .visit(
+            |e| e,
+            |key, ts, vals| {
+                let i: usize = key.get("i").unwrap().parse().unwrap();
+                by_id[i] = ts.iter().zip(vals).map(|(t, v)| (*t, v.to_bits())).collect();
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert_eq!(by_id, out, "select_in_id_order + visit disagree with select");
     out
 }
 
