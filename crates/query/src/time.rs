@@ -172,9 +172,19 @@ pub fn write_json_value(out: &mut String, v: f64) {
         out.push_str(itoa::Buffer::new().format(int));
     } else if v.is_finite() && (1e-6..1e21).contains(&abs) {
         let start = out.len();
-        let significant = write_plain_decimal(out, v);
+        let mut buf = zmij::Buffer::new();
+        let text = buf.format_finite(v);
+        // zmij writes 1e-5 ≤ |v| < 1e16 in Go's 'f' form already (`12.34`, `0.001234`), but
+        // an integral value with a trailing `.0`; anything else with an exponent
+        let long = if text.as_bytes().contains(&b'e') {
+            write_plain_decimal(out, text) >= 15
+        } else {
+            let plain = text.strip_suffix(".0").unwrap_or(text);
+            out.push_str(plain);
+            plain.len() >= 15
+        };
         // `half_even` changes nothing below 15 significant digits
-        if significant >= 15 {
+        if long {
             let fixed = half_even(out[start..].to_string(), v);
             out.truncate(start);
             out.push_str(&fixed);
@@ -185,12 +195,10 @@ pub fn write_json_value(out: &mut String, v: f64) {
     out.push('"');
 }
 
-/// Writes finite `v` as Go's `FormatFloat(v, 'f', -1, 64)` before the half-to-even fix-up
-/// (that is, as Rust's `{}` would, with zmij's shortest digits) and returns the number of
-/// significant digits written.
-fn write_plain_decimal(out: &mut String, v: f64) -> usize {
-    let mut buf = zmij::Buffer::new();
-    let text = buf.format_finite(v);
+/// Writes zmij's `text` of a finite value as Go's `FormatFloat(v, 'f', -1, 64)` before the
+/// half-to-even fix-up (that is, as Rust's `{}` would) and returns the number of significant
+/// digits written.
+fn write_plain_decimal(out: &mut String, text: &str) -> usize {
     // zmij writes `12.34`, `0.001234`, `1234.0` or `1.234e+33`/`1.234e-7`: read it back as
     // sign, digits and the decimal point's position (value = 0.DIGITS × 10^point)
     let (neg, body) = match text.strip_prefix('-') {
