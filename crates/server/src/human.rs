@@ -19,8 +19,9 @@
 //! `human_inline_query_budget_us` (`block_in_place` itself hands the worker's core to another
 //! thread: two more thread switches per request); one that overruns it is dropped and run
 //! again under `block_in_place` with what is left of its timeout. Invariant: the worker is held
-//! by such an attempt for at most the budget plus one series' read and the rendering of what was
-//! read by then.
+//! by such an attempt for at most the budget plus the storage's index lookup (which sorts the
+//! matching ids by series key before the first series is read: milliseconds for a selector
+//! matching 10k series), one series' read and the rendering of what was read by then.
 //!
 //! Heartbeat definitions: `GET /api/v1/heartbeats[/{name}]` (read), `PUT`/`DELETE
 //! /api/v1/heartbeats/{name}` (admin); see [`crate::heartbeat`] (pings are on the robot plane).
@@ -719,7 +720,9 @@ const INLINE_MAX_QUERY_BYTES: usize = 512;
 /// equality matchers, numbers and operators: no function, aggregation, subquery or range
 /// (whose cost grows with more than the series read), and no regex or negative matcher (whose
 /// index lookup scans a label's values before the first series is read). Its cost is then the
-/// series it reads, which [`Budgeted`] and the evaluator's timeout cut at the budget. A `(` or
+/// series it reads, which [`Budgeted`] and the evaluator's timeout cut at the budget (after
+/// the index lookup, which is not cut: a bare selector matching many series holds the worker
+/// for that lookup before it is handed over). A `(` or
 /// `!` inside a quoted label value only makes a query go straight to `block_in_place`.
 fn inline_candidate(path: &str, params: &[(String, String)]) -> bool {
     if !matches!(path, "/api/v1/query" | "/api/v1/query_range") {
