@@ -48,6 +48,25 @@ impl ApiResponse {
         }
     }
 
+    /// The success envelope around a query result, rendered into one buffer sized up front
+    /// (no copy of the data into the envelope, no regrowth for the common shapes).
+    fn success_value(v: &QueryValue) -> ApiResponse {
+        let mut body = String::with_capacity(64 + estimated_len(v));
+        body.push_str("{\"status\":\"success\",\"data\":");
+        render_value_into(&mut body, v);
+        body.push('}');
+        ApiResponse { status: 200, body }
+    }
+
+    /// Whether this is the error answer to a query that ran out of time (`errorType`
+    /// `timeout`), as opposed to any other 503.
+    pub fn is_timeout(&self) -> bool {
+        self.status == 503
+            && self
+                .body
+                .starts_with("{\"status\":\"error\",\"errorType\":\"timeout\"")
+    }
+
     fn error(kind: ErrorKind, msg: &str) -> ApiResponse {
         let (status, typ) = match kind {
             ErrorKind::BadData => (400, "bad_data"),
@@ -153,7 +172,7 @@ pub fn query(
         let limits = effective_limits(params, limits)?;
         let q = query_text(params)?;
         let value = evaluate_instant(reader, q, t, &limits).map_err(|e| query_error(&e))?;
-        Ok(ApiResponse::success(&render_value(&value)))
+        Ok(ApiResponse::success_value(&value))
     };
     run().unwrap_or_else(|e| e)
 }
@@ -201,7 +220,7 @@ pub fn query_range(
             ));
         }
         let m = evaluate_range(reader, q, steps, &limits).map_err(|e| ApiResponse::from_query_error(&e))?;
-        Ok(ApiResponse::success(&render_value(&QueryValue::Matrix(m))))
+        Ok(ApiResponse::success_value(&QueryValue::Matrix(m)))
     };
     run().unwrap_or_else(|e| e)
 }
@@ -366,16 +385,35 @@ fn string_list(mut v: Vec<String>, limit: usize) -> String {
 
 /// Renders a query result as the `data` object.
 pub fn render_value(v: &QueryValue) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(estimated_len(v));
+    render_value_into(&mut out, v);
+    out
+}
+
+/// A guess at the rendered size of `v`: about 24 bytes a point (`[1795064400,"63.94"],`)
+/// plus labels, so one allocation usually holds the whole answer.
+fn estimated_len(v: &QueryValue) -> usize {
+    const POINT: usize = 24;
+    const SERIES: usize = 96;
+    match v {
+        QueryValue::Scalar { .. } | QueryValue::String { .. } => 64,
+        QueryValue::Vector(samples) => 48 + samples.len().saturating_mul(SERIES + POINT),
+        QueryValue::Matrix(series) => series.iter().fold(48usize, |n, s| {
+            n.saturating_add(SERIES + s.ts.len().saturating_mul(POINT))
+        }),
+    }
+}
+
+fn render_value_into(out: &mut String, v: &QueryValue) {
     match v {
         QueryValue::Scalar { t, v } => {
             out.push_str("{\"resultType\":\"scalar\",\"result\":");
             // Prometheus writes scalars with plain `FormatFloat(v, 'f', -1, 64)`, samples not
-            render_point(&mut out, *t, &crate::time::format_value(*v));
+            render_point(out, *t, &crate::time::format_value(*v));
         }
         QueryValue::String { t, v } => {
             out.push_str("{\"resultType\":\"string\",\"result\":");
-            render_point(&mut out, *t, v);
+            render_point(out, *t, v);
         }
         QueryValue::Vector(samples) => {
             out.push_str("{\"resultType\":\"vector\",\"result\":[");
@@ -384,9 +422,9 @@ pub fn render_value(v: &QueryValue) -> String {
                     out.push(',');
                 }
                 out.push_str("{\"metric\":");
-                render_labels(&mut out, &s.labels);
+                render_labels(out, &s.labels);
                 out.push_str(",\"value\":");
-                render_sample(&mut out, s.t, s.v);
+                render_sample(out, s.t, s.v);
                 out.push('}');
             }
             out.push(']');
@@ -397,13 +435,12 @@ pub fn render_value(v: &QueryValue) -> String {
                 if i > 0 {
                     out.push(',');
                 }
-                render_series(&mut out, s);
+                render_series(out, s);
             }
             out.push(']');
         }
     }
     out.push('}');
-    out
 }
 
 fn render_series(out: &mut String, s: &RawSeries) {

@@ -157,10 +157,11 @@ pub fn format_json_value(v: f64) -> String {
 
 /// Appends `v` to `out` as a JSON string, exactly as `format_json_value(v)` would be quoted,
 /// without allocating in the common cases: integers below 1e15 (counters, most gauges) go
-/// straight through the integer formatter, other plain decimals through `{}` into `out`, with
-/// the half-to-even fix-up only for the long (15+ digit) texts where a tie is possible.
+/// straight through an integer formatter (`itoa`), other plain decimals through `zmij` (the
+/// shortest round-tripping digits, as Go's and Rust's shortest formatting) laid out as Go's
+/// `'f', -1`, with the half-to-even fix-up only for the long (15+ digit) texts where a tie is
+/// possible. `format_json_value` stays the reference (std's formatter); tests compare the two.
 pub fn write_json_value(out: &mut String, v: f64) {
-    use std::fmt::Write as _;
     out.push('"');
     let abs = v.abs();
     // `as i64` truncates (NaN to 0), so the round trip holds only for integers; that is exact
@@ -168,12 +169,22 @@ pub fn write_json_value(out: &mut String, v: f64) {
     // would be a libm call on baseline x86-64.) -0.0 round-trips too but prints as "-0".
     let int = v as i64;
     if abs < 1e15 && int as f64 == v && v.to_bits() != (-0.0f64).to_bits() {
-        let _ = write!(out, "{int}");
+        out.push_str(itoa::Buffer::new().format(int));
     } else if v.is_finite() && (1e-6..1e21).contains(&abs) {
         let start = out.len();
-        let _ = write!(out, "{v}");
+        let mut buf = zmij::Buffer::new();
+        let text = buf.format_finite(v);
+        // zmij writes 1e-5 ≤ |v| < 1e16 in Go's 'f' form already (`12.34`, `0.001234`), but
+        // an integral value with a trailing `.0`; anything else with an exponent
+        let long = if text.as_bytes().contains(&b'e') {
+            write_plain_decimal(out, text) >= 15
+        } else {
+            let plain = text.strip_suffix(".0").unwrap_or(text);
+            out.push_str(plain);
+            plain.len() >= 15
+        };
         // `half_even` changes nothing below 15 significant digits
-        if out.len() - start >= 15 {
+        if long {
             let fixed = half_even(out[start..].to_string(), v);
             out.truncate(start);
             out.push_str(&fixed);
@@ -184,19 +195,85 @@ pub fn write_json_value(out: &mut String, v: f64) {
     out.push('"');
 }
 
+/// Writes zmij's `text` of a finite value as Go's `FormatFloat(v, 'f', -1, 64)` before the
+/// half-to-even fix-up (that is, as Rust's `{}` would) and returns the number of significant
+/// digits written.
+fn write_plain_decimal(out: &mut String, text: &str) -> usize {
+    // zmij writes `12.34`, `0.001234`, `1234.0` or `1.234e+33`/`1.234e-7`: read it back as
+    // sign, digits and the decimal point's position (value = 0.DIGITS × 10^point)
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text),
+    };
+    let (mantissa, exp) = match body.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.trim_start_matches('+').parse::<i32>().unwrap_or(0)),
+        None => (body, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits = [0u8; 40];
+    let mut n = 0usize;
+    let mut point = i32::try_from(int_part.len()).unwrap_or(0).saturating_add(exp);
+    for b in int_part.bytes().chain(frac_part.bytes()) {
+        if n == 0 && b == b'0' {
+            point -= 1; // a leading zero
+            continue;
+        }
+        if let Some(slot) = digits.get_mut(n) {
+            *slot = b;
+            n += 1;
+        }
+    }
+    while n > 0 && digits.get(n - 1) == Some(&b'0') {
+        n -= 1;
+    }
+    let digits = digits.get(..n).unwrap_or_default();
+    if neg {
+        out.push('-');
+    }
+    let push = |out: &mut String, d: &[u8]| {
+        // ASCII digits only
+        out.extend(d.iter().map(|&b| char::from(b)));
+    };
+    if digits.is_empty() {
+        out.push('0');
+    } else if point <= 0 {
+        out.push_str("0.");
+        for _ in 0..point.unsigned_abs() {
+            out.push('0');
+        }
+        push(out, digits);
+    } else {
+        let p = usize::try_from(point).unwrap_or(usize::MAX);
+        if p >= digits.len() {
+            push(out, digits);
+            for _ in digits.len()..p {
+                out.push('0');
+            }
+        } else {
+            let (a, b) = digits.split_at(p);
+            push(out, a);
+            out.push('.');
+            push(out, b);
+        }
+    }
+    digits.len()
+}
+
 /// Writes a timestamp as Prometheus' JSON does: seconds, then `.` and three millisecond
 /// digits when the milliseconds are not zero (`1435781451.781`, `1435781451.050`, `5`).
 pub fn write_timestamp(out: &mut String, t: i64) {
-    use std::fmt::Write as _;
-    let (sign, t) = if t < 0 {
-        ("-", t.unsigned_abs())
-    } else {
-        ("", t.unsigned_abs())
-    };
-    let _ = write!(out, "{sign}{}", t / 1000);
+    if t < 0 {
+        out.push('-');
+    }
+    let t = t.unsigned_abs();
+    out.push_str(itoa::Buffer::new().format(t / 1000));
     let frac = t % 1000;
     if frac != 0 {
-        let _ = write!(out, ".{frac:03}");
+        let digit = |d: u64| char::from(b'0' + (d % 10) as u8);
+        out.push('.');
+        out.push(digit(frac / 100));
+        out.push(digit(frac / 10));
+        out.push(digit(frac));
     }
 }
 
@@ -299,6 +376,42 @@ mod tests {
         s.push(' ');
         write_timestamp(&mut s, -1500);
         assert_eq!(s, "1435781451.050 5 -1.500");
+    }
+
+    /// The zmij/itoa writer against std's formatter over many values of the shapes that
+    /// matter (random bit patterns, cents, 15-17 digit decimals, exact ties, tiny and huge).
+    #[test]
+    fn json_value_writer_matches_std_on_many_values() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let mut s = String::new();
+        for _ in 0..50_000 {
+            let r = next();
+            let int = (r >> 11) as i64 - (1 << 52);
+            for v in [
+                f64::from_bits(r),
+                (r % 100_000_000) as f64 / 100.0,
+                int as f64 / 1000.0,
+                int as f64 * 64.0 + 0.625,
+                (r % 1_000_000) as f64 * 1e-9,
+                int as f64 * 1e5,
+            ] {
+                s.clear();
+                write_json_value(&mut s, v);
+                assert_eq!(
+                    s,
+                    format!("\"{}\"", format_json_value(v)),
+                    "{v:e} bits {:x}",
+                    v.to_bits()
+                );
+            }
+        }
     }
 
     proptest::proptest! {

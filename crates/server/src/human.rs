@@ -14,7 +14,14 @@
 //! `human_max_concurrent_queries` permits, held until the blocking work ends. The Prometheus
 //! query API runs under the same permits but in `block_in_place` on the worker that parsed the
 //! request, which saves two thread hand-offs per query (≈ 30 % of a one-series `query_range`);
-//! a query is cut by its own `[query] timeout_ms`, not by `human_request_timeout_ms`.
+//! a query is cut by its own `[query] timeout_ms`, not by `human_request_timeout_ms`. A small
+//! query (see [`inline_candidate`]) is first evaluated right on the worker under a deadline of
+//! `human_inline_query_budget_us` (`block_in_place` itself hands the worker's core to another
+//! thread: two more thread switches per request); one that overruns it is dropped and run
+//! again under `block_in_place` with what is left of its timeout. Invariant: the worker is held
+//! by such an attempt for at most the budget plus the storage's index lookup (which sorts the
+//! matching ids by series key before the first series is read: milliseconds for a selector
+//! matching 10k series), one series' read and the rendering of what was read by then.
 //!
 //! Heartbeat definitions: `GET /api/v1/heartbeats[/{name}]` (read), `PUT`/`DELETE
 //! /api/v1/heartbeats/{name}` (admin); see [`crate::heartbeat`] (pings are on the robot plane).
@@ -91,6 +98,10 @@ pub struct HumanMetrics {
     pub forbidden: Counter,
     /// Time spent waiting for a query permit.
     pub query_wait_seconds: Histogram,
+    /// Small queries answered on the request's worker within `human_inline_query_budget_us`.
+    pub inline_answered: Counter,
+    /// Small queries that overran the budget and were run again under `block_in_place`.
+    pub inline_handed_over: Counter,
 }
 
 impl HumanMetrics {
@@ -134,6 +145,22 @@ impl HumanMetrics {
             "Time human-plane storage requests waited for a query slot.",
             &[],
             &self.query_wait_seconds,
+        );
+        out.family(
+            "roaster_human_inline_queries_total",
+            "counter",
+            "Small query API requests tried on the request's worker: answered within \
+             human_inline_query_budget_us, or handed over to block_in_place past it.",
+        );
+        out.sample(
+            "roaster_human_inline_queries_total",
+            &[("outcome", "answered")],
+            self.inline_answered.get() as f64,
+        );
+        out.sample(
+            "roaster_human_inline_queries_total",
+            &[("outcome", "handed_over")],
+            self.inline_handed_over.get() as f64,
         );
     }
 }
@@ -558,8 +585,12 @@ async fn rejections(State(state): State<HumanState>) -> Response {
 
 /// Collects parameters the Prometheus way: the query string, plus a form body on POST.
 pub(crate) async fn params(req: Request, max_body: usize) -> Result<Vec<(String, String)>, ApiError> {
+    // The URI's query was checked by the HTTP parser already: decode it directly (what
+    // `serde_urlencoded` does inside `Query`, without rebuilding and re-parsing a URI).
     let mut out: Vec<(String, String)> = match req.uri().query() {
-        Some(q) => serde_urlencoded_pairs(q.as_bytes())?,
+        Some(q) => form_urlencoded::parse(q.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
         None => Vec::new(),
     };
     if req.method() == Method::POST {
@@ -620,23 +651,34 @@ async fn run_api(
     label: Option<String>,
     params: Vec<(String, String)>,
 ) -> Response {
-    let timeout = state.0.parts.config.server.human_request_timeout_ms;
-    let work = state.inline(move |inner| {
-        let reader = &inner.reader;
-        let limits = &inner.parts.config.query;
-        let now = inner.parts.clock.now();
-        match path.as_str() {
-            "/api/v1/query" => query::api::query(reader, &params, now, limits),
-            "/api/v1/query_range" => query::api::query_range(reader, &params, limits),
-            "/api/v1/series" => query::api::series(reader, &params, limits),
-            "/api/v1/labels" => query::api::labels(reader, &params, limits),
-            "/api/v1/label/values" => {
-                query::api::label_values(reader, label.as_deref().unwrap_or(""), &params, limits)
-            }
-            "/api/v1/status/buildinfo" => query::api::buildinfo(env!("CARGO_PKG_VERSION")),
-            _ => query::api::metadata(),
+    let config = &state.0.parts.config;
+    let timeout = config.server.human_request_timeout_ms;
+    let budget = std::time::Duration::from_micros(config.server.human_inline_query_budget_us);
+    let mut limits = config.query.clone();
+    if !budget.is_zero() && inline_candidate(&path, &params) {
+        let permit = match state.permit().await {
+            Ok(p) => p,
+            Err(r) => return r.into_response(),
+        };
+        let started = Instant::now();
+        let mut small = limits.clone();
+        small.timeout = small.timeout.min(budget);
+        let reader = Budgeted {
+            inner: &state.0.reader,
+            deadline: started + small.timeout,
+        };
+        let resp = dispatch(&state.0, &reader, &path, label.as_deref(), &params, &small);
+        drop(permit);
+        if !resp.is_timeout() {
+            state.0.metrics.inline_answered.inc();
+            return json_response(resp.status, resp.body);
         }
-    });
+        state.0.metrics.inline_handed_over.inc();
+        // Too big for the worker: start again off it, with what is left of the timeout.
+        limits.timeout = limits.timeout.saturating_sub(started.elapsed());
+    }
+    let work =
+        state.inline(move |inner| dispatch(inner, &inner.reader, &path, label.as_deref(), &params, &limits));
     match tokio::time::timeout(std::time::Duration::from_millis(timeout), work).await {
         Ok(Ok(resp)) => json_response(resp.status, resp.body),
         Ok(Err(r)) => r.into_response(),
@@ -645,6 +687,157 @@ async fn run_api(
             "timeout",
             "query did not finish within human_request_timeout_ms",
         ),
+    }
+}
+
+/// One query API call, routed by `path`.
+fn dispatch(
+    inner: &Inner,
+    reader: &dyn query::SeriesReader,
+    path: &str,
+    label: Option<&str>,
+    params: &[(String, String)],
+    limits: &query::QueryLimits,
+) -> query::api::ApiResponse {
+    let now = inner.parts.clock.now();
+    match path {
+        "/api/v1/query" => query::api::query(reader, params, now, limits),
+        "/api/v1/query_range" => query::api::query_range(reader, params, limits),
+        "/api/v1/series" => query::api::series(reader, params, limits),
+        "/api/v1/labels" => query::api::labels(reader, params, limits),
+        "/api/v1/label/values" => query::api::label_values(reader, label.unwrap_or(""), params, limits),
+        "/api/v1/status/buildinfo" => query::api::buildinfo(env!("CARGO_PKG_VERSION")),
+        _ => query::api::metadata(),
+    }
+}
+
+/// Longest query text tried on the request's worker (parsing is not under the budget).
+const INLINE_MAX_QUERY_BYTES: usize = 512;
+
+/// Whether a query API call may first be tried on the request's worker under
+/// `human_inline_query_budget_us`: an instant or range query whose text is at most
+/// [`INLINE_MAX_QUERY_BYTES`] and holds no `(`, `[`, `~` or `!`, so it is selectors with
+/// equality matchers, numbers and operators: no function, aggregation, subquery or range
+/// (whose cost grows with more than the series read), and no regex or negative matcher (whose
+/// index lookup scans a label's values before the first series is read). Its cost is then the
+/// series it reads, which [`Budgeted`] and the evaluator's timeout cut at the budget (after
+/// the index lookup, which is not cut: a bare selector matching many series holds the worker
+/// for that lookup before it is handed over). A `(` or
+/// `!` inside a quoted label value only makes a query go straight to `block_in_place`.
+fn inline_candidate(path: &str, params: &[(String, String)]) -> bool {
+    if !matches!(path, "/api/v1/query" | "/api/v1/query_range") {
+        return false;
+    }
+    // the same parameter `query::api` reads: the first `query`
+    params
+        .iter()
+        .find(|(k, _)| k == "query")
+        .is_some_and(|(_, q)| q.len() <= INLINE_MAX_QUERY_BYTES && !q.contains(['(', '[', '~', '!']))
+}
+
+/// A [`query::SeriesReader`] that stops the walk with [`query::QueryError::Timeout`] once
+/// `deadline` has passed, checked before each series is handed over (the evaluator itself
+/// checks its deadline only every 64 series). It bounds how long a query tried on the
+/// request's worker holds it: past the deadline by at most one series' read.
+struct Budgeted<'r> {
+    inner: &'r dyn query::SeriesReader,
+    deadline: Instant,
+}
+
+impl Budgeted<'_> {
+    fn check(&self) -> Result<(), query::QueryError> {
+        if Instant::now() > self.deadline {
+            return Err(query::QueryError::Timeout);
+        }
+        Ok(())
+    }
+}
+
+impl query::SeriesReader for Budgeted<'_> {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        visit: &mut query::Visit<'_>,
+    ) -> Result<(), query::QueryError> {
+        self.select_shard(matchers, start_ms, end_ms, 0, 1, visit)
+    }
+
+    fn select_shard(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        shard: usize,
+        shards: usize,
+        visit: &mut query::Visit<'_>,
+    ) -> Result<(), query::QueryError> {
+        self.check()?;
+        self.inner
+            .select_shard(matchers, start_ms, end_ms, shard, shards, &mut |key, ts, vals| {
+                self.check()?;
+                visit(key, ts, vals)
+            })
+    }
+
+    fn select_summaries(
+        &self,
+        matchers: &[Matcher],
+        windows: &query::Windows,
+        visit: &mut query::SummaryVisit<'_>,
+    ) -> Result<(), query::QueryError> {
+        self.select_summaries_shard(matchers, windows, 0, 1, visit)
+    }
+
+    fn select_summaries_shard(
+        &self,
+        matchers: &[Matcher],
+        windows: &query::Windows,
+        shard: usize,
+        shards: usize,
+        visit: &mut query::SummaryVisit<'_>,
+    ) -> Result<(), query::QueryError> {
+        self.check()?;
+        self.inner
+            .select_summaries_shard(matchers, windows, shard, shards, &mut |key, buckets, ts, vals| {
+                self.check()?;
+                visit(key, buckets, ts, vals)
+            })
+    }
+
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<model::SeriesKey>, query::QueryError> {
+        self.check()?;
+        self.inner.series(matchers, start_ms, end_ms, limit)
+    }
+
+    fn label_names(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, query::QueryError> {
+        self.check()?;
+        self.inner.label_names(matchers, start_ms, end_ms, limit)
+    }
+
+    fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, query::QueryError> {
+        self.check()?;
+        self.inner.label_values(name, matchers, start_ms, end_ms, limit)
     }
 }
 
@@ -835,5 +1028,46 @@ async fn snapshot(State(state): State<HumanState>, body: Bytes) -> Response {
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "execution", &e),
         Err(r) => r.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inline_candidate;
+
+    fn params(q: &str) -> Vec<(String, String)> {
+        vec![("query".into(), q.into()), ("step".into(), "10s".into())]
+    }
+
+    #[test]
+    fn only_small_selector_queries_are_tried_inline() {
+        for q in [
+            r#"{__name__="host0.cpu0.usage_user"}"#,
+            r#"usage_user{host="host0",cpu="cpu0"}"#,
+            "up",
+            "a + b * 2",
+            "a offset 5m",
+        ] {
+            assert!(inline_candidate("/api/v1/query_range", &params(q)), "{q}");
+            assert!(inline_candidate("/api/v1/query", &params(q)), "{q}");
+        }
+        for q in [
+            "sum(up)",
+            "rate(a[5m])",
+            r#"{__name__=~"host.+"}"#,
+            r#"up{job!="x"}"#,
+            "(a)",
+        ] {
+            assert!(!inline_candidate("/api/v1/query_range", &params(q)), "{q}");
+        }
+        assert!(!inline_candidate(
+            "/api/v1/query_range",
+            &params(&"a+".repeat(300))
+        ));
+        assert!(!inline_candidate("/api/v1/series", &params("up")));
+        assert!(!inline_candidate("/api/v1/query", &[]));
+        // the first `query` counts, as in `query::api`
+        let two = vec![("query".into(), "sum(a)".into()), ("query".into(), "a".into())];
+        assert!(!inline_candidate("/api/v1/query", &two));
     }
 }

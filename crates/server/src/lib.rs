@@ -25,8 +25,9 @@
 //!   spawns go through [`spawn_ingest`] and [`spawn_human`];
 //! - storage is called from the human plane only inside `spawn_blocking` or, for the
 //!   Prometheus query API, `block_in_place` (its worker hands the runtime's other tasks to a
-//!   fresh thread first), under the `human_max_concurrent_queries` semaphore; nothing calls
-//!   `block_on` inside async code;
+//!   fresh thread first), under the `human_max_concurrent_queries` semaphore; the one exception
+//!   is a small query API request tried on its worker under `human_inline_query_budget_us`
+//!   (see `human.rs`); nothing calls `block_on` inside async code;
 //! - shutdown order: mark not ready → stop accepting robots (plaintext listeners, robot HTTP)
 //!   → `Ingest::drain` (flush StatsD, empty queues into storage) → stop the human plane →
 //!   `AuditLog::close` (store the queued audit events) → `Db::close` (fsync the WAL) → `Events::close` (checkpoint `events.db`) → stop the runtimes. A drain that outlives

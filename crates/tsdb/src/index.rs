@@ -249,7 +249,16 @@ fn intersect(a: &[u64], b: &[u64]) -> Vec<u64> {
     if a.len().saturating_mul(16) < b.len() {
         let mut rest = b;
         for x in a {
-            let at = rest.partition_point(|y| y < x);
+            // gallop: the first `bound` (1, 2, 4, …) whose element is ≥ x brackets the answer,
+            // so a short list of neighbouring ids (one host's series, created together) costs
+            // a step or two per id instead of a binary search over all of `rest`
+            let mut bound = 1;
+            while rest.get(bound - 1).is_some_and(|y| y < x) {
+                bound *= 2;
+            }
+            let lo = bound / 2;
+            let window = rest.get(lo..bound.min(rest.len())).unwrap_or(&[]);
+            let at = lo + window.partition_point(|y| y < x);
             rest = rest.get(at..).unwrap_or(&[]);
             if rest.first() == Some(x) {
                 out.push(*x);
@@ -348,11 +357,16 @@ mod tests {
         fn intersect_is_the_set_intersection(
             a in proptest::collection::btree_set(0u64..2_000, 0..40),
             b in proptest::collection::btree_set(0u64..2_000, 0..1_500),
+            run in 0u64..2_000,
         ) {
             let (a, b): (Vec<u64>, Vec<u64>) = (a.into_iter().collect(), b.into_iter().collect());
             let want: Vec<u64> = a.iter().filter(|x| b.binary_search(x).is_ok()).copied().collect();
             proptest::prop_assert_eq!(intersect(&a, &b), want.clone());
             proptest::prop_assert_eq!(intersect(&b, &a), want);
+            // a run of neighbouring ids (one host's series) against a long list
+            let a: Vec<u64> = (run..run + 30).collect();
+            let want: Vec<u64> = a.iter().filter(|x| b.binary_search(x).is_ok()).copied().collect();
+            proptest::prop_assert_eq!(intersect(&a, &b), want);
         }
     }
 }
