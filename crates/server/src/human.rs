@@ -19,9 +19,9 @@
 //! `human_inline_query_budget_us` (`block_in_place` itself hands the worker's core to another
 //! thread: two more thread switches per request); one that overruns it is dropped and run
 //! again under `block_in_place` with what is left of its timeout. Invariant: the worker is held
-//! by such an attempt for at most the budget plus the storage's index lookup (which sorts the
-//! matching ids by series key before the first series is read: milliseconds for a selector
-//! matching 10k series), one series' read and the rendering of what was read by then.
+//! by such an attempt for at most the budget plus the storage's index lookup (the selector's
+//! posting lists intersected; the attempt reads in id order, so the matching ids are not
+//! sorted by key first), one series' read and the rendering of what was read by then.
 //!
 //! Heartbeat definitions: `GET /api/v1/heartbeats[/{name}]` (read), `PUT`/`DELETE
 //! /api/v1/heartbeats/{name}` (admin); see [`crate::heartbeat`] (pings are on the robot plane).
@@ -721,8 +721,8 @@ const INLINE_MAX_QUERY_BYTES: usize = 512;
 /// (whose cost grows with more than the series read), and no regex or negative matcher (whose
 /// index lookup scans a label's values before the first series is read). Its cost is then the
 /// series it reads, which [`Budgeted`] and the evaluator's timeout cut at the budget (after
-/// the index lookup, which is not cut: a bare selector matching many series holds the worker
-/// for that lookup before it is handed over). A `(` or
+/// the index lookup, which is not cut: intersecting the selector's posting lists, without a
+/// sort by key since [`Budgeted`] reads in id order). A `(` or
 /// `!` inside a quoted label value only makes a query go straight to `block_in_place`.
 fn inline_candidate(path: &str, params: &[(String, String)]) -> bool {
     if !matches!(path, "/api/v1/query" | "/api/v1/query_range") {
@@ -764,7 +764,25 @@ impl query::SeriesReader for Budgeted<'_> {
         self.select_shard(matchers, start_ms, end_ms, 0, 1, visit)
     }
 
+    /// Reads in the inner reader's cheapest order ([`query::SeriesReader::select_shard_unordered`]):
+    /// an inline candidate has no function or aggregation (so no `sort`, `topk` or other
+    /// result whose order follows the series order) and its result is sorted by labels
+    /// afterwards, so the order series arrive in changes nothing; and the engine then does
+    /// not sort the matching series by key before the first one is read, which would hold
+    /// the worker outside the budget for a selector matching many series.
     fn select_shard(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        shard: usize,
+        shards: usize,
+        visit: &mut query::Visit<'_>,
+    ) -> Result<(), query::QueryError> {
+        self.select_shard_unordered(matchers, start_ms, end_ms, shard, shards, visit)
+    }
+
+    fn select_shard_unordered(
         &self,
         matchers: &[Matcher],
         start_ms: i64,
@@ -775,7 +793,7 @@ impl query::SeriesReader for Budgeted<'_> {
     ) -> Result<(), query::QueryError> {
         self.check()?;
         self.inner
-            .select_shard(matchers, start_ms, end_ms, shard, shards, &mut |key, ts, vals| {
+            .select_shard_unordered(matchers, start_ms, end_ms, shard, shards, &mut |key, ts, vals| {
                 self.check()?;
                 visit(key, ts, vals)
             })

@@ -989,7 +989,7 @@ mod tests {
         // each, so that records span many pages.
         let path = dir.path().join("dense");
         let mut w = BlockWriter::create(&path, raw_opts()).unwrap();
-        let held = |id: u64| (100..600).contains(&id) && id % 7 != 0;
+        let held = |id: u64| (100..600).contains(&id) && !id.is_multiple_of(7);
         let ts: Vec<i64> = (0..100).map(|i| 1_000 + i * 10_000).collect();
         let value = |id: u64, i: u64| ((id * 7919 + i * i * 104_729) % 100_003) as f64 / 100.0;
         for id in (0..700).filter(|&id| held(id)) {
