@@ -37,7 +37,8 @@ Prints one JSON object (and writes it to `--out` when given). Keep `--seconds` <
 other people compile; the lead runs it on an idle machine:
 
     CARGO_TARGET_DIR=/work/target-store cargo build --release -p roaster && \
-        bench/scenarios/events_ingest.py --seconds 30
+        bench/scenarios/events_ingest.py --seconds 30            # uuid4 ids
+        bench/scenarios/events_ingest.py --seconds 30 --ids short  # sessions 2-3's ids
 """
 import argparse
 import http.client
