@@ -174,21 +174,11 @@ pub(crate) fn match_expression(q: &str, limits: &QueryLimits) -> Result<Option<S
 pub(crate) fn full_expression(words: &str, host: Option<&str>, service: Option<&str>) -> String {
     let mut expr = format!("{{kind subject summary labels payload}} : ({words})");
     for (column, value) in [("host", host), ("service", service)] {
-        if let Some(phrase) = value.and_then(|v| column_phrase(column, v)) {
-            let _ = write!(expr, " AND {phrase}");
+        if let Some(value) = value.filter(|v| v.chars().any(char::is_alphanumeric)) {
+            let _ = write!(expr, " AND {column} : \"{}\"", value.replace('"', "\"\""));
         }
     }
     expr
-}
-
-/// `value` as a phrase searched in one column (`service : "web-01"`), a superset of the rows
-/// whose column equals `value` (the exact comparison stays in SQL). `None` when `value` has
-/// no letters or digits, so no token of it would match anything.
-pub(crate) fn column_phrase(column: &str, value: &str) -> Option<String> {
-    value
-        .chars()
-        .any(char::is_alphanumeric)
-        .then(|| format!("{column} : \"{}\"", value.replace('"', "\"\"")))
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ use serde_json::value::RawValue;
 use model::event::{Event, EventId, Severity, is_label_name};
 use model::{MatchOp, Timestamp};
 
-use crate::fts::{column_phrase, full_expression, labels_text, match_expression, payload_text};
+use crate::fts::{full_expression, labels_text, match_expression, payload_text};
 use crate::{
     Annotation, AnnotationQuery, Annotations, EventQuery, EventStore, ItemResult, Page, QueryLimits,
     Retention, RetentionReport, StoreError, decode_cursor, encode_cursor,
@@ -111,7 +111,8 @@ const MIGRATIONS: &[M<'static>] = &[
         CREATE INDEX events_time ON events(time);
         DROP INDEX events_host_time;
         CREATE INDEX events_host_time ON events(host, time) WHERE host IS NOT NULL;
-        DROP INDEX events_service_time;",
+        DROP INDEX events_service_time;
+        CREATE INDEX events_service_time ON events(service, time) WHERE service IS NOT NULL;",
     ),
 ];
 
@@ -584,8 +585,7 @@ enum Plan {
     Kind,
     /// Walk `(host, time, seq)` newest first, filtering.
     Host,
-    /// Fetch the few rows of one service through the full-text `service` column, then sort
-    /// them.
+    /// Walk `(service, time, seq)` newest first, filtering.
     Service,
     /// Walk `(time, seq)` newest first, filtering.
     Time,
@@ -597,7 +597,7 @@ impl Plan {
             Plan::FullText => "events e NOT INDEXED",
             Plan::Kind => "events e NOT INDEXED",
             Plan::Host => "events e INDEXED BY events_host_time",
-            Plan::Service => "events e NOT INDEXED",
+            Plan::Service => "events e INDEXED BY events_service_time",
             Plan::Time => "events e INDEXED BY events_time",
         }
     }
@@ -820,26 +820,10 @@ impl EventStore for SqliteStore {
         }
         let op = "query events";
         let kind_words = kind_fts_expression(&query.kind_prefix);
-        // a service alone (no host, no words) may be rare enough to drive the query
-        let service_words = match (&query.host, &words) {
-            (None, None) => query.service.as_deref().and_then(|s| column_phrase("service", s)),
-            _ => None,
-        };
         let raw = self.with_reader(|conn| {
-            let plan = self.plan(
-                conn,
-                query,
-                words.as_deref(),
-                service_words.as_deref(),
-                kind_words.as_deref(),
-            )?;
+            let plan = self.plan(conn, query, words.as_deref(), kind_words.as_deref())?;
             let mut filter = filter.clone();
-            let drive = match plan {
-                Plan::Kind => kind_words.as_ref(),
-                Plan::Service => service_words.as_ref(),
-                _ => None,
-            };
-            if let Some(expr) = drive {
+            if let (Plan::Kind, Some(expr)) = (plan, &kind_words) {
                 filter.push(
                     "e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)",
                     [Value::Text(expr.clone())],
@@ -879,33 +863,15 @@ impl EventStore for SqliteStore {
         filter.exact("host", &query.host);
         filter.exact("service", &query.service);
         filter.kind_prefix(&query.kind_prefix);
+        let sql = format!(
+            "SELECT e.id, e.time, e.kind, e.severity, e.host, e.service, e.summary \
+             FROM events e WHERE {} ORDER BY e.time, e.seq LIMIT {}",
+            filter.sql(),
+            max + 1
+        );
         let op = "query annotations";
-        // With a host, SQLite walks its index. A service alone has no index of its own: when
-        // the full-text `service` column finds few rows they drive; otherwise the time range
-        // is walked and each row's service compared.
-        let service_words = match &query.host {
-            None => query.service.as_deref().and_then(|s| column_phrase("service", s)),
-            Some(_) => None,
-        };
         type AnnotationRow = (String, i64, String, i64, Option<String>, Option<String>, String);
         let raw: Vec<AnnotationRow> = self.with_reader(|conn| {
-            let mut filter = filter.clone();
-            let mut table = "events e";
-            if let Some(expr) = &service_words
-                && self.few_matches(conn, expr)?
-            {
-                table = "events e NOT INDEXED";
-                filter.push(
-                    "e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)",
-                    [Value::Text(expr.clone())],
-                );
-            }
-            let sql = format!(
-                "SELECT e.id, e.time, e.kind, e.severity, e.host, e.service, e.summary \
-                 FROM {table} WHERE {} ORDER BY e.time, e.seq LIMIT {}",
-                filter.sql(),
-                max + 1
-            );
             let mut stmt = conn.prepare_cached(&sql).map_err(db_err(op))?;
             let rows = stmt
                 .query_map(params_from_iter(filter.params.iter()), |r| {
@@ -989,13 +955,9 @@ impl SqliteStore {
     /// - A full-text search (narrowed by host and service inside the index) or a kind prefix
     ///   known to match fewer than [`SqliteConfig::drive_max_rows`] rows drives: its rows
     ///   are fetched by rowid and sorted, cheap because they are few.
-    /// - Otherwise, with a host, walk its index newest first: it holds `seq`, so the
-    ///   full-text condition (a set of rowids built once per query) is checked without
+    /// - Otherwise, with a host or service, walk that index newest first: it holds `seq`, so
+    ///   the full-text condition (a set of rowids built once per query) is checked without
     ///   reading the table, and only matching rows are fetched.
-    /// - A service has no index of its own (schema 4 dropped it: it cost a dirty page per
-    ///   event at every commit). A service alone that the full-text `service` column finds
-    ///   in few rows drives like a search; otherwise the time walk below compares each row's
-    ///   service (a common service matches often, so a page ends soon).
     /// - Otherwise walk `(time, seq)` newest first and stop after one page, so every page of
     ///   a long result costs about the same.
     ///
@@ -1009,42 +971,37 @@ impl SqliteStore {
         conn: &Connection,
         query: &EventQuery,
         words: Option<&str>,
-        service_words: Option<&str>,
         kind_words: Option<&str>,
     ) -> Result<Plan, StoreError> {
+        let op = "plan query";
+        let cap = i64::try_from(self.config.drive_max_rows).unwrap_or(i64::MAX);
+        let few_matches = |expr: &str| -> Result<bool, StoreError> {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM \
+                     (SELECT rowid FROM events_fts WHERE events_fts MATCH ?1 LIMIT ?2)",
+                )
+                .and_then(|mut st| st.query_row(rusqlite::params![expr, cap], |r| r.get(0)))
+                .map_err(db_err(op))?;
+            Ok(n < cap)
+        };
         if let Some(words) = words
-            && self.few_matches(conn, words)?
+            && few_matches(words)?
         {
             return Ok(Plan::FullText);
         }
         if query.host.is_some() {
             return Ok(Plan::Host);
         }
-        if let Some(service_words) = service_words
-            && self.few_matches(conn, service_words)?
-        {
+        if query.service.is_some() {
             return Ok(Plan::Service);
         }
         if let Some(kind_words) = kind_words
-            && self.few_matches(conn, kind_words)?
+            && few_matches(kind_words)?
         {
             return Ok(Plan::Kind);
         }
         Ok(Plan::Time)
-    }
-
-    /// Whether the full-text expression matches fewer than [`SqliteConfig::drive_max_rows`]
-    /// rows; the count stops at that cap, so asking never costs more.
-    fn few_matches(&self, conn: &Connection, expr: &str) -> Result<bool, StoreError> {
-        let cap = i64::try_from(self.config.drive_max_rows).unwrap_or(i64::MAX);
-        let n: i64 = conn
-            .prepare_cached(
-                "SELECT count(*) FROM \
-                 (SELECT rowid FROM events_fts WHERE events_fts MATCH ?1 LIMIT ?2)",
-            )
-            .and_then(|mut st| st.query_row(rusqlite::params![expr, cap], |r| r.get(0)))
-            .map_err(db_err("plan query"))?;
-        Ok(n < cap)
     }
 
     /// Deletes the rows `select` finds (`?1` = cut-off, `?2` = chunk size, `?3` = where the

@@ -807,7 +807,6 @@ mod model_check {
     struct Spec {
         time: i64,
         host: Option<&'static str>,
-        service: Option<&'static str>,
         kind: &'static str,
         word: &'static str,
     }
@@ -816,14 +815,12 @@ mod model_check {
         (
             0i64..20,
             prop::sample::select(vec![None, Some("web1"), Some("web2")]),
-            prop::sample::select(vec![None, Some("api"), Some("api-b")]),
             prop::sample::select(vec!["deploy.finished", "deploy.started", "chef.run", "audit.api"]),
             prop::sample::select(vec!["alpha", "beta", "gamma"]),
         )
-            .prop_map(|(time, host, service, kind, word)| Spec {
+            .prop_map(|(time, host, kind, word)| Spec {
                 time,
                 host,
-                service,
                 kind,
                 word,
             })
@@ -835,7 +832,6 @@ mod model_check {
         fn pages_match_an_in_memory_model(
             specs in prop::collection::vec(spec(), 0..60),
             host in prop::sample::select(vec![None, Some("web1")]),
-            service in prop::sample::select(vec![None, Some("api")]),
             kind in prop::sample::select(vec![None, Some("deploy"), Some("audit.api")]),
             word in prop::sample::select(vec![None, Some("beta")]),
             page in 1usize..8,
@@ -849,8 +845,7 @@ mod model_check {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let host = s.host.map(|h| format!(r#","host":"{h}""#)).unwrap_or_default()
-                        + &s.service.map(|v| format!(r#","service":"{v}""#)).unwrap_or_default();
+                    let host = s.host.map(|h| format!(r#","host":"{h}""#)).unwrap_or_default();
                     ev(&format!(
                         r#"{{"id":"id{:02}","time":{},"kind":"{}","summary":"{} {i}"{host}}}"#,
                         (i * 37) % 100,
@@ -866,7 +861,6 @@ mod model_check {
             let want: Vec<&Event> = events
                 .iter()
                 .filter(|e| host.is_none_or(|h| e.host.as_deref() == Some(h)))
-                .filter(|e| service.is_none_or(|v| e.service.as_deref() == Some(v)))
                 .filter(|e| kind.is_none_or(|k| e.kind == k || e.kind.starts_with(&format!("{k}."))))
                 .filter(|e| word.is_none_or(|w| e.summary.starts_with(w)))
                 .collect();
@@ -884,7 +878,6 @@ mod model_check {
                 let p = store
                     .query(&EventQuery {
                         host: host.map(Into::into),
-                        service: service.map(Into::into),
                         kind_prefix: kind.map(Into::into),
                         q: word.map(Into::into),
                         limit: Some(page),
@@ -1014,13 +1007,16 @@ fn index_sql(conn: &rusqlite::Connection) -> Vec<(String, String)> {
         .unwrap()
 }
 
-/// Schema 4's indexes: no id text in any of them (the rowid `seq` orders ties), and none
-/// for the service (the full-text `service` column narrows it).
+/// Schema 4's indexes: no id text in any of them (the rowid `seq` orders ties).
 fn schema_4_indexes() -> Vec<(String, String)> {
     [
         (
             "events_host_time",
             "CREATE INDEX events_host_time ON events(host, time) WHERE host IS NOT NULL",
+        ),
+        (
+            "events_service_time",
+            "CREATE INDEX events_service_time ON events(service, time) WHERE service IS NOT NULL",
         ),
         ("events_time", "CREATE INDEX events_time ON events(time)"),
     ]
@@ -1149,56 +1145,4 @@ fn a_version_3_file_is_migrated_and_still_answers() {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, 4);
     assert_eq!(index_sql(&conn), schema_4_indexes());
-}
-
-#[test]
-fn a_service_filter_is_exact_whether_its_rows_drive_or_the_time_walk_checks_them() {
-    // `api` is a token of `api-b` too: the full-text column only narrows, SQL decides
-    for drive_max_rows in [1, 10_000] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = SqliteConfig::new(dir.path().join("db"));
-        config.drive_max_rows = drive_max_rows;
-        let store = SqliteStore::open(config).unwrap();
-        let events: Vec<Event> = (0..30)
-            .map(|i| {
-                let service = ["\"api\"", "\"api-b\"", "null"][i % 3];
-                ev(&format!(
-                    r#"{{"id":"s{i:02}","time":{},"kind":"deploy.finished","service":{service},"summary":"n {i}"}}"#,
-                    T0 + i as i64 * 1000
-                ))
-            })
-            .collect();
-        store.insert_batch(&events).unwrap();
-        let want: Vec<String> = (0..30)
-            .filter(|i| i % 3 == 0)
-            .map(|i| format!("s{i:02}"))
-            .collect();
-        let a = store
-            .annotations(&AnnotationQuery {
-                from: Timestamp(T0),
-                to: Timestamp(T0 + 30_000),
-                service: Some("api".into()),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(
-            a.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            want,
-            "annotations, drive_max_rows {drive_max_rows}"
-        );
-        let page = store
-            .query(&EventQuery {
-                service: Some("api".into()),
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .unwrap();
-        let mut newest_first = want.clone();
-        newest_first.reverse();
-        assert_eq!(
-            ids(&page.events),
-            newest_first,
-            "query, drive_max_rows {drive_max_rows}"
-        );
-    }
 }
