@@ -11,9 +11,11 @@ What it does (stdlib only; loopback only; every process it starts is stopped by 
 1. Builds `--templates` request bodies of `--batch` realistic events each BEFORE any clock
    starts: kinds (deploy.*, chef.run, package.*, user.*, file.changed, cron.run, ansible.*),
    60 hosts, services, labels (team, env, dc), one-line summaries, and JSON payloads with text
-   (versions, file lists, diffs, ~300-600 bytes). Ids are `XXXXXXXX-NNN`; the 8-character
-   placeholder is replaced by the body's sequence number at send time (one bytes.replace), so
-   every event sent is new. Times: `--time-spread recent` (default) puts each event within
+   (versions, file lists, diffs, ~300-600 bytes). Ids (`--ids`) are 36-character UUID-shaped
+   strings, random (`uuid4`, default) or time-ordered (`uuid7`), or the short sequential
+   `XXXXXXXX-NNN` of earlier sessions (`short`); an 8-character placeholder in each is
+   replaced by the body's sequence number at send time (one bytes.replace), so every event
+   sent is new. Times: `--time-spread recent` (default) puts each event within
    ~100 s before sending, as agents that report changes as they happen; `hour` spreads them
    over the last hour (backfill; every time-ordered index is then written at random places).
 2. Starts `roaster serve` (`--bin`, default $ROASTER_BIN, else $CARGO_TARGET_DIR or
@@ -24,6 +26,7 @@ What it does (stdlib only; loopback only; every process it starts is stopped by 
    `--seconds`; counts `stored` from each answer. Reports:
    * events_per_s: stored events / (first byte -> last answer), wall clock, end to end;
    * server_cpu_s_per_1k_events: server utime+stime (/proc) over the same span per 1,000 stored;
+   * server_write_bytes_per_event: the server's /proc/PID/io write_bytes over the span per event;
    * verified: the server's own `roaster_events_stored_total` (GET /metrics) equals the
      answers' sum, and the last body's first event is returned by GET /api/v1/events (a
      full-text search for a word of its summary, on its host, at its millisecond).
@@ -34,7 +37,8 @@ Prints one JSON object (and writes it to `--out` when given). Keep `--seconds` <
 other people compile; the lead runs it on an idle machine:
 
     CARGO_TARGET_DIR=/work/target-store cargo build --release -p roaster && \
-        bench/scenarios/events_ingest.py --seconds 30
+        bench/scenarios/events_ingest.py --seconds 30            # uuid4 ids
+        bench/scenarios/events_ingest.py --seconds 30 --ids short  # sessions 2-3's ids
 """
 import argparse
 import http.client
@@ -81,7 +85,24 @@ WORDS = "the quick change rolled config restart reload upgrade patch security ke
 memory network timeout retry rollback canary blue green cluster shard replica primary".split()
 
 
-def make_event(rng, i, t_ms, spread):
+def make_id(rng, i, ids):
+    """An event id with PLACEHOLDER in it (the body's sequence number at send time).
+
+    uuid4: 36 characters, UUID-shaped; the first 28 are random per template event and the
+    placeholder ends the id, so ids land at random places in any index over them, as
+    random (v4) UUIDs do. uuid7: the placeholder leads (time-ordered, as v7 UUIDs and
+    ULIDs are), then random. short: `XXXXXXXX-NNN` (sessions 2-3's bench; sequential).
+    """
+    p = PLACEHOLDER.decode()
+    if ids == "short":
+        return f"{p}-{i:03d}"
+    r = "%020x" % rng.getrandbits(80)
+    if ids == "uuid7":
+        return f"{p}-{r[:4]}-7{r[4:7]}-{r[7:11]}-{r[11:20]}{i:03x}"
+    return f"{r[:8]}-{r[8:12]}-4{r[12:15]}-{r[15:19]}-{i:04x}{p}"
+
+
+def make_event(rng, i, t_ms, spread, ids="uuid4"):
     kind, fmt = rng.choice(KINDS)
     host = rng.choice(HOSTS)
     svc = rng.choice(SERVICES)
@@ -104,7 +125,7 @@ def make_event(rng, i, t_ms, spread):
         "exit_code": rng.choice([0, 0, 0, 0, 1, 2]),
     }
     return {
-        "id": f"{PLACEHOLDER.decode()}-{i:03d}",
+        "id": make_id(rng, i, ids),
         # recent: the top digits are filled in at send time, the low 5 are random (a 100 s
         # window, as agents that send events as they happen); hour: any time in the last hour
         "time": int(TIME_PLACEHOLDER.decode() + "%05d" % rng.randint(0, 99_999)) if spread == "recent"
@@ -122,16 +143,25 @@ def make_event(rng, i, t_ms, spread):
     }
 
 
-def make_templates(count, batch, t_ms, spread, seed=42):
+def make_templates(count, batch, t_ms, spread, ids="uuid4", seed=42):
     rng = random.Random(seed)
     out = []
     for _ in range(count):
-        events = [make_event(rng, i, t_ms, spread) for i in range(batch)]
+        events = [make_event(rng, i, t_ms, spread, ids) for i in range(batch)]
         for e in events:
             for k in [k for k, v in e.items() if v is None]:
                 del e[k]
         out.append(json.dumps(events, separators=(",", ":")).encode())
     return out
+
+
+def proc_write_bytes(pid):
+    """Bytes the process caused to be written to storage (/proc/PID/io write_bytes)."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
 
 
 def proc_cpu(pid):
@@ -141,8 +171,9 @@ def proc_cpu(pid):
 
 
 class Server:
-    def __init__(self, binary, work):
+    def __init__(self, binary, work, events_config=()):
         self.binary, self.work = binary, work
+        self.events_config = events_config
         self.data = os.path.join(work, "data")
         self.proc = None
 
@@ -152,6 +183,8 @@ class Server:
             f.write('[server]\nhuman_listen = "127.0.0.1:0"\nrobot_listen = "127.0.0.1:0"\nlog_level = "warn"\n'
                     '[ingest]\ngraphite_tcp_listen = "off"\ngraphite_udp_listen = "off"\n'
                     'statsd_udp_listen = "off"\nstatsd_tcp_listen = "off"\n')
+            if self.events_config:
+                f.write("[events]\n" + "".join(kv + "\n" for kv in self.events_config))
         os.makedirs(self.data, exist_ok=True)
         out = subprocess.run([self.binary, "token", "create", "--scope", "ingest", "--name", "bench",
                               "--data-dir", self.data], capture_output=True, text=True, check=True)
@@ -244,6 +277,7 @@ def sustained(server, templates, conns, seconds):
         conn.close()
 
     cpu0 = proc_cpu(server.proc.pid)
+    wb0 = proc_write_bytes(server.proc.pid)
     t0 = time.time()
     stop_at[0] = t0 + seconds
     ts = [threading.Thread(target=worker) for _ in range(conns)]
@@ -253,14 +287,16 @@ def sustained(server, templates, conns, seconds):
         t.join()
     wall = state["end"] - t0
     cpu = proc_cpu(server.proc.pid) - cpu0
-    return state, wall, cpu
+    written = proc_write_bytes(server.proc.pid) - wb0
+    return state, wall, cpu, written
 
 
-def resend(server, rounds, t_ms, spread):
+def resend(server, rounds, t_ms, spread, ids):
     conn = http.client.HTTPConnection(server.robot[0], int(server.robot[1]), timeout=60)
     fresh, again = [], []
     for r in range(rounds):
-        body = fill(make_templates(1, 1000, t_ms, spread, seed=1000 + r)[0], 0).replace(b"00000000-", b"R%07d-" % r)
+        body = fill(make_templates(1, 1000, t_ms, spread, ids, seed=1000 + r)[0], 0)
+        body = body.replace(b"00000000", b"R%07d" % r)
         t = time.perf_counter()
         s1, d1 = post(conn, server.ingest_token, body)
         fresh.append(time.perf_counter() - t)
@@ -289,8 +325,12 @@ def main():
     ap.add_argument("--templates", type=int, default=40)
     ap.add_argument("--time-spread", choices=["recent", "hour"], default="recent",
                     help="event times: within ~100 s of sending (default) or anywhere in the last hour")
+    ap.add_argument("--ids", choices=["uuid4", "uuid7", "short"], default="uuid4",
+                    help="event ids: random UUID-shaped (default), time-ordered UUID-shaped, or short sequential")
     ap.add_argument("--resend-rounds", type=int, default=5)
     ap.add_argument("--bin", default=default_bin())
+    ap.add_argument("--events-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="a line for the server's [events] section (TOML), e.g. sqlite_page_size_bytes=2048")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -298,12 +338,12 @@ def main():
         sys.exit(f"no roaster binary at {args.bin}: cargo build --release -p roaster (or pass --bin)")
 
     t_ms = int(time.time() * 1000)
-    templates = make_templates(args.templates, args.batch, t_ms, args.time_spread)
+    templates = make_templates(args.templates, args.batch, t_ms, args.time_spread, args.ids)
     work = tempfile.mkdtemp(prefix="events-bench-")
-    server = Server(os.path.abspath(args.bin), work)
+    server = Server(os.path.abspath(args.bin), work, args.events_config)
     try:
         server.start()
-        state, wall, cpu = sustained(server, templates, args.conns, args.seconds)
+        state, wall, cpu, written = sustained(server, templates, args.conns, args.seconds)
         stored = state["stored"]
         counted = server.metric("roaster_events_stored_total")
         # the newest body's events are searchable: a word of its first summary, on its host
@@ -314,17 +354,20 @@ def main():
         status, body = server.get(f"/api/v1/events?host={first['host']}&q={word}&limit=1000"
                                   f"&from={t / 1000:.3f}&to={(t + 1) / 1000:.3f}")
         found = status == 200 and any(e["id"] == first["id"] for e in json.loads(body)["data"]["events"])
-        fresh_s, resend_s = resend(server, args.resend_rounds, t_ms, args.time_spread)
+        fresh_s, resend_s = resend(server, args.resend_rounds, t_ms, args.time_spread, args.ids)
         result = {
             "scenario": "events_ingest",
             "batch": args.batch,
             "conns": args.conns,
             "time_spread": args.time_spread,
+            "ids": args.ids,
+            "events_config": args.events_config,
             "seconds": round(wall, 2),
             "events_stored": stored,
             "events_per_s": round(stored / wall) if wall > 0 else 0,
             "server_cpu_s": round(cpu, 2),
             "server_cpu_s_per_1k_events": round(cpu / (stored / 1000), 4) if stored else None,
+            "server_write_bytes_per_event": round(written / stored) if stored else None,
             "duplicates": state["dups"],
             "rejected": state["rejected"],
             "http_errors": state["errors"],

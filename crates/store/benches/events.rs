@@ -21,6 +21,12 @@
 //! its event shape, times spread over a 100 s window, batches of 500 from THREADS callers;
 //! it reports process CPU and bytes written per event, the figures to A/B a storage change by.
 //!
+//! Schema 4 without its service index (branch s4-events 2026-11-21 13:35, load ≈ 1, see
+//! BENCHMARKS.md "Session 4 — events"): 5 M events, one word with a host p50 1.9 ms, p99
+//! 3.4 ms; common word with a host 13.6 / 15.7 ms; 24 h annotations, one host 0.30 / 0.74 ms;
+//! one service + kind 16 / 24 ms, which is why main's schema 4 keeps the service index;
+//! paging flat.
+//!
 //! Last measured 2026-11-21 11:20–11:28 (schema 2) on the shared 2-core machine (load 2–3):
 //! - recent 200 k, 2 threads: 0.037–0.043 s CPU per 1k events, 13.5 KiB written per event
 //!   (schema 1 in the same minutes: 0.049–0.055 s, 17 KiB).

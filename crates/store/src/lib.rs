@@ -12,10 +12,12 @@
 //! - **Idempotent inserts.** An event whose id is already stored is reported
 //!   [`ItemResult::Duplicate`] and stores nothing, not even a changed copy: resending a
 //!   batch is safe and costs about what a fresh batch costs.
-//! - **Stable pages.** [`EventStore::query`] orders by `(time desc, id desc)` and pages with
-//!   a keyset cursor: an event seen on one page never shows on a later one and none is
-//!   skipped, however many events arrive between pages (an event arriving with a time older
-//!   than the cursor shows on a later page, where it belongs).
+//! - **Stable pages.** [`EventStore::query`] orders by time, newest first, and events with
+//!   the same time newest-stored first (insertion order, never reused while the event is
+//!   stored), and pages with a keyset cursor: an event seen on one page never shows on a
+//!   later one and none is skipped, however many events arrive between pages (an event
+//!   arriving with a time older than the cursor shows on a later page, where it belongs; one
+//!   arriving at the cursor's time sorts before it and does not).
 //! - **Append-only audit.** Events of kind `audit.*` are never updated, and the only way they
 //!   are deleted is retention, which has its own age limit ([`Retention::audit_before`],
 //!   `None` = keep forever) separate from other events'.
@@ -43,8 +45,11 @@ pub enum StoreError {
     /// Not retryable; a caller error (HTTP 400).
     #[error("invalid query: {0}")]
     InvalidQuery(String),
-    /// The cursor was not one this store handed out. Not retryable (HTTP 400).
-    #[error("invalid cursor")]
+    /// The cursor was not one this store handed out (or one from before an upgrade changed
+    /// the cursor format). Not retryable (HTTP 400).
+    #[error(
+        "invalid cursor: not one this server handed out (cursors from an older version do not resume; start again from the first page)"
+    )]
     InvalidCursor,
     /// A batch was larger than the configured limit. Not retryable (HTTP 413).
     #[error("batch of {count} events exceeds the limit of {max}")]
@@ -157,7 +162,7 @@ pub struct EventQuery {
 /// One page of events, newest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
-    /// The events, ordered by `(time desc, id desc)`.
+    /// The events, newest first; equal times newest-stored first.
     pub events: Vec<Event>,
     /// Where the next page starts; `None` when this page is the last.
     pub next_cursor: Option<String>,
@@ -200,7 +205,8 @@ pub struct Annotation {
 /// Annotations, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Annotations {
-    /// At most [`QueryLimits::max_annotations`] rows, ordered by `(time, id)`.
+    /// At most [`QueryLimits::max_annotations`] rows, oldest first; equal times in the order
+    /// they were stored.
     pub rows: Vec<Annotation>,
     /// Whether more events matched than were returned (the newest were left out).
     pub truncated: bool,
@@ -249,15 +255,19 @@ pub trait EventStore: Send + Sync {
     fn close(&self) -> Result<(), StoreError>;
 }
 
-/// Encodes a keyset position as an opaque cursor.
-fn encode_cursor(time: Timestamp, id: &EventId) -> String {
-    format!("{}_{}", time.0, id.as_str())
+/// Encodes a keyset position, an event's time and its insertion sequence number, as an
+/// opaque cursor: `v2.<time>.<seq>`. (Version 1, `<time>_<id>`, ordered ties by id; it
+/// always starts with a digit or `-`, so it can never be mistaken for this one.)
+fn encode_cursor(time: Timestamp, seq: i64) -> String {
+    format!("v2.{}.{}", time.0, seq)
 }
 
-/// Decodes a cursor made by [`encode_cursor`].
-fn decode_cursor(cursor: &str) -> Result<(Timestamp, EventId), StoreError> {
-    let (time, id) = cursor.split_once('_').ok_or(StoreError::InvalidCursor)?;
+/// Decodes a cursor made by [`encode_cursor`]; anything else, including a cursor handed out
+/// before the version-2 format, is [`StoreError::InvalidCursor`].
+fn decode_cursor(cursor: &str) -> Result<(Timestamp, i64), StoreError> {
+    let rest = cursor.strip_prefix("v2.").ok_or(StoreError::InvalidCursor)?;
+    let (time, seq) = rest.split_once('.').ok_or(StoreError::InvalidCursor)?;
     let time: i64 = time.parse().map_err(|_| StoreError::InvalidCursor)?;
-    let id = EventId::parse(id, 1024).map_err(|_| StoreError::InvalidCursor)?;
-    Ok((Timestamp(time), id))
+    let seq: i64 = seq.parse().map_err(|_| StoreError::InvalidCursor)?;
+    Ok((Timestamp(time), seq))
 }

@@ -382,6 +382,35 @@ fn hostile_queries_are_rejected_or_harmless() {
             },
             "cursor",
         ),
+        // a version-1 cursor (`<time>_<id>`, before schema 4) is refused, not misread
+        (
+            EventQuery {
+                cursor: Some(format!("{}_e00001", T0 + 1000)),
+                ..Default::default()
+            },
+            "cursor",
+        ),
+        (
+            EventQuery {
+                cursor: Some("v2.12".into()),
+                ..Default::default()
+            },
+            "cursor",
+        ),
+        (
+            EventQuery {
+                cursor: Some("v2.12.x".into()),
+                ..Default::default()
+            },
+            "cursor",
+        ),
+        (
+            EventQuery {
+                cursor: Some("v2.-12.-3".into()),
+                ..Default::default()
+            },
+            "ok",
+        ),
         (
             EventQuery {
                 labels: vec![Matcher::equal("a\"]') --", "x")],
@@ -565,8 +594,12 @@ fn cursor_pages_are_stable_while_events_arrive() {
             None => break,
         }
     }
-    // every original event exactly once, in order; ties sort by id desc, so an id smaller
-    // than the cursor's (a0 < e000xx) arriving at the cursor's time lands on a later page
+    // every original event exactly once, in order; ties sort newest-stored first, so an
+    // event arriving at exactly the cursor's time sorts before it and never shows later
+    assert!(
+        seen.iter().all(|id| !id.starts_with('a')),
+        "a late tie at the cursor's time is not on a later page"
+    );
     let originals: Vec<String> = (0..50).rev().map(|i| format!("e{i:05}")).collect();
     let seen_originals: Vec<String> = seen.iter().filter(|id| id.starts_with('e')).cloned().collect();
     assert_eq!(seen_originals, originals);
@@ -825,13 +858,20 @@ mod model_check {
             for batch in events.chunks(7) {
                 store.insert_batch(batch).unwrap();
             }
-            let mut want: Vec<&Event> = events
+            let want: Vec<&Event> = events
                 .iter()
                 .filter(|e| host.is_none_or(|h| e.host.as_deref() == Some(h)))
                 .filter(|e| kind.is_none_or(|k| e.kind == k || e.kind.starts_with(&format!("{k}."))))
                 .filter(|e| word.is_none_or(|w| e.summary.starts_with(w)))
                 .collect();
-            want.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
+            // newest first; equal times newest-stored first (ids are distinct, so every event
+            // is stored, in the order of `events`)
+            let mut want: Vec<(usize, &Event)> = want
+                .into_iter()
+                .map(|e| (events.iter().position(|x| x.id == e.id).unwrap(), e))
+                .collect();
+            want.sort_by(|(ia, a), (ib, b)| (b.time, ib).cmp(&(a.time, ia)));
+            let want: Vec<&Event> = want.into_iter().map(|(_, e)| e).collect();
             let mut got = Vec::new();
             let mut cursor = None;
             loop {
@@ -945,21 +985,164 @@ fn a_version_1_file_is_migrated_and_a_newer_one_refused() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!((version, kind_index), (3, 0));
-    let partial: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name IN ('events_host_time', \
-             'events_service_time') AND sql LIKE '%WHERE % IS NOT NULL'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(partial, 2);
+    assert_eq!((version, kind_index), (4, 0));
+    assert_eq!(index_sql(&conn), schema_4_indexes());
     // a file from a later schema is refused, not guessed at
-    conn.execute_batch("PRAGMA user_version = 4;").unwrap();
+    conn.execute_batch("PRAGMA user_version = 5;").unwrap();
     drop(conn);
     assert!(matches!(
         SqliteStore::open(SqliteConfig::new(&path)),
         Err(StoreError::Backend { op: "migrate", .. })
     ));
+}
+
+/// The event indexes' definitions, by name.
+fn index_sql(conn: &rusqlite::Connection) -> Vec<(String, String)> {
+    let mut stmt = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+/// Schema 4's indexes: no id text in any of them (the rowid `seq` orders ties).
+fn schema_4_indexes() -> Vec<(String, String)> {
+    [
+        (
+            "events_host_time",
+            "CREATE INDEX events_host_time ON events(host, time) WHERE host IS NOT NULL",
+        ),
+        (
+            "events_service_time",
+            "CREATE INDEX events_service_time ON events(service, time) WHERE service IS NOT NULL",
+        ),
+        ("events_time", "CREATE INDEX events_time ON events(time)"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    .collect()
+}
+
+/// Version 3's schema exactly as it shipped (version 1's steps, then 2's and 3's), with
+/// three events in it, two at the same millisecond.
+fn write_schema_v3(path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, time INTEGER NOT NULL,
+            received_at INTEGER NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL,
+            subject TEXT, actor TEXT, host TEXT, service TEXT, labels TEXT NOT NULL,
+            severity INTEGER NOT NULL, summary TEXT NOT NULL, payload TEXT);
+        CREATE INDEX events_time ON events(time, id);
+        CREATE VIRTUAL TABLE events_fts USING fts5(
+            kind, subject, summary, labels, payload, host, service,
+            content='', contentless_delete=1);
+        CREATE INDEX events_host_time ON events(host, time, id) WHERE host IS NOT NULL;
+        CREATE INDEX events_service_time ON events(service, time, id) WHERE service IS NOT NULL;
+        INSERT INTO events VALUES (1, 'old1', 1795000000000, 1795000000000, 'agent',
+            'cert.renewed', NULL, NULL, 'web1', 'nginx', '{}', 0, 'renewed the certificate', NULL);
+        INSERT INTO events_fts (rowid, kind, summary, host, service)
+            VALUES (1, 'cert.renewed', 'renewed the certificate', 'web1', 'nginx');
+        INSERT INTO events VALUES (2, 'old2', 1795000001000, 1795000001000, 'agent',
+            'deploy.finished', NULL, NULL, 'web1', NULL, '{}', 0, 'deployed nginx', NULL);
+        INSERT INTO events_fts (rowid, kind, summary, host)
+            VALUES (2, 'deploy.finished', 'deployed nginx', 'web1');
+        INSERT INTO events VALUES (3, 'old3', 1795000001000, 1795000001000, 'agent',
+            'deploy.finished', NULL, NULL, 'web2', NULL, '{}', 0, 'deployed nginx', NULL);
+        INSERT INTO events_fts (rowid, kind, summary, host)
+            VALUES (3, 'deploy.finished', 'deployed nginx', 'web2');
+        PRAGMA user_version = 3;",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_version_3_file_is_migrated_and_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    write_schema_v3(&path);
+    let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    let cases: &[(EventQuery, &[&str])] = &[
+        (EventQuery::default(), &["old3", "old2", "old1"]),
+        (
+            EventQuery {
+                host: Some("web1".into()),
+                ..Default::default()
+            },
+            &["old2", "old1"],
+        ),
+        (
+            EventQuery {
+                service: Some("nginx".into()),
+                ..Default::default()
+            },
+            &["old1"],
+        ),
+        (
+            EventQuery {
+                q: Some("nginx".into()),
+                host: Some("web1".into()),
+                ..Default::default()
+            },
+            &["old2"],
+        ),
+        (
+            EventQuery {
+                kind_prefix: Some("cert".into()),
+                q: Some("renew*".into()),
+                ..Default::default()
+            },
+            &["old1"],
+        ),
+    ];
+    for (query, want) in cases {
+        assert_eq!(ids(&store.query(query).unwrap().events), *want, "{query:?}");
+    }
+    // pages of one event each walk the migrated (time, seq) order, ties newest-stored first
+    let mut cursor = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = store
+            .query(&EventQuery {
+                limit: Some(1),
+                cursor: cursor.take(),
+                ..Default::default()
+            })
+            .unwrap();
+        seen.extend(page.events.iter().map(|e| e.id.as_str().to_owned()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["old3", "old2", "old1"]);
+    let a = store
+        .annotations(&AnnotationQuery {
+            from: Timestamp(T0),
+            to: Timestamp(T0 + 2000),
+            host: Some("web1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        a.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["old1", "old2"]
+    );
+    // idempotency still holds across the migration, and new events are stored after it
+    let resend = ev(r#"{"id":"old1","time":1795000000000,"kind":"cert.renewed","summary":"x"}"#);
+    assert_eq!(
+        store.insert_batch(&[resend]).unwrap(),
+        vec![ItemResult::Duplicate]
+    );
+    store.insert_batch(&series(3)).unwrap();
+    assert_eq!(store.count().unwrap(), 6);
+    store.close().unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 4);
+    assert_eq!(index_sql(&conn), schema_4_indexes());
 }
