@@ -470,11 +470,12 @@ pub(crate) struct Evaluator<'a> {
     /// a conservative bound on what the query holds at once.
     samples: usize,
     /// (part, parts): selectors read only this part of their series (see
-    /// `Evaluator::aggregate_parallel`); (0, 1) reads all. Parts exist only under a
-    /// mergeable aggregation, whose result does not depend on the order series arrive in,
-    /// so parted selectors read in the reader's cheapest order
-    /// ([`SeriesReader::select_shard_unordered`]).
+    /// `Evaluator::aggregate_parallel` and `Evaluator::collect_parallel`); (0, 1) reads all.
     shard: (usize, usize),
+    /// Selectors may read series in the reader's cheapest order
+    /// ([`SeriesReader::select_shard_unordered`]): set for the parts of a mergeable
+    /// aggregation, whose result does not depend on the order series arrive in.
+    unordered: bool,
     /// Series handed over by the reader so far (all selectors), for `max_series` across
     /// parts.
     series_read: usize,
@@ -490,6 +491,7 @@ impl<'a> Evaluator<'a> {
             steps,
             samples: 0,
             shard: (0, 1),
+            unordered: false,
             series_read: 0,
         }
     }
@@ -556,7 +558,7 @@ impl<'a> Evaluator<'a> {
             let (ts, vals) = gate.admit(ts, vals)?;
             visit(key, ts, vals)
         };
-        let res = if parts > 1 {
+        let res = if self.unordered {
             self.reader
                 .select_shard_unordered(&matchers, start, end, part, parts, &mut admit)
         } else {
@@ -790,7 +792,7 @@ impl<'a> Evaluator<'a> {
             }
             Ok(())
         };
-        let res = if parts > 1 {
+        let res = if self.unordered {
             self.reader
                 .select_shard_unordered(&matchers, start, end, part, parts, &mut each)
         } else {
@@ -1310,9 +1312,12 @@ impl<'a> Evaluator<'a> {
             self.stream(&a.expr, need_labels, &mut |s| Ok(agg.add(s)))?;
             return Ok(Value::Vector(agg.finish()));
         }
-        let mut series = match self.eval_with(&a.expr, need_labels)? {
-            Value::Vector(v) => v,
-            _ => return Err(QueryError::BadData("aggregation over a non-vector".into())),
+        let mut series = match self.collect_parallel(&a.expr, need_labels)? {
+            Some(v) => v,
+            None => match self.eval_with(&a.expr, need_labels)? {
+                Value::Vector(v) => v,
+                _ => return Err(QueryError::BadData("aggregation over a non-vector".into())),
+            },
         };
         for s in &mut series {
             s.materialize();
@@ -1326,23 +1331,11 @@ impl<'a> Evaluator<'a> {
         Ok(Value::Vector(out))
     }
 
-    /// `sum/avg/count/min/max/group` over one selector or one range function of a range
-    /// selector, evaluated in [`QueryLimits::threads`] parts at once: each thread reads its
-    /// own contiguous run of the matching series (`SeriesReader::select_shard`) into its
-    /// own partial aggregation, and the partials are merged in key order (so groups keep
-    /// their first-seen order). `None` when the expression does not qualify or one thread
-    /// is configured. Limits: every part checks the deadline and the whole `max_samples`
-    /// budget (so transient memory is at most threads × that), series are summed over the
-    /// parts against `max_series`, and the merged result is accounted once.
-    fn aggregate_parallel(
-        &mut self,
-        op: &str,
-        expr: &Expr,
-        grouping: &functions::Grouping,
-        need_labels: bool,
-    ) -> Result<Option<Vec<Series>>, QueryError> {
+    /// How many parts `inner` (parentheses removed) may be evaluated in at once: one selector
+    /// or one range function of range selectors, more than one thread configured, not
+    /// already inside a part, and no result-wide duplicate check needed. `None`: one thread.
+    fn parallel_parts(&self, inner: &Expr) -> Option<usize> {
         let threads = self.limits.threads();
-        let inner = unwrap_parens(expr);
         let qualifies = match inner {
             Expr::VectorSelector(_) => true,
             Expr::Call(c) => {
@@ -1372,12 +1365,30 @@ impl<'a> Evaluator<'a> {
                 }
                 _ => false,
             };
-        if threads < 2
-            || !qualifies
-            || needs_whole_result_check
-            || !functions::StreamAgg::mergeable(op)
-            || self.shard.1 > 1
-        {
+        (threads >= 2 && qualifies && !needs_whole_result_check && self.shard.1 == 1).then_some(threads)
+    }
+
+    /// `sum/avg/count/min/max/group` over one selector or one range function of a range
+    /// selector, evaluated in [`QueryLimits::threads`] parts at once: each thread reads its
+    /// own run of the matching series in the reader's cheapest order
+    /// (`SeriesReader::select_shard_unordered`) into its own partial aggregation, and the
+    /// partials are merged (groups in first-seen order; the result is sorted by labels
+    /// afterwards, and sums differ from one sequential fold by float rounding only). `None`
+    /// when the expression does not qualify or one thread is configured. Limits: every part checks the deadline and the whole `max_samples`
+    /// budget (so transient memory is at most threads × that), series are summed over the
+    /// parts against `max_series`, and the merged result is accounted once.
+    fn aggregate_parallel(
+        &mut self,
+        op: &str,
+        expr: &Expr,
+        grouping: &functions::Grouping,
+        need_labels: bool,
+    ) -> Result<Option<Vec<Series>>, QueryError> {
+        let inner = unwrap_parens(expr);
+        let Some(threads) = self.parallel_parts(inner) else {
+            return Ok(None);
+        };
+        if !functions::StreamAgg::mergeable(op) {
             return Ok(None);
         }
         let n = self.steps.len();
@@ -1397,6 +1408,7 @@ impl<'a> Evaluator<'a> {
                                 steps,
                                 samples,
                                 shard: (part, threads),
+                                unordered: true,
                                 series_read: 0,
                             };
                             let mut agg = functions::StreamAgg::new(op, grouping, n)?;
@@ -1435,6 +1447,72 @@ impl<'a> Evaluator<'a> {
         self.series_read = self.series_read.saturating_add(series);
         self.account(slots)?;
         Ok(Some(merged.map(functions::StreamAgg::finish).unwrap_or_default()))
+    }
+
+    /// The series of one selector or one range function of range selectors (see
+    /// [`Evaluator::parallel_parts`]), evaluated in parts at once for an aggregation that
+    /// needs them all (`topk`, `quantile`, …): each thread reads its own contiguous run of
+    /// the matching series in key order (`SeriesReader::select_shard`), and the runs are
+    /// joined in part order, so the result holds the series in exactly the order one thread
+    /// would (ties in `topk` are broken by that order). Limits as in
+    /// [`Evaluator::aggregate_parallel`]. `None` when the expression does not qualify.
+    fn collect_parallel(
+        &mut self,
+        expr: &Expr,
+        need_labels: bool,
+    ) -> Result<Option<Vec<Series>>, QueryError> {
+        let inner = unwrap_parens(expr);
+        let Some(threads) = self.parallel_parts(inner) else {
+            return Ok(None);
+        };
+        let (reader, limits, deadline) = (self.reader, self.limits, self.deadline);
+        let (query_steps, steps, samples) = (self.query_steps, self.steps, self.samples);
+        let parts: Vec<Result<(Vec<Series>, usize), QueryError>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..threads)
+                .map(|part| {
+                    std::thread::Builder::new()
+                        .name("query-part".into())
+                        .spawn_scoped(sc, move || {
+                            let mut ev = Evaluator {
+                                reader,
+                                limits,
+                                deadline,
+                                query_steps,
+                                steps,
+                                samples,
+                                shard: (part, threads),
+                                unordered: false,
+                                series_read: 0,
+                            };
+                            let mut out = Vec::new();
+                            ev.stream(inner, need_labels, &mut collect_into(&mut out))?;
+                            Ok((out, ev.series_read))
+                        })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err(QueryError::Execution("a query thread panicked".into()))),
+                    Err(e) => Err(QueryError::Execution(format!("cannot start a query thread: {e}"))),
+                })
+                .collect()
+        });
+        let mut all = Vec::new();
+        let mut series = 0usize;
+        for part in parts {
+            let (out, read) = part?;
+            series = series.saturating_add(read);
+            all.extend(out);
+        }
+        if series > self.limits.max_series {
+            return Err(QueryError::TooManySeries(self.limits.max_series));
+        }
+        self.series_read = self.series_read.saturating_add(series);
+        self.account(all.iter().map(|s| s.points.len()).sum())?;
+        Ok(Some(all))
     }
 
     fn binary(&mut self, b: &BinaryExpr) -> Result<Value, QueryError> {

@@ -283,12 +283,26 @@ fn benchmark_shape_uses_one_bucket_per_series() {
     }
 }
 
-const AGGS: [&str; 6] = ["sum", "avg", "count", "min", "max", "group"];
+/// Aggregations with their parameter: the mergeable ones fold per part; the others collect
+/// the parts' series in key order (`topk` breaks ties by that order).
+const AGGS: [(&str, &str); 10] = [
+    ("sum", ""),
+    ("avg", ""),
+    ("count", ""),
+    ("min", ""),
+    ("max", ""),
+    ("group", ""),
+    ("topk", "2, "),
+    ("bottomk", "1, "),
+    ("quantile", "0.5, "),
+    ("stddev", ""),
+];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// Aggregations evaluated in 3 parts and merged agree with one sequential fold.
+    /// Aggregations evaluated in 3 parts (merged, or collected in key order) agree with one
+    /// sequential evaluation.
     #[test]
     fn parallel_aggregation_agrees_with_sequential(
         data in data_strategy(),
@@ -304,15 +318,16 @@ proptest! {
             2 => "avg_over_time(m[1h])".to_owned(),
             _ => "quantile_over_time(0.5, m[30m])".to_owned(),
         };
+        let (op, param) = AGGS[agg];
         let q = if by {
-            format!("{} by (i) ({inner})", AGGS[agg])
+            format!("{op} by (i) ({param}{inner})")
         } else {
-            format!("{}({inner})", AGGS[agg])
+            format!("{op}({param}{inner})")
         };
         let seq = QueryLimits { parallelism: 1, ..QueryLimits::default() };
         let par = QueryLimits { parallelism: 3, ..QueryLimits::default() };
         let r = reader(&data, HOUR);
-        let exact = !matches!(AGGS[agg], "sum" | "avg");
+        let exact = !matches!(op, "sum" | "avg");
         let t = at_s * 1000;
         let want = evaluate_instant(&r, &q, t, &seq);
         let got = evaluate_instant(&r, &q, t, &par);
@@ -361,6 +376,12 @@ fn parallel_parts_share_the_series_limit() {
             "parallelism {parallelism}"
         );
         let err = evaluate_instant(&r, "sum(count_over_time(m[1m]))", 1000, &limits).unwrap_err();
+        assert_eq!(
+            err,
+            query::QueryError::TooManySeries(2),
+            "parallelism {parallelism}"
+        );
+        let err = evaluate_instant(&r, "topk(1, count_over_time(m[1m]))", 1000, &limits).unwrap_err();
         assert_eq!(
             err,
             query::QueryError::TooManySeries(2),
