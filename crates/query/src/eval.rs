@@ -1368,6 +1368,66 @@ impl<'a> Evaluator<'a> {
         (threads >= 2 && qualifies && !needs_whole_result_check && self.shard.1 == 1).then_some(threads)
     }
 
+    /// Runs `work` on `threads` part evaluators at once (part `i` of `threads` reads only its
+    /// share of each selector's series; `unordered`: in the reader's cheapest order) and
+    /// returns their results in part order. Every part starts from this evaluator's sample
+    /// count and deadline; the series they read are summed against `max_series` and added
+    /// here. The first error (or a panicked or unstartable thread) wins.
+    fn run_parts<T: Send>(
+        &mut self,
+        threads: usize,
+        unordered: bool,
+        work: impl Fn(&mut Evaluator<'a>) -> Result<T, QueryError> + Sync,
+    ) -> Result<Vec<T>, QueryError> {
+        let (reader, limits, deadline) = (self.reader, self.limits, self.deadline);
+        let (query_steps, steps, samples) = (self.query_steps, self.steps, self.samples);
+        let work = &work;
+        let parts: Vec<Result<(T, usize), QueryError>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..threads)
+                .map(|part| {
+                    std::thread::Builder::new()
+                        .name("query-part".into())
+                        .spawn_scoped(sc, move || {
+                            let mut ev = Evaluator {
+                                reader,
+                                limits,
+                                deadline,
+                                query_steps,
+                                steps,
+                                samples,
+                                shard: (part, threads),
+                                unordered,
+                                series_read: 0,
+                            };
+                            let out = work(&mut ev)?;
+                            Ok((out, ev.series_read))
+                        })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err(QueryError::Execution("a query thread panicked".into()))),
+                    Err(e) => Err(QueryError::Execution(format!("cannot start a query thread: {e}"))),
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(parts.len());
+        let mut series = 0usize;
+        for part in parts {
+            let (v, read) = part?;
+            series = series.saturating_add(read);
+            out.push(v);
+        }
+        if series > self.limits.max_series {
+            return Err(QueryError::TooManySeries(self.limits.max_series));
+        }
+        self.series_read = self.series_read.saturating_add(series);
+        Ok(out)
+    }
+
     /// `sum/avg/count/min/max/group` over one selector or one range function of a range
     /// selector, evaluated in [`QueryLimits::threads`] parts at once: each thread reads its
     /// own run of the matching series in the reader's cheapest order
@@ -1392,47 +1452,14 @@ impl<'a> Evaluator<'a> {
             return Ok(None);
         }
         let n = self.steps.len();
-        let (reader, limits, deadline) = (self.reader, self.limits, self.deadline);
-        let (query_steps, steps, samples) = (self.query_steps, self.steps, self.samples);
-        let parts: Vec<Result<(functions::StreamAgg<'_>, usize), QueryError>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = (0..threads)
-                .map(|part| {
-                    std::thread::Builder::new()
-                        .name("query-part".into())
-                        .spawn_scoped(sc, move || {
-                            let mut ev = Evaluator {
-                                reader,
-                                limits,
-                                deadline,
-                                query_steps,
-                                steps,
-                                samples,
-                                shard: (part, threads),
-                                unordered: true,
-                                series_read: 0,
-                            };
-                            let mut agg = functions::StreamAgg::new(op, grouping, n)?;
-                            ev.stream(inner, need_labels, &mut |s| Ok(agg.add(s)))?;
-                            Ok((agg, ev.series_read))
-                        })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| match h {
-                    Ok(h) => h
-                        .join()
-                        .unwrap_or_else(|_| Err(QueryError::Execution("a query thread panicked".into()))),
-                    Err(e) => Err(QueryError::Execution(format!("cannot start a query thread: {e}"))),
-                })
-                .collect()
-        });
+        let parts = self.run_parts(threads, true, |ev| {
+            let mut agg = functions::StreamAgg::new(op, grouping, n)?;
+            ev.stream(inner, need_labels, &mut |s| Ok(agg.add(s)))?;
+            Ok(agg)
+        })?;
         let mut merged: Option<functions::StreamAgg<'_>> = None;
-        let mut series = 0usize;
         let mut slots = 0usize;
-        for part in parts {
-            let (agg, read) = part?;
-            series = series.saturating_add(read);
+        for agg in parts {
             match merged.as_mut() {
                 None => {
                     slots = agg.slots();
@@ -1441,10 +1468,6 @@ impl<'a> Evaluator<'a> {
                 Some(m) => slots = slots.saturating_add(m.merge(agg)),
             }
         }
-        if series > self.limits.max_series {
-            return Err(QueryError::TooManySeries(self.limits.max_series));
-        }
-        self.series_read = self.series_read.saturating_add(series);
         self.account(slots)?;
         Ok(Some(merged.map(functions::StreamAgg::finish).unwrap_or_default()))
     }
@@ -1465,52 +1488,12 @@ impl<'a> Evaluator<'a> {
         let Some(threads) = self.parallel_parts(inner) else {
             return Ok(None);
         };
-        let (reader, limits, deadline) = (self.reader, self.limits, self.deadline);
-        let (query_steps, steps, samples) = (self.query_steps, self.steps, self.samples);
-        let parts: Vec<Result<(Vec<Series>, usize), QueryError>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = (0..threads)
-                .map(|part| {
-                    std::thread::Builder::new()
-                        .name("query-part".into())
-                        .spawn_scoped(sc, move || {
-                            let mut ev = Evaluator {
-                                reader,
-                                limits,
-                                deadline,
-                                query_steps,
-                                steps,
-                                samples,
-                                shard: (part, threads),
-                                unordered: false,
-                                series_read: 0,
-                            };
-                            let mut out = Vec::new();
-                            ev.stream(inner, need_labels, &mut collect_into(&mut out))?;
-                            Ok((out, ev.series_read))
-                        })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| match h {
-                    Ok(h) => h
-                        .join()
-                        .unwrap_or_else(|_| Err(QueryError::Execution("a query thread panicked".into()))),
-                    Err(e) => Err(QueryError::Execution(format!("cannot start a query thread: {e}"))),
-                })
-                .collect()
-        });
-        let mut all = Vec::new();
-        let mut series = 0usize;
-        for part in parts {
-            let (out, read) = part?;
-            series = series.saturating_add(read);
-            all.extend(out);
-        }
-        if series > self.limits.max_series {
-            return Err(QueryError::TooManySeries(self.limits.max_series));
-        }
-        self.series_read = self.series_read.saturating_add(series);
+        let parts = self.run_parts(threads, false, |ev| {
+            let mut out = Vec::new();
+            ev.stream(inner, need_labels, &mut collect_into(&mut out))?;
+            Ok(out)
+        })?;
+        let all: Vec<Series> = parts.into_iter().flatten().collect();
         self.account(all.iter().map(|s| s.points.len()).sum())?;
         Ok(Some(all))
     }

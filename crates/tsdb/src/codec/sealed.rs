@@ -656,14 +656,23 @@ impl ColumnReader {
         Ok(())
     }
 
-    /// The timestamp and value columns of a raw series record.
-    fn series_columns(&self) -> Result<(&IntCol, &Column), CodecError> {
-        match (self.columns.first(), self.columns.get(1), self.columns.len()) {
+    /// Decodes a raw series record's whole timestamp column (it comes first in the stream),
+    /// appending to `ts`; returns the value column and the decoder positioned at its symbols.
+    fn decode_timestamps<'r>(
+        &self,
+        rest: &'r [u8],
+        ts: &mut Vec<i64>,
+    ) -> Result<(&Column, Decoder<'r>), CodecError> {
+        let (tcol, vcol) = match (self.columns.first(), self.columns.get(1), self.columns.len()) {
             (Some(Column::Ints(tcol)), Some(vcol @ (Column::Decimal(_) | Column::Xor { .. })), 2) => {
-                Ok((tcol, vcol))
+                (tcol, vcol)
             }
-            _ => Err(corrupt("column mismatch")),
-        }
+            _ => return Err(corrupt("column mismatch")),
+        };
+        let mut dec = Decoder::new(rest);
+        ts.reserve(tcol.n);
+        decode_ints_with(tcol, &mut dec, &mut |v| ts.push(v));
+        Ok((vcol, dec))
     }
 
     /// Decodes a raw series (one integer column of timestamps, then one float column, oldest
@@ -680,11 +689,8 @@ impl ColumnReader {
         ts: &mut Vec<i64>,
         vals: &mut Vec<f64>,
     ) -> Result<(), CodecError> {
-        let (tcol, vcol) = self.series_columns()?;
-        let mut dec = Decoder::new(rest);
         let (t0, v0) = (ts.len(), vals.len());
-        ts.reserve(tcol.n);
-        decode_ints_with(tcol, &mut dec, &mut |v| ts.push(v));
+        let (vcol, mut dec) = self.decode_timestamps(rest, ts)?;
         let (lo, hi) = window_bounds(ts.get(t0..).unwrap_or_default(), start, end);
         decode_values(vcol, &mut dec, vals, hi, false);
         check_overrun(&dec)?;
@@ -707,11 +713,8 @@ impl ColumnReader {
         ts: &mut Vec<i64>,
         vals: &mut Vec<f64>,
     ) -> Result<(), CodecError> {
-        let (tcol, vcol) = self.series_columns()?;
-        let mut dec = Decoder::new(rest);
         let (t0, v0) = (ts.len(), vals.len());
-        ts.reserve(tcol.n);
-        decode_ints_with(tcol, &mut dec, &mut |v| ts.push(v));
+        let (vcol, mut dec) = self.decode_timestamps(rest, ts)?;
         let got = ts.get_mut(t0..).unwrap_or_default();
         unreflect(got);
         let n = got.len();
