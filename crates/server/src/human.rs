@@ -83,6 +83,8 @@ pub struct HumanParts {
     pub heartbeats: Arc<Heartbeats>,
     /// The audit trail (its middleware wraps every route).
     pub audit: Arc<crate::audit::AuditLog>,
+    /// How the human listener's busy-polling fared (rendered on `/metrics`).
+    pub busy_poll: Arc<crate::busy_poll::BusyPollMetrics>,
 }
 
 /// Self-telemetry of the human plane.
@@ -471,6 +473,7 @@ async fn metrics(State(state): State<HumanState>) -> Response {
         inner.parts.heartbeats.render_metrics(&mut out);
         inner.parts.audit.render_metrics(&mut out);
         inner.metrics.render(&mut out);
+        inner.parts.busy_poll.render(&mut out);
         crate::process::render(&mut out);
         out.finish()
     })

@@ -37,6 +37,7 @@
 
 pub mod adapters;
 pub mod audit;
+pub mod busy_poll;
 pub mod config;
 pub mod events;
 pub mod export;
@@ -492,15 +493,27 @@ impl RunningServer {
                     tokens: tokens.clone(),
                 }));
             let cancel = self.robot_cancel.clone();
-            let (bound, task) = spawn_ingest(&robot, serve_http("robot-http", addr, router, cancel))
-                .await
-                .map_err(join_error("robot listener"))??;
+            let (bound, task) = spawn_ingest(
+                &robot,
+                serve_http(
+                    "robot-http",
+                    addr,
+                    router,
+                    Duration::ZERO,
+                    Default::default(),
+                    cancel,
+                ),
+            )
+            .await
+            .map_err(join_error("robot listener"))??;
             addrs.0.insert("robot-http".into(), bound);
             self.tasks.push(("robot-http", task));
         }
 
         // Human plane.
+        let busy_poll_metrics = Arc::new(busy_poll::BusyPollMetrics::default());
         let state = human::HumanState::new(human::HumanParts {
+            busy_poll: busy_poll_metrics.clone(),
             config: config.clone(),
             db: self.db.clone(),
             events: self.events.clone(),
@@ -525,9 +538,13 @@ impl RunningServer {
         }
         let cancel = self.human_cancel.clone();
         let addr = self.settings.human_listen;
-        let (bound, task) = spawn_human(&human, serve_http("human-http", addr, router, cancel))
-            .await
-            .map_err(join_error("human listener"))??;
+        let busy_poll = Duration::from_micros(config.server.human_busy_poll_us);
+        let (bound, task) = spawn_human(
+            &human,
+            serve_http("human-http", addr, router, busy_poll, busy_poll_metrics, cancel),
+        )
+        .await
+        .map_err(join_error("human listener"))??;
         addrs.0.insert("human-http".into(), bound);
         self.tasks.push(("human-http", task));
 
@@ -694,11 +711,14 @@ impl Drop for RunningServer {
 }
 
 /// Binds `addr` and serves `router` until `cancel` fires; returns the bound address and the
-/// serving task. Runs on the runtime of the plane it belongs to.
+/// serving task. Runs on the runtime of the plane it belongs to. Connections busy-poll for
+/// their next request for up to `busy_poll` ([`busy_poll`]; zero: never).
 async fn serve_http(
     listener: &'static str,
     addr: SocketAddr,
     router: axum::Router,
+    busy_poll: Duration,
+    busy_poll_metrics: Arc<busy_poll::BusyPollMetrics>,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), ServerError> {
     let tcp = tokio::net::TcpListener::bind(addr)
@@ -716,6 +736,12 @@ async fn serve_http(
     let task = tokio::spawn(async move {
         // Connect info gives handlers (the audit trail) the peer address.
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        // `tap_io` only so that axum's connect-info support (implemented for tapped listeners
+        // of any kind) gives handlers the peer's `SocketAddr`.
+        let tcp = axum::serve::ListenerExt::tap_io(
+            busy_poll::PollingListener::new(tcp, busy_poll, busy_poll_metrics),
+            |_| {},
+        );
         let serve = axum::serve(tcp, service).with_graceful_shutdown(cancel.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(listener, error = %e, "http server stopped with an error");

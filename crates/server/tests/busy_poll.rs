@@ -1,0 +1,139 @@
+//! Busy-polling of human-plane connections (`server.human_busy_poll_us`), over a real socket
+//! with hand-written HTTP/1.1 so the test owns the timing: a client that asks again at once is
+//! spun for (and gets the same answers), a client that pauses makes its connection spin once
+//! more and then not at all, and budget 0 never spins. The counters are read over the same
+//! connection, so no other connection's spin is counted.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use server::config::Config;
+
+mod common;
+
+use common::{ADMIN, Harness};
+
+fn with_budget(data_dir: &Path, budget_us: u64) -> Config {
+    let mut c = Config::default();
+    c.server.human_listen = "127.0.0.1:0".into();
+    c.server.robot_listen = "off".into();
+    c.server.data_dir = data_dir.to_string_lossy().into_owned();
+    c.server.shutdown_timeout_ms = 10_000;
+    c.server.human_busy_poll_us = budget_us;
+    c.ingest.graphite_tcp_listen = "off".into();
+    c.ingest.graphite_udp_listen = "off".into();
+    c.ingest.statsd_udp_listen = "off".into();
+    c.ingest.statsd_tcp_listen = "off".into();
+    c
+}
+
+/// The largest budget, so that an unoptimised build on a busy machine still hits.
+fn polling(d: &Path) -> Config {
+    with_budget(d, 1_000)
+}
+
+fn not_polling(d: &Path) -> Config {
+    with_budget(d, 0)
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Conn {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    /// `GET path` with the admin token; the status and body.
+    fn get(&mut self, path: &str) -> (u16, String) {
+        // one write: a request split over several would wait for delayed ACKs (Nagle)
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN}\r\n\r\n");
+        self.writer.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+
+    /// The busy-poll counters (hits, misses) from `/metrics`, asked over this connection.
+    fn counters(&mut self) -> (u64, u64) {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200);
+        let value = |outcome: &str| -> u64 {
+            let prefix = format!("roaster_human_busy_polls_total{{outcome=\"{outcome}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        (value("hit"), value("miss"))
+    }
+}
+
+/// 200 requests back to back, then five with pauses far above the budget.
+fn fast_then_slow(h: &Harness) -> ((u64, u64), (u64, u64)) {
+    let mut c = Conn::open(&h.addr("human-http"));
+    for _ in 0..200 {
+        assert_eq!(c.get("/healthz"), (200, "ok".to_owned()));
+    }
+    let fast = c.counters();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(c.get("/healthz"), (200, "ok".to_owned()));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    (fast, c.counters())
+}
+
+#[test]
+fn a_client_asking_at_once_is_spun_for_and_a_pausing_one_stops_the_spinning() {
+    let h = Harness::start(polling, std::sync::Arc::new(model::SystemClock));
+    let ((hits, misses), (hits_after, misses_after)) = fast_then_slow(&h);
+    // at most one spin per answer, and requests sent at once are mostly caught
+    assert!(
+        hits + misses <= 200,
+        "{hits} hits + {misses} misses for 200 answers"
+    );
+    assert!(hits >= 1, "no spin saw the next request ({misses} misses)");
+    // pausing: the spin after the /metrics answer misses, and then the connection waits in
+    // the event loop without spinning
+    assert_eq!(hits_after, hits);
+    assert_eq!(misses_after, misses + 1);
+    h.shutdown();
+}
+
+#[test]
+fn budget_zero_never_spins() {
+    let h = Harness::start(not_polling, std::sync::Arc::new(model::SystemClock));
+    let (fast, slow) = fast_then_slow(&h);
+    assert_eq!(fast, (0, 0));
+    assert_eq!(slow, (0, 0));
+    h.shutdown();
+}
