@@ -30,15 +30,22 @@ force_merge, as `bench.py` does before its queries; Prometheus keeps its head), 
 machine is idle (`bench.wait_quiet`), then time the queries and measure the aggregate's memory.
 
 Queries (instant ones at T = end + 1 s, where `[1h]` covers every point; VictoriaMetrics gets
-`nocache=1`), each over HTTP with Python's urllib, 1 warm-up + `--reps`, median and p90:
+`nocache=1`), each over HTTP with Python's urllib, 1 warm-up + `--reps`, median and p90; a timed
+run fetches and reads the answer without parsing it, as `../shared/bench/peers/bench.py` times its
+queries (the warm-up's answer is parsed and compared; before 2026-11-21 the timed runs parsed too,
+which added ~0.1 ms of client work to every server's one-series figure):
 
+* `empty_answer`: no query: a GET of each server's health endpoint (Roaster `/healthz`, VM
+  `/health`, Prometheus `/-/healthy`), the floor of urllib + HTTP that every urllib row stands on.
+  This row and the one-series rows are cheap, so they get `max(--reps, 200)` timed runs.
 * `one_series`: `query_range` of one series over its full range, step 10 s. Roaster and VM:
   `{__name__="host0.cpu0.usage_user"}`; Prometheus: `usage_user{host="host0",cpu="cpu0"}`.
 * `one_series_labelled`: the same series in the labelled shape on all three.
 * `one_series_keepalive`, `one_series_labelled_keepalive`: the same two, 200 requests (or `--reps`
   if more) made by one `curl` over one keep-alive connection, as Grafana keeps its connections;
-  urllib's new connection and Python's parsing per request cost ~0.25-0.3 ms on this machine,
-  more than the servers take, so these rows show the servers' own latency better.
+  urllib's new connection and request handling cost ~0.15 ms on this machine (an empty
+  `/healthz` answer), more than the servers take, so these rows show the servers' own latency
+  better.
 * `agg_all`: `sum(avg_over_time({__name__=~"host.+"}[1h]))` over every plain series (all points).
   Prometheus: 10 sequential queries `sum(avg_over_time(M{host=~"host.+"}[1h]))`, one per metric
   name, added in Python (PromQL drops `__name__` in `*_over_time`, so one query over all names
@@ -176,7 +183,10 @@ class Mixin:
     headers = {}
 
     def api(self, path, params, timeout):
-        req = urllib.request.Request(self.url(path, params), headers=self.headers)
+        url = self.url(path, params)
+        if getattr(self, "fetched", None) is not None:
+            self.fetched.append(url)  # recorded by `timed` during the warm-up
+        req = urllib.request.Request(url, headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 body = r.read()
@@ -255,6 +265,7 @@ class Prom(Mixin, bench.Prom):
 
 
 SERVERS = {"roaster": Roaster, "vm": VM, "prom": Prom}
+HEALTH = {"roaster": "/healthz", "vm": "/health", "prom": "/-/healthy"}
 LABEL = {"roaster": "Roaster", "vm": "VictoriaMetrics", "prom": "Prometheus"}
 
 
@@ -282,7 +293,9 @@ def queries_for(key, man):
 
     def rng(q):
         # one series: compared by its points only (its labels differ between the two shapes)
-        return lambda srv, to: {(): v for v in canon(srv.range(q, s, e, "10s", to)).values()}
+        f = lambda srv, to: {(): v for v in canon(srv.range(q, s, e, "10s", to)).values()}  # noqa: E731
+        f.cheap = True
+        return f
 
     def rng_curl(q):
         # the answer through urllib (compared as above), the timing by curl (see `timed_curl`)
@@ -300,7 +313,16 @@ def queries_for(key, man):
             tot += float(res[0]["value"][1]) if res else 0.0
         return {(): tot}
 
-    qs = []
+    def empty_answer(srv, to):
+        # no query at all: what the client and HTTP cost with an (almost) empty answer
+        url = srv.http + HEALTH[key]
+        if getattr(srv, "fetched", None) is not None:
+            srv.fetched.append(url)
+        bench.http_get(url, timeout=to, headers=srv.headers)
+        return {}
+    empty_answer.cheap = True
+
+    qs = [("empty_answer", "GET %s (no query: the floor of client + HTTP)" % HEALTH[key], empty_answer)]
     if key == "prom":
         qs.append(("one_series", "query_range %s step=10s (labelled: Prometheus has no dotted names)" % labelled_sel,
                    rng(labelled_sel)))
@@ -382,18 +404,27 @@ def compare(x, y):
     return True, "max relative difference %.3g" % worst
 
 
-def timed(fn, reps, budget, pid):
-    """Warm-up (its answer is returned), then up to `reps` timed runs within `budget` seconds.
-    Also the server's CPU time (utime+stime of all its threads, 10 ms ticks) per run, averaged."""
+def timed(fn, reps, budget, pid, srv):
+    """Warm-up (its answer, parsed, is returned), then up to `reps` timed runs within `budget`
+    seconds. A timed run fetches the same URLs the warm-up asked, in order, over urllib and reads
+    the bodies without parsing them, as `../shared/bench/peers/bench.py` times its queries (the
+    client's JSON decoding would add the same ~0.1 ms to every server and hide the servers'
+    differences). Also the server's CPU time (utime+stime of all its threads, 10 ms ticks) per
+    run, averaged."""
+    srv.fetched = []
     t = time.perf_counter()
-    answer = fn()
+    try:
+        answer = fn()
+    finally:
+        urls, srv.fetched = srv.fetched, None
     warm = time.perf_counter() - t
     n = max(3, min(reps, int(budget / max(warm, 1e-6))))
     ts = []
     c0 = bench.proc_cpu(pid)
     for _ in range(n):
         t = time.perf_counter()
-        fn()
+        for u in urls:
+            bench.http_get(u, timeout=600, headers=srv.headers)
         ts.append((time.perf_counter() - t) * 1000)
     cpu_ms = (bench.proc_cpu(pid) - c0) * 1000 / n
     return answer, dict(latency_stats(ts, cpu_ms), warmup_ms=round(warm * 1000, 3))
@@ -511,7 +542,9 @@ def run_server(key, a, man, lab_dir, deadline):
                     ans, st = timed_curl(lambda: fn(srv, a.http_timeout), fn.curl_url(srv), srv.headers,
                                          max(a.reps, 200), pid)
                 else:
-                    ans, st = timed(lambda: fn(srv, a.http_timeout), a.reps, a.query_budget, pid)
+                    # sub-millisecond rows: more reps for a steadier median (as the curl rows)
+                    reps = max(a.reps, 200) if getattr(fn, "cheap", False) else a.reps
+                    ans, st = timed(lambda: fn(srv, a.http_timeout), reps, a.query_budget, pid, srv)
                 answers[qid] = ans
                 rec["queries"][qid] = dict(st, q=desc, series_returned=len(ans))
                 log("%s %-20s median %9.2f ms  p90 %9.2f ms  server CPU %9.2f ms  (%d reps)" % (
@@ -571,6 +604,9 @@ def markdown(result):
         goal_vm = 0.5 if q == "agg_all" else 1.0
         cells = []
         for r_, goal in ((ratio(ro, pr), 0.5), (ratio(ro, vm), goal_vm)):
+            if q == "empty_answer":  # not a query: the floor every row stands on
+                cells.append("—" if r_ is None else "%.2f× (floor, no goal)" % r_)
+                continue
             cells.append("—" if r_ is None else "%.2f× %s" % (r_, "met" if r_ <= goal else "**not met**"))
         agree = result["agreement"].get(q, {})
         agree_s = "; ".join("%s %s" % (pair, "ok" if v["agree"] else "**differ**") for pair, v in agree.items()) or "—"
