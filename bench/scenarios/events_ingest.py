@@ -186,8 +186,13 @@ class Server:
             if self.events_config:
                 f.write("[events]\n" + "".join(kv + "\n" for kv in self.events_config))
         os.makedirs(self.data, exist_ok=True)
+        # `token create` makes the event store when none exists: give it the same [events]
+        # settings (its layout, e.g. sqlite_shards, is fixed at creation)
+        token_env = dict(os.environ, **{"ROASTER_EVENTS_" + kv.split("=", 1)[0].strip().upper():
+                                        kv.split("=", 1)[1].strip().strip('"') for kv in self.events_config})
         out = subprocess.run([self.binary, "token", "create", "--scope", "ingest", "--name", "bench",
-                              "--data-dir", self.data], capture_output=True, text=True, check=True)
+                              "--data-dir", self.data], capture_output=True, text=True, check=True,
+                             env=token_env)
         self.ingest_token = out.stdout.strip()
         env = dict(os.environ, ROASTER_ADMIN_TOKEN=ADMIN)
         self.log = open(os.path.join(self.work, "server.log"), "w")

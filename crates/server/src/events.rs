@@ -106,6 +106,11 @@ pub struct EventsConfig {
     /// many commits rewrite once per checkpoint (1000: about 20 % fewer bytes written per event
     /// than 100). Durability does not depend on it: a commit is durable in the WAL.
     pub sqlite_checkpoint_interval_ms: u64,
+    /// How many SQLite files (shards, each with its own writer) a new event store is split
+    /// into, 1..=16; events go to a shard by a fixed hash of their id, so inserts use as many
+    /// cores as there are shards. Fixed when the store is created: later opens use the count
+    /// recorded in `events.db` and log when this differs (changing it needs an export).
+    pub sqlite_shards: usize,
 }
 
 impl Default for EventsConfig {
@@ -131,6 +136,7 @@ impl Default for EventsConfig {
             sqlite_wal_autocheckpoint_pages: 10_000,
             fts_automerge: 4,
             sqlite_checkpoint_interval_ms: 1000,
+            sqlite_shards: 2,
         }
     }
 }
@@ -172,6 +178,12 @@ impl EventsConfig {
         if self.sqlite_checkpoint_interval_ms > 60_000 {
             return Err(("sqlite_checkpoint_interval_ms", "must be at most 60000".into()));
         }
+        if !(1..=store::MAX_SHARDS).contains(&self.sqlite_shards) {
+            return Err((
+                "sqlite_shards",
+                format!("must be between 1 and {}", store::MAX_SHARDS),
+            ));
+        }
         if self.sqlite_busy_timeout_ms == 0 {
             return Err(("sqlite_busy_timeout_ms", "must be greater than 0".into()));
         }
@@ -205,6 +217,7 @@ impl EventsConfig {
         c.max_batch_items = self.max_batch_items;
         c.max_indexed_payload_bytes = self.max_payload_bytes;
         c.retention_chunk_rows = self.retention_chunk_rows;
+        c.shards = self.sqlite_shards;
         c.limits = QueryLimits {
             default_page: self.default_page,
             max_page: self.max_page,
@@ -437,6 +450,13 @@ impl Events {
         clock: Arc<dyn Clock>,
     ) -> Result<Events, StoreError> {
         let store = store::SqliteStore::open(config.sqlite_config(data_dir.join(EVENTS_DB_FILE)))?;
+        if store.shards() != config.sqlite_shards {
+            tracing::warn!(
+                recorded = store.shards(),
+                configured = config.sqlite_shards,
+                "the event store keeps the shard count recorded when it was created; [events] sqlite_shards applies only to a new store"
+            );
+        }
         Ok(Events::with_store(Arc::new(store), config, clock))
     }
 
