@@ -1405,3 +1405,70 @@ fn a_failed_shard_leaves_the_rest_stored_and_a_resend_completes_it() {
     }
     assert_eq!(store.count().unwrap(), 40);
 }
+
+/// Pages larger than a shard's expected share: when one shard holds most of the matching rows
+/// (ids that all hash to it), the first round of a page (each shard's share plus slack) is not
+/// enough and the store asks the full shards again. Every page must still be exactly the
+/// model's next page.
+#[test]
+fn pages_are_exact_when_one_shard_holds_most_rows() {
+    let shards = 3;
+    let (_dir, store) = open_shards(shards);
+    let mut ids: Vec<String> = (0..)
+        .map(|i| format!("sk{i}"))
+        .filter(|id| shard_of(id, shards) == 2)
+        .take(250)
+        .collect();
+    ids.extend(
+        (0..)
+            .map(|i| format!("ot{i}"))
+            .filter(|id| shard_of(id, shards) == 0)
+            .take(10),
+    );
+    // (time, shard, insertion number, id)
+    let mut model: Vec<(i64, usize, usize, String)> = Vec::new();
+    for (chunk_no, chunk) in ids.chunks(50).enumerate() {
+        let events: Vec<Event> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                ev(&format!(
+                    r#"{{"id":"{id}","time":{},"kind":"k.x","summary":"s"}}"#,
+                    T0 + ((chunk_no * 50 + i) % 7) as i64
+                ))
+            })
+            .collect();
+        store.insert_batch(&events).unwrap();
+        for e in &events {
+            let n = model.len();
+            model.push((
+                e.time.0,
+                shard_of(e.id.as_str(), shards),
+                n,
+                e.id.as_str().to_owned(),
+            ));
+        }
+    }
+    model.sort_by_key(|m| std::cmp::Reverse((m.0, m.1, m.2)));
+    let want: Vec<&str> = model.iter().map(|m| m.3.as_str()).collect();
+    for limit in [100, 37, 1000] {
+        let mut got: Vec<String> = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .query(&EventQuery {
+                    limit: Some(limit),
+                    cursor: cursor.take(),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert!(page.events.len() <= limit);
+            got.extend(page.events.iter().map(|e| e.id.as_str().to_owned()));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "limit {limit}");
+    }
+}
