@@ -743,116 +743,122 @@ fn pages_across_shards_skip_nothing_and_repeat_nothing() {
 
 #[test]
 fn annotations_are_compact_oldest_first_and_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = SqliteConfig::new(dir.path().join("db"));
-    config.limits.max_annotations = 3;
-    let store = SqliteStore::open(config).unwrap();
-    store.insert_batch(&series(12)).unwrap();
-    let a = store
-        .annotations(&AnnotationQuery {
-            from: Timestamp(T0 + 1000),
-            to: Timestamp(T0 + 11_000),
-            host: Some("web1".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    let got: Vec<(&str, i64, &str)> = a
-        .rows
-        .iter()
-        .map(|r| (r.id.as_str(), r.time.0 - T0, r.kind.as_str()))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            ("e00001", 1000, "chef.run"),
-            ("e00004", 4000, "deploy.finished"),
-            ("e00007", 7000, "chef.run")
-        ]
-    );
-    assert!(a.truncated);
-    let deploys = store
-        .annotations(&AnnotationQuery {
-            from: Timestamp(T0),
-            to: Timestamp(T0 + 5000),
-            kind_prefix: Some("deploy".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(
-        deploys.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-        vec!["e00000", "e00002", "e00004"]
-    );
-    assert!(!deploys.truncated);
-    assert_eq!(deploys.rows[0].summary, "event number 0");
+    for shards in SHARD_COUNTS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SqliteConfig::new(dir.path().join("db"));
+        config.limits.max_annotations = 3;
+        config.shards = shards;
+        let store = SqliteStore::open(config).unwrap();
+        store.insert_batch(&series(12)).unwrap();
+        let a = store
+            .annotations(&AnnotationQuery {
+                from: Timestamp(T0 + 1000),
+                to: Timestamp(T0 + 11_000),
+                host: Some("web1".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let got: Vec<(&str, i64, &str)> = a
+            .rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.time.0 - T0, r.kind.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("e00001", 1000, "chef.run"),
+                ("e00004", 4000, "deploy.finished"),
+                ("e00007", 7000, "chef.run")
+            ]
+        );
+        assert!(a.truncated);
+        let deploys = store
+            .annotations(&AnnotationQuery {
+                from: Timestamp(T0),
+                to: Timestamp(T0 + 5000),
+                kind_prefix: Some("deploy".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            deploys.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec!["e00000", "e00002", "e00004"]
+        );
+        assert!(!deploys.truncated);
+        assert_eq!(deploys.rows[0].summary, "event number 0");
+    }
 }
 
 #[test]
 fn retention_spares_audit_unless_told() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = SqliteConfig::new(dir.path().join("db"));
-    config.retention_chunk_rows = 3;
-    let store = SqliteStore::open(config).unwrap();
-    store.insert_batch(&series(10)).unwrap();
-    let audit: Vec<Event> = (0..4)
-        .map(|i| {
-            ev(&format!(
-                r#"{{"id":"aud{i}","time":{},"kind":"audit.api","summary":"audited {i}"}}"#,
-                T0 + i * 1000
-            ))
-        })
-        .collect();
-    store.insert_batch(&audit).unwrap();
-    let cases = [
-        (
-            Retention {
-                events_before: Timestamp(T0 + 5000),
-                audit_before: None,
-            },
-            RetentionReport {
-                events_deleted: 5,
-                audit_deleted: 0,
-            },
-            9,
-        ),
-        (
-            Retention {
-                events_before: Timestamp(T0 + 5000),
-                audit_before: None,
-            },
-            RetentionReport::default(),
-            9,
-        ),
-        (
-            Retention {
-                events_before: Timestamp(T0 + 8000),
-                audit_before: Some(Timestamp(T0 + 2000)),
-            },
-            RetentionReport {
-                events_deleted: 3,
-                audit_deleted: 2,
-            },
-            4,
-        ),
-    ];
-    for (retention, want, left) in cases {
-        assert_eq!(store.delete_older_than(&retention).unwrap(), want);
-        assert_eq!(store.count().unwrap(), left);
+    for shards in SHARD_COUNTS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SqliteConfig::new(dir.path().join("db"));
+        config.retention_chunk_rows = 3;
+        config.shards = shards;
+        let store = SqliteStore::open(config).unwrap();
+        store.insert_batch(&series(10)).unwrap();
+        let audit: Vec<Event> = (0..4)
+            .map(|i| {
+                ev(&format!(
+                    r#"{{"id":"aud{i}","time":{},"kind":"audit.api","summary":"audited {i}"}}"#,
+                    T0 + i * 1000
+                ))
+            })
+            .collect();
+        store.insert_batch(&audit).unwrap();
+        let cases = [
+            (
+                Retention {
+                    events_before: Timestamp(T0 + 5000),
+                    audit_before: None,
+                },
+                RetentionReport {
+                    events_deleted: 5,
+                    audit_deleted: 0,
+                },
+                9,
+            ),
+            (
+                Retention {
+                    events_before: Timestamp(T0 + 5000),
+                    audit_before: None,
+                },
+                RetentionReport::default(),
+                9,
+            ),
+            (
+                Retention {
+                    events_before: Timestamp(T0 + 8000),
+                    audit_before: Some(Timestamp(T0 + 2000)),
+                },
+                RetentionReport {
+                    events_deleted: 3,
+                    audit_deleted: 2,
+                },
+                4,
+            ),
+        ];
+        for (retention, want, left) in cases {
+            assert_eq!(store.delete_older_than(&retention).unwrap(), want);
+            assert_eq!(store.count().unwrap(), left);
+        }
+        // deleted events are gone from the full-text index too
+        let hits = store
+            .query(&EventQuery {
+                q: Some("number".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ids(&hits.events), vec!["e00009", "e00008"]);
+        let audited = store
+            .query(&EventQuery {
+                q: Some("audited".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ids(&audited.events), vec!["aud3", "aud2"]);
     }
-    // deleted events are gone from the full-text index too
-    let hits = store
-        .query(&EventQuery {
-            q: Some("number".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(ids(&hits.events), vec!["e00009", "e00008"]);
-    let audited = store
-        .query(&EventQuery {
-            q: Some("audited".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(ids(&audited.events), vec!["aud3", "aud2"]);
 }
 
 #[test]
@@ -1470,5 +1476,50 @@ fn pages_are_exact_when_one_shard_holds_most_rows() {
             }
         }
         assert_eq!(got, want, "limit {limit}");
+    }
+}
+
+/// Annotations over many events of the same few times in every shard, cut by
+/// `max_annotations`: oldest first, ties in the reverse of the page order (shard, then
+/// insertion), truncated exactly when more matched.
+#[test]
+fn annotations_merge_shards_in_the_documented_order() {
+    for shards in SHARD_COUNTS {
+        for max in [7, 60, 500] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = SqliteConfig::new(dir.path().join("db"));
+            config.shards = shards;
+            config.limits.max_annotations = max;
+            let store = SqliteStore::open(config).unwrap();
+            let events: Vec<Event> = (0..90)
+                .map(|i| {
+                    ev(&format!(
+                        r#"{{"id":"an{i}","time":{},"kind":"deploy.x","summary":"s"}}"#,
+                        T0 + (i % 3) * 10
+                    ))
+                })
+                .collect();
+            store.insert_batch(&events).unwrap();
+            let mut model: Vec<(i64, usize, usize, &str)> = events
+                .iter()
+                .enumerate()
+                .map(|(n, e)| (e.time.0, shard_of(e.id.as_str(), shards), n, e.id.as_str()))
+                .collect();
+            model.sort();
+            let a = store
+                .annotations(&AnnotationQuery {
+                    from: Timestamp(T0),
+                    to: Timestamp(T0 + 1000),
+                    ..Default::default()
+                })
+                .unwrap();
+            let want: Vec<&str> = model.iter().take(max).map(|m| m.3).collect();
+            assert_eq!(
+                a.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                want,
+                "shards {shards} max {max}"
+            );
+            assert_eq!(a.truncated, max < 90, "shards {shards} max {max}");
+        }
     }
 }
