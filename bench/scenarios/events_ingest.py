@@ -20,8 +20,10 @@ What it does (stdlib only; loopback only; every process it starts is stopped by 
    over the last hour (backfill; every time-ordered index is then written at random places).
 2. Starts `roaster serve` (`--bin`, default $ROASTER_BIN, else $CARGO_TARGET_DIR or
    target/release/roaster) on a fresh temp data dir, human and robot planes on free ports,
-   plaintext listeners off, default `[events]` config (WAL, synchronous=NORMAL); creates an
-   ingest token with `roaster token create` before start.
+   plaintext listeners off, default `[events]` config (WAL, synchronous=NORMAL, 2 shard files
+   since session 5) plus `--events-config KEY=VALUE` lines (e.g. `sqlite_shards=1`); creates
+   an ingest token with `roaster token create` before start, given the same `[events]` keys as
+   `ROASTER_EVENTS_*` variables (it creates the event store, whose layout is then fixed).
 3. Sends bodies over `--conns` keep-alive HTTP/1.1 connections (a thread each) for
    `--seconds`; counts `stored` from each answer. Reports:
    * events_per_s: stored events / (first byte -> last answer), wall clock, end to end;

@@ -6,7 +6,9 @@
 //!   offline, straight in the data directory's token file (safe beside a running server: the
 //!   file is locked while written and replaced atomically, and the server notices the change).
 //!   Every attempt is recorded as an `audit.token` event straight into the data directory's
-//!   `events.db` (no token is made when the audit trail cannot be opened).
+//!   `events.db` (no token is made when the audit trail cannot be opened; if this creates the
+//!   event store, its shard count is `[events] sqlite_shards` from the defaults and
+//!   `ROASTER_EVENTS_*` variables).
 //! - `roaster ctl switch SOURCE STATE`, `ctl switches`, `ctl compact`, `ctl snapshot DEST`: talk
 //!   to a running server's human plane (`--url`, `--token` or `ROASTER_TOKEN`).
 //!

@@ -2,7 +2,8 @@
 //! of the server records events through (the robot plane's `POST /api/v1/events`, heartbeats,
 //! the audit trail), its metrics and the periodic retention job.
 //!
-//! Storage is `events.db` in the data directory (a [`store::SqliteStore`]), reached only
+//! Storage is `events.db` (shard 0) and `events.K.db` (shards 1.., `[events] sqlite_shards`
+//! when the store is created) in the data directory (a [`store::SqliteStore`]), reached only
 //! through `Arc<dyn store::EventStore>`, so a PostgreSQL store can replace it here alone.
 //!
 //! Invariants:
@@ -443,7 +444,8 @@ impl std::fmt::Debug for Events {
 }
 
 impl Events {
-    /// Opens (or creates) `events.db` in `data_dir`. Blocking: call it off the async workers.
+    /// Opens (or creates) the event store (`events.db` and its shard files) in `data_dir`.
+    /// Blocking: call it off the async workers.
     pub fn open(
         data_dir: &std::path::Path,
         config: &EventsConfig,
@@ -1112,7 +1114,13 @@ mod tests {
         let mut bad = c.clone();
         bad.max_batch_items = 0;
         assert_eq!(bad.validate().unwrap_err().0, "max_batch_items");
+        for shards in [0, store::MAX_SHARDS + 1] {
+            let mut bad = c.clone();
+            bad.sqlite_shards = shards;
+            assert_eq!(bad.validate().unwrap_err().0, "sqlite_shards");
+        }
         let path = std::path::PathBuf::from("events.db");
+        assert_eq!(c.sqlite_config(path.clone()).shards, 2);
         assert_eq!(
             c.sqlite_config(path.clone()).background_checkpoint,
             Some(Duration::from_secs(1))
