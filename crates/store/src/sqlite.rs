@@ -8,7 +8,8 @@
 //! sharding (schema 1..=4) opens as a 1-shard store, untouched but for the migration. A
 //! missing shard file, or one recording another layout, is [`StoreError::Layout`], never
 //! silently recreated. A new store creates shards 1.. first and writes shard 0's layout row
-//! last, so a crash during creation leaves files the next open completes.
+//! last, so a crash during creation leaves files the next open completes; a shard file that
+//! holds events beside a new `events.db` is refused (its shard 0 went missing).
 //!
 //! Routing: an event lives in shard [`shard_of`]`(id, N)` = FNV-1a 64 of the id's UTF-8
 //! bytes mod N (fixed; a test pins values), so idempotency stays each shard's `UNIQUE(id)`.
@@ -1200,6 +1201,15 @@ impl SqliteStore {
             c.path = path;
             c.drive_max_rows = config.drive_max_rows.div_ceil(count).max(1);
             let shard = Shard::open(c)?;
+            if fresh && shard.count()? > 0 {
+                // shard 0 is new but this one holds events: not a creation that crashed
+                // (those leave empty shards) but a store whose events.db went missing
+                return Err(layout_err(format!(
+                    "{} holds events but {} is new: not creating a store over another's shard",
+                    shard.config.path.display(),
+                    config.path.display()
+                )));
+            }
             match shard.layout()? {
                 Some((n, i)) if n == count && i == k => {}
                 None if fresh || shard.prior_version == 0 => shard.set_layout(count, k)?,

@@ -1523,3 +1523,28 @@ fn annotations_merge_shards_in_the_documented_order() {
         }
     }
 }
+
+/// A creation that crashed before shard 0 recorded the layout leaves empty shard files: the
+/// next open completes it. A shard file with events beside a new `events.db` is refused.
+#[test]
+fn an_interrupted_creation_completes_and_orphaned_shards_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let remove_shard_0 = || {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("events.db{suffix}")));
+        }
+    };
+    let mut config = SqliteConfig::new(&path);
+    config.shards = 2;
+    SqliteStore::open(config.clone()).unwrap().close().unwrap();
+    remove_shard_0();
+    let store = SqliteStore::open(config.clone()).unwrap();
+    assert_eq!(store.shards(), 2);
+    store.insert_batch(&series(20)).unwrap();
+    assert_eq!(store.count().unwrap(), 20);
+    store.close().unwrap();
+    drop(store);
+    remove_shard_0();
+    assert!(matches!(SqliteStore::open(config), Err(StoreError::Layout(_))));
+}
