@@ -111,6 +111,8 @@ pub struct EventsConfig {
     /// into, 1..=16; events go to a shard by a fixed hash of their id, so inserts use as many
     /// cores as there are shards. Fixed when the store is created: later opens use the count
     /// recorded in `events.db` and log when this differs (changing it needs an export).
+    /// Each shard has its own writer, `sqlite_readers` readers and checkpointer, each with
+    /// its own `sqlite_cache_kib` page cache.
     pub sqlite_shards: usize,
 }
 
