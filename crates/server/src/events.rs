@@ -361,7 +361,7 @@ impl EventMetrics {
         );
         out.histogram(
             "roaster_events_insert_duration_seconds",
-            "Latency of one event store insert (a whole batch, in one transaction).",
+            "Latency of one event store insert (a whole batch: one transaction per shard, in parallel).",
             &[],
             &self.insert_seconds,
         );
