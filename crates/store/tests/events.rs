@@ -81,39 +81,42 @@ fn round_trip_keeps_every_field() {
 
 #[test]
 fn resending_stores_nothing_new() {
-    let (_dir, store) = open();
-    let batch = series(10);
-    assert!(
-        store
-            .insert_batch(&batch)
-            .unwrap()
-            .iter()
-            .all(|r| *r == ItemResult::Stored)
-    );
-    assert!(
-        store
-            .insert_batch(&batch)
-            .unwrap()
-            .iter()
-            .all(|r| *r == ItemResult::Duplicate)
-    );
-    // a resend with a changed body is still a duplicate: stored events are never edited
-    let mut changed = batch[0].clone();
-    changed.summary = "rewritten".into();
-    let mut twice = vec![changed, series(11).remove(10)];
-    twice.push(twice[1].clone());
-    assert_eq!(
-        store.insert_batch(&twice).unwrap(),
-        vec![ItemResult::Duplicate, ItemResult::Stored, ItemResult::Duplicate]
-    );
-    assert_eq!(store.count().unwrap(), 11);
-    let page = store
-        .query(&EventQuery {
-            q: Some("rewritten".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(page.events.is_empty());
+    // with several shards the duplicate inside one batch still meets its twin (same shard)
+    for shards in [1, 2, 3] {
+        let (_dir, store) = open_shards(shards);
+        let batch = series(10);
+        assert!(
+            store
+                .insert_batch(&batch)
+                .unwrap()
+                .iter()
+                .all(|r| *r == ItemResult::Stored)
+        );
+        assert!(
+            store
+                .insert_batch(&batch)
+                .unwrap()
+                .iter()
+                .all(|r| *r == ItemResult::Duplicate)
+        );
+        // a resend with a changed body is still a duplicate: stored events are never edited
+        let mut changed = batch[0].clone();
+        changed.summary = "rewritten".into();
+        let mut twice = vec![changed, series(11).remove(10)];
+        twice.push(twice[1].clone());
+        assert_eq!(
+            store.insert_batch(&twice).unwrap(),
+            vec![ItemResult::Duplicate, ItemResult::Stored, ItemResult::Duplicate]
+        );
+        assert_eq!(store.count().unwrap(), 11);
+        let page = store
+            .query(&EventQuery {
+                q: Some("rewritten".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(page.events.is_empty());
+    }
 }
 
 #[test]
