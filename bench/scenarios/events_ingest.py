@@ -20,8 +20,10 @@ What it does (stdlib only; loopback only; every process it starts is stopped by 
    over the last hour (backfill; every time-ordered index is then written at random places).
 2. Starts `roaster serve` (`--bin`, default $ROASTER_BIN, else $CARGO_TARGET_DIR or
    target/release/roaster) on a fresh temp data dir, human and robot planes on free ports,
-   plaintext listeners off, default `[events]` config (WAL, synchronous=NORMAL); creates an
-   ingest token with `roaster token create` before start.
+   plaintext listeners off, default `[events]` config (WAL, synchronous=NORMAL, 2 shard files
+   since session 5) plus `--events-config KEY=VALUE` lines (e.g. `sqlite_shards=1`); creates
+   an ingest token with `roaster token create` before start, given the same `[events]` keys as
+   `ROASTER_EVENTS_*` variables (it creates the event store, whose layout is then fixed).
 3. Sends bodies over `--conns` keep-alive HTTP/1.1 connections (a thread each) for
    `--seconds`; counts `stored` from each answer. Reports:
    * events_per_s: stored events / (first byte -> last answer), wall clock, end to end;
@@ -186,8 +188,13 @@ class Server:
             if self.events_config:
                 f.write("[events]\n" + "".join(kv + "\n" for kv in self.events_config))
         os.makedirs(self.data, exist_ok=True)
+        # `token create` makes the event store when none exists: give it the same [events]
+        # settings (its layout, e.g. sqlite_shards, is fixed at creation)
+        token_env = dict(os.environ, **{"ROASTER_EVENTS_" + kv.split("=", 1)[0].strip().upper():
+                                        kv.split("=", 1)[1].strip().strip('"') for kv in self.events_config})
         out = subprocess.run([self.binary, "token", "create", "--scope", "ingest", "--name", "bench",
-                              "--data-dir", self.data], capture_output=True, text=True, check=True)
+                              "--data-dir", self.data], capture_output=True, text=True, check=True,
+                             env=token_env)
         self.ingest_token = out.stdout.strip()
         env = dict(os.environ, ROASTER_ADMIN_TOKEN=ADMIN)
         self.log = open(os.path.join(self.work, "server.log"), "w")

@@ -6,7 +6,9 @@
 //!   offline, straight in the data directory's token file (safe beside a running server: the
 //!   file is locked while written and replaced atomically, and the server notices the change).
 //!   Every attempt is recorded as an `audit.token` event straight into the data directory's
-//!   `events.db` (no token is made when the audit trail cannot be opened).
+//!   `events.db` (no token is made when the audit trail cannot be opened; if this creates the
+//!   event store, its shard count is `[events] sqlite_shards` from the defaults and
+//!   `ROASTER_EVENTS_*` variables).
 //! - `roaster ctl switch SOURCE STATE`, `ctl switches`, `ctl compact`, `ctl snapshot DEST`: talk
 //!   to a running server's human plane (`--url`, `--token` or `ROASTER_TOKEN`).
 //!
@@ -252,7 +254,13 @@ fn token_create(scope: &str, name: &str, data_dir: &std::path::Path) -> anyhow::
     // Open the audit trail first: a token must not be made when its creation cannot be recorded.
     // SQLite lets this process write beside a running server.
     let events_db = data_dir.join(server::events::EVENTS_DB_FILE);
-    let events = store::SqliteStore::open(store::SqliteConfig::new(&events_db))
+    // The [events] defaults plus ROASTER_EVENTS_* variables: if this creates the store (no
+    // server ran yet), it gets the configured layout (`sqlite_shards`), which is then fixed.
+    let events_config = load_config(None)
+        .context("invalid ROASTER_* configuration variables")?
+        .events
+        .sqlite_config(events_db.clone());
+    let events = store::SqliteStore::open(events_config)
         .with_context(|| format!("cannot open the audit trail in {}", events_db.display()))?;
     let now = model::SystemClock.now();
     let created = store.create(name, scope, now.millis());

@@ -2,7 +2,8 @@
 //! of the server records events through (the robot plane's `POST /api/v1/events`, heartbeats,
 //! the audit trail), its metrics and the periodic retention job.
 //!
-//! Storage is `events.db` in the data directory (a [`store::SqliteStore`]), reached only
+//! Storage is `events.db` (shard 0) and `events.K.db` (shards 1.., `[events] sqlite_shards`
+//! when the store is created) in the data directory (a [`store::SqliteStore`]), reached only
 //! through `Arc<dyn store::EventStore>`, so a PostgreSQL store can replace it here alone.
 //!
 //! Invariants:
@@ -106,6 +107,13 @@ pub struct EventsConfig {
     /// many commits rewrite once per checkpoint (1000: about 20 % fewer bytes written per event
     /// than 100). Durability does not depend on it: a commit is durable in the WAL.
     pub sqlite_checkpoint_interval_ms: u64,
+    /// How many SQLite files (shards, each with its own writer) a new event store is split
+    /// into, 1..=16; events go to a shard by a fixed hash of their id, so inserts use as many
+    /// cores as there are shards. Fixed when the store is created: later opens use the count
+    /// recorded in `events.db` and log when this differs (changing it needs an export).
+    /// Each shard has its own writer, `sqlite_readers` readers and checkpointer, each with
+    /// its own `sqlite_cache_kib` page cache.
+    pub sqlite_shards: usize,
 }
 
 impl Default for EventsConfig {
@@ -131,6 +139,7 @@ impl Default for EventsConfig {
             sqlite_wal_autocheckpoint_pages: 10_000,
             fts_automerge: 4,
             sqlite_checkpoint_interval_ms: 1000,
+            sqlite_shards: 2,
         }
     }
 }
@@ -172,6 +181,12 @@ impl EventsConfig {
         if self.sqlite_checkpoint_interval_ms > 60_000 {
             return Err(("sqlite_checkpoint_interval_ms", "must be at most 60000".into()));
         }
+        if !(1..=store::MAX_SHARDS).contains(&self.sqlite_shards) {
+            return Err((
+                "sqlite_shards",
+                format!("must be between 1 and {}", store::MAX_SHARDS),
+            ));
+        }
         if self.sqlite_busy_timeout_ms == 0 {
             return Err(("sqlite_busy_timeout_ms", "must be greater than 0".into()));
         }
@@ -205,6 +220,7 @@ impl EventsConfig {
         c.max_batch_items = self.max_batch_items;
         c.max_indexed_payload_bytes = self.max_payload_bytes;
         c.retention_chunk_rows = self.retention_chunk_rows;
+        c.shards = self.sqlite_shards;
         c.limits = QueryLimits {
             default_page: self.default_page,
             max_page: self.max_page,
@@ -345,7 +361,7 @@ impl EventMetrics {
         );
         out.histogram(
             "roaster_events_insert_duration_seconds",
-            "Latency of one event store insert (a whole batch, in one transaction).",
+            "Latency of one event store insert (a whole batch: one transaction per shard, in parallel).",
             &[],
             &self.insert_seconds,
         );
@@ -430,13 +446,21 @@ impl std::fmt::Debug for Events {
 }
 
 impl Events {
-    /// Opens (or creates) `events.db` in `data_dir`. Blocking: call it off the async workers.
+    /// Opens (or creates) the event store (`events.db` and its shard files) in `data_dir`.
+    /// Blocking: call it off the async workers.
     pub fn open(
         data_dir: &std::path::Path,
         config: &EventsConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Events, StoreError> {
         let store = store::SqliteStore::open(config.sqlite_config(data_dir.join(EVENTS_DB_FILE)))?;
+        if store.shards() != config.sqlite_shards {
+            tracing::warn!(
+                recorded = store.shards(),
+                configured = config.sqlite_shards,
+                "the event store keeps the shard count recorded when it was created; [events] sqlite_shards applies only to a new store"
+            );
+        }
         Ok(Events::with_store(Arc::new(store), config, clock))
     }
 
@@ -1092,7 +1116,13 @@ mod tests {
         let mut bad = c.clone();
         bad.max_batch_items = 0;
         assert_eq!(bad.validate().unwrap_err().0, "max_batch_items");
+        for shards in [0, store::MAX_SHARDS + 1] {
+            let mut bad = c.clone();
+            bad.sqlite_shards = shards;
+            assert_eq!(bad.validate().unwrap_err().0, "sqlite_shards");
+        }
         let path = std::path::PathBuf::from("events.db");
+        assert_eq!(c.sqlite_config(path.clone()).shards, 2);
         assert_eq!(
             c.sqlite_config(path.clone()).background_checkpoint,
             Some(Duration::from_secs(1))

@@ -13,6 +13,11 @@
 //! CARGO_TARGET_DIR=/work/target-store nice -n 10 cargo bench -p store --bench events -- build 5000000 /tmp/roaster-events.db
 //! CARGO_TARGET_DIR=/work/target-store nice -n 10 cargo bench -p store --bench events -- query /tmp/roaster-events.db
 //! ```
+//! Every mode opens the store with the default shard count ([`SqliteConfig::shards`], 2
+//! since session 5): `build` makes `PATH` plus `PATH`'s `events.1.db`-style shard files, and
+//! `query` opens whatever layout `PATH` records (a file built before session 5 opens as one
+//! shard, migrated to schema 5 in place).
+//!
 //! The data is synthetic and deterministic (see [`Gen`]): 1,000 hosts, 40 services, 24 kinds,
 //! events spread evenly over 60 days, summaries of six words from a 4,000-word vocabulary,
 //! three labels, and a payload of package names on a third of the events.

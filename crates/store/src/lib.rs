@@ -5,19 +5,21 @@
 //!   (callers run it on a blocking thread) and speaks only `model` types and the plain data
 //!   types here: no SQLite type appears in it, so a PostgreSQL implementation can follow
 //!   without touching callers.
-//! - [`SqliteStore`] implements it over one SQLite file (see [`sqlite`] for the on-disk
-//!   schema, the connection layout and the migration history).
+//! - [`SqliteStore`] implements it over N SQLite shard files, one writer each (see [`sqlite`]
+//!   for the layout, the on-disk schema, the connection layout and the migration history).
 //!
 //! Contracts every implementation keeps:
 //! - **Idempotent inserts.** An event whose id is already stored is reported
 //!   [`ItemResult::Duplicate`] and stores nothing, not even a changed copy: resending a
 //!   batch is safe and costs about what a fresh batch costs.
 //! - **Stable pages.** [`EventStore::query`] orders by time, newest first, and events with
-//!   the same time newest-stored first (insertion order, never reused while the event is
-//!   stored), and pages with a keyset cursor: an event seen on one page never shows on a
-//!   later one and none is skipped, however many events arrive between pages (an event
-//!   arriving with a time older than the cursor shows on a later page, where it belongs; one
-//!   arriving at the cursor's time sorts before it and does not).
+//!   the same time in a fixed total order the store defines (for [`SqliteStore`]: shard,
+//!   higher first, then newest-stored first in that shard; positions are never reused while
+//!   the event is stored), and pages with a keyset cursor: an event seen on one page never
+//!   shows on a later one and none is skipped, however many events arrive between pages (an
+//!   event arriving with a time older than the cursor shows on a later page, where it
+//!   belongs; one arriving at the cursor's time shows on a later page exactly when the tie
+//!   order puts it after the cursor).
 //! - **Append-only audit.** Events of kind `audit.*` are never updated, and the only way they
 //!   are deleted is retention, which has its own age limit ([`Retention::audit_before`],
 //!   `None` = keep forever) separate from other events'.
@@ -33,7 +35,7 @@ pub mod sqlite;
 
 mod fts;
 
-pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
+pub use sqlite::{MAX_SHARDS, SqliteConfig, SqliteStore, Synchronous, shard_of, shard_path};
 
 use model::event::{Event, EventId, Severity};
 use model::{Matcher, Timestamp};
@@ -77,6 +79,11 @@ pub enum StoreError {
     /// (HTTP 503: the server is shutting down).
     #[error("event store is closed")]
     Closed,
+    /// The store's files do not form the layout recorded at creation (a shard file missing,
+    /// one recording another layout) or the asked-for layout is out of range. Not retryable;
+    /// needs an operator.
+    #[error("store layout: {0}")]
+    Layout(String),
     /// Any other database failure (I/O, disk full, schema migration). Not retryable.
     #[error("database error during {op}: {source}")]
     Backend {
@@ -233,8 +240,13 @@ pub struct RetentionReport {
 /// The event storage boundary. Implementations are shared between threads; every method
 /// blocks, so async callers use `spawn_blocking` (or a dedicated thread).
 pub trait EventStore: Send + Sync {
-    /// Stores a batch in one transaction, skipping ids already stored; one result per event,
-    /// in order. Fails as a whole (nothing stored) or not at all.
+    /// Stores a batch, skipping ids already stored; one result per event, in order. Not
+    /// atomic: an implementation may store it in several transactions (for [`SqliteStore`],
+    /// one per shard), so a failed call may have stored part of the batch, and readers may
+    /// see part of a batch before the rest. What holds: nothing is acknowledged (`Ok`) before
+    /// it is committed, and a resend is idempotent (the stored part answers
+    /// [`ItemResult::Duplicate`]), so a client that resends until it gets an answer loses
+    /// nothing and stores nothing twice.
     fn insert_batch(&self, events: &[Event]) -> Result<Vec<ItemResult>, StoreError>;
 
     /// One page of events matching `query`, newest first.
@@ -253,21 +265,4 @@ pub trait EventStore: Send + Sync {
     /// refuses further writes with [`StoreError::Closed`]; reads keep working. Idempotent.
     /// Committed batches are durable without it; this only leaves the files tidy.
     fn close(&self) -> Result<(), StoreError>;
-}
-
-/// Encodes a keyset position, an event's time and its insertion sequence number, as an
-/// opaque cursor: `v2.<time>.<seq>`. (Version 1, `<time>_<id>`, ordered ties by id; it
-/// always starts with a digit or `-`, so it can never be mistaken for this one.)
-fn encode_cursor(time: Timestamp, seq: i64) -> String {
-    format!("v2.{}.{}", time.0, seq)
-}
-
-/// Decodes a cursor made by [`encode_cursor`]; anything else, including a cursor handed out
-/// before the version-2 format, is [`StoreError::InvalidCursor`].
-fn decode_cursor(cursor: &str) -> Result<(Timestamp, i64), StoreError> {
-    let rest = cursor.strip_prefix("v2.").ok_or(StoreError::InvalidCursor)?;
-    let (time, seq) = rest.split_once('.').ok_or(StoreError::InvalidCursor)?;
-    let time: i64 = time.parse().map_err(|_| StoreError::InvalidCursor)?;
-    let seq: i64 = seq.parse().map_err(|_| StoreError::InvalidCursor)?;
-    Ok((Timestamp(time), seq))
 }

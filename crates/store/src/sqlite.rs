@@ -1,11 +1,39 @@
-//! [`EventStore`] over one SQLite file.
+//! [`EventStore`] over N SQLite files ("shards"), each one the single-file store described
+//! below, so N writers commit in parallel (SQLite allows one writer per file).
 //!
-//! Connections: one writer behind a mutex (SQLite allows one writer at a time anyway) and a
-//! fixed pool of [`SqliteConfig::readers`] read-only connections; the file is in WAL mode,
-//! so readers never block the writer or each other. A caller that finds every reader busy
-//! waits for one; nothing opens connections on demand.
+//! Layout (fixed at creation, [`SqliteConfig::shards`], 1..=[`MAX_SHARDS`], default 2):
+//! shard 0 is [`SqliteConfig::path`] (`events.db`), shard k is `events.k.db` beside it
+//! ([`shard_path`]). Every file records `(shards, shard)` in `store_layout` (schema 5); the
+//! count recorded in shard 0 wins over the config on every later open. A file from before
+//! sharding (schema 1..=4) opens as a 1-shard store, untouched but for the migration. A
+//! missing shard file, or one recording another layout, is [`StoreError::Layout`], never
+//! silently recreated. A new store creates shards 1.. first and writes shard 0's layout row
+//! last, so a crash during creation leaves files the next open completes; a shard file that
+//! holds events beside a new `events.db` is refused (its shard 0 went missing).
 //!
-//! On-disk format (schema version 4, kept in `PRAGMA user_version` by `rusqlite_migration`;
+//! Routing: an event lives in shard [`shard_of`]`(id, N)` = FNV-1a 64 of the id's UTF-8
+//! bytes mod N (fixed; a test pins values), so idempotency stays each shard's `UNIQUE(id)`.
+//! - **Inserts** split a batch by shard keeping each event's position, insert the sub-batches
+//!   in parallel (the first on the caller's thread, the others on scoped threads), one
+//!   transaction per shard, and merge the results back into batch order. A batch is
+//!   therefore not atomic across shards (see [`EventStore::insert_batch`]).
+//! - **Pages** are ordered by `(time, shard, seq)` descending; the cursor is
+//!   `v3.<time>.<shard>.<seq>`. Each shard is asked, in parallel, for `limit + 1` rows below
+//!   its local bound derived from the cursor (its own shard: `(time, seq) < (t, s)`; a lower
+//!   shard: `time <= t`; a higher one: `time < t`), and the rows are merged and cut at
+//!   `limit`. `v2.` cursors of the single-file store are [`StoreError::InvalidCursor`].
+//! - **Annotations** are ordered `(time, shard, seq)` ascending (the reverse of pages): each
+//!   shard gives `max + 1`, merged and cut; truncated when more than `max` matched in all.
+//! - **count** sums, **retention** runs per shard and sums, **close** closes every shard.
+//!
+//! Per shard — connections: one writer behind a mutex (SQLite allows one writer at a time
+//! anyway) and a fixed pool of [`SqliteConfig::readers`] read-only connections; the file is
+//! in WAL mode, so readers never block the writer or each other. A caller that finds every
+//! reader busy waits for one; nothing opens connections on demand. Each shard has its own
+//! background checkpointer.
+//!
+//! On-disk format of each shard (schema version 5, which only added `store_layout`; kept
+//! in `PRAGMA user_version` by `rusqlite_migration`;
 //! migrations only ever append, never edit a shipped step):
 //!
 //! ```sql
@@ -53,7 +81,7 @@
 //! disagrees with the table. The full-text table is contentless: it stores no copy of the
 //! text, only the index, and retention deletes from it by rowid.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,12 +92,12 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::value::RawValue;
 
 use model::event::{Event, EventId, Severity, is_label_name};
-use model::{MatchOp, Timestamp};
+use model::{MatchOp, Matcher, Timestamp};
 
 use crate::fts::{full_expression, labels_text, match_expression, payload_text};
 use crate::{
     Annotation, AnnotationQuery, Annotations, EventQuery, EventStore, ItemResult, Page, QueryLimits,
-    Retention, RetentionReport, StoreError, decode_cursor, encode_cursor,
+    Retention, RetentionReport, StoreError,
 };
 
 const MIGRATIONS: &[M<'static>] = &[
@@ -114,7 +142,21 @@ const MIGRATIONS: &[M<'static>] = &[
         DROP INDEX events_service_time;
         CREATE INDEX events_service_time ON events(service, time) WHERE service IS NOT NULL;",
     ),
+    M::up(
+        "CREATE TABLE store_layout (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        shards INTEGER NOT NULL,
+        shard INTEGER NOT NULL
+    );",
+    ),
 ];
+
+/// The last schema version before [`MIGRATIONS`] recorded a shard layout: a file at version
+/// 1..=4 is a single-file store from before sharding and opens as a 1-shard store.
+const LAST_UNSHARDED_VERSION: i64 = 4;
+
+/// Most shard files one store may have ([`SqliteConfig::shards`]).
+pub const MAX_SHARDS: usize = 16;
 
 /// How hard SQLite syncs to disk on commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,6 +201,7 @@ pub struct SqliteConfig {
     pub retention_chunk_rows: usize,
     /// A full-text search or kind prefix matching fewer rows than this is answered by
     /// fetching and sorting its matches; one matching more walks a time-ordered index.
+    /// With N shards, each shard applies `drive_max_rows / N` to its own matches.
     pub drive_max_rows: usize,
     /// WAL pages after which a commit checkpoints them into the main file (SQLite's
     /// `wal_autocheckpoint`; its default is 1000). Larger values copy each hot page less
@@ -179,6 +222,11 @@ pub struct SqliteConfig {
     /// default is 4). Larger values merge less often while inserting, with more segments
     /// for a search to read.
     pub fts_automerge: u32,
+    /// How many shard files a store created by this open has (1..=[`MAX_SHARDS`]). Used only
+    /// when the store is created: the count recorded in its files wins on every later open
+    /// ([`SqliteStore::shards`] says which count is in force). Shard 0 is [`Self::path`],
+    /// shard k sits beside it as `<stem>.<k>.<ext>` (`events.1.db`).
+    pub shards: usize,
     /// Query bounds.
     pub limits: QueryLimits,
 }
@@ -199,6 +247,7 @@ impl SqliteConfig {
             wal_autocheckpoint_pages: 1000,
             fts_automerge: 4,
             background_checkpoint: Some(Duration::from_millis(1000)),
+            shards: 2,
             limits: QueryLimits::default(),
         }
     }
@@ -277,22 +326,18 @@ impl Checkpointer {
     }
 }
 
-/// Events in a SQLite file; see the module doc.
-pub struct SqliteStore {
-    /// `None` once [`EventStore::close`] ran.
+/// One shard: events in one SQLite file, with its own writer, reader pool and
+/// checkpointer; exactly the single-file store of schema 4 (see the module doc).
+struct Shard {
+    /// `None` once [`Shard::close`] ran.
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
     reader_free: Condvar,
     checkpointer: Mutex<Option<Checkpointer>>,
+    /// The store's config with `path` set to this shard's file.
     config: SqliteConfig,
-}
-
-impl std::fmt::Debug for SqliteStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
+    /// `PRAGMA user_version` before this open migrated the file (0: a new file).
+    prior_version: i64,
 }
 
 /// Maps a driver error, telling busy/locked (retryable) apart from the rest.
@@ -306,11 +351,14 @@ fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     }
 }
 
-impl SqliteStore {
-    /// Opens (or creates) the database, applies pending migrations and fills the reader pool.
-    pub fn open(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+impl Shard {
+    /// Opens (or creates) one shard file, applies pending migrations and fills the reader pool.
+    fn open(config: SqliteConfig) -> Result<Shard, StoreError> {
         let mut writer = Connection::open(&config.path).map_err(db_err("open"))?;
         configure(&writer, &config, false)?;
+        let prior_version: i64 = writer
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_err("open"))?;
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut writer)
             .map_err(|e| StoreError::Backend {
@@ -342,25 +390,60 @@ impl SqliteStore {
             }
             _ => None,
         };
-        Ok(SqliteStore {
+        Ok(Shard {
             writer,
             readers: Mutex::new(readers),
             reader_free: Condvar::new(),
             checkpointer: Mutex::new(checkpointer),
             config,
+            prior_version,
         })
     }
 
-    /// The configuration this store was opened with.
-    pub fn config(&self) -> &SqliteConfig {
-        &self.config
+    /// The layout recorded in this file, `(shards, shard)`, if any.
+    fn layout(&self) -> Result<Option<(usize, usize)>, StoreError> {
+        let op = "read layout";
+        let mut guard = self.writer.lock();
+        let conn = guard.as_mut().ok_or(StoreError::Closed)?;
+        let row: Option<(i64, i64)> =
+            match conn.query_row("SELECT shards, shard FROM store_layout WHERE one = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            }) {
+                Ok(row) => Some(row),
+                Err(rusqlite::Error::QueryReturnedNoRows) => None,
+                Err(e) => return Err(db_err(op)(e)),
+            };
+        match row {
+            None => Ok(None),
+            Some((n, k)) => match (usize::try_from(n), usize::try_from(k)) {
+                (Ok(n), Ok(k)) if (1..=MAX_SHARDS).contains(&n) && k < n => Ok(Some((n, k))),
+                _ => Err(StoreError::Corrupt {
+                    table: "store_layout",
+                    detail: format!("shard {k} of {n}"),
+                }),
+            },
+        }
+    }
+
+    /// Records this file as shard `shard` of `shards`.
+    fn set_layout(&self, shards: usize, shard: usize) -> Result<(), StoreError> {
+        let op = "record layout";
+        let mut guard = self.writer.lock();
+        let conn = guard.as_mut().ok_or(StoreError::Closed)?;
+        conn.execute(
+            "INSERT INTO store_layout (one, shards, shard) VALUES (1, ?1, ?2) \
+             ON CONFLICT(one) DO UPDATE SET shards = excluded.shards, shard = excluded.shard",
+            [shards as i64, shard as i64],
+        )
+        .map_err(db_err(op))?;
+        Ok(())
     }
 
     /// Runs `f` on a pooled reader, waiting for one to be free. The connection goes back to
     /// the pool even if `f` panics, so the pool never shrinks.
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         struct Lease<'a> {
-            store: &'a SqliteStore,
+            store: &'a Shard,
             conn: Option<Connection>,
         }
         impl Drop for Lease<'_> {
@@ -389,18 +472,18 @@ impl SqliteStore {
             None => Err(StoreError::Busy { op: "lease reader" }),
         }
     }
+}
 
-    fn page_limit(&self, limit: Option<usize>) -> Result<usize, StoreError> {
-        let limits = &self.config.limits;
-        match limit {
-            None => Ok(limits.default_page),
-            Some(0) => Err(StoreError::InvalidQuery("limit must be at least 1".into())),
-            Some(n) if n > limits.max_page => Err(StoreError::InvalidQuery(format!(
-                "limit {n} exceeds the maximum of {}",
-                limits.max_page
-            ))),
-            Some(n) => Ok(n),
-        }
+/// A page size the limits allow, or why not.
+fn page_limit(limits: &QueryLimits, limit: Option<usize>) -> Result<usize, StoreError> {
+    match limit {
+        None => Ok(limits.default_page),
+        Some(0) => Err(StoreError::InvalidQuery("limit must be at least 1".into())),
+        Some(n) if n > limits.max_page => Err(StoreError::InvalidQuery(format!(
+            "limit {n} exceeds the maximum of {}",
+            limits.max_page
+        ))),
+        Some(n) => Ok(n),
     }
 }
 
@@ -506,6 +589,18 @@ struct RawRow {
     seq: i64,
 }
 
+/// One annotation row as stored, with its shard-local `seq` (the tie-break when merging).
+struct AnnotationRow {
+    id: String,
+    time: i64,
+    kind: String,
+    severity: i64,
+    host: Option<String>,
+    service: Option<String>,
+    summary: String,
+    seq: i64,
+}
+
 fn read_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
     Ok(RawRow {
         id: r.get(0)?,
@@ -574,7 +669,7 @@ fn kind_prefix_clause(prefix: &Option<String>) -> Option<(&'static str, [Value; 
     ))
 }
 
-/// How a query reaches its rows; chosen by [`SqliteStore::plan`] rather than left to
+/// How a query reaches its rows; chosen by [`Shard::plan`] rather than left to
 /// SQLite, which has no statistics about how selective full-text words or kinds are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plan {
@@ -649,6 +744,41 @@ impl Filter {
         }
     }
 
+    /// A label matcher; its name and (for regexes) pattern are checked here so a bad one is
+    /// the caller's error, not a database failure.
+    fn label(&mut self, m: &Matcher) -> Result<(), StoreError> {
+        if !is_label_name(&m.name) {
+            return Err(StoreError::InvalidQuery(format!(
+                "label name {:?} must match [A-Za-z_][A-Za-z0-9_.-]*",
+                m.name
+            )));
+        }
+        // regexes are anchored at both ends, as model::Matcher and PromQL do
+        let (clause, value) = match m.op {
+            MatchOp::Equal => ("coalesce(json_extract(e.labels, ?), '') = ?", m.value.clone()),
+            MatchOp::NotEqual => ("coalesce(json_extract(e.labels, ?), '') != ?", m.value.clone()),
+            MatchOp::Regex => (
+                "coalesce(json_extract(e.labels, ?), '') REGEXP ?",
+                format!("^(?s:{})$", m.value),
+            ),
+            MatchOp::NotRegex => (
+                "NOT (coalesce(json_extract(e.labels, ?), '') REGEXP ?)",
+                format!("^(?s:{})$", m.value),
+            ),
+        };
+        // a matcher's pattern was checked when it was built, but its fields are public
+        if matches!(m.op, MatchOp::Regex | MatchOp::NotRegex) {
+            regex::Regex::new(&value)
+                .map_err(|e| StoreError::InvalidQuery(format!("label matcher {:?}: {e}", m.name)))?;
+        }
+        // the name is validated above, so quoting it into a JSON path is safe
+        self.push(
+            clause,
+            [Value::Text(format!("$.\"{}\"", m.name)), Value::Text(value)],
+        );
+        Ok(())
+    }
+
     fn sql(&self) -> String {
         if self.clauses.is_empty() {
             "1".to_owned()
@@ -658,14 +788,9 @@ impl Filter {
     }
 }
 
-impl EventStore for SqliteStore {
-    fn insert_batch(&self, events: &[Event]) -> Result<Vec<ItemResult>, StoreError> {
-        if events.len() > self.config.max_batch_items {
-            return Err(StoreError::BatchTooLarge {
-                count: events.len(),
-                max: self.config.max_batch_items,
-            });
-        }
+impl Shard {
+    /// Stores `events` (all routed to this shard) in one transaction; one result per event.
+    fn insert(&self, events: &[&Event]) -> Result<Vec<ItemResult>, StoreError> {
         let op = "insert events";
         let json_err = |err: serde_json::Error| StoreError::Backend {
             op,
@@ -754,86 +879,38 @@ impl EventStore for SqliteStore {
         Ok(results)
     }
 
-    fn query(&self, query: &EventQuery) -> Result<Page, StoreError> {
-        let limits = &self.config.limits;
-        let limit = self.page_limit(query.limit)?;
-        if query.labels.len() > limits.max_label_matchers {
-            return Err(StoreError::InvalidQuery(format!(
-                "more than {} label matchers",
-                limits.max_label_matchers
-            )));
-        }
-        let mut filter = Filter::default();
-        filter.time_range(query.from, query.to);
-        filter.exact("host", &query.host);
-        filter.exact("service", &query.service);
-        filter.kind_prefix(&query.kind_prefix);
-        for m in &query.labels {
-            if !is_label_name(&m.name) {
-                return Err(StoreError::InvalidQuery(format!(
-                    "label name {:?} must match [A-Za-z_][A-Za-z0-9_.-]*",
-                    m.name
-                )));
-            }
-            // regexes are anchored at both ends, as model::Matcher and PromQL do
-            let (clause, value) = match m.op {
-                MatchOp::Equal => ("coalesce(json_extract(e.labels, ?), '') = ?", m.value.clone()),
-                MatchOp::NotEqual => ("coalesce(json_extract(e.labels, ?), '') != ?", m.value.clone()),
-                MatchOp::Regex => (
-                    "coalesce(json_extract(e.labels, ?), '') REGEXP ?",
-                    format!("^(?s:{})$", m.value),
-                ),
-                MatchOp::NotRegex => (
-                    "NOT (coalesce(json_extract(e.labels, ?), '') REGEXP ?)",
-                    format!("^(?s:{})$", m.value),
-                ),
-            };
-            // a matcher's pattern was checked when it was built, but its fields are public:
-            // check again so a bad pattern is the caller's error, not a database failure
-            if matches!(m.op, MatchOp::Regex | MatchOp::NotRegex) {
-                regex::Regex::new(&value)
-                    .map_err(|e| StoreError::InvalidQuery(format!("label matcher {:?}: {e}", m.name)))?;
-            }
-            // the name is validated above, so quoting it into a JSON path is safe
-            filter.push(
-                clause,
-                [Value::Text(format!("$.\"{}\"", m.name)), Value::Text(value)],
-            );
-        }
-        let words = match &query.q {
-            Some(q) => match_expression(q, limits)?
-                .map(|w| full_expression(&w, query.host.as_deref(), query.service.as_deref())),
-            None => None,
-        };
-        if let Some(expr) = &words {
-            filter.push(
-                "e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)",
-                [Value::Text(expr.clone())],
-            );
-        }
-        if let Some(cursor) = &query.cursor {
-            let (time, seq) = decode_cursor(cursor)?;
-            filter.push(
-                "(e.time, e.seq) < (?, ?)",
-                [Value::Integer(time.0), Value::Integer(seq)],
-            );
-        }
+    /// Up to `fetch` rows of this shard matching `filter` (plus the full-text and kind
+    /// conditions), newest first by `(time, seq)`, below the local keyset `bound`.
+    fn query_rows(
+        &self,
+        query: &EventQuery,
+        filter: &Filter,
+        words: Option<&str>,
+        kind_words: Option<&str>,
+        bound: Option<(i64, i64)>,
+        fetch: usize,
+    ) -> Result<Vec<RawRow>, StoreError> {
         let op = "query events";
-        let kind_words = kind_fts_expression(&query.kind_prefix);
-        let raw = self.with_reader(|conn| {
-            let plan = self.plan(conn, query, words.as_deref(), kind_words.as_deref())?;
+        self.with_reader(|conn| {
+            let plan = self.plan(conn, query, words, kind_words)?;
             let mut filter = filter.clone();
-            if let (Plan::Kind, Some(expr)) = (plan, &kind_words) {
+            if let (Plan::Kind, Some(expr)) = (plan, kind_words) {
                 filter.push(
                     "e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)",
-                    [Value::Text(expr.clone())],
+                    [Value::Text(expr.to_owned())],
+                );
+            }
+            if let Some((time, seq)) = bound {
+                filter.push(
+                    "(e.time, e.seq) < (?, ?)",
+                    [Value::Integer(time), Value::Integer(seq)],
                 );
             }
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM {} WHERE {} ORDER BY e.time DESC, e.seq DESC LIMIT {}",
                 plan.table(),
                 filter.sql(),
-                limit + 1
+                fetch
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(db_err(op))?;
             let rows = stmt
@@ -841,72 +918,40 @@ impl EventStore for SqliteStore {
                 .map_err(db_err(op))?;
             rows.collect::<rusqlite::Result<Vec<RawRow>>>()
                 .map_err(db_err(op))
-        })?;
-        let more = raw.len() > limit;
-        let next_cursor = match limit.checked_sub(1).and_then(|i| raw.get(i)) {
-            Some(last) if more => Some(encode_cursor(Timestamp(last.time), last.seq)),
-            _ => None,
-        };
-        let mut events = raw
-            .into_iter()
-            .take(limit)
-            .map(read_event)
-            .collect::<Result<Vec<_>, _>>()?;
-        events.shrink_to_fit();
-        Ok(Page { events, next_cursor })
+        })
     }
 
-    fn annotations(&self, query: &AnnotationQuery) -> Result<Annotations, StoreError> {
-        let max = self.config.limits.max_annotations;
-        let mut filter = Filter::default();
-        filter.time_range(Some(query.from), Some(query.to));
-        filter.exact("host", &query.host);
-        filter.exact("service", &query.service);
-        filter.kind_prefix(&query.kind_prefix);
+    /// Up to `max` + 1 annotation rows of this shard matching `filter`, oldest first by
+    /// `(time, seq)`.
+    fn annotation_rows(&self, filter: &Filter, max: usize) -> Result<Vec<AnnotationRow>, StoreError> {
         let sql = format!(
-            "SELECT e.id, e.time, e.kind, e.severity, e.host, e.service, e.summary \
+            "SELECT e.id, e.time, e.kind, e.severity, e.host, e.service, e.summary, e.seq \
              FROM events e WHERE {} ORDER BY e.time, e.seq LIMIT {}",
             filter.sql(),
             max + 1
         );
         let op = "query annotations";
-        type AnnotationRow = (String, i64, String, i64, Option<String>, Option<String>, String);
-        let raw: Vec<AnnotationRow> = self.with_reader(|conn| {
+        self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(&sql).map_err(db_err(op))?;
             let rows = stmt
                 .query_map(params_from_iter(filter.params.iter()), |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
+                    Ok(AnnotationRow {
+                        id: r.get(0)?,
+                        time: r.get(1)?,
+                        kind: r.get(2)?,
+                        severity: r.get(3)?,
+                        host: r.get(4)?,
+                        service: r.get(5)?,
+                        summary: r.get(6)?,
+                        seq: r.get(7)?,
+                    })
                 })
                 .map_err(db_err(op))?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err(op))
-        })?;
-        let truncated = raw.len() > max;
-        let rows = raw
-            .into_iter()
-            .take(max)
-            .map(|(id, time, kind, severity, host, service, summary)| {
-                Ok(Annotation {
-                    id: EventId::from_stored(id),
-                    time: Timestamp(time),
-                    kind,
-                    severity: severity_from_code(severity)?,
-                    host,
-                    service,
-                    summary,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Annotations { rows, truncated })
+        })
     }
 
+    /// Retention on this shard.
     fn delete_older_than(&self, retention: &Retention) -> Result<RetentionReport, StoreError> {
         let events_deleted = self.delete_chunked(
             "SELECT seq, time FROM events WHERE time >= ?3 AND time < ?1 AND kind NOT GLOB 'audit.*' ORDER BY time LIMIT ?2",
@@ -925,6 +970,7 @@ impl EventStore for SqliteStore {
         })
     }
 
+    /// Events stored in this shard.
     fn count(&self) -> Result<u64, StoreError> {
         let op = "count events";
         self.with_reader(|conn| {
@@ -935,6 +981,7 @@ impl EventStore for SqliteStore {
         })
     }
 
+    /// Stops the checkpointer, checkpoints and closes the writer; idempotent.
     fn close(&self) -> Result<(), StoreError> {
         if let Some(c) = self.checkpointer.lock().take() {
             c.stop();
@@ -949,7 +996,7 @@ impl EventStore for SqliteStore {
     }
 }
 
-impl SqliteStore {
+impl Shard {
     /// Chooses how to reach a query's rows.
     ///
     /// - A full-text search (narrowed by host and service inside the index) or a kind prefix
@@ -1046,5 +1093,458 @@ impl SqliteStore {
                 return Ok(deleted);
             }
         }
+    }
+}
+
+/// FNV-1a (64-bit) of the id's UTF-8 bytes, modulo `shards`: the shard an event id lives in.
+/// Fixed forever for a stored layout (a test pins it): idempotency is a per-shard `UNIQUE`
+/// check, so an id must always land on the same shard. Never `RandomState`.
+pub fn shard_of(id: &str, shards: usize) -> usize {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(PRIME);
+    }
+    // `shards` is 1..=MAX_SHARDS, so both conversions are lossless
+    (h % shards.max(1) as u64) as usize
+}
+
+/// Where shard `k` of a store whose shard 0 is `base` lives: `base` itself for 0, else
+/// `<stem>.<k>.<ext>` beside it (`events.db` → `events.1.db`; no extension: `<name>.<k>`).
+pub fn shard_path(base: &Path, k: usize) -> PathBuf {
+    if k == 0 {
+        return base.to_path_buf();
+    }
+    let name = match (base.file_stem(), base.extension()) {
+        (Some(stem), Some(ext)) => {
+            let mut n = stem.to_os_string();
+            n.push(format!(".{k}."));
+            n.push(ext);
+            n
+        }
+        _ => {
+            let mut n = base.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            n.push(format!(".{k}"));
+            n
+        }
+    };
+    base.with_file_name(name)
+}
+
+/// Events in N SQLite shard files; see the module doc.
+pub struct SqliteStore {
+    /// Shard k at index k; never empty, at most [`MAX_SHARDS`].
+    shards: Vec<Shard>,
+    config: SqliteConfig,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("shards", &self.shards.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn layout_err(detail: String) -> StoreError {
+    StoreError::Layout(detail)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store: shard 0 at [`SqliteConfig::path`], then the others its
+    /// recorded layout names (each must exist; a missing one is an error, never recreated).
+    ///
+    /// A new store gets [`SqliteConfig::shards`] files: shards 1.. are created and recorded
+    /// first and shard 0's layout row last, so a crash during creation leaves a store that
+    /// the next open creates again. A file from before sharding (schema 1..=4, no layout row)
+    /// is recorded as a 1-shard store. The recorded count wins over the config.
+    pub fn open(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+        if !(1..=MAX_SHARDS).contains(&config.shards) {
+            return Err(layout_err(format!(
+                "shards must be between 1 and {MAX_SHARDS}, not {}",
+                config.shards
+            )));
+        }
+        let mut first = Shard::open(config.clone())?;
+        let recorded = first.layout()?;
+        let (count, fresh) = match recorded {
+            Some((n, 0)) => (n, false),
+            Some((n, k)) => {
+                return Err(layout_err(format!(
+                    "{} is shard {k} of {n}, not shard 0",
+                    config.path.display()
+                )));
+            }
+            None if (1..=LAST_UNSHARDED_VERSION).contains(&first.prior_version) => {
+                first.set_layout(1, 0)?;
+                (1, false)
+            }
+            None => (config.shards, true),
+        };
+        // a shard holds about 1/N of the matches, so it drives a full-text or kind plan below
+        // 1/N of the threshold: the work per query stays what one file's would be
+        first.config.drive_max_rows = config.drive_max_rows.div_ceil(count).max(1);
+        let mut shards = Vec::with_capacity(count);
+        shards.push(first);
+        for k in 1..count {
+            let path = shard_path(&config.path, k);
+            if !fresh && !path.exists() {
+                return Err(layout_err(format!(
+                    "shard file {} of this {count}-shard store is missing",
+                    path.display()
+                )));
+            }
+            let mut c = config.clone();
+            c.path = path;
+            c.drive_max_rows = config.drive_max_rows.div_ceil(count).max(1);
+            let shard = Shard::open(c)?;
+            if fresh && shard.count()? > 0 {
+                // shard 0 is new but this one holds events: not a creation that crashed
+                // (those leave empty shards) but a store whose events.db went missing
+                return Err(layout_err(format!(
+                    "{} holds events but {} is new: not creating a store over another's shard",
+                    shard.config.path.display(),
+                    config.path.display()
+                )));
+            }
+            match shard.layout()? {
+                Some((n, i)) if n == count && i == k => {}
+                None if fresh || shard.prior_version == 0 => shard.set_layout(count, k)?,
+                other => {
+                    return Err(layout_err(format!(
+                        "{} records layout {other:?}, expected shard {k} of {count}",
+                        shard.config.path.display()
+                    )));
+                }
+            }
+            shards.push(shard);
+        }
+        if fresh && let Some(first) = shards.first() {
+            first.set_layout(count, 0)?;
+        }
+        Ok(SqliteStore { shards, config })
+    }
+
+    /// The configuration this store was opened with (its `shards` is what was asked for;
+    /// [`Self::shards`] is what is in force).
+    pub fn config(&self) -> &SqliteConfig {
+        &self.config
+    }
+
+    /// How many shard files this store has (the count recorded at creation).
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Runs `f` on every shard, in parallel when there are several (shard 0 on the caller's
+    /// thread); results in shard order. The first error wins.
+    fn each_shard<T: Send>(
+        &self,
+        f: impl Fn(usize, &Shard) -> Result<T, StoreError> + Sync,
+    ) -> Result<Vec<T>, StoreError> {
+        let jobs: Vec<(usize, &Shard)> = self.shards.iter().enumerate().collect();
+        run_parallel(&jobs, |(k, s)| f(*k, s))
+    }
+}
+
+/// Runs `f` on every job, the first on the caller's thread and each other on a scoped thread
+/// of its own (run inline if the thread cannot be started); results in job order, the first
+/// error (in job order) wins, after every job finished.
+fn run_parallel<J: Sync, T: Send>(
+    jobs: &[J],
+    f: impl Fn(&J) -> Result<T, StoreError> + Sync,
+) -> Result<Vec<T>, StoreError> {
+    let Some((first, rest)) = jobs.split_first() else {
+        return Ok(Vec::new());
+    };
+    if rest.is_empty() {
+        return Ok(vec![f(first)?]);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = rest
+            .iter()
+            .map(|job| {
+                std::thread::Builder::new()
+                    .name("events-shard".into())
+                    .spawn_scoped(scope, move || f(job))
+                    .map_err(|_| job)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(jobs.len());
+        out.push(f(first));
+        for h in handles {
+            out.push(match h {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(StoreError::Backend {
+                        op: "shard thread",
+                        source: "a shard thread panicked".into(),
+                    })
+                }),
+                Err(job) => f(job),
+            });
+        }
+        out.into_iter().collect()
+    })
+}
+
+/// A global page position: (time, shard, seq). Pages are ordered by it descending.
+type PageKey = (i64, usize, i64);
+
+/// Encodes a keyset position as an opaque cursor `v3.<time>.<shard>.<seq>`.
+fn encode_cursor(key: PageKey) -> String {
+    format!("v3.{}.{}.{}", key.0, key.1, key.2)
+}
+
+/// Decodes a cursor made by [`encode_cursor`] for a store of `shards` shards; anything else
+/// (including the `v2.` cursors of the single-file store) is [`StoreError::InvalidCursor`].
+fn decode_cursor(cursor: &str, shards: usize) -> Result<PageKey, StoreError> {
+    let rest = cursor.strip_prefix("v3.").ok_or(StoreError::InvalidCursor)?;
+    let mut parts = rest.split('.');
+    let (Some(time), Some(shard), Some(seq), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(StoreError::InvalidCursor);
+    };
+    let time: i64 = time.parse().map_err(|_| StoreError::InvalidCursor)?;
+    let shard: usize = shard.parse().map_err(|_| StoreError::InvalidCursor)?;
+    let seq: i64 = seq.parse().map_err(|_| StoreError::InvalidCursor)?;
+    if shard >= shards {
+        return Err(StoreError::InvalidCursor);
+    }
+    Ok((time, shard, seq))
+}
+
+/// The shard-local keyset bound `(time, seq) < bound` that, for shard `shard`, selects
+/// exactly the rows after the global position `cursor` in page order (time desc, shard desc,
+/// seq desc):
+/// - the cursor's own shard: `(t, seq)`;
+/// - a shard after it in page order (lower number): every row at time `t` still follows, so
+///   `time <= t`, i.e. `(t + 1, i64::MIN)`;
+/// - a shard before it (higher number): no row at time `t` follows, `(t, i64::MIN)`.
+fn local_bound(cursor: PageKey, shard: usize) -> (i64, i64) {
+    let (t, cs, seq) = cursor;
+    match shard.cmp(&cs) {
+        std::cmp::Ordering::Equal => (t, seq),
+        std::cmp::Ordering::Less => match t.checked_add(1) {
+            Some(next) => (next, i64::MIN),
+            None => (t, i64::MAX),
+        },
+        std::cmp::Ordering::Greater => (t, i64::MIN),
+    }
+}
+
+/// How many rows round 1 of a page asks each of `shards` shards for, when `want` rows are
+/// needed in all: the even share plus 3.5 standard deviations of a shard's binomial share
+/// (ids hash evenly, so with p = 1/N: sd = sqrt(want·p·(1−p))) plus 2, capped at `want`
+/// (one shard: exactly `want`). A shard holds more than that of a page about 2 times in
+/// 10,000; then round 2 fetches again. 101 rows on 2 shards: 69 each.
+fn round_one_fetch(want: usize, shards: usize) -> usize {
+    if shards <= 1 {
+        return want;
+    }
+    let p = 1.0 / shards as f64;
+    let mean = want as f64 * p;
+    let sd = (want as f64 * p * (1.0 - p)).sqrt();
+    // a small positive float: the conversion saturates, never wraps
+    ((mean + 3.5 * sd).ceil() as usize + 2).min(want)
+}
+
+impl EventStore for SqliteStore {
+    fn insert_batch(&self, events: &[Event]) -> Result<Vec<ItemResult>, StoreError> {
+        if events.len() > self.config.max_batch_items {
+            return Err(StoreError::BatchTooLarge {
+                count: events.len(),
+                max: self.config.max_batch_items,
+            });
+        }
+        let n = self.shards.len();
+        if n == 1 {
+            let all: Vec<&Event> = events.iter().collect();
+            return match self.shards.first() {
+                Some(shard) => shard.insert(&all),
+                None => Err(layout_err("no shards".into())),
+            };
+        }
+        // split by shard, remembering each event's batch position
+        let mut parts: Vec<(usize, Vec<usize>, Vec<&Event>)> =
+            (0..n).map(|k| (k, Vec::new(), Vec::new())).collect();
+        for (pos, e) in events.iter().enumerate() {
+            if let Some(part) = parts.get_mut(shard_of(e.id.as_str(), n)) {
+                part.1.push(pos);
+                part.2.push(e);
+            }
+        }
+        parts.retain(|p| !p.2.is_empty());
+        let results = run_parallel(&parts, |(k, _, evs)| match self.shards.get(*k) {
+            Some(shard) => shard.insert(evs),
+            None => Err(layout_err(format!("no shard {k}"))),
+        })?;
+        let mut merged = vec![ItemResult::Duplicate; events.len()];
+        for ((_, positions, _), part) in parts.iter().zip(results) {
+            for (pos, r) in positions.iter().zip(part) {
+                if let Some(slot) = merged.get_mut(*pos) {
+                    *slot = r;
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    fn query(&self, query: &EventQuery) -> Result<Page, StoreError> {
+        let limits = &self.config.limits;
+        let limit = page_limit(limits, query.limit)?;
+        if query.labels.len() > limits.max_label_matchers {
+            return Err(StoreError::InvalidQuery(format!(
+                "more than {} label matchers",
+                limits.max_label_matchers
+            )));
+        }
+        let mut filter = Filter::default();
+        filter.time_range(query.from, query.to);
+        filter.exact("host", &query.host);
+        filter.exact("service", &query.service);
+        filter.kind_prefix(&query.kind_prefix);
+        for m in &query.labels {
+            filter.label(m)?;
+        }
+        let words = match &query.q {
+            Some(q) => match_expression(q, limits)?
+                .map(|w| full_expression(&w, query.host.as_deref(), query.service.as_deref())),
+            None => None,
+        };
+        if let Some(expr) = &words {
+            filter.push(
+                "e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)",
+                [Value::Text(expr.clone())],
+            );
+        }
+        let cursor = match &query.cursor {
+            Some(c) => Some(decode_cursor(c, self.shards.len())?),
+            None => None,
+        };
+        let kind_words = kind_fts_expression(&query.kind_prefix);
+        let n = self.shards.len();
+        let fetch_rows =
+            |k: usize, bound: Option<(i64, i64)>, fetch: usize| -> Result<Vec<(usize, RawRow)>, StoreError> {
+                let shard = self
+                    .shards
+                    .get(k)
+                    .ok_or_else(|| layout_err(format!("no shard {k}")))?;
+                let rows = shard.query_rows(
+                    query,
+                    &filter,
+                    words.as_deref(),
+                    kind_words.as_deref(),
+                    bound,
+                    fetch,
+                )?;
+                Ok(rows.into_iter().map(|r| (k, r)).collect())
+            };
+        // Round 1: each shard gives its expected share of the page plus slack (ids hash
+        // evenly, so a shard's share of the next `limit + 1` rows is binomial), not `limit + 1`
+        // each, which would make a walking plan scan N times the rows of one file.
+        let want = limit + 1;
+        let share = round_one_fetch(want, n);
+        let jobs: Vec<usize> = (0..n).collect();
+        let first = run_parallel(&jobs, |k| {
+            fetch_rows(*k, cursor.map(|c| local_bound(c, *k)), share)
+        })?;
+        // A shard that filled its share may hold more rows; the merged list is exact only down
+        // to the highest last key among those. If that exact prefix is shorter than `want`,
+        // round 2 asks each such shard for `want` more rows below its last one.
+        let mut full: Vec<(usize, (i64, i64))> = Vec::new();
+        let mut raw: Vec<(usize, RawRow)> = Vec::new();
+        for (k, rows) in jobs.iter().zip(first) {
+            if rows.len() >= share
+                && share < want
+                && let Some((_, last)) = rows.last()
+            {
+                full.push((*k, (last.time, last.seq)));
+            }
+            raw.extend(rows);
+        }
+        let exact_to = full.iter().map(|(k, (t, s))| (*t, *k, *s)).max();
+        let exact = match exact_to {
+            None => raw.len(),
+            Some(floor) => raw.iter().filter(|(k, r)| (r.time, *k, r.seq) >= floor).count(),
+        };
+        if exact < want && !full.is_empty() {
+            let more = run_parallel(&full, |(k, last)| fetch_rows(*k, Some(*last), want))?;
+            raw.extend(more.into_iter().flatten());
+        }
+        raw.sort_unstable_by_key(|(k, r)| std::cmp::Reverse((r.time, *k, r.seq)));
+        let more = raw.len() > limit;
+        let next_cursor = match limit.checked_sub(1).and_then(|i| raw.get(i)) {
+            Some((k, last)) if more => Some(encode_cursor((last.time, *k, last.seq))),
+            _ => None,
+        };
+        let mut events = raw
+            .into_iter()
+            .take(limit)
+            .map(|(_, r)| read_event(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        events.shrink_to_fit();
+        Ok(Page { events, next_cursor })
+    }
+
+    fn annotations(&self, query: &AnnotationQuery) -> Result<Annotations, StoreError> {
+        let max = self.config.limits.max_annotations;
+        let mut filter = Filter::default();
+        filter.time_range(Some(query.from), Some(query.to));
+        filter.exact("host", &query.host);
+        filter.exact("service", &query.service);
+        filter.kind_prefix(&query.kind_prefix);
+        let per_shard = self.each_shard(|k, shard| Ok((k, shard.annotation_rows(&filter, max)?)))?;
+        let mut raw: Vec<(usize, AnnotationRow)> = per_shard
+            .into_iter()
+            .flat_map(|(k, rows)| rows.into_iter().map(move |r| (k, r)))
+            .collect();
+        // oldest first: exactly the reverse of the page order
+        raw.sort_unstable_by_key(|(k, r)| (r.time, *k, r.seq));
+        let truncated = raw.len() > max;
+        let rows = raw
+            .into_iter()
+            .take(max)
+            .map(|(_, r)| {
+                Ok(Annotation {
+                    id: EventId::from_stored(r.id),
+                    time: Timestamp(r.time),
+                    kind: r.kind,
+                    severity: severity_from_code(r.severity)?,
+                    host: r.host,
+                    service: r.service,
+                    summary: r.summary,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Annotations { rows, truncated })
+    }
+
+    fn delete_older_than(&self, retention: &Retention) -> Result<RetentionReport, StoreError> {
+        let mut total = RetentionReport::default();
+        for shard in &self.shards {
+            let r = shard.delete_older_than(retention)?;
+            total.events_deleted += r.events_deleted;
+            total.audit_deleted += r.audit_deleted;
+        }
+        Ok(total)
+    }
+
+    fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.each_shard(|_, s| s.count())?.into_iter().sum())
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        // close every shard even if one fails; report the first failure
+        let mut first_err = None;
+        for shard in &self.shards {
+            if let Err(e) = shard.close() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 }

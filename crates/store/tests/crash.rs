@@ -3,7 +3,9 @@
 //! batch's number once `insert_batch` returned; the parent kills it with SIGKILL at a random
 //! moment (inside inserts, commits and background checkpoints), reopens the file and checks
 //! that every acknowledged event is stored and findable by full text. This is the contract
-//! the server's answers rely on (WAL, `synchronous = NORMAL`, answer after commit).
+//! the server's answers rely on (WAL, `synchronous = NORMAL`, answer after commit). It runs
+//! on one shard file and on three (a batch is then one transaction per shard, committed in
+//! parallel: killed between them, a batch is partly stored, never acknowledged).
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -41,8 +43,14 @@ fn writer_child() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (path, first) = spec.split_once('|').unwrap();
+    let mut parts = spec.split('|');
+    let (path, first, shards) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
     let mut config = SqliteConfig::new(path);
+    config.shards = shards.parse().unwrap();
     config.background_checkpoint = Some(Duration::from_millis(20));
     let store = SqliteStore::open(config).unwrap();
     let mut batch_no: u64 = first.parse().unwrap();
@@ -55,7 +63,16 @@ fn writer_child() {
 }
 
 #[test]
-fn every_acknowledged_event_survives_sigkill() {
+fn every_acknowledged_event_survives_sigkill_one_shard() {
+    survives_sigkill(1);
+}
+
+#[test]
+fn every_acknowledged_event_survives_sigkill_three_shards() {
+    survives_sigkill(3);
+}
+
+fn survives_sigkill(shards: usize) {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
@@ -67,7 +84,7 @@ fn every_acknowledged_event_survives_sigkill() {
     for cycle in 0..4 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "writer_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, format!("{}|{next_batch}", path.display()))
+            .env(CHILD_ENV, format!("{}|{next_batch}|{shards}", path.display()))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -94,10 +111,29 @@ fn every_acknowledged_event_survives_sigkill() {
         }
         // everything acknowledged is there; at most the batch in flight beyond it
         let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+        assert_eq!(store.shards(), shards, "the recorded layout is kept");
         let count = store.count().unwrap();
         assert!(
             count >= acked && count <= acked + BATCH,
             "cycle {cycle}: {count} stored, {acked} acknowledged"
+        );
+        // and each acknowledged event is there, not just as many (with shards, the batch in
+        // flight may be partly stored): ids are zero-padded, so `< ev-<acked>` is exactly them
+        let below: i64 = (0..shards)
+            .map(|k| {
+                rusqlite::Connection::open(store::shard_path(&path, k))
+                    .unwrap()
+                    .query_row(
+                        "SELECT count(*) FROM events WHERE id < ?1",
+                        [format!("ev-{acked:08}")],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(
+            below as u64, acked,
+            "cycle {cycle}: an acknowledged event is missing"
         );
         if acked > 0 {
             let n = acked - 1;
@@ -116,7 +152,9 @@ fn every_acknowledged_event_survives_sigkill() {
         }
         // the next child resumes after whatever was committed (a committed but
         // unacknowledged batch is resent and reported as duplicates, which is fine)
-        eprintln!("cycle {cycle}: killed after {kill_after:?}, {acked} acknowledged, {count} stored");
+        eprintln!(
+            "shards {shards}, cycle {cycle}: killed after {kill_after:?}, {acked} acknowledged, {count} stored"
+        );
         next_batch = next_batch.max(count / BATCH);
         store.close().unwrap();
     }

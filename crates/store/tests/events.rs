@@ -6,14 +6,25 @@ use model::event::{Arrival, Event, EventInput, EventLimits, decode_batch};
 use model::{MatchOp, Matcher, Timestamp};
 use store::{
     AnnotationQuery, EventQuery, EventStore, ItemResult, Retention, RetentionReport, SqliteConfig,
-    SqliteStore, StoreError,
+    SqliteStore, StoreError, shard_of,
 };
 
 const T0: i64 = 1_795_000_000_000;
 
+/// The shard counts the query-semantics tests run against: the single file of an upgraded
+/// install, and more shards than the default so ties between non-adjacent shards occur.
+const SHARD_COUNTS: [usize; 2] = [1, 3];
+
 fn open() -> (tempfile::TempDir, SqliteStore) {
+    open_shards(SqliteConfig::new("unused").shards)
+}
+
+fn open_shards(shards: usize) -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("roaster.db"))).unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("roaster.db"));
+    config.shards = shards;
+    let store = SqliteStore::open(config).unwrap();
+    assert_eq!(store.shards(), shards);
     (dir, store)
 }
 
@@ -70,39 +81,42 @@ fn round_trip_keeps_every_field() {
 
 #[test]
 fn resending_stores_nothing_new() {
-    let (_dir, store) = open();
-    let batch = series(10);
-    assert!(
-        store
-            .insert_batch(&batch)
-            .unwrap()
-            .iter()
-            .all(|r| *r == ItemResult::Stored)
-    );
-    assert!(
-        store
-            .insert_batch(&batch)
-            .unwrap()
-            .iter()
-            .all(|r| *r == ItemResult::Duplicate)
-    );
-    // a resend with a changed body is still a duplicate: stored events are never edited
-    let mut changed = batch[0].clone();
-    changed.summary = "rewritten".into();
-    let mut twice = vec![changed, series(11).remove(10)];
-    twice.push(twice[1].clone());
-    assert_eq!(
-        store.insert_batch(&twice).unwrap(),
-        vec![ItemResult::Duplicate, ItemResult::Stored, ItemResult::Duplicate]
-    );
-    assert_eq!(store.count().unwrap(), 11);
-    let page = store
-        .query(&EventQuery {
-            q: Some("rewritten".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(page.events.is_empty());
+    // with several shards the duplicate inside one batch still meets its twin (same shard)
+    for shards in [1, 2, 3] {
+        let (_dir, store) = open_shards(shards);
+        let batch = series(10);
+        assert!(
+            store
+                .insert_batch(&batch)
+                .unwrap()
+                .iter()
+                .all(|r| *r == ItemResult::Stored)
+        );
+        assert!(
+            store
+                .insert_batch(&batch)
+                .unwrap()
+                .iter()
+                .all(|r| *r == ItemResult::Duplicate)
+        );
+        // a resend with a changed body is still a duplicate: stored events are never edited
+        let mut changed = batch[0].clone();
+        changed.summary = "rewritten".into();
+        let mut twice = vec![changed, series(11).remove(10)];
+        twice.push(twice[1].clone());
+        assert_eq!(
+            store.insert_batch(&twice).unwrap(),
+            vec![ItemResult::Duplicate, ItemResult::Stored, ItemResult::Duplicate]
+        );
+        assert_eq!(store.count().unwrap(), 11);
+        let page = store
+            .query(&EventQuery {
+                q: Some("rewritten".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(page.events.is_empty());
+    }
 }
 
 #[test]
@@ -123,10 +137,13 @@ fn filters_table() {
     // drive_max_rows 10,000: small matches are fetched and sorted; 1: every query walks a
     // time-ordered index. Both plans must give the same answers.
     for drive_max_rows in [10_000, 1] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = SqliteConfig::new(dir.path().join("db"));
-        config.drive_max_rows = drive_max_rows;
-        check_filters(&SqliteStore::open(config).unwrap());
+        for shards in SHARD_COUNTS {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = SqliteConfig::new(dir.path().join("db"));
+            config.drive_max_rows = drive_max_rows;
+            config.shards = shards;
+            check_filters(&SqliteStore::open(config).unwrap());
+        }
     }
 }
 
@@ -404,12 +421,35 @@ fn hostile_queries_are_rejected_or_harmless() {
             },
             "cursor",
         ),
+        // a version-2 cursor (`v2.<time>.<seq>`, the single-file store) does not resume
         (
             EventQuery {
                 cursor: Some("v2.-12.-3".into()),
                 ..Default::default()
             },
+            "cursor",
+        ),
+        (
+            EventQuery {
+                cursor: Some("v3.-12.1.-3".into()),
+                ..Default::default()
+            },
             "ok",
+        ),
+        // a shard this store does not have
+        (
+            EventQuery {
+                cursor: Some("v3.-12.2.-3".into()),
+                ..Default::default()
+            },
+            "cursor",
+        ),
+        (
+            EventQuery {
+                cursor: Some("v3.-12.1.-3.4".into()),
+                ..Default::default()
+            },
+            "cursor",
         ),
         (
             EventQuery {
@@ -562,169 +602,266 @@ fn hostile_bodies_are_rejected_at_the_edge() {
 
 #[test]
 fn cursor_pages_are_stable_while_events_arrive() {
-    let (_dir, store) = open();
-    store.insert_batch(&series(50)).unwrap();
-    let mut seen = Vec::new();
-    let mut cursor = None;
-    let mut extra = 0;
-    loop {
-        let page = store
-            .query(&EventQuery {
-                limit: Some(7),
-                cursor: cursor.clone(),
-                ..Default::default()
-            })
-            .unwrap();
-        seen.extend(page.events.iter().map(|e| e.id.as_str().to_owned()));
-        // between pages: newer events, and one at exactly the time of the last event seen
-        if let Some(last) = page.events.last() {
-            let newer = ev(&format!(
-                r#"{{"id":"new{extra}","time":{},"kind":"a.b","summary":"late"}}"#,
-                T0 + 100_000 + extra
-            ));
-            let tie = ev(&format!(
-                r#"{{"id":"a{extra}","time":{},"kind":"a.b","summary":"tie"}}"#,
-                last.time.0
-            ));
-            store.insert_batch(&[newer, tie]).unwrap();
-            extra += 1;
+    for shards in SHARD_COUNTS {
+        let (_dir, store) = open_shards(shards);
+        store.insert_batch(&series(50)).unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        let mut extra = 0;
+        let mut ties = Vec::new();
+        loop {
+            let page = store
+                .query(&EventQuery {
+                    limit: Some(7),
+                    cursor: cursor.clone(),
+                    ..Default::default()
+                })
+                .unwrap();
+            seen.extend(page.events.iter().map(|e| e.id.as_str().to_owned()));
+            // between pages: newer events, and one at exactly the time of the last event seen
+            if let Some(last) = page.events.last() {
+                let newer = ev(&format!(
+                    r#"{{"id":"new{extra}","time":{},"kind":"a.b","summary":"late"}}"#,
+                    T0 + 100_000 + extra
+                ));
+                let tie = ev(&format!(
+                    r#"{{"id":"a{extra}","time":{},"kind":"a.b","summary":"tie"}}"#,
+                    last.time.0
+                ));
+                ties.push((tie.id.as_str().to_owned(), last.id.as_str().to_owned()));
+                store.insert_batch(&[newer, tie]).unwrap();
+                extra += 1;
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
         }
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => break,
+        // ties at one time sort by shard (higher first), then newest-stored first: an event
+        // arriving at exactly the cursor's time shows on a later page exactly when its shard
+        // comes after the cursor's, and never when it shares the cursor's shard
+        for (tie, cursor_id) in &ties {
+            let later = shard_of(tie, shards) < shard_of(cursor_id, shards);
+            assert_eq!(
+                seen.contains(tie),
+                later && cursor_id != "e00000",
+                "shards {shards}: tie {tie} at the time of {cursor_id}"
+            );
         }
+        let originals: Vec<String> = (0..50).rev().map(|i| format!("e{i:05}")).collect();
+        let seen_originals: Vec<String> = seen.iter().filter(|id| id.starts_with('e')).cloned().collect();
+        assert_eq!(seen_originals, originals);
+        let mut dedup = seen.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), seen.len(), "no event twice");
+        assert!(
+            seen.iter().all(|id| !id.starts_with("new")),
+            "newer events never appear on later pages"
+        );
     }
-    // every original event exactly once, in order; ties sort newest-stored first, so an
-    // event arriving at exactly the cursor's time sorts before it and never shows later
-    assert!(
-        seen.iter().all(|id| !id.starts_with('a')),
-        "a late tie at the cursor's time is not on a later page"
-    );
-    let originals: Vec<String> = (0..50).rev().map(|i| format!("e{i:05}")).collect();
-    let seen_originals: Vec<String> = seen.iter().filter(|id| id.starts_with('e')).cloned().collect();
-    assert_eq!(seen_originals, originals);
-    let mut dedup = seen.clone();
-    dedup.sort();
-    dedup.dedup();
-    assert_eq!(dedup.len(), seen.len(), "no event twice");
-    assert!(
-        seen.iter().all(|id| !id.starts_with("new")),
-        "newer events never appear on later pages"
-    );
+}
+
+/// Many events at the same few times, spread over every shard, paged while events arrive in
+/// every shard between pages (newer, older, and at the cursor's time): every page is exactly
+/// the next `limit` events, in the documented order, of what is stored when it is asked for.
+#[test]
+fn pages_across_shards_skip_nothing_and_repeat_nothing() {
+    for shards in SHARD_COUNTS {
+        let (_dir, store) = open_shards(shards);
+        // the model: (time, shard, insertion number) per stored id; within a shard the
+        // insertion number orders as `seq` does (nothing is deleted here)
+        let mut stored: Vec<(i64, usize, usize, String)> = Vec::new();
+        let mut inserted = 0usize;
+        let mut insert = |store: &SqliteStore, stored: &mut Vec<_>, events: Vec<Event>| {
+            let results = store.insert_batch(&events).unwrap();
+            for (e, r) in events.iter().zip(results) {
+                assert_eq!(r, ItemResult::Stored);
+                stored.push((
+                    e.time.0,
+                    shard_of(e.id.as_str(), shards),
+                    inserted,
+                    e.id.as_str().to_owned(),
+                ));
+                inserted += 1;
+            }
+        };
+        let batch = |prefix: &str, times: &[i64]| -> Vec<Event> {
+            times
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    ev(&format!(
+                        r#"{{"id":"{prefix}-{i}","time":{},"kind":"k.x","summary":"s"}}"#,
+                        T0 + t
+                    ))
+                })
+                .collect()
+        };
+        // 120 events at 4 times (30 each, so every time has events in every shard)
+        let times: Vec<i64> = (0..120).map(|i| (i % 4) * 1000).collect();
+        insert(&store, &mut stored, batch("base", &times));
+        let mut cursor: Option<String> = None;
+        let mut last_key: Option<(i64, usize, usize)> = None;
+        let mut seen: Vec<String> = Vec::new();
+        for round in 0.. {
+            let page = store
+                .query(&EventQuery {
+                    limit: Some(9),
+                    cursor: cursor.clone(),
+                    ..Default::default()
+                })
+                .unwrap();
+            // what the model says this page must be
+            let mut expect: Vec<&(i64, usize, usize, String)> = stored
+                .iter()
+                .filter(|(t, k, n, _)| last_key.is_none_or(|c| (*t, *k, *n) < c))
+                .collect();
+            expect.sort_by_key(|e| std::cmp::Reverse((e.0, e.1, e.2)));
+            let want: Vec<&str> = expect.iter().take(9).map(|e| e.3.as_str()).collect();
+            assert_eq!(ids(&page.events), want, "shards {shards}, round {round}");
+            assert_eq!(
+                page.next_cursor.is_some(),
+                expect.len() > 9,
+                "shards {shards}, round {round}"
+            );
+            seen.extend(want.iter().map(|s| (*s).to_owned()));
+            let Some(last) = expect.get(8).filter(|_| page.next_cursor.is_some()) else {
+                break;
+            };
+            last_key = Some((last.0, last.1, last.2));
+            // between pages, into every shard: newer, at the cursor's time, and older
+            let t = last.0 - T0;
+            let ts: Vec<i64> = (0..12).map(|i| [t + 5000, t, t - 1][i % 3]).collect();
+            insert(&store, &mut stored, batch(&format!("r{round}"), &ts));
+            cursor = page.next_cursor;
+        }
+        let mut dedup = seen.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), seen.len(), "shards {shards}: no event twice");
+        assert!(seen.len() >= 120, "shards {shards}");
+    }
 }
 
 #[test]
 fn annotations_are_compact_oldest_first_and_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = SqliteConfig::new(dir.path().join("db"));
-    config.limits.max_annotations = 3;
-    let store = SqliteStore::open(config).unwrap();
-    store.insert_batch(&series(12)).unwrap();
-    let a = store
-        .annotations(&AnnotationQuery {
-            from: Timestamp(T0 + 1000),
-            to: Timestamp(T0 + 11_000),
-            host: Some("web1".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    let got: Vec<(&str, i64, &str)> = a
-        .rows
-        .iter()
-        .map(|r| (r.id.as_str(), r.time.0 - T0, r.kind.as_str()))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            ("e00001", 1000, "chef.run"),
-            ("e00004", 4000, "deploy.finished"),
-            ("e00007", 7000, "chef.run")
-        ]
-    );
-    assert!(a.truncated);
-    let deploys = store
-        .annotations(&AnnotationQuery {
-            from: Timestamp(T0),
-            to: Timestamp(T0 + 5000),
-            kind_prefix: Some("deploy".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(
-        deploys.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-        vec!["e00000", "e00002", "e00004"]
-    );
-    assert!(!deploys.truncated);
-    assert_eq!(deploys.rows[0].summary, "event number 0");
+    for shards in SHARD_COUNTS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SqliteConfig::new(dir.path().join("db"));
+        config.limits.max_annotations = 3;
+        config.shards = shards;
+        let store = SqliteStore::open(config).unwrap();
+        store.insert_batch(&series(12)).unwrap();
+        let a = store
+            .annotations(&AnnotationQuery {
+                from: Timestamp(T0 + 1000),
+                to: Timestamp(T0 + 11_000),
+                host: Some("web1".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let got: Vec<(&str, i64, &str)> = a
+            .rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.time.0 - T0, r.kind.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("e00001", 1000, "chef.run"),
+                ("e00004", 4000, "deploy.finished"),
+                ("e00007", 7000, "chef.run")
+            ]
+        );
+        assert!(a.truncated);
+        let deploys = store
+            .annotations(&AnnotationQuery {
+                from: Timestamp(T0),
+                to: Timestamp(T0 + 5000),
+                kind_prefix: Some("deploy".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            deploys.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec!["e00000", "e00002", "e00004"]
+        );
+        assert!(!deploys.truncated);
+        assert_eq!(deploys.rows[0].summary, "event number 0");
+    }
 }
 
 #[test]
 fn retention_spares_audit_unless_told() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = SqliteConfig::new(dir.path().join("db"));
-    config.retention_chunk_rows = 3;
-    let store = SqliteStore::open(config).unwrap();
-    store.insert_batch(&series(10)).unwrap();
-    let audit: Vec<Event> = (0..4)
-        .map(|i| {
-            ev(&format!(
-                r#"{{"id":"aud{i}","time":{},"kind":"audit.api","summary":"audited {i}"}}"#,
-                T0 + i * 1000
-            ))
-        })
-        .collect();
-    store.insert_batch(&audit).unwrap();
-    let cases = [
-        (
-            Retention {
-                events_before: Timestamp(T0 + 5000),
-                audit_before: None,
-            },
-            RetentionReport {
-                events_deleted: 5,
-                audit_deleted: 0,
-            },
-            9,
-        ),
-        (
-            Retention {
-                events_before: Timestamp(T0 + 5000),
-                audit_before: None,
-            },
-            RetentionReport::default(),
-            9,
-        ),
-        (
-            Retention {
-                events_before: Timestamp(T0 + 8000),
-                audit_before: Some(Timestamp(T0 + 2000)),
-            },
-            RetentionReport {
-                events_deleted: 3,
-                audit_deleted: 2,
-            },
-            4,
-        ),
-    ];
-    for (retention, want, left) in cases {
-        assert_eq!(store.delete_older_than(&retention).unwrap(), want);
-        assert_eq!(store.count().unwrap(), left);
+    for shards in SHARD_COUNTS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SqliteConfig::new(dir.path().join("db"));
+        config.retention_chunk_rows = 3;
+        config.shards = shards;
+        let store = SqliteStore::open(config).unwrap();
+        store.insert_batch(&series(10)).unwrap();
+        let audit: Vec<Event> = (0..4)
+            .map(|i| {
+                ev(&format!(
+                    r#"{{"id":"aud{i}","time":{},"kind":"audit.api","summary":"audited {i}"}}"#,
+                    T0 + i * 1000
+                ))
+            })
+            .collect();
+        store.insert_batch(&audit).unwrap();
+        let cases = [
+            (
+                Retention {
+                    events_before: Timestamp(T0 + 5000),
+                    audit_before: None,
+                },
+                RetentionReport {
+                    events_deleted: 5,
+                    audit_deleted: 0,
+                },
+                9,
+            ),
+            (
+                Retention {
+                    events_before: Timestamp(T0 + 5000),
+                    audit_before: None,
+                },
+                RetentionReport::default(),
+                9,
+            ),
+            (
+                Retention {
+                    events_before: Timestamp(T0 + 8000),
+                    audit_before: Some(Timestamp(T0 + 2000)),
+                },
+                RetentionReport {
+                    events_deleted: 3,
+                    audit_deleted: 2,
+                },
+                4,
+            ),
+        ];
+        for (retention, want, left) in cases {
+            assert_eq!(store.delete_older_than(&retention).unwrap(), want);
+            assert_eq!(store.count().unwrap(), left);
+        }
+        // deleted events are gone from the full-text index too
+        let hits = store
+            .query(&EventQuery {
+                q: Some("number".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ids(&hits.events), vec!["e00009", "e00008"]);
+        let audited = store
+            .query(&EventQuery {
+                q: Some("audited".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ids(&audited.events), vec!["aud3", "aud2"]);
     }
-    // deleted events are gone from the full-text index too
-    let hits = store
-        .query(&EventQuery {
-            q: Some("number".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(ids(&hits.events), vec!["e00009", "e00008"]);
-    let audited = store
-        .query(&EventQuery {
-            q: Some("audited".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(ids(&audited.events), vec!["aud3", "aud2"]);
 }
 
 #[test]
@@ -769,7 +906,8 @@ fn labels_round_trip_through_json() {
 
 #[test]
 fn readers_see_whole_batches_while_a_writer_inserts() {
-    let (_dir, store) = open();
+    // a batch is one transaction per shard, so only a 1-shard store shows whole batches
+    let (_dir, store) = open_shards(1);
     let all = series(2000);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -836,10 +974,12 @@ mod model_check {
             word in prop::sample::select(vec![None, Some("beta")]),
             page in 1usize..8,
             drive_max_rows in prop::sample::select(vec![1usize, 10_000]),
+            shards in prop::sample::select(SHARD_COUNTS.to_vec()),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let mut config = SqliteConfig::new(dir.path().join("db"));
             config.drive_max_rows = drive_max_rows;
+            config.shards = shards;
             let store = SqliteStore::open(config).unwrap();
             let events: Vec<Event> = specs
                 .iter()
@@ -864,14 +1004,17 @@ mod model_check {
                 .filter(|e| kind.is_none_or(|k| e.kind == k || e.kind.starts_with(&format!("{k}."))))
                 .filter(|e| word.is_none_or(|w| e.summary.starts_with(w)))
                 .collect();
-            // newest first; equal times newest-stored first (ids are distinct, so every event
-            // is stored, in the order of `events`)
-            let mut want: Vec<(usize, &Event)> = want
+            // newest first; equal times by shard (higher first), then newest-stored first (ids
+            // are distinct, so every event is stored, in the order of `events`)
+            let mut want: Vec<(usize, usize, &Event)> = want
                 .into_iter()
-                .map(|e| (events.iter().position(|x| x.id == e.id).unwrap(), e))
+                .map(|e| {
+                    let pos = events.iter().position(|x| x.id == e.id).unwrap();
+                    (shard_of(e.id.as_str(), shards), pos, e)
+                })
                 .collect();
-            want.sort_by(|(ia, a), (ib, b)| (b.time, ib).cmp(&(a.time, ia)));
-            let want: Vec<&Event> = want.into_iter().map(|(_, e)| e).collect();
+            want.sort_by(|(ka, ia, a), (kb, ib, b)| (b.time, kb, ib).cmp(&(a.time, ka, ia)));
+            let want: Vec<&Event> = want.into_iter().map(|(_, _, e)| e).collect();
             let mut got = Vec::new();
             let mut cursor = None;
             loop {
@@ -958,6 +1101,11 @@ fn a_version_1_file_is_migrated_and_a_newer_one_refused() {
     let path = dir.path().join("v1.db");
     write_schema_v1(&path);
     let store = SqliteStore::open(SqliteConfig::new(&path)).unwrap();
+    assert_eq!(
+        store.shards(),
+        1,
+        "a file from before sharding opens as one shard"
+    );
     for (kind, q) in [
         (Some("cert"), None),
         (None, Some("certificate")),
@@ -985,10 +1133,10 @@ fn a_version_1_file_is_migrated_and_a_newer_one_refused() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!((version, kind_index), (4, 0));
+    assert_eq!((version, kind_index), (5, 0));
     assert_eq!(index_sql(&conn), schema_4_indexes());
     // a file from a later schema is refused, not guessed at
-    conn.execute_batch("PRAGMA user_version = 5;").unwrap();
+    conn.execute_batch("PRAGMA user_version = 6;").unwrap();
     drop(conn);
     assert!(matches!(
         SqliteStore::open(SqliteConfig::new(&path)),
@@ -1143,6 +1291,263 @@ fn a_version_3_file_is_migrated_and_still_answers() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     assert_eq!(index_sql(&conn), schema_4_indexes());
+}
+
+/// The id → shard hash is part of the on-disk format (idempotency is checked per shard):
+/// these values must never change.
+#[test]
+fn shard_hash_is_pinned() {
+    let cases: [(&str, [usize; 3]); 6] = [
+        ("", [1, 2, 5]),
+        ("a", [0, 1, 12]),
+        ("e00001", [1, 1, 3]),
+        ("ev-00000042", [1, 1, 3]),
+        ("0192f1c4-7a3e-7c1b-9a0e-4b6f2d1c8e55", [0, 0, 4]),
+        ("deploy-42", [1, 1, 15]),
+    ];
+    for (id, want) in cases {
+        let got = [2, 3, 16].map(|n| shard_of(id, n));
+        assert_eq!(got, want, "{id:?}");
+        assert_eq!(shard_of(id, 1), 0);
+    }
+    assert_eq!(
+        store::shard_path(std::path::Path::new("/d/events.db"), 3),
+        std::path::Path::new("/d/events.3.db")
+    );
+    assert_eq!(
+        store::shard_path(std::path::Path::new("/d/events.db"), 0),
+        std::path::Path::new("/d/events.db")
+    );
+    assert_eq!(
+        store::shard_path(std::path::Path::new("/d/db"), 1),
+        std::path::Path::new("/d/db.1")
+    );
+}
+
+#[test]
+fn the_layout_is_fixed_at_creation_and_checked_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let with = |shards: usize| {
+        let mut c = SqliteConfig::new(&path);
+        c.shards = shards;
+        c
+    };
+    let store = SqliteStore::open(with(3)).unwrap();
+    assert_eq!(store.shards(), 3);
+    let batch = series(60);
+    store.insert_batch(&batch).unwrap();
+    for k in 0..3 {
+        let n: i64 = rusqlite::Connection::open(store::shard_path(&path, k))
+            .unwrap()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        let want = batch.iter().filter(|e| shard_of(e.id.as_str(), 3) == k).count();
+        assert_eq!(
+            n as usize, want,
+            "shard {k} holds exactly the ids that hash to it"
+        );
+    }
+    store.close().unwrap();
+    drop(store);
+    // the recorded count wins over the config
+    let store = SqliteStore::open(with(2)).unwrap();
+    assert_eq!(store.shards(), 3);
+    assert_eq!(store.count().unwrap(), 60);
+    assert!(
+        store
+            .insert_batch(&batch)
+            .unwrap()
+            .iter()
+            .all(|r| *r == ItemResult::Duplicate)
+    );
+    store.close().unwrap();
+    drop(store);
+    // a shard file opened as shard 0 is refused
+    assert!(matches!(
+        SqliteStore::open(SqliteConfig::new(store::shard_path(&path, 1))),
+        Err(StoreError::Layout(_))
+    ));
+    // a missing shard file is an error, never silently recreated
+    std::fs::remove_file(store::shard_path(&path, 2)).unwrap();
+    assert!(matches!(SqliteStore::open(with(3)), Err(StoreError::Layout(_))));
+    assert!(!store::shard_path(&path, 2).exists());
+    // out-of-range counts are refused before anything is created
+    let other = dir.path().join("other.db");
+    for bad in [0, store::MAX_SHARDS + 1] {
+        let mut c = SqliteConfig::new(&other);
+        c.shards = bad;
+        assert!(matches!(SqliteStore::open(c), Err(StoreError::Layout(_))));
+    }
+    assert!(!other.exists());
+}
+
+#[test]
+fn a_failed_shard_leaves_the_rest_stored_and_a_resend_completes_it() {
+    // shard 1's file is made read-only from the outside by a long write lock, so its part of
+    // a batch fails (busy); shard 0's part is stored; the resend stores the rest and answers
+    // Duplicate for what went in
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let mut config = SqliteConfig::new(&path);
+    config.shards = 2;
+    config.busy_timeout = std::time::Duration::from_millis(50);
+    let store = SqliteStore::open(config).unwrap();
+    let batch = series(40);
+    let blocker = rusqlite::Connection::open(store::shard_path(&path, 1)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = store.insert_batch(&batch).unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let on_0 = batch.iter().filter(|e| shard_of(e.id.as_str(), 2) == 0).count();
+    assert_eq!(store.count().unwrap() as usize, on_0);
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let results = store.insert_batch(&batch).unwrap();
+    for (e, r) in batch.iter().zip(&results) {
+        let want = if shard_of(e.id.as_str(), 2) == 0 {
+            ItemResult::Duplicate
+        } else {
+            ItemResult::Stored
+        };
+        assert_eq!(*r, want, "{}", e.id.as_str());
+    }
+    assert_eq!(store.count().unwrap(), 40);
+}
+
+/// Pages larger than a shard's expected share: when one shard holds most of the matching rows
+/// (ids that all hash to it), the first round of a page (each shard's share plus slack) is not
+/// enough and the store asks the full shards again. Every page must still be exactly the
+/// model's next page.
+#[test]
+fn pages_are_exact_when_one_shard_holds_most_rows() {
+    let shards = 3;
+    let (_dir, store) = open_shards(shards);
+    let mut ids: Vec<String> = (0..)
+        .map(|i| format!("sk{i}"))
+        .filter(|id| shard_of(id, shards) == 2)
+        .take(250)
+        .collect();
+    ids.extend(
+        (0..)
+            .map(|i| format!("ot{i}"))
+            .filter(|id| shard_of(id, shards) == 0)
+            .take(10),
+    );
+    // (time, shard, insertion number, id)
+    let mut model: Vec<(i64, usize, usize, String)> = Vec::new();
+    for (chunk_no, chunk) in ids.chunks(50).enumerate() {
+        let events: Vec<Event> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                ev(&format!(
+                    r#"{{"id":"{id}","time":{},"kind":"k.x","summary":"s"}}"#,
+                    T0 + ((chunk_no * 50 + i) % 7) as i64
+                ))
+            })
+            .collect();
+        store.insert_batch(&events).unwrap();
+        for e in &events {
+            let n = model.len();
+            model.push((
+                e.time.0,
+                shard_of(e.id.as_str(), shards),
+                n,
+                e.id.as_str().to_owned(),
+            ));
+        }
+    }
+    model.sort_by_key(|m| std::cmp::Reverse((m.0, m.1, m.2)));
+    let want: Vec<&str> = model.iter().map(|m| m.3.as_str()).collect();
+    for limit in [100, 37, 1000] {
+        let mut got: Vec<String> = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .query(&EventQuery {
+                    limit: Some(limit),
+                    cursor: cursor.take(),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert!(page.events.len() <= limit);
+            got.extend(page.events.iter().map(|e| e.id.as_str().to_owned()));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "limit {limit}");
+    }
+}
+
+/// Annotations over many events of the same few times in every shard, cut by
+/// `max_annotations`: oldest first, ties in the reverse of the page order (shard, then
+/// insertion), truncated exactly when more matched.
+#[test]
+fn annotations_merge_shards_in_the_documented_order() {
+    for shards in SHARD_COUNTS {
+        for max in [7, 60, 500] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = SqliteConfig::new(dir.path().join("db"));
+            config.shards = shards;
+            config.limits.max_annotations = max;
+            let store = SqliteStore::open(config).unwrap();
+            let events: Vec<Event> = (0..90)
+                .map(|i| {
+                    ev(&format!(
+                        r#"{{"id":"an{i}","time":{},"kind":"deploy.x","summary":"s"}}"#,
+                        T0 + (i % 3) * 10
+                    ))
+                })
+                .collect();
+            store.insert_batch(&events).unwrap();
+            let mut model: Vec<(i64, usize, usize, &str)> = events
+                .iter()
+                .enumerate()
+                .map(|(n, e)| (e.time.0, shard_of(e.id.as_str(), shards), n, e.id.as_str()))
+                .collect();
+            model.sort();
+            let a = store
+                .annotations(&AnnotationQuery {
+                    from: Timestamp(T0),
+                    to: Timestamp(T0 + 1000),
+                    ..Default::default()
+                })
+                .unwrap();
+            let want: Vec<&str> = model.iter().take(max).map(|m| m.3).collect();
+            assert_eq!(
+                a.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                want,
+                "shards {shards} max {max}"
+            );
+            assert_eq!(a.truncated, max < 90, "shards {shards} max {max}");
+        }
+    }
+}
+
+/// A creation that crashed before shard 0 recorded the layout leaves empty shard files: the
+/// next open completes it. A shard file with events beside a new `events.db` is refused.
+#[test]
+fn an_interrupted_creation_completes_and_orphaned_shards_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let remove_shard_0 = || {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("events.db{suffix}")));
+        }
+    };
+    let mut config = SqliteConfig::new(&path);
+    config.shards = 2;
+    SqliteStore::open(config.clone()).unwrap().close().unwrap();
+    remove_shard_0();
+    let store = SqliteStore::open(config.clone()).unwrap();
+    assert_eq!(store.shards(), 2);
+    store.insert_batch(&series(20)).unwrap();
+    assert_eq!(store.count().unwrap(), 20);
+    store.close().unwrap();
+    drop(store);
+    remove_shard_0();
+    assert!(matches!(SqliteStore::open(config), Err(StoreError::Layout(_))));
 }
