@@ -183,12 +183,15 @@ impl AsyncWrite for PollingStream {
             && let Some(since) = self.written_at
         {
             self.spun = true;
-            if spin_until_readable(&self.tcp, since + self.budget) {
-                self.metrics.hits.inc();
-            } else {
-                // A miss: do not spin again until a request arrives within the budget.
-                self.spin = false;
-                self.metrics.misses.inc();
+            match spin_until_readable(&self.tcp, since + self.budget) {
+                SpinOutcome::Request => self.metrics.hits.inc(),
+                // the connection is ending: neither a hit nor a reason to stop spinning
+                SpinOutcome::Closed => {}
+                SpinOutcome::TimedOut => {
+                    // A miss: do not spin again until a request arrives within the budget.
+                    self.spin = false;
+                    self.metrics.misses.inc();
+                }
             }
         }
         polled
@@ -199,22 +202,33 @@ impl AsyncWrite for PollingStream {
     }
 }
 
-/// Spins until `tcp` has something to read (or is closed) or `deadline` has passed; whether it
-/// became readable. Peeks straight at the socket: the runtime's readiness would not do, as its
+/// How a spin ended.
+enum SpinOutcome {
+    /// Bytes of the next request arrived.
+    Request,
+    /// The peer closed the connection (or it failed): the event loop has news either way.
+    Closed,
+    /// The budget ran out.
+    TimedOut,
+}
+
+/// Spins until `tcp` has something to read (or is closed) or `deadline` has passed; how it
+/// ended. Peeks straight at the socket: the runtime's readiness would not do, as its
 /// event loop does not run while this thread spins. What arrived is then read through the
 /// event loop, which finds it ready without putting the thread to sleep.
-fn spin_until_readable(tcp: &TcpStream, deadline: Instant) -> bool {
+fn spin_until_readable(tcp: &TcpStream, deadline: Instant) -> SpinOutcome {
     let socket = socket2::SockRef::from(tcp);
     let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     loop {
         match socket.peek(&mut probe) {
-            // data, or the peer closed: either way the event loop has news
-            Ok(_) => return true,
+            Ok(0) => return SpinOutcome::Closed,
+            Ok(_) => return SpinOutcome::Request,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return true,
+            // the event loop reports the error when it reads
+            Err(_) => return SpinOutcome::Closed,
         }
         if Instant::now() >= deadline {
-            return false;
+            return SpinOutcome::TimedOut;
         }
         // Not a pure spin: a client running on this same CPU gets it at once.
         std::thread::yield_now();
