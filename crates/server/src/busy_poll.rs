@@ -18,17 +18,30 @@
 //! miss, so an idle keep-alive connection costs nothing; a later fast request turns it back
 //! on. `roaster_human_busy_polls_total{outcome="hit|miss"}` counts the spins.
 //!
+//! The listener does the same for clients that open a connection per request (Python's
+//! urllib, shell scripts with `curl`): after activity on the plane (an answer written, a peer's
+//! close seen, a connection accepted) its accept tries the socket directly for up to `budget`,
+//! yielding to the runtime between tries. Yielding lets the runtime's event loop poll without
+//! sleeping, so the new connection's request, which such clients send a moment after
+//! connecting, is picked up without a second wake-up. Learnt the same way: a spin that runs
+//! out turns it off until a connection comes within the budget after activity again.
+//! `roaster_human_accept_polls_total{outcome="hit|miss"}` counts these.
+//!
 //! Measured (`bench/scenarios/query_peers.py`, one series over keep-alive `curl`, 2 cores):
-//! 0.11 → 0.09 ms per request; see BENCHMARKS.md "Session 5".
+//! 0.11 → 0.09 ms per request; see BENCHMARKS.md "Session 5". The listener's spin, one series
+//! over urllib (a connection per request): 0.196 → 0.164 ms; BENCHMARKS.md "Session 6".
 //!
 //! Invariants: a spin never lasts longer than `budget` (a configured limit, at most 1 ms),
 //! happens at most once per write, and holds the runtime's worker while it lasts (the human
-//! plane's worker answers other connections after it); `budget` 0 turns it off and the
-//! stream is then exactly the runtime's `TcpStream`.
+//! plane's worker answers other connections after it). The listener's spin never outlasts
+//! `budget` after the plane's last activity and never holds the worker (it yields between
+//! tries). `budget` 0 turns both off: the stream is then exactly the runtime's `TcpStream`
+//! and accepting exactly the runtime's accept.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -44,6 +57,10 @@ pub struct BusyPollMetrics {
     /// Spins that gave up at the budget (the connection then waits in the event loop and
     /// spins no more until a request comes within the budget again).
     pub misses: Counter,
+    /// Listener spins that saw a new connection arrive.
+    pub accept_hits: Counter,
+    /// Listener spins that gave up at the budget.
+    pub accept_misses: Counter,
 }
 
 impl BusyPollMetrics {
@@ -58,14 +75,55 @@ impl BusyPollMetrics {
         );
         out.sample(name, &[("outcome", "hit")], self.hits.get() as f64);
         out.sample(name, &[("outcome", "miss")], self.misses.get() as f64);
+        let name = "roaster_human_accept_polls_total";
+        out.family(
+            name,
+            "counter",
+            "Times the human plane's listener spun for the next connection after the last one's \
+             activity (server.human_busy_poll_us): a connection came (hit) or the budget ran out (miss).",
+        );
+        out.sample(name, &[("outcome", "hit")], self.accept_hits.get() as f64);
+        out.sample(name, &[("outcome", "miss")], self.accept_misses.get() as f64);
     }
 }
 
-/// A listener whose connections busy-poll for their next request (see the module doc).
+/// When the plane's connections last did something (wrote an answer, saw their peer close,
+/// were accepted): the listener spins for a next connection until a budget after it.
+#[derive(Debug)]
+struct Activity {
+    epoch: Instant,
+    /// Nanoseconds from `epoch` to the latest activity.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// A listener whose connections busy-poll for their next request, and which itself spins for
+/// the next connection after activity (see the module doc).
 pub(crate) struct PollingListener {
     inner: TcpListener,
     budget: Duration,
     metrics: Arc<BusyPollMetrics>,
+    activity: Arc<Activity>,
+    /// Whether the last connection came within the budget after the plane's last activity,
+    /// so the next accept spins.
+    spin: bool,
 }
 
 impl PollingListener {
@@ -79,8 +137,55 @@ impl PollingListener {
             inner,
             budget,
             metrics,
+            activity: Arc::new(Activity::new()),
+            spin: false,
         }
     }
+
+    fn stream(&self, tcp: TcpStream) -> PollingStream {
+        self.activity.touch();
+        PollingStream::new(tcp, self.budget, self.metrics.clone(), self.activity.clone())
+    }
+
+    /// Tries to accept a connection until `budget` after the plane's last activity, yielding
+    /// to the runtime between tries (its event loop then runs without sleeping, so accepted
+    /// connections' requests are picked up too). `None` when the budget ran out (or accepting
+    /// failed: the runtime's accept reports that).
+    async fn spin_accept(&mut self) -> Option<(TcpStream, std::net::SocketAddr)> {
+        loop {
+            let deadline = self.activity.last() + self.budget;
+            match try_accept(&self.inner) {
+                Ok(Some(accepted)) => return Some(accepted),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if Instant::now() >= deadline {
+                self.spin = false;
+                self.metrics.accept_misses.inc();
+                return None;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Accepts a waiting connection straight from the socket, if there is one. The runtime's
+/// readiness would not do: it is only refreshed when its event loop runs.
+fn try_accept(listener: &TcpListener) -> io::Result<Option<(TcpStream, std::net::SocketAddr)>> {
+    let accepted = match socket2::SockRef::from(listener).accept() {
+        Ok(accepted) => accepted,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let (socket, addr) = accepted;
+    let addr = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("accepted a connection that is not TCP/IP"))?;
+    socket.set_nonblocking(true)?;
+    let tcp = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    Ok(Some((tcp, addr)))
 }
 
 impl axum::serve::Listener for PollingListener {
@@ -88,8 +193,16 @@ impl axum::serve::Listener for PollingListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (PollingStream, std::net::SocketAddr) {
+        if self.spin
+            && let Some((tcp, addr)) = self.spin_accept().await
+        {
+            self.metrics.accept_hits.inc();
+            return (self.stream(tcp), addr);
+        }
         let (tcp, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (PollingStream::new(tcp, self.budget, self.metrics.clone()), addr)
+        // Spin for the next one only if this one came soon after the last activity.
+        self.spin = !self.budget.is_zero() && self.activity.last().elapsed() <= self.budget;
+        (self.stream(tcp), addr)
     }
 
     fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
@@ -109,10 +222,16 @@ pub struct PollingStream {
     /// Whether the last wait ended within the budget, so the next one spins.
     spin: bool,
     metrics: Arc<BusyPollMetrics>,
+    activity: Arc<Activity>,
 }
 
 impl PollingStream {
-    fn new(tcp: TcpStream, budget: Duration, metrics: Arc<BusyPollMetrics>) -> PollingStream {
+    fn new(
+        tcp: TcpStream,
+        budget: Duration,
+        metrics: Arc<BusyPollMetrics>,
+        activity: Arc<Activity>,
+    ) -> PollingStream {
         PollingStream {
             tcp,
             budget,
@@ -120,12 +239,14 @@ impl PollingStream {
             spun: false,
             spin: !budget.is_zero(),
             metrics,
+            activity,
         }
     }
 
     fn wrote(&mut self) {
         self.written_at = Some(Instant::now());
         self.spun = false;
+        self.activity.touch();
     }
 }
 
@@ -185,8 +306,9 @@ impl AsyncWrite for PollingStream {
             self.spun = true;
             match spin_until_readable(&self.tcp, since + self.budget) {
                 SpinOutcome::Request => self.metrics.hits.inc(),
-                // the connection is ending: neither a hit nor a reason to stop spinning
-                SpinOutcome::Closed => {}
+                // the connection is ending: neither a hit nor a reason to stop spinning; the
+                // client may open the next one at once (the listener spins for it)
+                SpinOutcome::Closed => self.activity.touch(),
                 SpinOutcome::TimedOut => {
                     // A miss: do not spin again until a request arrives within the budget.
                     self.spin = false;

@@ -2,7 +2,9 @@
 //! with hand-written HTTP/1.1 so the test owns the timing: a client that asks again at once is
 //! spun for (and gets the same answers), a client that pauses makes its connection spin once
 //! more and then not at all, and budget 0 never spins. The counters are read over the same
-//! connection, so no other connection's spin is counted.
+//! connection, so no other connection's spin is counted. The listener's spin for the next
+//! connection is checked the same way with one request per connection, as Python's urllib
+//! asks.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -82,10 +84,15 @@ impl Conn {
 
     /// The busy-poll counters (hits, misses) from `/metrics`, asked over this connection.
     fn counters(&mut self) -> (u64, u64) {
+        self.family_counters("roaster_human_busy_polls_total")
+    }
+
+    /// The (hit, miss) samples of the counter family `name` from `/metrics`.
+    fn family_counters(&mut self, name: &str) -> (u64, u64) {
         let (status, text) = self.get("/metrics");
         assert_eq!(status, 200);
         let value = |outcome: &str| -> u64 {
-            let prefix = format!("roaster_human_busy_polls_total{{outcome=\"{outcome}\"}} ");
+            let prefix = format!("{name}{{outcome=\"{outcome}\"}} ");
             text.lines()
                 .find_map(|l| l.strip_prefix(&prefix))
                 .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
@@ -135,5 +142,49 @@ fn budget_zero_never_spins() {
     let (fast, slow) = fast_then_slow(&h);
     assert_eq!(fast, (0, 0));
     assert_eq!(slow, (0, 0));
+    assert_eq!(connections_fast_then_slow(&h), ((0, 0), (0, 0)));
+    h.shutdown();
+}
+
+/// The listener's spin counters (hits, misses), asked over a connection of their own.
+fn accept_counters(h: &Harness) -> (u64, u64) {
+    Conn::open(&h.addr("human-http")).family_counters("roaster_human_accept_polls_total")
+}
+
+/// 200 connections opened back to back with one request each, then five with pauses far
+/// above the budget; the listener's counters after each phase.
+fn connections_fast_then_slow(h: &Harness) -> ((u64, u64), (u64, u64)) {
+    let addr = h.addr("human-http");
+    for _ in 0..200 {
+        assert_eq!(Conn::open(&addr).get("/healthz"), (200, "ok".to_owned()));
+    }
+    let fast = accept_counters(h);
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(Conn::open(&addr).get("/healthz"), (200, "ok".to_owned()));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    (fast, accept_counters(h))
+}
+
+#[test]
+fn the_listener_spins_for_connections_opened_at_once_and_stops_after_a_pause() {
+    let h = Harness::start(polling, std::sync::Arc::new(model::SystemClock));
+    let ((hits, misses), (hits_after, misses_after)) = connections_fast_then_slow(&h);
+    // at most one spin per accept (201 connections), and connections opened at once are
+    // mostly caught
+    assert!(
+        hits + misses <= 201,
+        "{hits} hits + {misses} misses for 201 connections"
+    );
+    assert!(hits >= 1, "no spin saw the next connection ({misses} misses)");
+    // pausing: the spin after the counters' connection misses (if that connection came within
+    // the budget and so turned the spin on), and then the listener waits in the event loop
+    // without spinning: at most one miss for six pauses
+    assert_eq!(hits_after, hits);
+    assert!(
+        misses_after <= misses + 1,
+        "{misses} misses before six pauses, {misses_after} after"
+    );
     h.shutdown();
 }
