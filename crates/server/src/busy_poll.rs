@@ -19,12 +19,12 @@
 //! on. `roaster_human_busy_polls_total{outcome="hit|miss"}` counts the spins.
 //!
 //! The listener does the same for clients that open a connection per request (Python's
-//! urllib, shell scripts with `curl`): after activity on the plane (an answer written, a peer's
-//! close seen, a connection accepted) its accept tries the socket directly for up to `budget`,
+//! urllib, shell scripts with `curl`): after a connection came or went (was accepted, saw its
+//! peer close) its accept tries the socket directly for up to `budget`,
 //! yielding to the runtime between tries. Yielding lets the runtime's event loop poll without
 //! sleeping, so the new connection's request, which such clients send a moment after
 //! connecting, is picked up without a second wake-up. Learnt the same way: a spin that runs
-//! out turns it off until a connection comes within the budget after activity again.
+//! out turns it off until a connection comes within the budget after another came or went.
 //! `roaster_human_accept_polls_total{outcome="hit|miss"}` counts these.
 //!
 //! Measured (`bench/scenarios/query_peers.py`, one series over keep-alive `curl`, 2 cores):
@@ -34,7 +34,7 @@
 //! Invariants: a spin never lasts longer than `budget` (a configured limit, at most 1 ms),
 //! happens at most once per write, and holds the runtime's worker while it lasts (the human
 //! plane's worker answers other connections after it). The listener's spin never outlasts
-//! `budget` after the plane's last activity and never holds the worker (it yields between
+//! `budget` after the last connection came or went and never holds the worker (it yields between
 //! tries). `budget` 0 turns both off: the stream is then exactly the runtime's `TcpStream`
 //! and accepting exactly the runtime's accept.
 
@@ -79,16 +79,17 @@ impl BusyPollMetrics {
         out.family(
             name,
             "counter",
-            "Times the human plane's listener spun for the next connection after the last one's \
-             activity (server.human_busy_poll_us): a connection came (hit) or the budget ran out (miss).",
+            "Times the human plane's listener spun for the next connection after one came or went \
+             (server.human_busy_poll_us): a connection came (hit) or the budget ran out (miss).",
         );
         out.sample(name, &[("outcome", "hit")], self.accept_hits.get() as f64);
         out.sample(name, &[("outcome", "miss")], self.accept_misses.get() as f64);
     }
 }
 
-/// When the plane's connections last did something (wrote an answer, saw their peer close,
-/// were accepted): the listener spins for a next connection until a budget after it.
+/// When a connection last came or went on the plane (was accepted, saw its peer close): the
+/// listener spins for a next connection until a budget after it. Answers on open connections
+/// do not count, so a busy keep-alive client does not keep the listener spinning.
 #[derive(Debug)]
 struct Activity {
     epoch: Instant,
@@ -115,13 +116,13 @@ impl Activity {
 }
 
 /// A listener whose connections busy-poll for their next request, and which itself spins for
-/// the next connection after activity (see the module doc).
+/// the next connection after one came or went (see the module doc).
 pub(crate) struct PollingListener {
     inner: TcpListener,
     budget: Duration,
     metrics: Arc<BusyPollMetrics>,
     activity: Arc<Activity>,
-    /// Whether the last connection came within the budget after the plane's last activity,
+    /// Whether the last connection came within the budget after the one before came or went,
     /// so the next accept spins.
     spin: bool,
 }
@@ -147,7 +148,7 @@ impl PollingListener {
         PollingStream::new(tcp, self.budget, self.metrics.clone(), self.activity.clone())
     }
 
-    /// Tries to accept a connection until `budget` after the plane's last activity, yielding
+    /// Tries to accept a connection until `budget` after the last connection came or went, yielding
     /// to the runtime between tries (its event loop then runs without sleeping, so accepted
     /// connections' requests are picked up too). `None` when the budget ran out (or accepting
     /// failed: the runtime's accept reports that).
@@ -200,7 +201,7 @@ impl axum::serve::Listener for PollingListener {
             return (self.stream(tcp), addr);
         }
         let (tcp, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        // Spin for the next one only if this one came soon after the last activity.
+        // Spin for the next one only if this one came soon after the last came or went.
         self.spin = !self.budget.is_zero() && self.activity.last().elapsed() <= self.budget;
         (self.stream(tcp), addr)
     }
@@ -246,7 +247,6 @@ impl PollingStream {
     fn wrote(&mut self) {
         self.written_at = Some(Instant::now());
         self.spun = false;
-        self.activity.touch();
     }
 }
 
@@ -258,7 +258,13 @@ impl AsyncRead for PollingStream {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
+        let wanted = buf.remaining() > 0;
         let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && wanted && buf.filled().len() == before {
+            // the peer closed: a client that opens a connection per request opens the next
+            // one about now (the listener spins for it)
+            this.activity.touch();
+        }
         if matches!(polled, Poll::Ready(Ok(())))
             && buf.filled().len() > before
             && let Some(since) = this.written_at.take()
