@@ -20,11 +20,11 @@
 //!
 //! The listener does the same for clients that open a connection per request (Python's
 //! urllib, shell scripts with `curl`): after a connection came or went (was accepted, saw its
-//! peer close) its accept tries the socket directly for up to `budget`,
-//! yielding to the runtime between tries. Yielding lets the runtime's event loop poll without
-//! sleeping, so the new connection's request, which such clients send a moment after
-//! connecting, is picked up without a second wake-up. Learnt the same way: a spin that runs
-//! out turns it off until a connection comes within the budget after another came or went.
+//! peer close) its accept tries the socket directly for up to `budget`, yielding to the
+//! runtime between tries. Yielding lets the runtime's event loop poll without sleeping, so
+//! the new connection's request, which such clients send a moment after connecting, is
+//! picked up without a second wake-up. Learnt the same way: a spin that runs out turns it off
+//! until a connection comes within the budget after another came or went.
 //! `roaster_human_accept_polls_total{outcome="hit|miss"}` counts these.
 //!
 //! Measured (`bench/scenarios/query_peers.py`, one series over keep-alive `curl`, 2 cores):
@@ -34,9 +34,9 @@
 //! Invariants: a spin never lasts longer than `budget` (a configured limit, at most 1 ms),
 //! happens at most once per write, and holds the runtime's worker while it lasts (the human
 //! plane's worker answers other connections after it). The listener's spin never outlasts
-//! `budget` after the last connection came or went and never holds the worker (it yields between
-//! tries). `budget` 0 turns both off: the stream is then exactly the runtime's `TcpStream`
-//! and accepting exactly the runtime's accept.
+//! `budget` after the last connection came or went and never holds the worker (it yields
+//! between tries). `budget` 0 turns both off: the stream is then exactly the runtime's
+//! `TcpStream` and accepting exactly the runtime's accept.
 
 use std::io;
 use std::pin::Pin;
@@ -148,10 +148,10 @@ impl PollingListener {
         PollingStream::new(tcp, self.budget, self.metrics.clone(), self.activity.clone())
     }
 
-    /// Tries to accept a connection until `budget` after the last connection came or went, yielding
-    /// to the runtime between tries (its event loop then runs without sleeping, so accepted
-    /// connections' requests are picked up too). `None` when the budget ran out (or accepting
-    /// failed: the runtime's accept reports that).
+    /// Tries to accept a connection until `budget` after the last connection came or went,
+    /// yielding to the runtime between tries (its event loop then runs without sleeping, so
+    /// accepted connections' requests are picked up too). `None` when the budget ran out (or
+    /// accepting failed: the runtime's accept reports that).
     async fn spin_accept(&mut self) -> Option<(TcpStream, std::net::SocketAddr)> {
         loop {
             let deadline = self.activity.last() + self.budget;
