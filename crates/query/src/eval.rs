@@ -749,6 +749,7 @@ impl<'a> Evaluator<'a> {
         let deadline = self.deadline;
         let mut n = 0usize;
         let (part, parts) = self.shard;
+        let monotone = w.refs.windows(2).all(|p| p[0] <= p[1]);
         let mut each = |key: &model::SeriesKey, ts: &[i64], vals: &[f64]| {
             n += 1;
             if n > max_series {
@@ -759,8 +760,14 @@ impl<'a> Evaluator<'a> {
             }
             let mut points = Vec::with_capacity(w.refs.len());
             let mut any = false;
+            let mut idx = 0usize;
             for r in &w.refs {
-                let idx = ts.partition_point(|t| *t <= *r);
+                idx = if monotone {
+                    // steps only move forward: walk on from the last step's sample
+                    advance(ts, idx, |t| t <= *r)
+                } else {
+                    ts.partition_point(|t| *t <= *r)
+                };
                 let p = match idx.checked_sub(1) {
                     Some(i) => match (ts.get(i), vals.get(i)) {
                         (Some(t), Some(v)) if *t >= r.saturating_sub(lookback) && !is_stale(*v) => {
