@@ -157,7 +157,8 @@ pub fn format_json_value(v: f64) -> String {
 
 /// Appends `v` to `out` as a JSON string, exactly as `format_json_value(v)` would be quoted,
 /// without allocating in the common cases: integers below 1e15 (counters, most gauges) go
-/// straight through an integer formatter (`itoa`), other plain decimals through `zmij` (the
+/// straight through an integer formatter (`itoa`), as do decimals of up to four places
+/// ([`write_short_decimal`]), other plain decimals through `zmij` (the
 /// shortest round-tripping digits, as Go's and Rust's shortest formatting) laid out as Go's
 /// `'f', -1`, with the half-to-even fix-up only for the long (15+ digit) texts where a tie is
 /// possible. `format_json_value` stays the reference (std's formatter); tests compare the two.
