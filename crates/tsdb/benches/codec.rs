@@ -6,7 +6,9 @@
 //! issue compares with VictoriaMetrics (1.58 B/pt on disk; goal <= 1.26 including the index).
 //!
 //! `sealed_decode_xor` decodes full-precision random walks instead (the XOR float path, which
-//! gen.py's shape never takes); its size is printed too.
+//! gen.py's shape never takes); its size is printed too. `sealed_decode_range_coded` decodes
+//! the same data forced into the range-coded layout (tag 4) that table-coded records (tag 5)
+//! replace where they are about as small: the two side by side are that choice's speed-up.
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-tsdb cargo bench -p tsdb --bench codec`
 //! (1,000 series x 360 points; set `CODEC_BENCH_SERIES` for another size).
@@ -112,6 +114,16 @@ fn encoded(d: &[Series]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+fn encoded_as(d: &[Series], layout: codec::PackedLayout) -> Vec<Vec<u8>> {
+    d.iter()
+        .map(|s| {
+            let mut out = Vec::new();
+            codec::encode_series_packed(0, &s.ts, &s.vals, layout, &mut out).expect("encodable");
+            out
+        })
+        .collect()
+}
+
 fn heads(d: &[Series]) -> Vec<HeadChunk> {
     d.iter()
         .map(|s| {
@@ -127,13 +139,27 @@ fn heads(d: &[Series]) -> Vec<HeadChunk> {
 fn main() {
     let d = data();
     let n = points(&d) as f64;
-    let sealed: usize = encoded(&d).iter().map(Vec::len).sum();
+    let records = encoded(&d);
+    let sealed: usize = records.iter().map(Vec::len).sum();
+    let mut by_tag = [0usize; 6];
+    for r in &records {
+        if let Some(n) = r.first().and_then(|&t| by_tag.get_mut(usize::from(t))) {
+            *n += 1;
+        }
+    }
+    println!("records by codec tag (0 raw, 4 range-coded, 5 table-coded): {by_tag:?}");
+    let range_coded: usize = encoded_as(&d, codec::PackedLayout::NewestFirst)
+        .iter()
+        .map(Vec::len)
+        .sum();
     let head: usize = heads(&d).iter().map(HeadChunk::heap_bytes).sum();
     let x = xor_data();
     let xor: usize = encoded(&x).iter().map(Vec::len).sum();
     println!(
-        "sealed: {:.4} B/pt; head chunks: {:.3} B/pt (heap capacity); sealed XOR walks: {:.3} B/pt",
+        "sealed: {:.4} B/pt (all range-coded: {:.4}); head chunks: {:.3} B/pt (heap capacity); \
+         sealed XOR walks: {:.3} B/pt",
         sealed as f64 / n,
+        range_coded as f64 / n,
         head as f64 / n,
         xor as f64 / points(&x) as f64
     );
@@ -157,6 +183,21 @@ fn sealed_encode(b: Bencher) {
 fn sealed_decode(b: Bencher) {
     let d = data();
     let enc = encoded(&d);
+    let (mut ts, mut vals) = (Vec::new(), Vec::new());
+    b.counter(ItemsCount::new(points(&d))).bench_local(|| {
+        for e in &enc {
+            ts.clear();
+            vals.clear();
+            codec::decode_series(e, &mut ts, &mut vals).expect("valid");
+            black_box((&ts, &vals));
+        }
+    });
+}
+
+#[divan::bench]
+fn sealed_decode_range_coded(b: Bencher) {
+    let d = data();
+    let enc = encoded_as(&d, codec::PackedLayout::NewestFirst);
     let (mut ts, mut vals) = (Vec::new(), Vec::new());
     b.counter(ItemsCount::new(points(&d))).bench_local(|| {
         for e in &enc {

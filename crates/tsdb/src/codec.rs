@@ -14,12 +14,16 @@
 //! tag 0    raw:    (first_ts - base):zigzag-varint (ts[i]-ts[i-1]):varint{count-1} f64-bits:u64le{count}
 //! tag 1    packed, oldest first (written before 2026-11-21; still read):
 //!                  ints-header(ts) floats-header(values) rc-stream
-//! tag 4    packed, newest first (written now): as tag 1 with
+//! tag 4    packed, newest first (written when tag 5 is more than 1/32 larger): as tag 1 with
 //!                  ts column    r[i] = ts[0] + ts[n-1] - ts[n-1-i] (wrapping; r[0] = ts[0],
 //!                               the same differences in reverse order, so equally cheap)
 //!                  value column the values in reverse order, decimal mantissas negated (the
 //!                               same differences; exception indexes count from the newest)
 //!                  so a reader decodes values from the newest back to its window's start
+//! tag 5    packed, newest first, table-coded (written otherwise): as tag 4, but each
+//!                  ints-header with symbols (transform != all zero) is followed by its
+//!                  table-section (see `table`: a Huffman code of the bit lengths, then the
+//!                  low bits raw), and only XOR value columns are in the rc-stream
 //! tag 2    rollup: ints-header(bucket ts) ints-header(last_ts - ts) ints-header(count)
 //!                  floats-header(min) floats-header(max) floats-header(sum) floats-header(last) rc-stream
 //! tag 3    rollup, all values decimals at one scale (mantissas below):
@@ -49,17 +53,25 @@
 //! `|m| <= 2^53` (VictoriaMetrics' idea); up to 1/8 of a series may be exceptions (NaN stale
 //! markers, ±inf, −0.0), stored raw. Values with float noise (`491.14 + 1118` is
 //! `1609.1399999999999`) are *near-decimals*: the decimal's mantissa plus a small signed
-//! difference of bit patterns, so they stay lossless and cheap. Integer columns pick the differencing order and transform
-//! from a size estimate; an adaptive binary range coder then spends close to the empirical
-//! entropy without per-column tables. (pco, a dependency, is not used: `dependencies.md` warns
-//! its per-chunk overhead is high below ~500 points, and this coder already sits within ~7%
-//! of the data set's entropy including headers; a head-to-head measurement was not made.)
+//! difference of bit patterns, so they stay lossless and cheap. Integer columns pick the
+//! differencing order and transform from a size estimate; an adaptive binary range coder
+//! then spends close to the empirical entropy without per-column tables. (pco, a dependency,
+//! is not used: `dependencies.md` warns its per-chunk overhead is high below ~500 points, and
+//! this coder already sits within ~7% of the data set's entropy including headers; a
+//! head-to-head measurement was not made.)
+//!
+//! The range coder decodes ~30 ns per value (every bit waits for the previous one), which
+//! dominated a one-series query. So records are also coded with per-column Huffman tables of
+//! the symbols' bit lengths (tag 5, [`table`]), which decode in ~4 ns per value, and that
+//! form is kept unless it is more than 1/32 larger: on smooth data it costs ~1 % more, on
+//! nearly constant columns (where a code spends at least a bit per value) far more, and
+//! those stay range-coded.
 //!
 //! Measured on data shaped like `shared/bench/peers/gen.py` (2,000 series x 360 points,
-//! `cargo test -p tsdb --test codec_props -- --nocapture bytes`): sealed series 1.108 B/pt
-//! (two-decimal random-walk gauges 1.226, integer counters 1.619, constants 0.046); a whole
-//! raw block with its index 1.114 B/pt; head chunks ~1.85 B/pt. Entropy of that data is
-//! ~1.04 B/pt.
+//! `cargo test -p tsdb --test codec_props -- --nocapture bytes`): sealed series 1.119 B/pt
+//! (two-decimal random-walk gauges 1.241, integer counters 1.630, constants 0.046; all
+//! range-coded it would be 1.108, 1.226, 1.619, 0.046); a whole raw block with its index
+//! 1.125 B/pt; head chunks ~1.85 B/pt. Entropy of that data is ~1.04 B/pt.
 //!
 //! Invariants: any f64 bit pattern and any timestamp sequence round-trip exactly (timestamps
 //! use wrapping arithmetic, so even `i64::MIN..i64::MAX` gaps work). Decoding never panics
@@ -69,6 +81,7 @@
 pub mod head;
 pub mod rc;
 pub mod sealed;
+pub mod table;
 pub mod varint;
 
 pub use head::HeadChunk;
@@ -85,6 +98,10 @@ const TAG_PACKED: u8 = 1;
 const TAG_ROLLUP: u8 = 2;
 const TAG_ROLLUP_DECIMAL: u8 = 3;
 const TAG_PACKED_NEWEST_FIRST: u8 = 4;
+const TAG_PACKED_NEWEST_FIRST_TABLE: u8 = 5;
+/// A table-coded record (tag 5) is kept while it is at most `1 / TABLE_SLACK` larger than
+/// the range-coded one (tag 4): it decodes several times faster.
+const TABLE_SLACK: usize = 32;
 
 /// A sample whose timestamp is not after the chunk's last one (or a chunk already holding
 /// `u32::MAX` samples; cut chunks long before that).
@@ -141,26 +158,28 @@ pub fn encode_series_with_base(
     vals: &[f64],
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    encode_packed_or_raw(base, ts, vals, true, out)
+    encode_packed_or_raw(base, ts, vals, out)
 }
 
-/// [`encode_series_with_base`] in the oldest-first packed layout (tag 1) that blocks written
-/// before 2026-11-21 hold. Nothing in the database writes it any more; it stays so that
-/// tests and benchmarks can make such records and prove they still read back.
-pub fn encode_series_oldest_first(
+/// A packed record layout, for [`encode_series_packed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedLayout {
+    /// Tag 1, which blocks written before 2026-11-21 hold.
+    OldestFirst,
+    /// Tag 4: newest first, integer columns in the range-coded stream.
+    NewestFirst,
+    /// Tag 5: newest first, integer columns table-coded.
+    NewestFirstTable,
+}
+
+/// [`encode_series_with_base`] in exactly `layout` (no raw fallback, no choice). The
+/// database writes tag 4 or 5 through [`encode_series_with_base`]; this lets tests and
+/// benchmarks make each layout, old ones included, and prove they read back.
+pub fn encode_series_packed(
     base: i64,
     ts: &[i64],
     vals: &[f64],
-    out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    encode_packed_or_raw(base, ts, vals, false, out)
-}
-
-fn encode_packed_or_raw(
-    base: i64,
-    ts: &[i64],
-    vals: &[f64],
-    newest_first: bool,
+    layout: PackedLayout,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
     if ts.len() != vals.len() {
@@ -170,20 +189,42 @@ fn encode_packed_or_raw(
         });
     }
     check_len(ts.len())?;
-    let start = out.len();
-    let mut cols = ColumnWriter::default();
-    if newest_first {
-        out.push(TAG_PACKED_NEWEST_FIRST);
-        put_u64(out, ts.len() as u64);
-        cols.ints(out, &sealed::reflect(ts), 2, base);
-        cols.floats_newest_first(out, vals);
-    } else {
-        out.push(TAG_PACKED);
-        put_u64(out, ts.len() as u64);
-        cols.ints(out, ts, 2, base);
-        cols.floats(out, vals);
+    match layout {
+        PackedLayout::OldestFirst => encode_packed(base, ts, vals, TAG_PACKED, out),
+        PackedLayout::NewestFirst => {
+            encode_packed(base, &sealed::reflect(ts), vals, TAG_PACKED_NEWEST_FIRST, out)
+        }
+        PackedLayout::NewestFirstTable => encode_packed(
+            base,
+            &sealed::reflect(ts),
+            vals,
+            TAG_PACKED_NEWEST_FIRST_TABLE,
+            out,
+        ),
     }
-    cols.finish(out);
+    Ok(())
+}
+
+/// The table-coded newest-first record (tag 5) when it is at most `1 / TABLE_SLACK` larger
+/// than the range-coded one (tag 4), else that; raw (tag 0) when smaller still.
+fn encode_packed_or_raw(base: i64, ts: &[i64], vals: &[f64], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    if ts.len() != vals.len() {
+        return Err(CodecError::LengthMismatch {
+            ts: ts.len(),
+            vals: vals.len(),
+        });
+    }
+    check_len(ts.len())?;
+    let start = out.len();
+    let reflected = sealed::reflect(ts);
+    encode_packed(base, &reflected, vals, TAG_PACKED_NEWEST_FIRST, out);
+    let mut table = Vec::new();
+    encode_packed(base, &reflected, vals, TAG_PACKED_NEWEST_FIRST_TABLE, &mut table);
+    let ranged = out.len() - start;
+    if table.len() <= ranged + ranged / TABLE_SLACK {
+        out.truncate(start);
+        out.extend_from_slice(&table);
+    }
     // Raw costs at least 9 bytes per point; only build it when it could win.
     if out.len() - start > 9 * ts.len() + 2 {
         let mut raw = Vec::new();
@@ -194,6 +235,24 @@ fn encode_packed_or_raw(
         }
     }
     Ok(())
+}
+
+/// Appends a packed record with `tag` (1, 4 or 5); `ts` is already reflected for 4 and 5.
+fn encode_packed(base: i64, ts: &[i64], vals: &[f64], tag: u8, out: &mut Vec<u8>) {
+    let mut cols = if tag == TAG_PACKED_NEWEST_FIRST_TABLE {
+        ColumnWriter::table_coded()
+    } else {
+        ColumnWriter::default()
+    };
+    out.push(tag);
+    put_u64(out, ts.len() as u64);
+    cols.ints(out, ts, 2, base);
+    if tag == TAG_PACKED {
+        cols.floats(out, vals);
+    } else {
+        cols.floats_newest_first(out, vals);
+    }
+    cols.finish(out);
 }
 
 fn encode_raw(base: i64, ts: &[i64], vals: &[f64], out: &mut Vec<u8>) {
@@ -288,8 +347,12 @@ pub fn decode_series_window(
             vals.drain(v0..v0 + lo);
             Ok(n)
         }
-        TAG_PACKED | TAG_PACKED_NEWEST_FIRST => {
-            let mut cols = ColumnReader::new();
+        TAG_PACKED | TAG_PACKED_NEWEST_FIRST | TAG_PACKED_NEWEST_FIRST_TABLE => {
+            let mut cols = if tag == TAG_PACKED_NEWEST_FIRST_TABLE {
+                ColumnReader::table_coded()
+            } else {
+                ColumnReader::new()
+            };
             cols.ints(&mut r, n, base)?;
             cols.floats(&mut r, n)?;
             if tag == TAG_PACKED {
@@ -570,16 +633,22 @@ mod tests {
             i64::MAX,
         ];
         for (name, vals) in [("near", &near), ("decimal", &decimals), ("xor", &xor)] {
-            let mut newest = Vec::new();
-            encode_series_with_base(1_000, &ts, vals, &mut newest).unwrap();
+            let encoded = |layout| {
+                let mut rec = Vec::new();
+                encode_series_packed(1_000, &ts, vals, layout, &mut rec).unwrap();
+                rec
+            };
+            let newest = encoded(PackedLayout::NewestFirst);
             assert_eq!(newest[0], TAG_PACKED_NEWEST_FIRST, "{name}");
-            let mut oldest = Vec::new();
-            encode_series_oldest_first(1_000, &ts, vals, &mut oldest).unwrap();
+            let table = encoded(PackedLayout::NewestFirstTable);
+            assert_eq!(table[0], TAG_PACKED_NEWEST_FIRST_TABLE, "{name}");
+            let oldest = encoded(PackedLayout::OldestFirst);
             assert_eq!(oldest[0], TAG_PACKED, "{name}");
             let mut raw = Vec::new();
             encode_raw(1_000, &ts, vals, &mut raw);
             for (layout, rec) in [
                 ("newest first", &newest),
+                ("newest first, table-coded", &table),
                 ("oldest first", &oldest),
                 ("raw", &raw),
             ] {
@@ -602,6 +671,59 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_table_coded_layout_is_kept_unless_notably_larger() {
+        let ts: Vec<i64> = (0..360).map(|i| 1_700_000_000_000 + i * 10_000).collect();
+        // A two-decimal random walk with bell-shaped steps (a sum of three uniform draws, a
+        // standard deviation of ~1.5 as in gen.py): both coders store the low bits raw, so
+        // they are close.
+        let mut x = 5_000i64;
+        let draw = |k: u64| {
+            // splitmix64's finaliser: consecutive inputs give unrelated outputs
+            let mut z = k.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % 301) as i64
+        };
+        let walk: Vec<f64> = (0..360u64)
+            .map(|i| {
+                x += draw(3 * i) + draw(3 * i + 1) + draw(3 * i + 2) - 450;
+                x as f64 / 100.0
+            })
+            .collect();
+        // A gauge that rarely moves: a code spends at least a bit per value, the range coder
+        // a small fraction of one.
+        let flat: Vec<f64> = (0..360).map(|i| if i % 50 == 0 { 2.0 } else { 1.0 }).collect();
+        let sizes = |vals: &[f64]| {
+            [PackedLayout::NewestFirst, PackedLayout::NewestFirstTable].map(|layout| {
+                let mut rec = Vec::new();
+                encode_series_packed(0, &ts, vals, layout, &mut rec).unwrap();
+                rec.len()
+            })
+        };
+        for (name, vals, want) in [
+            ("walk", &walk, TAG_PACKED_NEWEST_FIRST_TABLE),
+            ("flat", &flat, TAG_PACKED_NEWEST_FIRST),
+        ] {
+            let [ranged, table] = sizes(vals);
+            let mut rec = Vec::new();
+            encode_series(&ts, vals, &mut rec).unwrap();
+            assert_eq!(
+                rec[0], want,
+                "{name}: range-coded {ranged} B, table-coded {table} B"
+            );
+            assert_eq!(
+                rec.len(),
+                if want == TAG_PACKED_NEWEST_FIRST {
+                    ranged
+                } else {
+                    table
+                }
+            );
+            round_trip(&ts, vals);
         }
     }
 

@@ -255,6 +255,14 @@ fn window_samples() -> impl Strategy<Value = (Vec<i64>, Vec<f64>, i64, i64)> {
     })
 }
 
+fn any_layout() -> impl Strategy<Value = codec::PackedLayout> {
+    prop::sample::select(vec![
+        codec::PackedLayout::OldestFirst,
+        codec::PackedLayout::NewestFirst,
+        codec::PackedLayout::NewestFirstTable,
+    ])
+}
+
 fn bits(v: &[f64]) -> Vec<u64> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -274,13 +282,13 @@ proptest! {
     fn decoding_a_window_equals_decoding_all_then_cutting(
         (ts, vals, start, end) in window_samples(),
         base in any::<i64>(),
-        oldest_first in any::<bool>(),
+        layout in prop::option::of(any_layout()),
     ) {
+        // `None`: the layout the database picks.
         let mut out = Vec::new();
-        if oldest_first {
-            codec::encode_series_oldest_first(base, &ts, &vals, &mut out).unwrap();
-        } else {
-            codec::encode_series_with_base(base, &ts, &vals, &mut out).unwrap();
+        match layout {
+            Some(layout) => codec::encode_series_packed(base, &ts, &vals, layout, &mut out).unwrap(),
+            None => codec::encode_series_with_base(base, &ts, &vals, &mut out).unwrap(),
         }
         let (mut t_all, mut v_all) = (Vec::new(), Vec::new());
         codec::decode_series_with_base(base, &out, &mut t_all, &mut v_all).unwrap();
@@ -379,9 +387,10 @@ proptest! {
         (ts, vals) in samples(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
+        layout in any_layout(),
     ) {
         let mut out = Vec::new();
-        codec::encode_series(&ts, &vals, &mut out).unwrap();
+        codec::encode_series_packed(0, &ts, &vals, layout, &mut out).unwrap();
         for (at, x) in flips {
             let i = at.index(out.len());
             out[i] ^= x.max(1);

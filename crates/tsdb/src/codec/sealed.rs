@@ -3,6 +3,7 @@
 
 use super::CodecError;
 use super::rc::{Decoder, Encoder, UintModel, XorModel, len_bits_for};
+use super::table::{TableColumn, TableReader, encode_column};
 use super::varint::{Reader, put_i64, put_u64, unzigzag, zigzag};
 
 /// Largest decimal scale tried: values are `mantissa / 10^scale` with `|mantissa| <= 2^53`.
@@ -92,6 +93,9 @@ enum Symbols {
 #[derive(Default)]
 pub struct ColumnWriter {
     symbols: Vec<Symbols>,
+    /// Integer columns are table-coded (`table` module) right after their headers instead
+    /// of going to the range-coded stream.
+    table_coded: bool,
 }
 
 fn bitlen(v: u64) -> u64 {
@@ -138,6 +142,16 @@ fn diff(xs: &mut [i64]) {
 }
 
 impl ColumnWriter {
+    /// A writer whose integer columns are table-coded: each column's symbols follow its
+    /// header as a table section, and only XOR float columns use the range-coded stream.
+    /// Read with [`ColumnReader::table_coded`].
+    pub fn table_coded() -> ColumnWriter {
+        ColumnWriter {
+            symbols: Vec::new(),
+            table_coded: true,
+        }
+    }
+
     /// Plans an integer column: picks the differencing order in `orders` and the transform
     /// that minimise an estimate of the coded size, writes its header to `hdr`.
     /// The first stored initial value is written relative to `base` (timestamps use the
@@ -198,7 +212,11 @@ impl ColumnWriter {
             put_u64(hdr, g);
         }
         if best_xf != XF_ZERO {
-            self.symbols.push(Symbols::Uint(symbols, len_bits));
+            if self.table_coded {
+                encode_column(&symbols, hdr);
+            } else {
+                self.symbols.push(Symbols::Uint(symbols, len_bits));
+            }
         }
     }
 
@@ -391,8 +409,7 @@ fn near_decimal_plan(vals: &[f64]) -> Option<DecimalPlan> {
 }
 
 /// The header of an integer column.
-#[derive(Clone)]
-struct IntCol {
+struct IntCol<'a> {
     n: usize,
     order: u8,
     xf: u8,
@@ -401,46 +418,53 @@ struct IntCol {
     min: i64,
     /// Common factor of the differences (1 when none was divided out).
     factor: i64,
+    /// The column's own table-coded symbols; `None` when they are in the range-coded stream
+    /// (or the column has none).
+    table: Option<TableColumn<'a>>,
 }
 
-impl IntCol {
-    /// This column cut to its first `limit` values (at least its head values: callers
-    /// truncate the output to `limit`). Decoding it reads the same stream prefix.
-    fn prefix(&self, limit: usize) -> IntCol {
-        IntCol {
-            n: self.n.min(limit.max(self.head.len())),
-            ..self.clone()
-        }
+impl IntCol<'_> {
+    /// How many values decoding the first `limit` yields: at least the head values
+    /// (callers truncate), at most the column's.
+    fn values(&self, limit: usize) -> usize {
+        self.n.min(limit.max(self.head.len()))
     }
 }
 
 /// The header of a decimal (or near-decimal) float column.
-struct DecimalCol {
+struct DecimalCol<'a> {
     /// Per-value ULP corrections (near-decimal columns only).
-    corrections: Option<IntCol>,
+    corrections: Option<IntCol<'a>>,
     scale: u8,
     exceptions: Vec<(usize, u64)>,
-    ints: IntCol,
+    ints: IntCol<'a>,
 }
 
 /// A column header parsed before the stream is decoded.
-enum Column {
-    Ints(IntCol),
-    Decimal(DecimalCol),
+enum Column<'a> {
+    Ints(IntCol<'a>),
+    Decimal(DecimalCol<'a>),
     Xor { n: usize },
 }
 
 /// Parses column headers, then decodes the stream.
 #[derive(Default)]
-pub struct ColumnReader {
-    columns: Vec<Column>,
+pub struct ColumnReader<'a> {
+    columns: Vec<Column<'a>>,
+    /// Integer columns carry table sections ([`ColumnWriter::table_coded`]).
+    table_coded: bool,
 }
 
 fn corrupt(what: &'static str) -> CodecError {
     CodecError::Corrupt(what)
 }
 
-fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<IntCol, CodecError> {
+fn parse_ints<'a>(
+    r: &mut Reader<'a>,
+    n: usize,
+    base: i64,
+    table_coded: bool,
+) -> Result<IntCol<'a>, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated column header"))?;
     let (order, xf, len_bits) = (b & 3, (b >> 2) & 3, u32::from((b >> 4) & 7));
     if order > 2 || xf > XF_ZERO {
@@ -461,6 +485,11 @@ fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<IntCol, CodecEr
     } else {
         1
     };
+    let table = if table_coded && xf != XF_ZERO {
+        Some(TableColumn::parse(r)?)
+    } else {
+        None
+    };
     Ok(IntCol {
         n,
         order,
@@ -469,10 +498,11 @@ fn parse_ints(r: &mut Reader<'_>, n: usize, base: i64) -> Result<IntCol, CodecEr
         head,
         min,
         factor,
+        table,
     })
 }
 
-fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
+fn parse_floats<'a>(r: &mut Reader<'a>, n: usize, table_coded: bool) -> Result<Column<'a>, CodecError> {
     let b = r.u8().ok_or(corrupt("truncated value header"))?;
     match b & 3 {
         VALUES_DECIMAL | VALUES_NEAR_DECIMAL => {
@@ -500,9 +530,9 @@ fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
                 let bits = r.u64_le().ok_or(corrupt("truncated exceptions"))?;
                 exceptions.push((at as usize, bits));
             }
-            let ints = parse_ints(r, n, 0)?;
+            let ints = parse_ints(r, n, 0, table_coded)?;
             let corrections = if b & 3 == VALUES_NEAR_DECIMAL {
-                Some(parse_ints(r, n, 0)?)
+                Some(parse_ints(r, n, 0, table_coded)?)
             } else {
                 None
             };
@@ -518,25 +548,53 @@ fn parse_floats(r: &mut Reader<'_>, n: usize) -> Result<Column, CodecError> {
     }
 }
 
-/// One stream symbol of an integer column turned back into a (scaled) difference; `XF` is
-/// the column transform, a constant so that each transform gets its own loop.
-#[inline(always)]
-fn symbol<const XF: u8>(model: &mut UintModel, dec: &mut Decoder<'_>, min: i64) -> i64 {
-    match XF {
-        XF_ZERO => 0,
-        XF_OFFSET => (model.decode(dec) as i64).wrapping_add(min),
-        _ => unzigzag(model.decode(dec)),
+/// Where an integer column's symbols come from.
+trait SymbolSource {
+    fn next_symbol(&mut self) -> u64;
+}
+
+/// Symbols of the range-coded stream.
+struct RangeSymbols<'a> {
+    model: UintModel,
+    dec: Decoder<'a>,
+}
+
+impl SymbolSource for RangeSymbols<'_> {
+    #[inline(always)]
+    fn next_symbol(&mut self) -> u64 {
+        self.model.decode(&mut self.dec)
     }
 }
 
-/// Decodes an integer column and undoes its differencing in the same pass, handing each
-/// value to `sink` in order. `XF` and `ORDER` are constants so that the per-value loop has
-/// no branches on the column header. Works on a local copy of the decoder (registers) and
-/// stores it back at the end.
+impl SymbolSource for TableReader<'_> {
+    #[inline(always)]
+    fn next_symbol(&mut self) -> u64 {
+        self.next_value()
+    }
+}
+
+/// One symbol of an integer column turned back into a (scaled) difference; `XF` is the
+/// column transform, a constant so that each transform gets its own loop.
 #[inline(always)]
-fn ints_loop<const XF: u8, const ORDER: u8>(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i64)) {
-    let mut d = *dec;
-    let mut model = UintModel::with_len_bits(col.len_bits);
+fn symbol<const XF: u8>(src: &mut impl SymbolSource, min: i64) -> i64 {
+    match XF {
+        XF_ZERO => 0,
+        XF_OFFSET => (src.next_symbol() as i64).wrapping_add(min),
+        _ => unzigzag(src.next_symbol()),
+    }
+}
+
+/// Decodes the first `n` values of an integer column and undoes its differencing in the
+/// same pass, handing each value to `sink` in order. `XF` and `ORDER` are constants so that
+/// the per-value loop has no branches on the column header; the source is a local value
+/// (registers) for the whole loop.
+#[inline(always)]
+fn ints_loop<const XF: u8, const ORDER: u8>(
+    col: &IntCol<'_>,
+    n: usize,
+    src: &mut impl SymbolSource,
+    sink: &mut impl FnMut(i64),
+) {
     let (min, factor) = (col.min, col.factor);
     // x: the last value; dx: the last first difference (order 2).
     let (mut x, mut dx) = (0i64, 0i64);
@@ -554,8 +612,8 @@ fn ints_loop<const XF: u8, const ORDER: u8>(col: &IntCol, dec: &mut Decoder<'_>,
         x = x.wrapping_add(dx);
         sink(x);
     }
-    for _ in col.head.len()..col.n {
-        let s = symbol::<XF>(&mut model, &mut d, min).wrapping_mul(factor);
+    for _ in col.head.len()..n {
+        let s = symbol::<XF>(src, min).wrapping_mul(factor);
         match ORDER {
             0 => x = s,
             1 => x = x.wrapping_add(s),
@@ -566,55 +624,98 @@ fn ints_loop<const XF: u8, const ORDER: u8>(col: &IntCol, dec: &mut Decoder<'_>,
         }
         sink(x);
     }
-    *dec = d;
 }
 
-/// Decodes an integer column, handing its values to `sink` in order.
-fn decode_ints_with(col: &IntCol, dec: &mut Decoder<'_>, sink: &mut impl FnMut(i64)) {
+/// [`ints_loop`] with the column's transform and order as constants.
+#[inline(always)]
+fn ints_dispatch(col: &IntCol<'_>, n: usize, src: &mut impl SymbolSource, sink: &mut impl FnMut(i64)) {
     match (col.xf, col.order) {
-        (XF_ZERO, 0) => ints_loop::<XF_ZERO, 0>(col, dec, sink),
-        (XF_ZERO, 1) => ints_loop::<XF_ZERO, 1>(col, dec, sink),
-        (XF_ZERO, _) => ints_loop::<XF_ZERO, 2>(col, dec, sink),
-        (XF_OFFSET, 0) => ints_loop::<XF_OFFSET, 0>(col, dec, sink),
-        (XF_OFFSET, 1) => ints_loop::<XF_OFFSET, 1>(col, dec, sink),
-        (XF_OFFSET, _) => ints_loop::<XF_OFFSET, 2>(col, dec, sink),
-        (_, 0) => ints_loop::<XF_ZIGZAG, 0>(col, dec, sink),
-        (_, 1) => ints_loop::<XF_ZIGZAG, 1>(col, dec, sink),
-        (_, _) => ints_loop::<XF_ZIGZAG, 2>(col, dec, sink),
+        (XF_ZERO, 0) => ints_loop::<XF_ZERO, 0>(col, n, src, sink),
+        (XF_ZERO, 1) => ints_loop::<XF_ZERO, 1>(col, n, src, sink),
+        (XF_ZERO, _) => ints_loop::<XF_ZERO, 2>(col, n, src, sink),
+        (XF_OFFSET, 0) => ints_loop::<XF_OFFSET, 0>(col, n, src, sink),
+        (XF_OFFSET, 1) => ints_loop::<XF_OFFSET, 1>(col, n, src, sink),
+        (XF_OFFSET, _) => ints_loop::<XF_OFFSET, 2>(col, n, src, sink),
+        (_, 0) => ints_loop::<XF_ZIGZAG, 0>(col, n, src, sink),
+        (_, 1) => ints_loop::<XF_ZIGZAG, 1>(col, n, src, sink),
+        (_, _) => ints_loop::<XF_ZIGZAG, 2>(col, n, src, sink),
     }
 }
 
-impl DecimalCol {
+/// Decodes the first `limit` values of an integer column (all when `limit >= n`; at least
+/// its head values, so callers truncate), handing them to `sink` in order. Range-coded
+/// columns read `dec`; table-coded ones their own stream, which must not overrun.
+fn decode_ints_with(
+    col: &IntCol<'_>,
+    limit: usize,
+    dec: &mut Decoder<'_>,
+    sink: &mut impl FnMut(i64),
+) -> Result<(), CodecError> {
+    let n = col.values(limit);
+    match &col.table {
+        Some(table) => {
+            let mut src = table.reader();
+            ints_dispatch(col, n, &mut src, sink);
+            table.check_consumed(src.consumed())
+        }
+        None => {
+            let mut src = RangeSymbols {
+                model: UintModel::with_len_bits(col.len_bits),
+                dec: *dec,
+            };
+            ints_dispatch(col, n, &mut src, sink);
+            *dec = src.dec;
+            Ok(())
+        }
+    }
+}
+
+impl DecimalCol<'_> {
     /// Decodes the first `limit` values (all when `limit >= n`) of this column into `out`;
-    /// `negated`: the mantissas were stored negated (newest-first columns). With a
-    /// corrections column every mantissa is decoded (the corrections follow them in the
-    /// stream), otherwise decoding stops after `limit`.
-    fn decode(&self, dec: &mut Decoder<'_>, out: &mut Vec<f64>, limit: usize, negated: bool) {
+    /// `negated`: the mantissas were stored negated (newest-first columns). Decoding stops
+    /// after `limit` values, except that a range-coded near-decimal column decodes every
+    /// mantissa (its corrections follow them in the stream).
+    fn decode(
+        &self,
+        dec: &mut Decoder<'_>,
+        out: &mut Vec<f64>,
+        limit: usize,
+        negated: bool,
+    ) -> Result<(), CodecError> {
         let start = out.len();
-        let limited;
-        let ints = if self.corrections.is_none() && limit < self.ints.n {
-            limited = self.ints.prefix(limit);
-            &limited
+        let mantissa_limit = if self.corrections.is_some() && self.ints.table.is_none() {
+            usize::MAX
         } else {
-            &self.ints
+            limit
         };
-        out.reserve(ints.n);
+        // Values are stored into slots made beforehand, not pushed: a push reloads the
+        // vector's length and capacity through the closure's reference on every value, and
+        // that spills the decoder's state out of registers.
+        out.resize(start + self.ints.values(mantissa_limit), 0.0);
+        let mut slots = out.get_mut(start..).unwrap_or_default().iter_mut();
         // Same result as `from_mantissa` (dividing an integer-valued float by 1.0 is exact).
         let p = POW10.get(usize::from(self.scale)).copied().unwrap_or(1.0);
         if negated {
-            decode_ints_with(ints, dec, &mut |m| out.push(m.wrapping_neg() as f64 / p));
+            decode_ints_with(&self.ints, mantissa_limit, dec, &mut |m| {
+                if let Some(slot) = slots.next() {
+                    *slot = m.wrapping_neg() as f64 / p;
+                }
+            })?;
         } else {
-            decode_ints_with(ints, dec, &mut |m| out.push(m as f64 / p));
+            decode_ints_with(&self.ints, mantissa_limit, dec, &mut |m| {
+                if let Some(slot) = slots.next() {
+                    *slot = m as f64 / p;
+                }
+            })?;
         }
         if let Some(c) = &self.corrections {
-            let c = c.prefix(limit);
             let mut i = start;
-            decode_ints_with(&c, dec, &mut |d| {
+            decode_ints_with(c, limit, dec, &mut |d| {
                 if let Some(slot) = out.get_mut(i) {
                     *slot = f64::from_bits(slot.to_bits().wrapping_add(d as u64));
                 }
                 i += 1;
-            });
+            })?;
         }
         out.truncate(start.saturating_add(limit));
         for &(i, bits) in &self.exceptions {
@@ -622,6 +723,7 @@ impl DecimalCol {
                 *slot = f64::from_bits(bits);
             }
         }
+        Ok(())
     }
 }
 
@@ -638,21 +740,30 @@ fn decode_xor(n: usize, dec: &mut Decoder<'_>, out: &mut Vec<f64>) {
     *dec = d;
 }
 
-impl ColumnReader {
+impl<'a> ColumnReader<'a> {
     /// An empty reader; add columns in the order they were written.
-    pub fn new() -> ColumnReader {
-        ColumnReader { columns: Vec::new() }
+    pub fn new() -> ColumnReader<'a> {
+        ColumnReader::default()
+    }
+
+    /// An empty reader for columns written by [`ColumnWriter::table_coded`].
+    pub fn table_coded() -> ColumnReader<'a> {
+        ColumnReader {
+            columns: Vec::new(),
+            table_coded: true,
+        }
     }
 
     /// Parses the header of an integer column of `n` values.
-    pub fn ints(&mut self, r: &mut Reader<'_>, n: usize, base: i64) -> Result<(), CodecError> {
-        self.columns.push(Column::Ints(parse_ints(r, n, base)?));
+    pub fn ints(&mut self, r: &mut Reader<'a>, n: usize, base: i64) -> Result<(), CodecError> {
+        self.columns
+            .push(Column::Ints(parse_ints(r, n, base, self.table_coded)?));
         Ok(())
     }
 
     /// Parses the header of a float column of `n` values.
-    pub fn floats(&mut self, r: &mut Reader<'_>, n: usize) -> Result<(), CodecError> {
-        self.columns.push(parse_floats(r, n)?);
+    pub fn floats(&mut self, r: &mut Reader<'a>, n: usize) -> Result<(), CodecError> {
+        self.columns.push(parse_floats(r, n, self.table_coded)?);
         Ok(())
     }
 
@@ -662,7 +773,7 @@ impl ColumnReader {
         &self,
         rest: &'r [u8],
         ts: &mut Vec<i64>,
-    ) -> Result<(&Column, Decoder<'r>), CodecError> {
+    ) -> Result<(&Column<'a>, Decoder<'r>), CodecError> {
         let (tcol, vcol) = match (self.columns.first(), self.columns.get(1), self.columns.len()) {
             (Some(Column::Ints(tcol)), Some(vcol @ (Column::Decimal(_) | Column::Xor { .. })), 2) => {
                 (tcol, vcol)
@@ -671,7 +782,7 @@ impl ColumnReader {
         };
         let mut dec = Decoder::new(rest);
         ts.reserve(tcol.n);
-        decode_ints_with(tcol, &mut dec, &mut |v| ts.push(v));
+        decode_ints_with(tcol, usize::MAX, &mut dec, &mut |v| ts.push(v))?;
         Ok((vcol, dec))
     }
 
@@ -692,7 +803,7 @@ impl ColumnReader {
         let (t0, v0) = (ts.len(), vals.len());
         let (vcol, mut dec) = self.decode_timestamps(rest, ts)?;
         let (lo, hi) = window_bounds(ts.get(t0..).unwrap_or_default(), start, end);
-        decode_values(vcol, &mut dec, vals, hi, false);
+        decode_values(vcol, &mut dec, vals, hi, false)?;
         check_overrun(&dec)?;
         keep_window(ts, t0, lo, hi);
         keep_window(vals, v0, lo, hi);
@@ -720,7 +831,7 @@ impl ColumnReader {
         let n = got.len();
         let (lo, hi) = window_bounds(got, start, end);
         // The stream holds the newest value first: decode back to the window's start.
-        decode_values(vcol, &mut dec, vals, n - lo, true);
+        decode_values(vcol, &mut dec, vals, n - lo, true)?;
         check_overrun(&dec)?;
         if let Some(newest) = vals.get_mut(v0..) {
             newest.reverse();
@@ -747,12 +858,12 @@ impl ColumnReader {
                     let out = ints.get_mut(ii).ok_or(corrupt("column mismatch"))?;
                     ii += 1;
                     out.reserve(c.n);
-                    decode_ints_with(c, &mut dec, &mut |v| out.push(v));
+                    decode_ints_with(c, usize::MAX, &mut dec, &mut |v| out.push(v))?;
                 }
                 Column::Decimal(d) => {
                     let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
                     fi += 1;
-                    d.decode(&mut dec, out, usize::MAX, false);
+                    d.decode(&mut dec, out, usize::MAX, false)?;
                 }
                 Column::Xor { n } => {
                     let out = floats.get_mut(fi).ok_or(corrupt("column mismatch"))?;
@@ -775,11 +886,20 @@ fn check_overrun(dec: &Decoder<'_>) -> Result<(), CodecError> {
 
 /// Decodes the first `limit` values of a float column (`negated`: decimal mantissas stored
 /// negated, as newest-first columns are).
-fn decode_values(col: &Column, dec: &mut Decoder<'_>, out: &mut Vec<f64>, limit: usize, negated: bool) {
+fn decode_values(
+    col: &Column<'_>,
+    dec: &mut Decoder<'_>,
+    out: &mut Vec<f64>,
+    limit: usize,
+    negated: bool,
+) -> Result<(), CodecError> {
     match col {
         Column::Decimal(d) => d.decode(dec, out, limit, negated),
-        Column::Xor { n } => decode_xor((*n).min(limit), dec, out),
-        Column::Ints(_) => {}
+        Column::Xor { n } => {
+            decode_xor((*n).min(limit), dec, out);
+            Ok(())
+        }
+        Column::Ints(_) => Ok(()),
     }
 }
 
