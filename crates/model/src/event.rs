@@ -258,13 +258,18 @@ impl EventId {
         let rand_a = (random >> 64) & 0xfff;
         let rand_b = random & ((1u128 << 62) - 1);
         let v = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b;
-        let hex = format!("{v:032x}");
-        // 8-4-4-4-12, all ASCII so the slices are on char boundaries
-        let (a, rest) = hex.split_at(8);
-        let (b, rest) = rest.split_at(4);
-        let (c, rest) = rest.split_at(4);
-        let (d, e) = rest.split_at(4);
-        EventId(format!("{a}-{b}-{c}-{d}-{e}"))
+        // 8-4-4-4-12 hex digits, written into one allocation of the final size: every
+        // human-plane request gets an id, and `format!` grows its buffer several times.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(36);
+        for i in 0..32u32 {
+            if matches!(i, 8 | 12 | 16 | 20) {
+                id.push('-');
+            }
+            let nibble = (v >> (124 - 4 * i)) & 0xf;
+            id.push(char::from(HEX[nibble as usize]));
+        }
+        EventId(id)
     }
 
     /// Wraps an id read back from storage, which only ever holds validated ids.
@@ -827,6 +832,15 @@ mod tests {
         assert_eq!(
             EventId::generate(Timestamp(0), 0).as_str(),
             "00000000-0000-7000-8000-000000000000"
+        );
+        // every nibble in its place: time, version, rand_a, variant, rand_b
+        assert_eq!(
+            EventId::generate(
+                Timestamp(0x0123_4567_89ab),
+                0x0fed_cba9_8765_4321_0fed_cba9_8765_4321
+            )
+            .as_str(),
+            "01234567-89ab-7321-8fed-cba987654321"
         );
     }
 

@@ -105,10 +105,17 @@ fn code_lengths(values: &[u64]) -> [u8; SYMBOLS] {
 /// lengths are not a prefix code.
 fn canonical_codes(lens: &[u8; SYMBOLS]) -> Option<[u16; SYMBOLS]> {
     let mut codes = [0u16; SYMBOLS];
-    let mut order: Vec<usize> = (0..SYMBOLS).filter(|&s| lens[s] > 0).collect();
-    order.sort_by_key(|&s| (lens[s], s));
+    // On the stack: every table-coded column of every record read builds its codes.
+    let mut order = [0usize; SYMBOLS];
+    let mut used = 0;
+    for s in (0..SYMBOLS).filter(|&s| lens[s] > 0) {
+        order[used] = s;
+        used += 1;
+    }
+    let order = &mut order[..used];
+    order.sort_unstable_by_key(|&s| (lens[s], s));
     let (mut code, mut prev_len) = (0u32, 0u8);
-    for &s in &order {
+    for &s in order.iter() {
         code <<= lens[s] - prev_len;
         prev_len = lens[s];
         if code >> prev_len != 0 {
