@@ -179,49 +179,35 @@ fn sealed_encode(b: Bencher) {
     });
 }
 
-#[divan::bench]
-fn sealed_decode(b: Bencher) {
-    let d = data();
-    let enc = encoded(&d);
+/// Times decoding every record of `enc` (`points` samples in all).
+fn bench_decode(b: Bencher, enc: &[Vec<u8>], points: usize) {
     let (mut ts, mut vals) = (Vec::new(), Vec::new());
-    b.counter(ItemsCount::new(points(&d))).bench_local(|| {
-        for e in &enc {
+    b.counter(ItemsCount::new(points)).bench_local(|| {
+        for e in enc {
             ts.clear();
             vals.clear();
             codec::decode_series(e, &mut ts, &mut vals).expect("valid");
             black_box((&ts, &vals));
         }
     });
+}
+
+#[divan::bench]
+fn sealed_decode(b: Bencher) {
+    let d = data();
+    bench_decode(b, &encoded(&d), points(&d));
 }
 
 #[divan::bench]
 fn sealed_decode_range_coded(b: Bencher) {
     let d = data();
-    let enc = encoded_as(&d, codec::PackedLayout::NewestFirst);
-    let (mut ts, mut vals) = (Vec::new(), Vec::new());
-    b.counter(ItemsCount::new(points(&d))).bench_local(|| {
-        for e in &enc {
-            ts.clear();
-            vals.clear();
-            codec::decode_series(e, &mut ts, &mut vals).expect("valid");
-            black_box((&ts, &vals));
-        }
-    });
+    bench_decode(b, &encoded_as(&d, codec::PackedLayout::NewestFirst), points(&d));
 }
 
 #[divan::bench]
 fn sealed_decode_xor(b: Bencher) {
     let d = xor_data();
-    let enc = encoded(&d);
-    let (mut ts, mut vals) = (Vec::new(), Vec::new());
-    b.counter(ItemsCount::new(points(&d))).bench_local(|| {
-        for e in &enc {
-            ts.clear();
-            vals.clear();
-            codec::decode_series(e, &mut ts, &mut vals).expect("valid");
-            black_box((&ts, &vals));
-        }
-    });
+    bench_decode(b, &encoded(&d), points(&d));
 }
 
 #[divan::bench]
