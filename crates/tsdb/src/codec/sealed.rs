@@ -1,5 +1,7 @@
 //! The sealed (block) encoding: column headers as varints, then one adaptive range-coded
-//! stream holding every column's symbols. See the `codec` module doc for the byte layout.
+//! stream holding every column's symbols; or, table-coded (tag 5), each integer column's
+//! symbols right after its header (`table`) and only XOR columns in the stream. See the
+//! `codec` module doc for the byte layout.
 
 use super::CodecError;
 use super::rc::{Decoder, Encoder, UintModel, XorModel, len_bits_for};
