@@ -133,6 +133,17 @@ pub enum CodecError {
     Corrupt(&'static str),
 }
 
+/// Timestamps and values of equal length, at most [`MAX_POINTS`].
+fn check_samples(ts: &[i64], vals: &[f64]) -> Result<(), CodecError> {
+    if ts.len() != vals.len() {
+        return Err(CodecError::LengthMismatch {
+            ts: ts.len(),
+            vals: vals.len(),
+        });
+    }
+    check_len(ts.len())
+}
+
 fn check_len(n: usize) -> Result<(), CodecError> {
     if n > MAX_POINTS {
         return Err(CodecError::TooManyPoints(n as u64));
@@ -182,25 +193,17 @@ pub fn encode_series_packed(
     layout: PackedLayout,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    if ts.len() != vals.len() {
-        return Err(CodecError::LengthMismatch {
-            ts: ts.len(),
-            vals: vals.len(),
-        });
-    }
-    check_len(ts.len())?;
+    check_samples(ts, vals)?;
     match layout {
         PackedLayout::OldestFirst => encode_packed(base, ts, vals, TAG_PACKED, out),
-        PackedLayout::NewestFirst => {
-            encode_packed(base, &sealed::reflect(ts), vals, TAG_PACKED_NEWEST_FIRST, out)
+        PackedLayout::NewestFirst | PackedLayout::NewestFirstTable => {
+            let tag = if layout == PackedLayout::NewestFirst {
+                TAG_PACKED_NEWEST_FIRST
+            } else {
+                TAG_PACKED_NEWEST_FIRST_TABLE
+            };
+            encode_packed(base, &sealed::reflect(ts), vals, tag, out);
         }
-        PackedLayout::NewestFirstTable => encode_packed(
-            base,
-            &sealed::reflect(ts),
-            vals,
-            TAG_PACKED_NEWEST_FIRST_TABLE,
-            out,
-        ),
     }
     Ok(())
 }
@@ -208,13 +211,7 @@ pub fn encode_series_packed(
 /// The table-coded newest-first record (tag 5) when it is at most `1 / TABLE_SLACK` larger
 /// than the range-coded one (tag 4), else that; raw (tag 0) when smaller still.
 fn encode_packed_or_raw(base: i64, ts: &[i64], vals: &[f64], out: &mut Vec<u8>) -> Result<(), CodecError> {
-    if ts.len() != vals.len() {
-        return Err(CodecError::LengthMismatch {
-            ts: ts.len(),
-            vals: vals.len(),
-        });
-    }
-    check_len(ts.len())?;
+    check_samples(ts, vals)?;
     let start = out.len();
     let reflected = sealed::reflect(ts);
     encode_packed(base, &reflected, vals, TAG_PACKED_NEWEST_FIRST, out);

@@ -202,7 +202,6 @@ pub fn encode_column(values: &[u64], out: &mut Vec<u8>) {
 }
 
 /// A parsed table section: the lookup table and the stream.
-#[derive(Clone)]
 pub struct TableColumn<'a> {
     table: Box<DecodeTable>,
     stream: &'a [u8],
