@@ -23,11 +23,16 @@ metrics per cpu: 5 gauges, 3 counters `interrupts ctx_switches bytes_in`, 2 cons
     series anyway). Prometheus therefore holds the labelled shape only; its "plain" queries are
     asked of the labelled series (said per query below).
 
-Each server runs alone (fresh data dir under $BENCH_WORK/query-peers, 127.0.0.1 only, stopped by
-PID before the next one starts): start, load both shapes, confirm with count queries that every
-point is queryable, settle (Roaster `POST /api/v1/admin/compact`, VictoriaMetrics force_flush +
-force_merge, as `bench.py` does before its queries; Prometheus keeps its head), wait until the
-machine is idle (`bench.wait_quiet`), then time the queries and measure the aggregate's memory.
+The servers are loaded one after the other and then measured side by side. Each gets a fresh data
+dir under $BENCH_WORK/query-peers and listens on 127.0.0.1 only (Roaster's Graphite listener on
+port 2103, since VictoriaMetrics has 2003). Per server: start, load both shapes, confirm with count
+queries that every point is queryable, settle (Roaster `POST /api/v1/admin/compact`,
+VictoriaMetrics force_flush + force_merge, as `bench.py` does before its queries; Prometheus keeps
+its head), wait until the machine is idle (`bench.wait_quiet`) and measure the first aggregate's
+memory; the server then keeps running, idle, while the next one loads. Once all are loaded and the
+machine is idle again, each query is timed on every server in `--rounds` alternated rounds (the
+order rotated each round), so the ratios compare the same minutes (before 2026-11-21 each server
+ran alone and was timed minutes apart, and the sub-millisecond ratios moved with the machine).
 
 Queries (instant ones at T = end + 1 s, where `[1h]` covers every point; VictoriaMetrics gets
 `nocache=1`), each over HTTP with Python's urllib, 1 warm-up + `--reps`, median and p90; a timed
@@ -37,12 +42,12 @@ which added ~0.1 ms of client work to every server's one-series figure):
 
 * `empty_answer`: no query: a GET of each server's health endpoint (Roaster `/healthz`, VM
   `/health`, Prometheus `/-/healthy`), the floor of urllib + HTTP that every urllib row stands on.
-  This row and the one-series rows are cheap, so they get `max(--reps, 200)` timed runs.
+  This row and the one-series rows are cheap, so they get `max(--reps, 500)` timed runs.
 * `one_series`: `query_range` of one series over its full range, step 10 s. Roaster and VM:
   `{__name__="host0.cpu0.usage_user"}`; Prometheus: `usage_user{host="host0",cpu="cpu0"}`.
 * `one_series_labelled`: the same series in the labelled shape on all three.
-* `one_series_keepalive`, `one_series_labelled_keepalive`: the same two, 200 requests (or `--reps`
-  if more) made by one `curl` over one keep-alive connection, as Grafana keeps its connections;
+* `one_series_keepalive`, `one_series_labelled_keepalive`: the same two, 500 requests (or `--reps`
+  if more) made by one `curl` per round over one keep-alive connection, as Grafana keeps its connections;
   urllib's new connection and request handling cost ~0.15 ms on this machine (an empty
   `/healthz` answer), more than the servers take, so these rows show the servers' own latency
   better.
@@ -116,7 +121,9 @@ EXAMPLE_METRIC = "usage_user"
 LABELLED_VERSION = 1  # bump when the labelled files' format changes
 REL_TOL, ABS_TOL = 1e-6, 1e-9
 ROASTER_TEMPLATE = "lab.* .host.cpu.measurement"
-RUNNING = []  # the server process started and not yet stopped (at most one)
+RUNNING = []  # the servers started and not yet stopped
+ROASTER_GRAPHITE_PORT = 2103  # VictoriaMetrics, running beside it, has 2003
+CHEAP_REPS = 500  # timed runs of the sub-millisecond rows (at least)
 
 
 def log(*a):
@@ -233,11 +240,25 @@ class Roaster(Mixin, bench.Roaster):
             # query, which Prometheus 2.42 refuses (it drops __name__ before `sum`) and which
             # VictoriaMetrics and Prometheus 3's delayed name removal accept. Roaster defaults to
             # 2.42's behaviour; the benchmark opts in to the delayed form so b is one query.
-            f.write("[ingest]\ngraphite_templates = [%s]\n\n[query]\ndelayed_name_removal = true\n"
-                    % json.dumps(ROASTER_TEMPLATE))
+            f.write("[ingest]\ngraphite_templates = [%s]\ngraphite_tcp_listen = \"127.0.0.1:%d\"\n"
+                    "graphite_udp_listen = \"off\"\n\n[query]\ndelayed_name_removal = true\n"
+                    % (json.dumps(ROASTER_TEMPLATE), self.graphite_port))
         self.flags = [binary, "serve", "--config", conf, "--data-dir", os.path.join(self.dir, "data")]
         self.config_text = open(conf).read()
         return self.flags
+
+    graphite_port = ROASTER_GRAPHITE_PORT
+
+    def wait_ready(self):
+        bench.wait_port(8080)
+        bench.wait_port(self.graphite_port)
+        for _ in range(300):
+            try:
+                bench.http_get(self.http + "/healthz")
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.2)
+        raise RuntimeError("roaster: /healthz did not answer within 60 s")
 
     @property
     def headers(self):
@@ -404,74 +425,12 @@ def compare(x, y):
     return True, "max relative difference %.3g" % worst
 
 
-def timed(fn, reps, budget, pid, srv):
-    """Warm-up (its answer, parsed, is returned), then up to `reps` timed runs within `budget`
-    seconds. A timed run fetches the same URLs the warm-up asked, in order, over urllib and reads
-    the bodies without parsing them, as `../shared/bench/peers/bench.py` times its queries (the
-    client's JSON decoding would add the same ~0.1 ms to every server and hide the servers'
-    differences). Also the server's CPU time (utime+stime of all its threads, 10 ms ticks) per
-    run, averaged."""
-    srv.fetched = []
-    t = time.perf_counter()
-    try:
-        answer = fn()
-    finally:
-        urls, srv.fetched = srv.fetched, None
-    warm = time.perf_counter() - t
-    n = max(3, min(reps, int(budget / max(warm, 1e-6))))
-    ts = []
-    c0 = bench.proc_cpu(pid)
-    for _ in range(n):
-        t = time.perf_counter()
-        for u in urls:
-            bench.http_get(u, timeout=600, headers=srv.headers)
-        ts.append((time.perf_counter() - t) * 1000)
-    cpu_ms = (bench.proc_cpu(pid) - c0) * 1000 / n
-    return answer, dict(latency_stats(ts, cpu_ms), warmup_ms=round(warm * 1000, 3))
+# ---------------------------------------------------------------- load, then measure side by side
 
-
-def latency_stats(ts, cpu_ms):
-    """Median, p90, min, max of the latencies `ts` (ms), their count and the server CPU per run."""
-    return {"median_ms": round(statistics.median(ts), 3), "p90_ms": round(bench.pct(ts, 0.9), 3),
-            "min_ms": round(min(ts), 3), "max_ms": round(max(ts), 3), "reps": len(ts),
-            "server_cpu_ms_mean": round(cpu_ms, 2)}
-
-
-def timed_curl(fn, url, headers, reps, pid):
-    """Like `timed`, but the timed runs are `reps` requests of `url` made by ONE curl process over
-    one keep-alive connection (curl reuses it for every URL on its command line); each request's
-    `time_total` is its latency. The first request (it opens the connection) is not counted."""
-    answer = fn()
-    args = ["curl", "-s", "--fail"]
-    for k, v in headers.items():
-        args += ["-H", "%s: %s" % (k, v)]
-    args += ["-w", "%{http_code} %{time_total}\n"]
-    for _ in range(reps + 1):
-        args += ["-o", "/dev/null", url]
-    c0 = bench.proc_cpu(pid)
-    out = subprocess.run(args, capture_output=True, text=True, timeout=300).stdout.split("\n")
-    cpu_ms = (bench.proc_cpu(pid) - c0) * 1000 / (reps + 1)
-    rows = [ln.split() for ln in out if ln.strip()]
-    if len(rows) != reps + 1 or any(code != "200" for code, _ in rows):
-        raise QueryError("curl: %d answers, codes %s" % (len(rows), sorted({r[0] for r in rows})))
-    ts = [float(t) * 1000 for _, t in rows[1:]]
-    return answer, dict(latency_stats(ts, cpu_ms), client="curl keep-alive")
-
-
-def peak_extra_rss(pid, fn, times=3):
-    out = []
-    for _ in range(times):
-        before = proc_status(pid, "VmRSS")
-        with open("/proc/%d/clear_refs" % pid, "w") as f:
-            f.write("5")
-        fn()
-        out.append(proc_status(pid, "VmHWM") - before)
-    return out
-
-
-# ---------------------------------------------------------------- one server
-
-def run_server(key, a, man, lab_dir, deadline):
+def load_server(key, a, man, lab_dir, deadline):
+    """Starts one server on a fresh data dir, loads both shapes, confirms every point is
+    queryable, settles it and measures its first (cold) aggregate. Returns (server, pid, record);
+    the server keeps running (it is in RUNNING) for the interleaved measurements."""
     srv = SERVERS[key](a.work, man)
     total = man["total_points"]
     plain = sorted(glob.glob(os.path.join(a.data, "graphite.*.txt")))
@@ -482,11 +441,12 @@ def run_server(key, a, man, lab_dir, deadline):
     except BaseException:  # not ready in time, or a signal while waiting: stop what started
         srv.stop()
         raise
-    RUNNING.append(srv.proc)
-    rec["flags"] = getattr(srv, "flags", None)
-    if key == "roaster":
-        rec["config"] = srv.config_text
+    RUNNING.append(srv)
     try:
+        rec["flags"] = getattr(srv, "flags", None)
+        rec["queries"] = {}
+        if key == "roaster":
+            rec["config"] = srv.config_text
         time.sleep(1)
         t_load = time.time()
         senders = os.path.join(W, "target", "release")
@@ -494,7 +454,7 @@ def run_server(key, a, man, lab_dir, deadline):
             steps = [("labelled (remote write)", [os.path.join(senders, "promwrite"), "127.0.0.1:9090", "2000"] + plain)]
         else:
             lab = sorted(glob.glob(os.path.join(lab_dir, "%s.*.txt" % ("roaster" if key == "roaster" else "vm"))))
-            send = [os.path.join(senders, "send"), "tcp", "127.0.0.1:2003"]
+            send = [os.path.join(senders, "send"), "tcp", "127.0.0.1:%d" % srv.graphite_port]
             steps = [("plain (graphite)", send + plain), ("labelled (graphite)", send + lab)]
         for what, cmd in steps:
             left = max(1, int(min(a.load_timeout, deadline - time.time())))
@@ -524,46 +484,164 @@ def run_server(key, a, man, lab_dir, deadline):
             t = time.time()
             rec["settle"] = srv.flush()
             rec["settle_seconds"] = round(time.time() - t, 1)
-        rec["busy_cores_before_queries"] = bench.wait_quiet(max_wait=a.idle_wait, cores=a.idle_cores)
-        rec["rss_before_queries_bytes"] = proc_status(pid, "VmRSS")
+        rec["busy_cores_before_cold_aggregate"] = bench.wait_quiet(max_wait=a.idle_wait, cores=a.idle_cores)
         rec["peak_rss_load_bytes"] = proc_status(pid, "VmHWM")  # load + settle (clear_refs resets it below)
         agg = [f for q, _, f in queries_for(key, man) if q == "agg_all"][0]
         try:  # the first aggregate of this process, before any warm-up
             rec["agg_all_peak_extra_rss_cold_bytes"] = peak_extra_rss(pid, lambda: agg(srv, a.http_timeout), 1)[0]
         except Exception as e:  # noqa: BLE001
             rec["agg_all_peak_extra_rss_error"] = str(e)[:300]
-        rec["queries"], answers = {}, {}
-        for qid, desc, fn in queries_for(key, man):
-            if time.time() > deadline:
-                rec["queries"][qid] = {"q": desc, "error": "skipped: --max-seconds reached"}
+        return srv, pid, rec
+    except BaseException:  # a failed load must not keep running beside the others
+        srv.stop()
+        RUNNING.remove(srv)
+        raise
+
+
+def measure_side_by_side(loaded, a, man, deadline):
+    """Times every query on every loaded server in alternated rounds: for each query, a warm-up
+    on each server (its parsed answer is kept for the comparison), then `--rounds` rounds in which
+    each server in turn (the order rotated every round) runs its share of the timed reps. So a
+    minute in which the machine is slower falls on all servers alike, and the ratios compare the
+    same minutes. Fills each record's "queries" and returns {key: {qid: answer}}."""
+    answers = {k: {} for k in loaded}
+    per_key = {k: {qid: (desc, fn) for qid, desc, fn in queries_for(k, man)} for k in loaded}
+    qids = []
+    for k in loaded:
+        qids += [q for q in per_key[k] if q not in qids]
+    for qid in qids:
+        if time.time() > deadline:
+            for k in loaded:
+                if qid in per_key[k]:
+                    loaded[k][2]["queries"][qid] = {"q": per_key[k][qid][0], "error": "skipped: --max-seconds reached"}
+            continue
+        plans = {}  # key -> (timed block runner, reps); a server whose warm-up failed is left out
+        for k, (srv, pid, rec) in loaded.items():
+            if qid not in per_key[k]:
                 continue
+            desc, fn = per_key[k][qid]
             try:
-                if hasattr(fn, "curl_url"):
-                    ans, st = timed_curl(lambda: fn(srv, a.http_timeout), fn.curl_url(srv), srv.headers,
-                                         max(a.reps, 200), pid)
-                else:
-                    # sub-millisecond rows: more reps for a steadier median (as the curl rows)
-                    reps = max(a.reps, 200) if getattr(fn, "cheap", False) else a.reps
-                    ans, st = timed(lambda: fn(srv, a.http_timeout), reps, a.query_budget, pid, srv)
-                answers[qid] = ans
-                rec["queries"][qid] = dict(st, q=desc, series_returned=len(ans))
-                log("%s %-20s median %9.2f ms  p90 %9.2f ms  server CPU %9.2f ms  (%d reps)" % (
-                    key, qid, st["median_ms"], st["p90_ms"], st["server_cpu_ms_mean"], st["reps"]))
+                answer, runner, reps = warm_up(fn, srv, a)
             except Exception as e:  # noqa: BLE001 - one failing query must not end the run
                 rec["queries"][qid] = {"q": desc, "error": str(e)[:500]}
-                log("%s %s: ERROR %s" % (key, qid, e))
-        try:
-            extra = peak_extra_rss(pid, lambda: agg(srv, a.http_timeout))
-            rec["agg_all_peak_extra_rss_bytes"] = extra
-            log("%s: agg_all peak extra RSS %s MiB" % (key, [round(x / 2**20, 1) for x in extra]))
-        except Exception as e:  # noqa: BLE001
-            rec["agg_all_peak_extra_rss_error"] = str(e)[:300]
-        rec["rss_after_queries_bytes"] = proc_status(pid, "VmRSS")
-        return rec, answers
+                log("%s %s: ERROR %s" % (k, qid, e))
+                continue
+            answers[k][qid] = answer
+            plans[k] = (runner, reps)
+        ts = {k: [] for k in plans}
+        cpu = {k: 0.0 for k in plans}
+        round_medians = {k: [] for k in plans}
+        order = list(plans)
+        for r in range(a.rounds if order else 0):
+            turn = r % len(order)
+            for k in order[turn:] + order[:turn]:
+                runner, reps = plans[k]
+                n = reps // a.rounds + (1 if r < reps % a.rounds else 0)
+                if n == 0 or ts[k] is None:
+                    continue
+                srv, pid, rec = loaded[k]
+                try:
+                    block, cpu_s = runner(n)
+                except Exception as e:  # noqa: BLE001
+                    rec["queries"][qid] = {"q": per_key[k][qid][0], "error": str(e)[:500]}
+                    log("%s %s: ERROR %s" % (k, qid, e))
+                    ts[k] = None  # no more rounds for it, and no figure
+                    continue
+                ts[k] += block
+                cpu[k] += cpu_s
+                round_medians[k].append(round(statistics.median(block), 3))
+        for k in plans:
+            if not ts[k]:
+                continue
+            srv, pid, rec = loaded[k]
+            st = latency_stats(ts[k], cpu[k] * 1000 / len(ts[k]))
+            if getattr(per_key[k][qid][1], "curl_url", None):
+                st["client"] = "curl keep-alive"
+            rec["queries"][qid] = dict(st, q=per_key[k][qid][0], series_returned=len(answers[k][qid]),
+                                       round_medians_ms=round_medians[k])
+            log("%s %-30s median %9.3f ms  p90 %9.3f ms  server CPU %9.2f ms  (%d reps)" % (
+                k, qid, st["median_ms"], st["p90_ms"], st["server_cpu_ms_mean"], st["reps"]))
+    return answers
+
+
+def warm_up(fn, srv, a):
+    """Runs `fn` once (the warm-up, its answer parsed) and returns (answer, runner, reps): `runner(n)`
+    times n more runs and returns (latencies in ms, server CPU seconds). Timed runs over urllib
+    fetch the URLs the warm-up asked, in order, and read the bodies without parsing them, as
+    `../shared/bench/peers/bench.py` times its queries (the client's JSON decoding would add the
+    same ~0.1 ms to every server and hide the servers' differences). Rows with `curl_url` are timed
+    by ONE curl process over one keep-alive connection per block (its first request opens the
+    connection and is not counted). Sub-millisecond rows get max(--reps, 500) reps; the others
+    --reps, cut to fit --query-budget seconds."""
+    pid = srv.proc.pid
+    srv.fetched = []
+    t = time.perf_counter()
+    try:
+        answer = fn(srv, a.http_timeout)
     finally:
-        log("%s: stopping PID %d" % (key, pid))
+        urls, srv.fetched = srv.fetched, None
+    warm = time.perf_counter() - t
+    curl_url = getattr(fn, "curl_url", None)
+    if curl_url:
+        url = curl_url(srv)
+        return answer, lambda n: curl_block(url, srv.headers, n, pid), max(a.reps, CHEAP_REPS)
+    reps = max(a.reps, CHEAP_REPS) if getattr(fn, "cheap", False) else a.reps
+    reps = max(3, min(reps, int(a.query_budget / max(warm, 1e-6))))
+
+    def runner(n):
+        ts = []
+        c0 = bench.proc_cpu(pid)
+        for _ in range(n):
+            t = time.perf_counter()
+            for u in urls:
+                bench.http_get(u, timeout=600, headers=srv.headers)
+            ts.append((time.perf_counter() - t) * 1000)
+        return ts, bench.proc_cpu(pid) - c0
+    return answer, runner, reps
+
+
+def latency_stats(ts, cpu_ms):
+    """Median, p90, min, max of the latencies `ts` (ms), their count and the server CPU per run."""
+    return {"median_ms": round(statistics.median(ts), 3), "p90_ms": round(bench.pct(ts, 0.9), 3),
+            "min_ms": round(min(ts), 3), "max_ms": round(max(ts), 3), "reps": len(ts),
+            "server_cpu_ms_mean": round(cpu_ms, 2)}
+
+
+def curl_block(url, headers, n, pid):
+    """n requests of `url` by one curl process over one keep-alive connection (curl reuses it for
+    every URL on its command line), plus one first request that opens it and is not counted; each
+    request's `time_total` is its latency. Returns (latencies in ms, server CPU seconds)."""
+    args = ["curl", "-s", "--fail"]
+    for k, v in headers.items():
+        args += ["-H", "%s: %s" % (k, v)]
+    args += ["-w", "%{http_code} %{time_total}\n"]
+    for _ in range(n + 1):
+        args += ["-o", "/dev/null", url]
+    c0 = bench.proc_cpu(pid)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300).stdout.split("\n")
+    cpu_s = (bench.proc_cpu(pid) - c0) * n / (n + 1)
+    rows = [ln.split() for ln in out if ln.strip()]
+    if len(rows) != n + 1 or any(code != "200" for code, _ in rows):
+        raise QueryError("curl: %d answers, codes %s" % (len(rows), sorted({r[0] for r in rows})))
+    return [float(t) * 1000 for _, t in rows[1:]], cpu_s
+
+
+def peak_extra_rss(pid, fn, times=3):
+    out = []
+    for _ in range(times):
+        before = proc_status(pid, "VmRSS")
+        with open("/proc/%d/clear_refs" % pid, "w") as f:
+            f.write("5")
+        fn()
+        out.append(proc_status(pid, "VmHWM") - before)
+    return out
+
+
+def stop_all():
+    for srv in list(RUNNING):
+        log("%s: stopping PID %d" % (srv.name, srv.proc.pid))
         srv.stop()
-        RUNNING.remove(srv.proc)
+        RUNNING.remove(srv)
 
 
 # ---------------------------------------------------------------- report
@@ -654,6 +732,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.path.join(W, "data", "n100k"))
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=10, help="alternated rounds each query's timed reps are split into")
     ap.add_argument("--servers", default="roaster,vm,prom")
     ap.add_argument("--work", default=os.path.join(W, "query-peers"))
     ap.add_argument("--md", default=None)
@@ -668,9 +747,9 @@ def main():
     a = ap.parse_args()
     def on_term(signum, _frame):
         log("signal %d: stopping the server that runs (by its PID) and exiting" % signum)
-        for proc in RUNNING:  # at once; the finally blocks then wait for it
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        for srv in RUNNING:  # at once; the finally block then waits for them
+            if srv.proc.poll() is None:
+                srv.proc.send_signal(signal.SIGTERM)
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -690,16 +769,33 @@ def main():
               "points_per_series": man["points_per_series"], "total_points": man["total_points"],
               "reps": a.reps, "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(t0)),
               "servers": [], "agreement": {}, "mismatches": []}
-    answers = {}
-    for k in keys:
-        try:
-            rec, ans = run_server(k, a, man, lab_dir, deadline)
-        except Exception as e:  # noqa: BLE001 - report it and go on with the next server
-            log("%s: FAILED %s" % (k, e))
-            rec, ans = {"server": LABEL[k], "error": str(e)[:500]}, {}
-        rec["key"] = k
-        result["servers"].append(rec)
-        answers[k] = ans
+    loaded, answers = {}, {}
+    try:
+        for k in keys:
+            try:
+                srv, pid, rec = load_server(k, a, man, lab_dir, deadline)
+                loaded[k] = (srv, pid, rec)
+            except Exception as e:  # noqa: BLE001 - report it and go on with the next server
+                log("%s: FAILED %s" % (k, e))
+                rec = {"server": LABEL[k], "error": str(e)[:500]}
+            rec["key"] = k
+            result["servers"].append(rec)
+        quiet = bench.wait_quiet(max_wait=a.idle_wait, cores=a.idle_cores)
+        for srv, pid, rec in loaded.values():
+            rec["busy_cores_before_queries"] = quiet
+            rec["rss_before_queries_bytes"] = proc_status(pid, "VmRSS")
+        answers = measure_side_by_side(loaded, a, man, deadline)
+        for k, (srv, pid, rec) in loaded.items():
+            agg = [f for q, _, f in queries_for(k, man) if q == "agg_all"][0]
+            try:
+                extra = peak_extra_rss(pid, lambda: agg(srv, a.http_timeout))
+                rec["agg_all_peak_extra_rss_bytes"] = extra
+                log("%s: agg_all peak extra RSS %s MiB" % (k, [round(x / 2**20, 1) for x in extra]))
+            except Exception as e:  # noqa: BLE001
+                rec["agg_all_peak_extra_rss_error"] = str(e)[:300]
+            rec["rss_after_queries_bytes"] = proc_status(pid, "VmRSS")
+    finally:
+        stop_all()
     for k in ("roaster", "vm"):  # the one-selector forms answer what Prometheus' multi-term forms answer
         for q in ("by_host_all", "rate_counters"):
             if q in answers.get("prom", {}):
