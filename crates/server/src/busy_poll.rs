@@ -124,8 +124,8 @@ impl Activity {
 /// virtual machine is tens of microseconds. Without that allowance a client whose pauses are
 /// just under the budget would turn the spinning off at one slow pause and never turn it back
 /// on (measured: Python's urllib, ~80 µs between a close and its next connection, then took
-/// 0.30 instead of 0.17 ms per request for whole runs). A client whose pauses lie between the
-/// two bounds costs one missed spin, at most `budget`, every other request.
+/// 0.30 instead of 0.17 ms per request for whole blocks of requests). A client whose pauses
+/// lie between the two bounds costs one missed spin, at most `budget`, every other request.
 fn came_soon(waited: Duration, budget: Duration, woken: bool) -> bool {
     let allowed = if woken { budget.saturating_mul(2) } else { budget };
     !budget.is_zero() && waited <= allowed
