@@ -671,9 +671,11 @@ def markdown(result):
                 qids.append(q)
     lines = ["# Query latency: Roaster beside Prometheus and VictoriaMetrics", "",
              "Data: %s (%d series x %d points = %s points), plain + labelled shapes; %d timed reps after a warm-up "
-             "(fewer where `--query-budget` cut them: see the JSON); started %s UTC, took %.0f s." % (
+             "(fewer where `--query-budget` cut them, %d for the sub-millisecond rows: see the JSON), split into %d "
+             "rounds alternated across the servers; started %s UTC, took %.0f s." % (
                  result["data"], result["series"], result["points_per_series"], "{:,}".format(result["total_points"]),
-                 result["reps"], result["started_utc"], result["seconds"]), "",
+                 result["reps"], max(result["reps"], CHEAP_REPS), result["rounds"], result["started_utc"],
+                 result["seconds"]), "",
              "| query | Roaster ms (median / p90) | VictoriaMetrics | Prometheus | Roaster / Prometheus (goal ≤ 0.5) "
              "| Roaster / VM (goal ≤ 1; aggregate ≤ 0.5) | answers |",
              "|---|---|---|---|---|---|---|"]
@@ -746,7 +748,7 @@ def main():
     ap.add_argument("--no-settle", action="store_true", help="skip compaction / force_merge before the queries")
     a = ap.parse_args()
     def on_term(signum, _frame):
-        log("signal %d: stopping the server that runs (by its PID) and exiting" % signum)
+        log("signal %d: stopping the servers that run (by their PIDs) and exiting" % signum)
         for srv in RUNNING:  # at once; the finally block then waits for them
             if srv.proc.poll() is None:
                 srv.proc.send_signal(signal.SIGTERM)
@@ -767,7 +769,7 @@ def main():
         make_labelled(a.data, lab_dir)
     result = {"scenario": "query_peers", "data": a.data, "series": man["series"],
               "points_per_series": man["points_per_series"], "total_points": man["total_points"],
-              "reps": a.reps, "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(t0)),
+              "reps": a.reps, "rounds": a.rounds, "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(t0)),
               "servers": [], "agreement": {}, "mismatches": []}
     loaded, answers = {}, {}
     try:
