@@ -29,15 +29,21 @@
 //! until a connection comes within twice the budget after another came or went.
 //! `roaster_human_accept_polls_total{outcome="hit|miss"}` counts these.
 //!
+//! Spinning pays only while the client runs on another CPU. When the two share one, the spin
+//! holds the CPU the client needs to send its next request, so both spins check, by the thread's
+//! involuntary context switches, whether they were preempted, and a [`SpinHistory`] with half
+//! of the recent spins preempted turns spinning off for a cool-down
+//! (`roaster_human_busy_poll_preempted_total`, `roaster_human_busy_poll_cool_downs_total`).
+//!
 //! Measured (`bench/scenarios/query_peers.py`, one series over keep-alive `curl`, 2 cores):
 //! 0.11 → 0.09 ms per request; see BENCHMARKS.md "Session 5". The listener's spin, one series
 //! over urllib (a connection per request): 0.196 → 0.164 ms; BENCHMARKS.md "Session 6".
 //!
-//! Invariants: a spin never lasts longer than `budget` (a configured limit, at most 1 ms),
-//! happens at most once per write, and holds the runtime's worker while it lasts (the human
-//! plane's worker answers other connections after it). The listener's spin never outlasts
-//! `budget` after the last connection came or went and never holds the worker (it yields
-//! between tries). `budget` 0 turns both off: the stream is then exactly the runtime's
+//! Invariants: no spin starts during a cool-down; a spin never lasts longer than `budget` (a
+//! configured limit, at most 1 ms), happens at most once per write, and holds the runtime's
+//! worker while it lasts (the human plane's worker answers other connections after it). The
+//! listener's spin never outlasts `budget` after the last connection came or went and never
+//! holds the worker (it yields between tries). `budget` 0 turns both off: the stream is then exactly the runtime's
 //! `TcpStream` and accepting exactly the runtime's accept.
 
 use std::io;
@@ -63,6 +69,10 @@ pub struct BusyPollMetrics {
     pub accept_hits: Counter,
     /// Listener spins that gave up at the budget.
     pub accept_misses: Counter,
+    /// Spins (either kind) during which the kernel switched this thread out for another.
+    pub preempted: Counter,
+    /// Times spinning was turned off for a while because spins kept being preempted.
+    pub cool_downs: Counter,
 }
 
 impl BusyPollMetrics {
@@ -86,6 +96,22 @@ impl BusyPollMetrics {
         );
         out.sample(name, &[("outcome", "hit")], self.accept_hits.get() as f64);
         out.sample(name, &[("outcome", "miss")], self.accept_misses.get() as f64);
+        let name = "roaster_human_busy_poll_preempted_total";
+        out.family(
+            name,
+            "counter",
+            "Human-plane spins (either kind) during which the kernel switched the spinning thread \
+             out for another: another thread wanted its CPU.",
+        );
+        out.sample(name, &[], self.preempted.get() as f64);
+        let name = "roaster_human_busy_poll_cool_downs_total";
+        out.family(
+            name,
+            "counter",
+            "Times the human plane stopped spinning for a while because its spins kept being \
+             preempted (a client on the same CPU, or a CPU shared with other work).",
+        );
+        out.sample(name, &[], self.cool_downs.get() as f64);
     }
 }
 
@@ -131,6 +157,139 @@ fn came_soon(waited: Duration, budget: Duration, woken: bool) -> bool {
     !budget.is_zero() && waited <= allowed
 }
 
+/// How many of the latest spins [`SpinHistory`] looks at.
+const RECENT_SPINS: u32 = 8;
+/// How many of those must have been preempted for spinning to stop for a while.
+const PREEMPTED_TO_COOL: u32 = 4;
+/// The first cool-down; each one that follows without [`CLEAN_TO_FORGET`] clean spins in
+/// between lasts twice the one before, up to [`COOL_DOWN_MAX`].
+const COOL_DOWN_MIN: Duration = Duration::from_millis(1);
+/// The longest cool-down.
+const COOL_DOWN_MAX: Duration = Duration::from_millis(128);
+/// Consecutive spins without a preemption after which cool-downs start short again.
+const CLEAN_TO_FORGET: u32 = 16;
+
+/// Whether spinning crowds the CPU, learnt from whether spins were preempted (the kernel
+/// switched the spinning thread out for another). Spinning pays only while the thread it
+/// saves a wake-up for runs on another CPU. When the client shares the spinning thread's CPU,
+/// the spin holds the CPU the client needs to send its next request: `sched_yield` does not
+/// hand it over while the client is owed less time than the spinner (EEVDF), so each request
+/// waited for the scheduler to preempt the spin (urllib `/healthz`, pinned to one CPU: 0.19 ms
+/// spinning, 0.145 ms with this history). On the 2-vCPU reference machine half the spins or
+/// more were preempted with the two on one CPU, and about one in sixty with them apart,
+/// scattered; so half of the last [`RECENT_SPINS`] turns spinning off for a cool-down. The kernel moves the
+/// client between CPUs, so the first cool-down is short and only a CPU that stays shared
+/// makes them longer. Pure: the caller passes the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct SpinHistory {
+    /// The latest spins, one bit each, newest lowest: 1 = preempted.
+    recent: u32,
+    /// Consecutive spins since the last preemption.
+    clean: u32,
+    /// How many times the next cool-down doubles [`COOL_DOWN_MIN`].
+    doublings: u32,
+    /// Until when spinning is off (time since the owner's epoch).
+    cool_until: Duration,
+}
+
+impl SpinHistory {
+    /// Whether spinning is off at `now`.
+    fn cooling(&self, now: Duration) -> bool {
+        now < self.cool_until
+    }
+
+    /// Records a spin that ended at `now`; true if it starts a cool-down.
+    fn record(&mut self, preempted: bool, now: Duration) -> bool {
+        self.recent = (self.recent << 1) | u32::from(preempted);
+        if preempted {
+            self.clean = 0;
+        } else {
+            self.clean = self.clean.saturating_add(1);
+            if self.clean >= CLEAN_TO_FORGET {
+                self.doublings = 0;
+            }
+        }
+        let window = (1u32 << RECENT_SPINS) - 1;
+        if (self.recent & window).count_ones() < PREEMPTED_TO_COOL {
+            return false;
+        }
+        let cool = COOL_DOWN_MIN
+            .saturating_mul(1u32 << self.doublings.min(16))
+            .min(COOL_DOWN_MAX);
+        self.cool_until = now + cool;
+        self.recent = 0;
+        self.doublings = self.doublings.saturating_add(1);
+        true
+    }
+}
+
+/// A [`SpinHistory`] shared by a listener and its streams.
+#[derive(Debug)]
+struct Contention {
+    epoch: Instant,
+    history: parking_lot::Mutex<SpinHistory>,
+}
+
+impl Contention {
+    fn new() -> Contention {
+        Contention {
+            epoch: Instant::now(),
+            history: parking_lot::Mutex::new(SpinHistory::default()),
+        }
+    }
+
+    fn cooling(&self) -> bool {
+        self.history.lock().cooling(self.epoch.elapsed())
+    }
+
+    fn record(&self, preempted: bool) -> bool {
+        self.history.lock().record(preempted, self.epoch.elapsed())
+    }
+}
+
+/// The calling thread's count of involuntary context switches at the start of a spin, to
+/// tell afterwards whether the kernel switched the thread out meanwhile (`getrusage` with
+/// `RUSAGE_THREAD`: one system call at each end of a spin).
+struct PreemptionProbe {
+    thread: std::thread::ThreadId,
+    involuntary: std::ffi::c_long,
+}
+
+impl PreemptionProbe {
+    fn start() -> Option<PreemptionProbe> {
+        Some(PreemptionProbe {
+            thread: std::thread::current().id(),
+            involuntary: involuntary_switches()?,
+        })
+    }
+
+    /// Whether this thread was switched out since [`PreemptionProbe::start`]; false when the
+    /// spin moved to another thread (a multi-threaded runtime may move a yielding task) or the
+    /// kernel does not say.
+    fn preempted(&self) -> bool {
+        std::thread::current().id() == self.thread
+            && involuntary_switches().is_some_and(|now| now > self.involuntary)
+    }
+}
+
+fn involuntary_switches() -> Option<std::ffi::c_long> {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+        .ok()
+        .map(|u| u.involuntary_context_switches())
+}
+
+/// Ends a spin's probe: counts a preemption and records the spin, counting a cool-down.
+fn finish_probe(probe: Option<PreemptionProbe>, contention: &Contention, metrics: &BusyPollMetrics) {
+    let Some(probe) = probe else { return };
+    let preempted = probe.preempted();
+    if preempted {
+        metrics.preempted.inc();
+    }
+    if contention.record(preempted) {
+        metrics.cool_downs.inc();
+    }
+}
+
 /// A listener whose connections busy-poll for their next request, and which itself spins for
 /// the next connection after one came or went (see the module doc).
 pub(crate) struct PollingListener {
@@ -138,6 +297,7 @@ pub(crate) struct PollingListener {
     budget: Duration,
     metrics: Arc<BusyPollMetrics>,
     activity: Arc<Activity>,
+    contention: Arc<Contention>,
     /// Whether the last connection came within the budget after the one before came or went,
     /// so the next accept spins.
     spin: bool,
@@ -155,13 +315,20 @@ impl PollingListener {
             budget,
             metrics,
             activity: Arc::new(Activity::new()),
+            contention: Arc::new(Contention::new()),
             spin: false,
         }
     }
 
     fn stream(&self, tcp: TcpStream) -> PollingStream {
         self.activity.touch();
-        PollingStream::new(tcp, self.budget, self.metrics.clone(), self.activity.clone())
+        PollingStream::new(
+            tcp,
+            self.budget,
+            self.metrics.clone(),
+            self.activity.clone(),
+            self.contention.clone(),
+        )
     }
 
     /// Tries to accept a connection until `budget` after the last connection came or went,
@@ -169,20 +336,23 @@ impl PollingListener {
     /// accepted connections' requests are picked up too). `None` when the budget ran out (or
     /// accepting failed: the runtime's accept reports that).
     async fn spin_accept(&mut self) -> Option<(TcpStream, std::net::SocketAddr)> {
-        loop {
+        let probe = PreemptionProbe::start();
+        let accepted = loop {
             let deadline = self.activity.last() + self.budget;
             match try_accept(&self.inner) {
-                Ok(Some(accepted)) => return Some(accepted),
+                Ok(Some(accepted)) => break Some(accepted),
                 Ok(None) => {}
-                Err(_) => return None,
+                Err(_) => break None,
             }
             if Instant::now() >= deadline {
                 self.spin = false;
                 self.metrics.accept_misses.inc();
-                return None;
+                break None;
             }
             tokio::task::yield_now().await;
-        }
+        };
+        finish_probe(probe, &self.contention, &self.metrics);
+        accepted
     }
 }
 
@@ -211,6 +381,7 @@ impl axum::serve::Listener for PollingListener {
 
     async fn accept(&mut self) -> (PollingStream, std::net::SocketAddr) {
         if self.spin
+            && !self.contention.cooling()
             && let Some((tcp, addr)) = self.spin_accept().await
         {
             self.metrics.accept_hits.inc();
@@ -241,6 +412,7 @@ pub struct PollingStream {
     spin: bool,
     metrics: Arc<BusyPollMetrics>,
     activity: Arc<Activity>,
+    contention: Arc<Contention>,
 }
 
 impl PollingStream {
@@ -249,6 +421,7 @@ impl PollingStream {
         budget: Duration,
         metrics: Arc<BusyPollMetrics>,
         activity: Arc<Activity>,
+        contention: Arc<Contention>,
     ) -> PollingStream {
         PollingStream {
             tcp,
@@ -258,6 +431,7 @@ impl PollingStream {
             spin: !budget.is_zero(),
             metrics,
             activity,
+            contention,
         }
     }
 
@@ -325,9 +499,13 @@ impl AsyncWrite for PollingStream {
             && self.spin
             && !self.spun
             && let Some(since) = self.written_at
+            && !self.contention.cooling()
         {
             self.spun = true;
-            match spin_until_readable(&self.tcp, since + self.budget) {
+            let probe = PreemptionProbe::start();
+            let outcome = spin_until_readable(&self.tcp, since + self.budget);
+            finish_probe(probe, &self.contention, &self.metrics);
+            match outcome {
                 SpinOutcome::Request => self.metrics.hits.inc(),
                 // the connection is ending: neither a hit nor a reason to stop spinning; the
                 // client may open the next one at once (the listener spins for it)
@@ -383,6 +561,112 @@ fn spin_until_readable(tcp: &TcpStream, deadline: Instant) -> SpinOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spins_stop_when_half_the_recent_ones_were_preempted_for_growing_cool_downs() {
+        let ms = Duration::from_millis;
+        let mut h = SpinHistory::default();
+        let mut now = ms(1_000);
+        // (spins as preempted or not, cool-down started by the last, spinning off right after)
+        let steps: &[(&[bool], bool, Option<Duration>)] = &[
+            // scattered preemptions never cool: 3 in 8
+            (
+                &[false, true, false, false, true, false, false, true],
+                false,
+                None,
+            ),
+            // a fourth within the last eight does: the first cool-down is the shortest
+            (&[true], true, Some(ms(1))),
+            // the window starts empty again; a shared CPU keeps preempting: twice as long
+            (&[true, true, true, true], true, Some(ms(2))),
+            (&[true, false, true, false, true, false, true], true, Some(ms(4))),
+            // fifteen clean spins are not enough to forget...
+            (&[false; 15], false, None),
+            (&[true, true, true, true], true, Some(ms(8))),
+            // ...sixteen are
+            (&[false; 16], false, None),
+            (&[true, true, true, true], true, Some(ms(1))),
+        ];
+        for (i, (spins, cools, off_for)) in steps.iter().enumerate() {
+            // no spin starts during a cool-down: each step comes after the last one ended
+            now += COOL_DOWN_MAX;
+            let mut started = false;
+            for &p in *spins {
+                now += Duration::from_micros(150);
+                started = h.record(p, now);
+            }
+            assert_eq!(started, *cools, "step {i}");
+            match off_for {
+                Some(d) => {
+                    assert!(h.cooling(now), "step {i}: cooling right after");
+                    assert!(h.cooling(now + *d - Duration::from_nanos(1)), "step {i}");
+                    assert!(!h.cooling(now + *d), "step {i}: cooled after {d:?}");
+                }
+                None => assert!(!h.cooling(now), "step {i}"),
+            }
+        }
+        // cool-downs stop doubling at the longest
+        for _ in 0..20 {
+            now += ms(200);
+            for _ in 0..PREEMPTED_TO_COOL {
+                h.record(true, now);
+            }
+        }
+        assert!(h.cooling(now + COOL_DOWN_MAX - Duration::from_nanos(1)));
+        assert!(!h.cooling(now + COOL_DOWN_MAX));
+    }
+
+    /// Pins the calling thread to the first CPU it may run on; returns that CPU set.
+    fn pin_to_one_cpu() -> rustix::thread::CpuSet {
+        use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+        let allowed = sched_getaffinity(None).expect("sched_getaffinity");
+        let cpu = (0..CpuSet::MAX_CPU)
+            .find(|&c| allowed.is_set(c))
+            .expect("some CPU");
+        let mut one = CpuSet::new();
+        one.set(cpu);
+        sched_setaffinity(None, &one).expect("sched_setaffinity");
+        one
+    }
+
+    #[test]
+    fn a_spin_sharing_its_cpu_with_a_busy_thread_is_seen_preempted() {
+        use std::sync::atomic::AtomicBool;
+        let one = pin_to_one_cpu();
+        let stop = Arc::new(AtomicBool::new(false));
+        let rival = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                rustix::thread::sched_setaffinity(None, &one).expect("sched_setaffinity");
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let probe = PreemptionProbe::start().expect("getrusage(RUSAGE_THREAD) works on Linux");
+        // the scheduler's slice is a few milliseconds; a second is plenty
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until && !probe.preempted() {
+            std::hint::spin_loop();
+        }
+        stop.store(true, Ordering::Relaxed);
+        rival.join().expect("rival thread");
+        assert!(
+            probe.preempted(),
+            "a thread sharing its CPU with a busy one was never switched out"
+        );
+    }
+
+    #[test]
+    fn sleeping_is_not_preemption_and_another_thread_never_reads_as_preempted() {
+        let probe = PreemptionProbe::start().expect("getrusage(RUSAGE_THREAD) works on Linux");
+        // a sleep is a voluntary switch
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!probe.preempted());
+        // a spin that moved threads (a yielding task on a multi-threaded runtime) says nothing
+        let moved = std::thread::scope(|s| s.spawn(|| probe.preempted()).join().expect("thread"));
+        assert!(!moved);
+    }
 
     #[test]
     fn a_wait_counts_as_soon_within_the_budget_or_twice_it_after_a_wake_up() {

@@ -105,10 +105,12 @@ pub struct ServerConfig {
     /// socket for the next request before it waits in the event loop (see
     /// `crates/server/src/busy_poll.rs`). Learnt per connection: only a client that asked again
     /// within this time last round (twice it if that request woke the server) is waited for
-    /// this way, so idle and remote clients cost nothing. The listener likewise spins for a new connection for this long after the last
-    /// connection came or went, while connections keep coming within it (clients that open a
-    /// connection per request). Saves the wake-up of a sleeping thread (on a virtual machine
-    /// about a third of a one-series query's time). 0 turns both off; at most 1000.
+    /// this way, so idle and remote clients cost nothing. The listener likewise spins for a new
+    /// connection for this long after the last connection came or went, while connections keep
+    /// coming within it (clients that open a connection per request). Saves the wake-up of a
+    /// sleeping thread (on a virtual machine about a third of a one-series query's time). When
+    /// half the recent spins were preempted (the CPU is shared with the client or other work),
+    /// spinning stops for 1 to 128 ms, longer while that repeats. 0 turns both off; at most 1000.
     pub human_busy_poll_us: u64,
 }
 
