@@ -498,6 +498,27 @@ def load_server(key, a, man, lab_dir, deadline):
         raise
 
 
+SPIN_COUNTERS = ("roaster_human_busy_polls_total", "roaster_human_accept_polls_total",
+                 "roaster_human_busy_poll_preempted_total", "roaster_human_busy_poll_cool_downs_total")
+
+
+def spin_counters(srv):
+    """Roaster's busy-poll counters from its /metrics ({sample: value}); {} for a peer or an older
+    build without them."""
+    if not isinstance(srv, Roaster):
+        return {}
+    try:
+        text = bench.http_get(srv.http + "/metrics", headers=srv.headers).decode()
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(SPIN_COUNTERS):
+            sample, value = line.rsplit(" ", 1)
+            out[sample] = float(value)
+    return out
+
+
 def measure_side_by_side(loaded, a, man, deadline):
     """Times every query on every loaded server in alternated rounds: for each query, a warm-up
     on each server (its parsed answer is kept for the comparison), then `--rounds` rounds in which
@@ -532,6 +553,7 @@ def measure_side_by_side(loaded, a, man, deadline):
         cpu = {k: 0.0 for k in plans}
         round_medians = {k: [] for k in plans}
         order = list(plans)
+        spins_before = {k: spin_counters(loaded[k][0]) for k in plans}
         for r in range(a.rounds if order else 0):
             turn = r % len(order)
             for k in order[turn:] + order[:turn]:
@@ -559,6 +581,11 @@ def measure_side_by_side(loaded, a, man, deadline):
                 st["client"] = "curl keep-alive"
             rec["queries"][qid] = dict(st, q=per_key[k][qid][0], series_returned=len(answers[k][qid]),
                                        round_medians_ms=round_medians[k])
+            spins_after = spin_counters(srv)
+            if spins_after:
+                # how Roaster's spinning fared over this row's timed reps (and the peers' turns)
+                rec["queries"][qid]["spin_counters"] = {
+                    sample: int(v - spins_before[k].get(sample, 0)) for sample, v in spins_after.items()}
             log("%s %-30s median %9.3f ms  p90 %9.3f ms  server CPU %9.2f ms  (%d reps)" % (
                 k, qid, st["median_ms"], st["p90_ms"], st["server_cpu_ms_mean"], st["reps"]))
     return answers
