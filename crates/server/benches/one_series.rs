@@ -16,56 +16,38 @@
 //!
 //! Run: `CARGO_TARGET_DIR=<dir> cargo bench -p server --bench one_series` (about 15 s).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use model::{Label, ManualClock, Point, SeriesKey, Timestamp};
+use model::{Label, Point, SeriesKey};
 use query::QueryLimits;
 use query::eval::Steps;
 use server::adapters::TsdbReader;
-use tsdb::{Db, FsyncPolicy, Options};
 
-const HOUR: i64 = 3_600_000;
 const POINTS: i64 = 360;
 const STEP_MS: i64 = 10_000;
-const METRICS: [&str; 10] = [
-    "usage_user",
-    "usage_system",
-    "usage_iowait",
-    "load",
-    "temp",
-    "interrupts",
-    "ctx_switches",
-    "bytes_in",
-    "mhz_max",
-    "online",
-];
 
 fn main() {
-    let series: usize = std::env::var("ONE_SERIES_BENCH_SERIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let now = 1_700_000_000_000 / HOUR * HOUR + 48 * HOUR;
-    let start = now - 48 * HOUR;
-    let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(1000)),
-        maintenance_interval: None,
-        ..Options::default()
-    };
-    let db = Db::open(dir.path(), opts, Arc::new(ManualClock::new(Timestamp(now)))).unwrap();
+    let series = common::env_or("ONE_SERIES_BENCH_SERIES", 10_000);
+    let (_dir, db, start) = common::empty_db();
     let t0 = Instant::now();
     let mut ids = Vec::with_capacity(series * 2);
     for s in 0..series {
-        // host<h>.cpu<c>.<metric>: 10 metrics per host and cpu, as the peers' data set
-        let (host, cpu, metric) = (s / 50, (s / 10) % 5, METRICS[s % 10]);
+        // host<h>.cpu<c>.<metric>: 10 metrics per host and cpu, as the peers' data set (the
+        // one queried and nine others)
+        let (host, cpu) = (s / 50, (s / 10) % 5);
+        let metric = match s % 10 {
+            0 => "usage_user".to_owned(),
+            m => format!("metric{m}"),
+        };
         ids.push(
             db.resolve(&SeriesKey::from_name(format!("host{host}.cpu{cpu}.{metric}")).unwrap())
                 .unwrap(),
         );
         let labelled = SeriesKey::new(
-            metric,
+            metric.as_str(),
             vec![
                 Label::new("cpu", format!("cpu{cpu}")),
                 Label::new("host", format!("host{host}")),

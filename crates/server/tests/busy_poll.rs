@@ -90,38 +90,37 @@ impl Conn {
     /// The cool-downs so far (`roaster_human_busy_poll_cool_downs_total`) and the spins seen
     /// preempted (`roaster_human_busy_poll_preempted_total`), asked over this connection.
     fn cool_downs_and_preempted(&mut self) -> (u64, u64) {
-        let (status, text) = self.get("/metrics");
-        assert_eq!(status, 200);
-        let value = |name: &str| -> u64 {
-            let prefix = format!("{name} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(&prefix))
-                .unwrap_or_else(|| panic!("no {name} in /metrics"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
+        let text = self.metrics();
         (
-            value("roaster_human_busy_poll_cool_downs_total"),
-            value("roaster_human_busy_poll_preempted_total"),
+            sample(&text, "roaster_human_busy_poll_cool_downs_total"),
+            sample(&text, "roaster_human_busy_poll_preempted_total"),
         )
     }
 
     /// The (hit, miss) samples of the counter family `name` from `/metrics`.
     fn family_counters(&mut self, name: &str) -> (u64, u64) {
+        let text = self.metrics();
+        let outcome = |o: &str| sample(&text, &format!("{name}{{outcome=\"{o}\"}}"));
+        (outcome("hit"), outcome("miss"))
+    }
+
+    /// `/metrics`, asked over this connection.
+    fn metrics(&mut self) -> String {
         let (status, text) = self.get("/metrics");
         assert_eq!(status, 200);
-        let value = |outcome: &str| -> u64 {
-            let prefix = format!("{name}{{outcome=\"{outcome}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(&prefix))
-                .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        (value("hit"), value("miss"))
+        text
     }
+}
+
+/// The value of the sample written `series` (name and labels) in the exposition `text`.
+fn sample(text: &str, series: &str) -> u64 {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// 200 requests back to back, then five with pauses far above the budget.
